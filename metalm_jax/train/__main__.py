@@ -1,0 +1,30 @@
+"""`python -m metalm_jax.train [--config configs/tiny.py] [--config.a.b=v] [--workdir DIR]`."""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny.py")
+
+config_flags.DEFINE_config_file(
+    "config", os.path.normpath(DEFAULT_CONFIG), "experiment config file", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "run directory (default: runs/<config name>)")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from metalm_jax.train.loop import train_and_evaluate
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log every file at INFO
+    cfg = flags.FLAGS.config
+    train_and_evaluate(cfg, flags.FLAGS.workdir or os.path.join("runs", cfg.name))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,103 @@
+"""Orbax checkpoints: train state + data-iterator state + config, async, keep-N, auto-resume.
+
+Layout: <workdir>/checkpoints/<step>/{state, data, config}. `state` is the sharded TrainState
+(restored straight into the target shardings), `data` the grain iterator state per process (a
+snapshot taken at save time, so an async save never sees a later position), `config` the run's
+config as JSON, compared on resume so a changed model shape fails with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class _FrozenIteratorState:
+    """What grain's Orbax handler needs from an iterator: a fixed `get_state()`."""
+
+    def __init__(self, iterator):
+        self._state = json.dumps(iterator.get_state()).encode()
+
+    def get_state(self) -> bytes:
+        return self._state
+
+
+# Config keys that must match between a checkpoint and the run resuming from it.
+SHAPE_KEYS = ("model", "data.vocab_size", "data.seq_len", "spans.enc_length")
+
+
+def _get(d: dict, dotted: str):
+    for k in dotted.split("."):
+        d = d[k]
+    return d
+
+
+class Checkpointer:
+    def __init__(self, workdir: str, every: int, keep: int):
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=True
+            ),
+        )
+        self.every = every
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_iterator, config: dict, force: bool = False) -> bool:
+        if not force and (self.every <= 0 or step % self.every):
+            return False
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(_FrozenIteratorState(data_iterator)),
+                config=ocp.args.JsonSave(config),
+            ),
+            force=force,
+        )
+
+    def check_config(self, step: int, config: dict) -> None:
+        saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        saved = saved["config"]
+        for key in SHAPE_KEYS:
+            try:
+                old, new = _get(saved, key), _get(config, key)
+            except KeyError:
+                continue
+            if old != new:
+                raise ValueError(
+                    f"checkpoint {self.directory}/{step} was written with {key}={old}, this run "
+                    f"has {key}={new}: use another --workdir or the checkpoint's config"
+                )
+
+    def restore(self, step: int, abstract_state, data_iterator, config: dict):
+        """Restores state into `abstract_state`'s shardings and the iterator in place."""
+        self.check_config(step, config)
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=grain.checkpoint.CheckpointRestore(data_iterator),
+            ),
+        )
+        return out["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_with_shardings(tree, shardings):
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )

@@ -1,0 +1,240 @@
+"""The trainer, as a narrative: mesh -> data -> abstract state -> shardings -> jit(init) ->
+restore -> loop with periodic actions (log, eval, checkpoint) -> final eval and sample.
+
+Interrupting a run (Ctrl-C / SIGTERM on preemption) saves a checkpoint at the current step;
+running the same command again resumes from the latest checkpoint in the workdir, data iterator
+included.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from metalm_jax.data import pipeline
+from metalm_jax.eval.greedy import greedy_sample
+from metalm_jax.model.build import (
+    count_params,
+    dummy_batch,
+    model_config,
+    train_flops_per_step,
+)
+from metalm_jax.model.metalm import MetaLM
+from metalm_jax.parallel import mesh as meshlib
+from metalm_jax.train import metrics as mlib
+from metalm_jax.train.checkpoint import Checkpointer, abstract_with_shardings
+from metalm_jax.train.optimizer import make_optimizer, schedule
+from metalm_jax.train.step import TrainState, eval_step, train_step
+from metalm_jax.types import Batch
+
+
+def _to_global(local: dict, sharding) -> Batch:
+    return Batch.from_dict(
+        {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+    )
+
+
+class Periodic:
+    """Actions registered with `every=N`, run after steps that are multiples of N."""
+
+    def __init__(self):
+        self.actions = []
+
+    def add(self, every: int, fn) -> None:
+        if every > 0:
+            self.actions.append((every, fn))
+
+    def __call__(self, step: int) -> None:
+        for every, fn in self.actions:
+            if step % every == 0:
+                fn(step)
+
+
+def evaluate(eval_fn, params, batches, sharding) -> dict:
+    sums = [eval_fn(params, _to_global(b, sharding)) for b in batches]
+    sums = jax.device_get(sums)
+    loss = sum(float(s["loss_sum"]) for s in sums) / max(sum(float(s["weight"]) for s in sums), 1)
+    return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0))}
+
+
+def train_and_evaluate(cfg, workdir: str) -> dict:
+    """Runs (or resumes) training as configured; returns the final metrics."""
+    cfg_dict = cfg.to_dict()
+    t_start = time.time()
+    mlib.console(f"== metalm_jax: {cfg.name} -> {os.path.abspath(workdir)}")
+
+    # -- mesh ---------------------------------------------------------------------------
+    mesh = meshlib.make_mesh(cfg.mesh.shape)
+    rules = cfg.mesh.rules
+    mlib.console(f"== mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform}"
+                 f" devices, {jax.process_count()} process(es)")
+
+    # -- data -----------------------------------------------------------------------------
+    tok = pipeline.build_tokenizer(cfg, workdir)
+    if tok.vocab_size != cfg.data.vocab_size:
+        raise ValueError(f"tokenizer {tok.source} has {tok.vocab_size} pieces, "
+                         f"data.vocab_size={cfg.data.vocab_size}")
+    global_batch, procs = cfg.train.batch_size, jax.process_count()
+    if global_batch % procs:
+        raise ValueError(f"train.batch_size={global_batch} not divisible by {procs} processes")
+    local_batch = global_batch // procs
+    shard = (jax.process_index(), procs)
+    train_iter = pipeline.train_iterator(cfg, tok, local_batch, shard)
+    eval_data = pipeline.eval_batches(cfg, tok, local_batch, cfg.train.eval_batches, shard)
+    mlib.console(f"== data {cfg.data.name}: tokenizer {tok.source} ({tok.vocab_size} pieces), "
+                 f"rows {cfg.data.seq_len}, global batch {global_batch}, "
+                 f"{len(eval_data)} eval batches")
+
+    # -- model and abstract state -------------------------------------------------------------
+    mc = model_config(cfg)
+    model = MetaLM(mc)
+    example = dummy_batch(1, cfg.data.seq_len, cfg.spans.enc_length)
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), example)["params"])
+    abs_params = nn.unbox(boxed)
+    tx, groups = make_optimizer(cfg.optim, cfg.train.steps, abs_params)
+    counts = count_params(abs_params)
+    mlib.console("== params " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
+                 + f"; optimizer groups (leaves) {groups}")
+
+    # -- shardings, then state created already sharded ---------------------------------------
+    param_sh = meshlib.logical_shardings(boxed, mesh, rules)
+    repl = meshlib.replicated(mesh)
+    abs_opt = jax.eval_shape(tx.init, abs_params)
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # frozen groups hold no state
+    opt_sh = optax.tree_map_params(
+        tx, lambda x, s: x if masked(x) else s, abs_opt, param_sh,
+        transform_non_params=lambda _: repl, is_leaf=masked,
+    )
+    state_sh = TrainState(step=repl, params=param_sh, opt_state=opt_sh)
+    batch_sh = meshlib.batch_sharding(mesh, rules)
+
+    def init_state(rng):
+        params = nn.unbox(model.init(rng, example)["params"])
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+    ckpt = Checkpointer(workdir, cfg.train.checkpoint_every, cfg.train.keep_checkpoints)
+    with jax.set_mesh(mesh):
+        abstract_state = jax.eval_shape(init_state, jax.random.key(cfg.seed))
+        abstract_state = abstract_with_shardings(abstract_state, state_sh)
+        latest = ckpt.latest_step()
+        if latest is None:
+            state = jax.jit(init_state, out_shardings=state_sh)(jax.random.key(cfg.seed))
+            mlib.console("== initialised a new state")
+        else:
+            state = ckpt.restore(latest, abstract_state, train_iter, cfg_dict)
+            mlib.console(f"== resumed from {ckpt.directory}/{latest}")
+
+        step_fn = jax.jit(
+            functools.partial(train_step, model=model, tx=tx, seed=cfg.seed),
+            in_shardings=(state_sh, batch_sh),
+            out_shardings=(state_sh, repl),
+            donate_argnums=0,
+        )
+        eval_fn = jax.jit(
+            functools.partial(eval_step, model=model),
+            in_shardings=(param_sh, batch_sh),
+            out_shardings=repl,
+        )
+        return _loop(cfg, cfg_dict, workdir, model, tok, mc, state, step_fn, eval_fn,
+                     train_iter, eval_data, batch_sh, ckpt, t_start)
+
+
+def _loop(cfg, cfg_dict, workdir, model, tok, mc, state, step_fn, eval_fn, train_iter,
+          eval_data, batch_sh, ckpt, t_start):
+    writer = mlib.MetricWriter(workdir, enabled=jax.process_index() == 0)
+    flops = train_flops_per_step(mc, cfg.train.batch_size, cfg.data.seq_len, cfg.spans.enc_length)
+    peak = mlib.peak_flops(cfg.train.peak_flops)
+    lr_fn = schedule(cfg.optim, cfg.train.steps)
+    total = cfg.train.steps
+    step = int(jax.device_get(state.step))
+    pending: list = []
+    last = {"time": time.time(), "step": step}
+    final: dict = {}
+
+    def log_train(s):
+        nonlocal pending
+        got = jax.device_get(pending)
+        pending = []
+        loss = sum(float(m["loss_sum"]) for m in got) / max(sum(float(m["weight"]) for m in got), 1)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"train loss is {loss} at step {s}: lower optim.lr or check data")
+        dt = (time.time() - last["time"]) / max(s - last["step"], 1)
+        last.update(time=time.time(), step=s)
+        tokens_s = cfg.train.batch_size * cfg.data.seq_len / dt
+        mfu = flops["total"] / dt / peak
+        m = {"train/loss": loss, "train/grad_norm": float(got[-1]["grad_norm"]),
+             "train/lr": float(lr_fn(s)), "perf/tokens_per_s": tokens_s, "perf/mfu": mfu,
+             "perf/step_s": dt}
+        writer.write(s, m)
+        final.update(m)
+        mlib.console(f"step {s:>6}/{total}  loss {loss:.4f}  lr {m['train/lr']:.2e}  "
+                     f"{tokens_s:,.0f} tok/s  MFU {100 * mfu:.1f}%  "
+                     f"ETA {mlib.fmt_duration(dt * (total - s))}")
+
+    def run_eval(s):
+        final["eval_step"] = s
+        m = evaluate(eval_fn, state.params, eval_data, batch_sh)
+        writer.write(s, m)
+        final.update(m)
+        mlib.console(f"step {s:>6}  eval loss {m['eval/loss']:.4f}  "
+                     f"perplexity {m['eval/perplexity']:.2f}")
+
+    periodic = Periodic()
+    periodic.add(cfg.train.log_every, log_train)
+    periodic.add(cfg.train.eval_every, run_eval)
+    periodic.add(cfg.train.checkpoint_every,
+                 lambda s: ckpt.save(s, state, train_iter, cfg_dict))
+
+    # SIGTERM (preemption) behaves like Ctrl-C: checkpoint, then stop.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) \
+        if jax.process_index() == 0 and _main_thread() else None
+    if step == 0:
+        mlib.console(f"== training {total} steps; model FLOPs/step {flops['total']:.3e} "
+                     f"(decoder {flops['decoder']:.3e}, encoder {flops['encoder']:.3e})")
+    try:
+        while step < total:
+            batch = _to_global(next(train_iter), batch_sh)
+            state, m = step_fn(state, batch)
+            step += 1
+            pending.append(m)
+            periodic(step)
+    except KeyboardInterrupt:
+        mlib.console(f"== interrupted at step {step}: saving a checkpoint")
+        ckpt.save(step, state, train_iter, cfg_dict, force=True)
+        ckpt.close()
+        writer.close()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if pending:
+        log_train(step)
+    if ckpt.latest_step() != step:
+        ckpt.save(step, state, train_iter, cfg_dict, force=True)
+    if final.get("eval_step") != step:
+        run_eval(step)
+    ckpt.close()
+    if cfg.train.sample_tokens > 0:
+        text = greedy_sample(model, state.params, tok, cfg.train.sample_prompt,
+                             cfg.train.sample_tokens, cfg.data.seq_len)
+        mlib.console(f"== sample: {cfg.train.sample_prompt!r} -> {text!r}")
+        final["sample"] = text
+    writer.close()
+    mlib.console(f"== done in {mlib.fmt_duration(time.time() - t_start)}")
+    final["step"] = step
+    return final
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
