@@ -52,8 +52,8 @@ def train_step(state: TrainState, batch: Batch, *, model, tx, seed: int):
     metrics = {
         "loss_sum": s,
         "weight": w,
-        "grad_norm": optax.global_norm(grads),
-        "param_norm": optax.global_norm(params),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
     }
     return TrainState(state.step + 1, params, opt_state), metrics
 

@@ -1,0 +1,74 @@
+"""Shared test helpers: a micro config, a small corpus and tokenizer, synthetic batches.
+
+Kept in the package (not tests/) so benchmarks and users' own tests can build the same tiny
+setups. Nothing here is used by training code.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from metalm_jax.config import base_config
+from metalm_jax.data.corpora import kjv_chapters
+from metalm_jax.data.spans import SpanConfig, semi_causal_example
+
+
+def micro_config(corpus_files=(), data_dir: str = ""):
+    """A config small enough to compile in seconds: 2 x 32 decoder, 2 x 32 encoder."""
+    c = base_config()
+    c.name = "micro"
+    if corpus_files:
+        c.data.name = "files"
+        c.data.files = list(corpus_files)
+        c.data.validation_fraction = 0.2
+    c.data.tfds_data_dir = data_dir
+    c.data.vocab_size = 400  # >= 256 byte-fallback pieces + specials + chars
+    c.data.seq_len = 64
+    c.spans.min_len, c.spans.max_len, c.spans.enc_length = 4, 8, 24
+    d = c.model.decoder
+    d.num_layers, d.d_model, d.num_heads, d.d_ff, d.max_len = 2, 32, 2, 64, 64
+    e = c.model.text_encoder
+    e.num_layers, e.d_model, e.num_heads, e.d_ff, e.max_len = 2, 32, 2, 64, 16
+    e.dropout = 0.0
+    c.optim.lr = 3e-3
+    c.optim.warmup_steps = 2
+    c.optim.frozen = [r"^text_encoder/stack/layers_0/"]
+    t = c.train
+    t.steps, t.batch_size, t.log_every, t.eval_every = 6, 4, 2, 3
+    t.eval_batches, t.checkpoint_every, t.sample_tokens = 2, 3, 4
+    return c
+
+
+def write_kjv_jsonl(path: str, n_chapters: int = 60) -> str:
+    """A JSONL corpus of the first KJV chapters (one document per line)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for name, verses in kjv_chapters()[:n_chapters]:
+            f.write(json.dumps({"text": "\n".join(verses), "title": name}) + "\n")
+    return path
+
+
+def random_rows(n: int, seq_len: int, vocab: int, seed: int = 0, docs_per_row: int = 2):
+    """Packed-looking rows: `docs_per_row` segments per row, tokens >= 5 (no special ids)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        cuts = np.sort(rng.choice(np.arange(8, seq_len - 8), docs_per_row - 1, replace=False))
+        bounds = [0, *cuts.tolist(), seq_len]
+        seg = np.zeros(seq_len, np.int32)
+        pos = np.zeros(seq_len, np.int32)
+        for k in range(docs_per_row):
+            seg[bounds[k] : bounds[k + 1]] = k + 1
+            pos[bounds[k] : bounds[k + 1]] = np.arange(bounds[k + 1] - bounds[k])
+        tokens = rng.integers(5, vocab, seq_len).astype(np.int32)
+        rows.append({"tokens": tokens, "segment_ids": seg, "positions": pos})
+    return rows
+
+
+def random_batch(batch: int, seq_len: int, vocab: int, spans: SpanConfig, seed: int = 0) -> dict:
+    """A Batch-contract dict of random semi-causal rows."""
+    rng = np.random.default_rng(seed)
+    rows = [semi_causal_example(r, rng, spans) for r in random_rows(batch, seq_len, vocab, seed)]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
