@@ -71,4 +71,3 @@ def random_batch(batch: int, seq_len: int, vocab: int, spans: SpanConfig, seed: 
     rng = np.random.default_rng(seed)
     rows = [semi_causal_example(r, rng, spans) for r in random_rows(batch, seq_len, vocab, seed)]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-

@@ -29,7 +29,7 @@ def test_span_properties_over_many_rows():
         seg = row["segment_ids"]
         lengths = [e - s for s, e in spans]
         assert all(CFG.min_len <= n <= CFG.max_len for n in lengths)
-        for (s1, e1), (s2, _) in zip(spans, spans[1:], strict=False):
+        for (_s1, e1), (s2, _) in zip(spans, spans[1:], strict=False):
             assert e1 < s2, "spans overlap or touch"
         for s, e in spans:  # same document, with a token before and after
             assert len(set(seg[s - 1 : e + 1].tolist())) == 1
@@ -78,7 +78,9 @@ def test_two_spans_two_documents_and_padding():
     row = {"tokens": tokens, "segment_ids": seg, "positions": pos}
     cfg = SpanConfig(min_len=1, max_len=3, enc_length=10, enc_bos=False)
     ex = build_example(row, [(2, 4), (9, 12)], cfg)
-    np.testing.assert_array_equal(ex["slot_index"][:14], [-1, -1, 0, 1] + [-1] * 5 + [2, 3, 4, -1, -1])
+    np.testing.assert_array_equal(
+        ex["slot_index"][:14], [-1, -1, 0, 1] + [-1] * 5 + [2, 3, 4, -1, -1]
+    )
     # last token of each document and the padding predict nothing
     assert ex["loss_weights"][6] == 0 and ex["loss_weights"][13] == 0
     np.testing.assert_array_equal(ex["loss_weights"][14:], [0, 0])

@@ -64,10 +64,13 @@ def test_lr_multiplier_zero_keeps_its_group():
     _, batch, state, step, groups = _setup(cfg)
     assert groups["mult_0"] == 2
     new, _ = step(*step(state, batch)[:1], batch)  # step 0 has LR 0 (warm-up)
-    np.testing.assert_array_equal(new.params["connector"]["kernel"],
-                                  state.params["connector"]["kernel"])
-    assert not np.array_equal(new.params["decoder"]["layers_0"]["mlp"]["wi"],
-                              state.params["decoder"]["layers_0"]["mlp"]["wi"])
+    np.testing.assert_array_equal(
+        new.params["connector"]["kernel"], state.params["connector"]["kernel"]
+    )
+    assert not np.array_equal(
+        new.params["decoder"]["layers_0"]["mlp"]["wi"],
+        state.params["decoder"]["layers_0"]["mlp"]["wi"],
+    )
 
 
 def test_checkpoint_restores_identical_state_and_next_batch(corpus, tmp_path):

@@ -22,7 +22,9 @@ def greedy_sample(model, params, tok: Tokenizer, prompt: str, max_new: int, seq_
     @jax.jit
     def next_token(params, tokens, n):
         seg = (jnp.arange(seq_len) < n).astype(jnp.int32)[None]
-        batch = template.replace(tokens=tokens, segment_ids=seg, positions=jnp.arange(seq_len)[None])
+        batch = template.replace(
+            tokens=tokens, segment_ids=seg, positions=jnp.arange(seq_len)[None]
+        )
         logits, _ = model.apply({"params": params}, batch)
         return jnp.argmax(logits[0, n - 1])
 

@@ -159,7 +159,9 @@ class Attention(nn.Module):
         logits = jnp.where(mask, logits, MASK_VALUE)
         probs = jax.nn.softmax(logits, axis=-1)
         out = jnp.einsum("BNLS,BSNH->BLNH", probs.astype(dt), v)
-        wo = self.param("out", param(xavier(cfg.beta, (0, 1), 2), "heads", "kv", "embed"), (N, H, D))
+        wo = self.param(
+            "out", param(xavier(cfg.beta, (0, 1), 2), "heads", "kv", "embed"), (N, H, D)
+        )
         bo = self.param("out_bias", param(nn.initializers.zeros, "embed"), (D,))
         return jnp.einsum("BLNH,NHD->BLD", out, wo.astype(dt)) + bo.astype(dt)
 

@@ -93,8 +93,9 @@ def gather_slots(token_embeddings, bank, slot_index):
     """
     idx = jnp.clip(slot_index, 0, bank.shape[1] - 1)
     slots = jnp.take_along_axis(bank, idx[:, :, None], axis=1)
-    return jnp.where((slot_index >= 0)[:, :, None], slots.astype(token_embeddings.dtype),
-                     token_embeddings)
+    return jnp.where(
+        (slot_index >= 0)[:, :, None], slots.astype(token_embeddings.dtype), token_embeddings
+    )
 
 
 class MetaLM(nn.Module):
@@ -116,7 +117,9 @@ class MetaLM(nn.Module):
         if self.cfg.text_encoder is None:
             return None
         h = self.text_encoder(
-            batch.enc_tokens, batch.enc_segment_ids, batch.enc_positions,
+            batch.enc_tokens,
+            batch.enc_segment_ids,
+            batch.enc_positions,
             deterministic=deterministic,
         )
         return self.connector(h)

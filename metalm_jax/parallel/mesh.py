@@ -32,9 +32,7 @@ def resolve_shape(shape, n_devices: int) -> tuple[int, ...]:
 def make_mesh(shape, devices=None) -> Mesh:
     devices = list(devices if devices is not None else jax.devices())
     dims = resolve_shape(shape, len(devices))
-    return Mesh(
-        np.asarray(devices).reshape(dims), AXES, axis_types=(AxisType.Auto,) * len(AXES)
-    )
+    return Mesh(np.asarray(devices).reshape(dims), AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
 def rules_tuple(rules) -> tuple:

@@ -74,14 +74,18 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     # -- mesh ---------------------------------------------------------------------------
     mesh = meshlib.make_mesh(cfg.mesh.shape)
     rules = cfg.mesh.rules
-    mlib.console(f"== mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform}"
-                 f" devices, {jax.process_count()} process(es)")
+    mlib.console(
+        f"== mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform}"
+        f" devices, {jax.process_count()} process(es)"
+    )
 
     # -- data -----------------------------------------------------------------------------
     tok = pipeline.build_tokenizer(cfg, workdir)
     if tok.vocab_size != cfg.data.vocab_size:
-        raise ValueError(f"tokenizer {tok.source} has {tok.vocab_size} pieces, "
-                         f"data.vocab_size={cfg.data.vocab_size}")
+        raise ValueError(
+            f"tokenizer {tok.source} has {tok.vocab_size} pieces, "
+            f"data.vocab_size={cfg.data.vocab_size}"
+        )
     global_batch, procs = cfg.train.batch_size, jax.process_count()
     if global_batch % procs:
         raise ValueError(f"train.batch_size={global_batch} not divisible by {procs} processes")
@@ -89,9 +93,11 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     shard = (jax.process_index(), procs)
     train_iter = pipeline.train_iterator(cfg, tok, local_batch, shard)
     eval_data = pipeline.eval_batches(cfg, tok, local_batch, cfg.train.eval_batches, shard)
-    mlib.console(f"== data {cfg.data.name}: tokenizer {tok.source} ({tok.vocab_size} pieces), "
-                 f"rows {cfg.data.seq_len}, global batch {global_batch}, "
-                 f"{len(eval_data)} eval batches")
+    mlib.console(
+        f"== data {cfg.data.name}: tokenizer {tok.source} ({tok.vocab_size} pieces), "
+        f"rows {cfg.data.seq_len}, global batch {global_batch}, "
+        f"{len(eval_data)} eval batches"
+    )
 
     # -- model and abstract state -------------------------------------------------------------
     mc = model_config(cfg)
@@ -101,8 +107,11 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     abs_params = nn.unbox(boxed)
     tx, groups = make_optimizer(cfg.optim, cfg.train.steps, abs_params)
     counts = count_params(abs_params)
-    mlib.console("== params " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
-                 + f"; optimizer groups (leaves) {groups}")
+    mlib.console(
+        "== params "
+        + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
+        + f"; optimizer groups (leaves) {groups}"
+    )
 
     # -- shardings, then state created already sharded ---------------------------------------
     param_sh = meshlib.logical_shardings(boxed, mesh, rules)
@@ -110,8 +119,12 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     abs_opt = jax.eval_shape(tx.init, abs_params)
     masked = lambda x: isinstance(x, optax.MaskedNode)  # frozen groups hold no state
     opt_sh = optax.tree_map_params(
-        tx, lambda x, s: x if masked(x) else s, abs_opt, param_sh,
-        transform_non_params=lambda _: repl, is_leaf=masked,
+        tx,
+        lambda x, s: x if masked(x) else s,
+        abs_opt,
+        param_sh,
+        transform_non_params=lambda _: repl,
+        is_leaf=masked,
     )
     state_sh = TrainState(step=repl, params=param_sh, opt_state=opt_sh)
     batch_sh = meshlib.batch_sharding(mesh, rules)
@@ -143,12 +156,40 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
             in_shardings=(param_sh, batch_sh),
             out_shardings=repl,
         )
-        return _loop(cfg, cfg_dict, workdir, model, tok, mc, state, step_fn, eval_fn,
-                     train_iter, eval_data, batch_sh, ckpt, t_start)
+        return _loop(
+            cfg,
+            cfg_dict,
+            workdir,
+            model,
+            tok,
+            mc,
+            state,
+            step_fn,
+            eval_fn,
+            train_iter,
+            eval_data,
+            batch_sh,
+            ckpt,
+            t_start,
+        )
 
 
-def _loop(cfg, cfg_dict, workdir, model, tok, mc, state, step_fn, eval_fn, train_iter,
-          eval_data, batch_sh, ckpt, t_start):
+def _loop(
+    cfg,
+    cfg_dict,
+    workdir,
+    model,
+    tok,
+    mc,
+    state,
+    step_fn,
+    eval_fn,
+    train_iter,
+    eval_data,
+    batch_sh,
+    ckpt,
+    t_start,
+):
     writer = mlib.MetricWriter(workdir, enabled=jax.process_index() == 0)
     flops = train_flops_per_step(mc, cfg.train.batch_size, cfg.data.seq_len, cfg.spans.enc_length)
     peak = mlib.peak_flops(cfg.train.peak_flops)
@@ -165,40 +206,54 @@ def _loop(cfg, cfg_dict, workdir, model, tok, mc, state, step_fn, eval_fn, train
         pending = []
         loss = sum(float(m["loss_sum"]) for m in got) / max(sum(float(m["weight"]) for m in got), 1)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"train loss is {loss} at step {s}: lower optim.lr or check data")
+            raise FloatingPointError(
+                f"train loss is {loss} at step {s}: lower optim.lr or check data"
+            )
         dt = (time.time() - last["time"]) / max(s - last["step"], 1)
         last.update(time=time.time(), step=s)
         tokens_s = cfg.train.batch_size * cfg.data.seq_len / dt
         mfu = flops["total"] / dt / peak
-        m = {"train/loss": loss, "train/grad_norm": float(got[-1]["grad_norm"]),
-             "train/lr": float(lr_fn(s)), "perf/tokens_per_s": tokens_s, "perf/mfu": mfu,
-             "perf/step_s": dt}
+        m = {
+            "train/loss": loss,
+            "train/grad_norm": float(got[-1]["grad_norm"]),
+            "train/lr": float(lr_fn(s)),
+            "perf/tokens_per_s": tokens_s,
+            "perf/mfu": mfu,
+            "perf/step_s": dt,
+        }
         writer.write(s, m)
         final.update(m)
-        mlib.console(f"step {s:>6}/{total}  loss {loss:.4f}  lr {m['train/lr']:.2e}  "
-                     f"{tokens_s:,.0f} tok/s  MFU {100 * mfu:.1f}%  "
-                     f"ETA {mlib.fmt_duration(dt * (total - s))}")
+        mlib.console(
+            f"step {s:>6}/{total}  loss {loss:.4f}  lr {m['train/lr']:.2e}  "
+            f"{tokens_s:,.0f} tok/s  MFU {100 * mfu:.1f}%  "
+            f"ETA {mlib.fmt_duration(dt * (total - s))}"
+        )
 
     def run_eval(s):
         final["eval_step"] = s
         m = evaluate(eval_fn, state.params, eval_data, batch_sh)
         writer.write(s, m)
         final.update(m)
-        mlib.console(f"step {s:>6}  eval loss {m['eval/loss']:.4f}  "
-                     f"perplexity {m['eval/perplexity']:.2f}")
+        mlib.console(
+            f"step {s:>6}  eval loss {m['eval/loss']:.4f}  perplexity {m['eval/perplexity']:.2f}"
+        )
 
     periodic = Periodic()
     periodic.add(cfg.train.log_every, log_train)
     periodic.add(cfg.train.eval_every, run_eval)
-    periodic.add(cfg.train.checkpoint_every,
-                 lambda s: ckpt.save(s, state, train_iter, cfg_dict))
+    periodic.add(cfg.train.checkpoint_every, lambda s: ckpt.save(s, state, train_iter, cfg_dict))
 
     # SIGTERM (preemption) behaves like Ctrl-C: checkpoint, then stop.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) \
-        if jax.process_index() == 0 and _main_thread() else None
+    previous = (
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        if jax.process_index() == 0 and _main_thread()
+        else None
+    )
     if step == 0:
-        mlib.console(f"== training {total} steps; model FLOPs/step {flops['total']:.3e} "
-                     f"(decoder {flops['decoder']:.3e}, encoder {flops['encoder']:.3e})")
+        mlib.console(
+            f"== training {total} steps; model FLOPs/step {flops['total']:.3e} "
+            f"(decoder {flops['decoder']:.3e}, encoder {flops['encoder']:.3e})"
+        )
     try:
         while step < total:
             batch = _to_global(next(train_iter), batch_sh)
@@ -223,8 +278,14 @@ def _loop(cfg, cfg_dict, workdir, model, tok, mc, state, step_fn, eval_fn, train
         run_eval(step)
     ckpt.close()
     if cfg.train.sample_tokens > 0:
-        text = greedy_sample(model, state.params, tok, cfg.train.sample_prompt,
-                             cfg.train.sample_tokens, cfg.data.seq_len)
+        text = greedy_sample(
+            model,
+            state.params,
+            tok,
+            cfg.train.sample_prompt,
+            cfg.train.sample_tokens,
+            cfg.data.seq_len,
+        )
         mlib.console(f"== sample: {cfg.train.sample_prompt!r} -> {text!r}")
         final["sample"] = text
     writer.close()
@@ -237,4 +298,3 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-

@@ -1,0 +1,70 @@
+"""Every config in configs/ loads and builds abstractly; the paper sizes count right; the CLI
+rejects unknown keys."""
+
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from metalm_jax.model.build import abstract_params, count_params, model_config
+from metalm_jax.model.metalm import MetaLM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_builds_abstractly(path):
+    cfg = load(path)
+    assert cfg.name == os.path.basename(path)[:-3]
+    params = abstract_params(MetaLM(model_config(cfg)))
+    counts = count_params(params)
+    assert counts["decoder"] > 0
+    assert os.path.basename(path)[:-3] in (cfg.name,)
+
+
+def test_paper_language_config_parameter_counts():
+    cfg = load(os.path.join(ROOT, "configs", "metalm_lm.py"))
+    counts = count_params(abstract_params(MetaLM(model_config(cfg))))
+    # PAPER.md §1.1: decoder "about 1.3B" (24 x 2048, 64k tied vocab), encoder "about 366M"
+    assert 1.25e9 <= counts["decoder"] <= 1.40e9, counts
+    assert 0.355e9 <= counts["text_encoder"] <= 0.375e9, counts
+
+
+def test_spans_longer_than_encoder_max_len_are_rejected():
+    cfg = load(os.path.join(ROOT, "configs", "tiny.py"))
+    cfg.spans.max_len = 80
+    with pytest.raises(ValueError, match="model.text_encoder.max_len=64"):
+        model_config(cfg)
+
+
+def test_cli_rejects_an_unknown_config_key(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "metalm_jax.train",
+            "--config",
+            CONFIGS[0],
+            "--config.train.stepz=5",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.returncode != 0
+    assert "stepz" in proc.stderr
+    assert not os.listdir(tmp_path)

@@ -1,0 +1,140 @@
+"""Corpora (TFDS builders), tokenizer, the grain pipeline, and clear errors on bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from metalm_jax import testing
+from metalm_jax.data import corpora, pipeline
+from metalm_jax.data.tokenizer import BOS_ID, EOD_ID, EOS_ID, PAD_ID, Tokenizer
+from metalm_jax.types import Batch
+
+
+def test_kjv_chapters_are_documents():
+    chapters = corpora.kjv_chapters()
+    assert len(chapters) == 1189
+    assert chapters[0][0] == "Genesis 1" and chapters[0][1][0].startswith("In the beginning")
+    assert sum(len(v) for _, v in chapters) == 31103
+    val = [name for i, (name, _) in enumerate(chapters) if i % 25 == 12]
+    assert len(val) == 48
+
+
+def test_tokenizer_special_ids_and_documents(corpus):
+    _, tok = corpus
+    assert [tok.sp.id_to_piece(i) for i in range(5)] == ["<pad>", "<s>", "</s>", "<unk>", "</d>"]
+    sents = tok.encode_document(["In the beginning", "God created"])
+    assert sents[0][-1] == EOS_ID and sents[1][-2:].tolist() == [EOS_ID, EOD_ID]
+    assert tok.decode(sents[0][:-1]) == "In the beginning"
+
+
+def test_tokenizer_with_wrong_special_ids_is_rejected(tmp_path):
+    import sentencepiece as spm
+
+    path = tmp_path / "plain.model"
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["a b c d e f g"] * 50),
+        model_prefix=str(tmp_path / "plain"),
+        vocab_size=20,
+        minloglevel=2,
+    )
+    with pytest.raises(ValueError, match=r"plain.model: id 0 must be '<pad>'"):
+        Tokenizer(path.read_bytes(), str(path))
+
+
+def test_local_text_builder_reads_txt_and_jsonl(tmp_path):
+    txt = tmp_path / "a.txt"
+    txt.write_text("First para\nstill first.\n\nSecond para.\n")
+    jl = tmp_path / "b.jsonl"
+    jl.write_text(json.dumps({"body": "one\ntwo"}) + "\n\n" + json.dumps({"body": "three"}) + "\n")
+    docs = list(corpora.read_local_documents([str(txt), str(jl)], "body"))
+    assert docs == [
+        ("a.txt", ["First para still first.", "Second para."]),
+        ("b.jsonl:1", ["one", "two"]),
+        ("b.jsonl:3", ["three"]),
+    ]
+    cfg = corpora.local_text_config([str(txt), str(jl)], "body", validation_fraction=0.0)
+    b = corpora.LocalText(config=cfg, data_dir=str(tmp_path / "tfds"), file_format="array_record")
+    src = corpora.load_split(b, "train")
+    assert len(src) == 3
+    with pytest.raises(ValueError, match="split 'validation' is empty"):
+        corpora.load_split(b, "validation")
+
+
+@pytest.mark.parametrize(
+    "content, key, message",
+    [
+        ('{"text": "ok"}\n{"text": "  \\n "}\n', "text", r"bad.jsonl:2: empty document"),
+        ('{"text": "ok"}\nnot json\n', "text", r"bad.jsonl:2: not valid JSON"),
+        ('{"body": "ok"}\n', "text", r"bad.jsonl:1: expected an object with key 'text'"),
+        ('{"text": 5}\n', "text", r"bad.jsonl:1: field 'text' must be a string"),
+    ],
+)
+def test_bad_jsonl_is_named(tmp_path, content, key, message):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        list(corpora.read_local_documents([str(p)], key))
+
+
+def test_missing_or_empty_corpus_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.txt' does not exist"):
+        corpora.local_text_config([str(tmp_path / "nope.txt")])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n  \n")
+    with pytest.raises(ValueError, match="empty.txt: empty document"):
+        list(corpora.read_local_documents([str(empty)]))
+    with pytest.raises(ValueError, match="unknown corpus 'pile'"):
+        cfg = testing.micro_config()
+        cfg.data.name = "pile"
+        corpora.make_builder(cfg.data, None)
+
+
+def test_train_iterator_batches_follow_the_contract(corpus):
+    cfg, tok = corpus
+    it = pipeline.train_iterator(cfg, tok, 4)
+    batches = [Batch.from_dict(next(it)) for _ in range(3)]
+    for b in batches:
+        b.validate()
+        assert b.tokens.shape == (4, cfg.data.seq_len)
+        assert np.all(b.tokens[:, 0] == BOS_ID)
+        assert np.any(b.slot_index >= 0)
+        assert np.all((b.segment_ids > 0) | (b.tokens == PAD_ID))
+    # deterministic: the same seed gives the same stream
+    again = pipeline.train_iterator(cfg, tok, 4)
+    np.testing.assert_array_equal(next(again)["tokens"], batches[0].tokens)
+
+
+def test_process_shards_are_disjoint(corpus):
+    cfg, tok = corpus
+    seen = []
+    for index in range(2):
+        docs = pipeline._documents(cfg, "train", tok, (index, 2), seed=None)
+        seen.append({tuple(np.concatenate(docs[i]).tolist()) for i in range(len(docs))})
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+def test_eval_batches_are_fixed_and_padded(corpus):
+    cfg, tok = corpus
+    a = pipeline.eval_batches(cfg, tok, 4, 3)
+    b = pipeline.eval_batches(cfg, tok, 4, 3)
+    assert 1 <= len(a) <= 3
+    for x, y in zip(a, b, strict=True):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    assert all(v.shape[0] == 4 for batch in a for v in batch.values())
+
+
+def test_cached_tokenizer_with_other_vocab_is_an_error(corpus, tmp_path):
+    cfg, tok = corpus
+    path = tmp_path / "tokenizer.model"
+    path.write_bytes(tok.sp.serialized_model_proto())
+    cfg = cfg.copy_and_resolve_references()
+    cfg.data.vocab_size = 512
+    with pytest.raises(ValueError, match="vocab 400, config asks for 512"):
+        pipeline.build_tokenizer(cfg, str(tmp_path))
+    cfg.data.tokenizer_path = str(tmp_path / "missing.model")
+    with pytest.raises(FileNotFoundError, match="missing.model"):
+        pipeline.build_tokenizer(cfg, str(tmp_path))
+    assert os.path.exists(path)
