@@ -27,10 +27,12 @@ def get_config(arg=None):
     d.num_layers, d.d_model, d.num_heads, d.d_ff = 24, 2048, 32, 8192
     d.max_len = 2048
     d.dropout = 0.0
+    d.scan, d.remat = True, "full"  # pod memory: one scanned block, activations recomputed
     e = c.model.text_encoder
     e.num_layers, e.d_model, e.num_heads, e.d_ff = 24, 1024, 16, 4096
     e.max_len = 512
     e.dropout = 0.1
+    e.remat = "full"  # unrolled (the frozen layers are named by regex), rematerialized
     c.model.dtype = "bfloat16"
 
     c.optim.name = "adam"
@@ -41,6 +43,7 @@ def get_config(arg=None):
         r"^text_encoder/(token_embed|pos_embed|rel_bias|stack/layers_([0-9]|1[0-9]|2[01]))/"
     ]
 
+    c.mesh.shape = (1, -1, 1)  # FSDP over all chips (checked with metalm_jax.aot on v5p-128)
     c.train.steps = 300_000
     c.train.batch_size = 1024
     c.train.log_every = 50

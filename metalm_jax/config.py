@@ -44,6 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
     dec.max_len = 256  # longest decoder row the model is built for
     dec.norm = "deepnorm"  # deepnorm (paper) | post | pre
     dec.dropout = 0.0
+    dec.scan = False  # nn.scan over layers: fast compiles at depth (params stacked on "layers")
+    dec.remat = "none"  # none | minimal | full | a jax.checkpoint_policies name
     m.text_encoder = enc = ml_collections.ConfigDict()
     enc.enabled = True  # False: a plain decoder-only LM (GPT baseline); spans then do nothing
     enc.num_layers = 2
@@ -57,6 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
     enc.rel_buckets = 32
     enc.rel_max_distance = 128
     enc.dropout = 0.1
+    enc.scan = False  # keep False when optim.frozen names single encoder layers
+    enc.remat = "none"
 
     c.optim = o = ml_collections.ConfigDict()
     o.name = "adamw"  # adam | adamw
@@ -85,11 +89,13 @@ def base_config() -> ml_collections.ConfigDict:
         ("norm", None),
         ("max_len", None),
         ("relpos_buckets", None),
+        ("layers", None),  # the stacked-layer axis of scanned stacks
     )
 
     c.train = t = ml_collections.ConfigDict()
     t.steps = 1000  # total optimizer steps
     t.batch_size = 16  # global batch (rows)
+    t.grad_accum_steps = 1  # microbatches per step (lax.scan); exact: normalized by token weight
     t.log_every = 25  # console / TensorBoard / JSONL train metrics
     t.eval_every = 200  # held-out loss and perplexity (0 = only at the end)
     t.eval_batches = 8  # validation batches per evaluation

@@ -29,6 +29,8 @@ def model_config(cfg) -> ModelConfig:
         positions="sinusoidal",
         dropout=dec.dropout,
         dtype=m.dtype,
+        scan=dec.scan,
+        remat=dec.remat,
     )
     if cfg.data.seq_len > dec.max_len:
         raise ValueError(
@@ -51,6 +53,8 @@ def model_config(cfg) -> ModelConfig:
             rel_max_distance=e.rel_max_distance,
             dropout=e.dropout,
             dtype=m.dtype,
+            scan=e.scan,
+            remat=e.remat,
         )
         longest = cfg.spans.max_len + int(cfg.spans.enc_bos)
         if longest > e.max_len:

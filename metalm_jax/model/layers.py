@@ -44,6 +44,8 @@ class TransformerConfig:
     dropout: float = 0.0
     activation: str = "gelu"
     dtype: str = "float32"
+    scan: bool = False  # nn.scan over layers (one compiled block; params stacked on "layers")
+    remat: str = "none"  # none | minimal | full | a name in jax.checkpoint_policies
 
     def __post_init__(self):
         if self.d_model % self.num_heads:
@@ -187,33 +189,82 @@ class Block(nn.Module):
     """One Transformer layer; residual placement per `cfg.norm` (see module docstring)."""
 
     cfg: TransformerConfig
+    deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, mask, bias=None, *, deterministic: bool = True):
-        cfg = self.cfg
+    def __call__(self, x, mask, bias=None):
+        cfg, det = self.cfg, self.deterministic
         drop = nn.Dropout(cfg.dropout)
         attn, mlp = Attention(cfg, name="attention"), Mlp(cfg, name="mlp")
         if cfg.norm == "pre":
-            h = attn(layer_norm("ln_attention")(x), mask, bias, deterministic=deterministic)
-            x = x + drop(h, deterministic=deterministic)
-            h = mlp(layer_norm("ln_mlp")(x), deterministic=deterministic)
-            return x + drop(h, deterministic=deterministic)
-        h = attn(x, mask, bias, deterministic=deterministic)
-        x = layer_norm("ln_attention")(cfg.alpha * x + drop(h, deterministic=deterministic))
-        h = mlp(x, deterministic=deterministic)
-        return layer_norm("ln_mlp")(cfg.alpha * x + drop(h, deterministic=deterministic))
+            h = attn(layer_norm("ln_attention")(x), mask, bias, deterministic=det)
+            x = x + drop(h, deterministic=det)
+            h = mlp(layer_norm("ln_mlp")(x), deterministic=det)
+            return x + drop(h, deterministic=det)
+        h = attn(x, mask, bias, deterministic=det)
+        x = layer_norm("ln_attention")(cfg.alpha * x + drop(h, deterministic=det))
+        h = mlp(x, deterministic=det)
+        return layer_norm("ln_mlp")(cfg.alpha * x + drop(h, deterministic=det))
+
+
+class _ScannedBlock(Block):
+    """Block with the (carry, output) signature nn.scan needs."""
+
+    def __call__(self, x, mask, bias=None):
+        return super().__call__(x, mask, bias), None
+
+
+def remat_policy(name: str):
+    """None for no remat; else a jax.checkpoint policy (presets minimal / full, or by name)."""
+    if name == "none":
+        return None
+    presets = {
+        "full": jax.checkpoint_policies.nothing_saveable,
+        "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    }
+    if name in presets:
+        return presets[name]
+    policy = getattr(jax.checkpoint_policies, name, None)
+    if policy is None:
+        raise ValueError(
+            f"remat: unknown policy {name!r}; use none|minimal|full or a name in "
+            "jax.checkpoint_policies"
+        )
+    return policy
 
 
 class Stack(nn.Module):
-    """`num_layers` Blocks named layers_0 .. layers_{N-1} (unrolled, so optimizer parameter
-    groups can freeze individual layers); a final LayerNorm for pre-LN."""
+    """`num_layers` Blocks, then a final LayerNorm for pre-LN.
+
+    Unrolled (default), the layers are named layers_0 .. layers_{N-1}, so optimizer parameter
+    groups can freeze single layers. With `cfg.scan` they are one nn.scan named `layers` whose
+    parameters carry a leading "layers" axis: one compiled block, much faster to compile.
+    `cfg.remat` wraps the block in jax.checkpoint with the chosen policy.
+    """
 
     cfg: TransformerConfig
 
     @nn.compact
     def __call__(self, x, mask, bias=None, *, deterministic: bool = True):
-        for i in range(self.cfg.num_layers):
-            x = Block(self.cfg, name=f"layers_{i}")(x, mask, bias, deterministic=deterministic)
-        if self.cfg.norm == "pre":
+        cfg = self.cfg
+        policy = remat_policy(cfg.remat)
+        if cfg.scan:
+            block = _ScannedBlock
+            if policy is not None:
+                block = nn.remat(block, policy=policy, prevent_cse=False)
+            scanned = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scanned(cfg, deterministic, name="layers")(x, mask, bias)
+        else:
+            block = Block if policy is None else nn.remat(Block, policy=policy)
+            for i in range(cfg.num_layers):
+                x = block(cfg, deterministic, name=f"layers_{i}")(x, mask, bias)
+        if cfg.norm == "pre":
             x = layer_norm("ln_final")(x)
         return x

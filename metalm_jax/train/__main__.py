@@ -13,6 +13,10 @@ config_flags.DEFINE_config_file(
     "config", os.path.normpath(DEFAULT_CONFIG), "experiment config file", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "run directory (default: runs/<config name>)")
+flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize (TPU pods, Slurm, ...)")
+flags.DEFINE_string("coordinator_address", None, "with --multihost on CPU/GPU: host:port")
+flags.DEFINE_integer("num_processes", None, "with --coordinator_address")
+flags.DEFINE_integer("process_id", None, "with --coordinator_address")
 
 
 def main(argv):

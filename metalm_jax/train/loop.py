@@ -8,38 +8,26 @@ included.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import signal
 import time
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import optax
 
 from metalm_jax.data import pipeline
 from metalm_jax.eval.greedy import greedy_sample
 from metalm_jax.model.build import (
     count_params,
-    dummy_batch,
     model_config,
     train_flops_per_step,
 )
-from metalm_jax.model.metalm import MetaLM
 from metalm_jax.parallel import mesh as meshlib
+from metalm_jax.parallel.distributed import first_process_then_others
 from metalm_jax.train import metrics as mlib
-from metalm_jax.train.checkpoint import Checkpointer, abstract_with_shardings
-from metalm_jax.train.optimizer import make_optimizer, schedule
-from metalm_jax.train.step import TrainState, eval_step, train_step
-from metalm_jax.types import Batch
-
-
-def _to_global(local: dict, sharding) -> Batch:
-    return Batch.from_dict(
-        {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
-    )
+from metalm_jax.train.checkpoint import Checkpointer
+from metalm_jax.train.optimizer import schedule
+from metalm_jax.train.trainer import build_trainer
 
 
 class Periodic:
@@ -58,8 +46,9 @@ class Periodic:
                 fn(step)
 
 
-def evaluate(eval_fn, params, batches, sharding) -> dict:
-    sums = [eval_fn(params, _to_global(b, sharding)) for b in batches]
+def evaluate(trainer, params, batches) -> dict:
+    """Held-out loss and perplexity over fixed batches (sums divided once)."""
+    sums = [trainer.eval(params, trainer.global_batch(b)) for b in batches]
     sums = jax.device_get(sums)
     loss = sum(float(s["loss_sum"]) for s in sums) / max(sum(float(s["weight"]) for s in sums), 1)
     return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0))}
@@ -73,14 +62,13 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
 
     # -- mesh ---------------------------------------------------------------------------
     mesh = meshlib.make_mesh(cfg.mesh.shape)
-    rules = cfg.mesh.rules
     mlib.console(
         f"== mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform}"
         f" devices, {jax.process_count()} process(es)"
     )
 
     # -- data -----------------------------------------------------------------------------
-    tok = pipeline.build_tokenizer(cfg, workdir)
+    tok = first_process_then_others("tokenizer", lambda: pipeline.build_tokenizer(cfg, workdir))
     if tok.vocab_size != cfg.data.vocab_size:
         raise ValueError(
             f"tokenizer {tok.source} has {tok.vocab_size} pieces, "
@@ -99,99 +87,33 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
         f"{len(eval_data)} eval batches"
     )
 
-    # -- model and abstract state -------------------------------------------------------------
-    mc = model_config(cfg)
-    model = MetaLM(mc)
-    example = dummy_batch(1, cfg.data.seq_len, cfg.spans.enc_length)
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), example)["params"])
-    abs_params = nn.unbox(boxed)
-    tx, groups = make_optimizer(cfg.optim, cfg.train.steps, abs_params)
-    counts = count_params(abs_params)
+    # -- model, optimizer, shardings; state created already sharded ---------------------------
+    trainer = build_trainer(cfg, mesh)
+    counts = count_params(trainer.abstract_state.params)
     mlib.console(
         "== params "
         + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
-        + f"; optimizer groups (leaves) {groups}"
+        + f"; optimizer groups (leaves) {trainer.groups}"
     )
-
-    # -- shardings, then state created already sharded ---------------------------------------
-    param_sh = meshlib.logical_shardings(boxed, mesh, rules)
-    repl = meshlib.replicated(mesh)
-    abs_opt = jax.eval_shape(tx.init, abs_params)
-    masked = lambda x: isinstance(x, optax.MaskedNode)  # frozen groups hold no state
-    opt_sh = optax.tree_map_params(
-        tx,
-        lambda x, s: x if masked(x) else s,
-        abs_opt,
-        param_sh,
-        transform_non_params=lambda _: repl,
-        is_leaf=masked,
-    )
-    state_sh = TrainState(step=repl, params=param_sh, opt_state=opt_sh)
-    batch_sh = meshlib.batch_sharding(mesh, rules)
-
-    def init_state(rng):
-        params = nn.unbox(model.init(rng, example)["params"])
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-
     ckpt = Checkpointer(workdir, cfg.train.checkpoint_every, cfg.train.keep_checkpoints)
     with jax.set_mesh(mesh):
-        abstract_state = jax.eval_shape(init_state, jax.random.key(cfg.seed))
-        abstract_state = abstract_with_shardings(abstract_state, state_sh)
         latest = ckpt.latest_step()
         if latest is None:
-            state = jax.jit(init_state, out_shardings=state_sh)(jax.random.key(cfg.seed))
+            state = trainer.init(jax.random.key(cfg.seed))
             mlib.console("== initialised a new state")
         else:
-            state = ckpt.restore(latest, abstract_state, train_iter, cfg_dict)
+            state = ckpt.restore(latest, trainer.abstract_state, train_iter, cfg_dict)
             mlib.console(f"== resumed from {ckpt.directory}/{latest}")
-
-        step_fn = jax.jit(
-            functools.partial(train_step, model=model, tx=tx, seed=cfg.seed),
-            in_shardings=(state_sh, batch_sh),
-            out_shardings=(state_sh, repl),
-            donate_argnums=0,
-        )
-        eval_fn = jax.jit(
-            functools.partial(eval_step, model=model),
-            in_shardings=(param_sh, batch_sh),
-            out_shardings=repl,
-        )
         return _loop(
-            cfg,
-            cfg_dict,
-            workdir,
-            model,
-            tok,
-            mc,
-            state,
-            step_fn,
-            eval_fn,
-            train_iter,
-            eval_data,
-            batch_sh,
-            ckpt,
-            t_start,
+            cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ckpt, t_start
         )
 
 
-def _loop(
-    cfg,
-    cfg_dict,
-    workdir,
-    model,
-    tok,
-    mc,
-    state,
-    step_fn,
-    eval_fn,
-    train_iter,
-    eval_data,
-    batch_sh,
-    ckpt,
-    t_start,
-):
+def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ckpt, t_start):
     writer = mlib.MetricWriter(workdir, enabled=jax.process_index() == 0)
-    flops = train_flops_per_step(mc, cfg.train.batch_size, cfg.data.seq_len, cfg.spans.enc_length)
+    flops = train_flops_per_step(
+        model_config(cfg), cfg.train.batch_size, cfg.data.seq_len, cfg.spans.enc_length
+    )
     peak = mlib.peak_flops(cfg.train.peak_flops)
     lr_fn = schedule(cfg.optim, cfg.train.steps)
     total = cfg.train.steps
@@ -231,7 +153,7 @@ def _loop(
 
     def run_eval(s):
         final["eval_step"] = s
-        m = evaluate(eval_fn, state.params, eval_data, batch_sh)
+        m = evaluate(trainer, state.params, eval_data)
         writer.write(s, m)
         final.update(m)
         mlib.console(
@@ -256,8 +178,7 @@ def _loop(
         )
     try:
         while step < total:
-            batch = _to_global(next(train_iter), batch_sh)
-            state, m = step_fn(state, batch)
+            state, m = trainer.step(state, trainer.global_batch(next(train_iter)))
             step += 1
             pending.append(m)
             periodic(step)
@@ -279,7 +200,7 @@ def _loop(
     ckpt.close()
     if cfg.train.sample_tokens > 0:
         text = greedy_sample(
-            model,
+            trainer.model,
             state.params,
             tok,
             cfg.train.sample_prompt,

@@ -38,15 +38,40 @@ def loss_sums(model, params, batch: Batch, *, rng=None):
     return jnp.sum(nll * w), jnp.sum(w), aux
 
 
-def train_step(state: TrainState, batch: Batch, *, model, tx, seed: int):
-    """One optimizer step. Returns (new state, metrics of sums to be divided on the host)."""
+def train_step(state: TrainState, batch: Batch, *, model, tx, seed: int, accum: int = 1):
+    """One optimizer step over `accum` microbatches (lax.scan).
+
+    Gradients of the weighted NLL *sum* are accumulated and divided once by the total weight,
+    so k microbatches give exactly the update of one batch k times as large. Returns
+    (new state, metrics of sums to be divided on the host).
+    """
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
-    def loss_fn(params):
-        s, w, _ = loss_sums(model, params, batch, rng=rng)
-        return s / jnp.maximum(w, 1.0), (s, w)
+    def sums(params, micro, i):
+        s, w, _ = loss_sums(model, params, micro, rng=jax.random.fold_in(rng, i))
+        return s, w
 
-    grads, (s, w) = jax.grad(loss_fn, has_aux=True)(state.params)
+    def micro_grads(i, micro):
+        (s, w), g = jax.value_and_grad(sums, has_aux=True)(state.params, micro, i)
+        return g, s, w
+
+    if accum == 1:
+        g, s, w = micro_grads(0, batch)
+    else:
+        if batch.tokens.shape[0] % accum:
+            raise ValueError(
+                f"batch of {batch.tokens.shape[0]} rows is not divisible into "
+                f"train.grad_accum_steps={accum} microbatches"
+            )
+        micro = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
+
+        def body(carry, xs):
+            g, s, w = micro_grads(*xs)
+            return jax.tree.map(jnp.add, carry, (g, s, w)), None
+
+        zero = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(()), jnp.zeros(()))
+        (g, s, w), _ = jax.lax.scan(body, zero, (jnp.arange(accum), micro))
+    grads = jax.tree.map(lambda x: x / jnp.maximum(w, 1.0), g)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {

@@ -1,0 +1,162 @@
+"""Compile the real train step for a TPU topology on this (CPU) machine and report memory,
+FLOPs and an estimated MFU: `python -m metalm_jax.aot --config configs/metalm_lm.py
+--topology v5p-128 [--config.a.b=v]`. Needs the `tpu` extra (libtpu).
+
+Topology names: `v5p-128` style (v4 / v5p count TensorCores, two per chip; v5e / v6e count
+chips) or the compiler's own `v5p:4x4x4`. Reported per chip: arguments (params, optimizer state,
+batch), temporaries and the compiler's peak, against the chip's HBM. FLOPs per step are the
+explicit model count (model/build.py); the compiler's own count and `optimal_seconds` are shown
+too, with their caveats: XLA counts a scanned loop body once, and on v5e / v6e optimal_seconds
+can come out negative, so the estimated MFU is only printed where it is meaningful.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import jax
+import numpy as np
+
+from metalm_jax.model.build import dummy_batch, model_config, train_flops_per_step
+
+# generation -> (compiler name, counts cores (2 per chip)?, 3-D torus?, HBM bytes/chip, bf16 FLOP/s)
+TPUS = {
+    "v4": ("v4", True, True, 32 * 2**30, 275e12),
+    "v5p": ("v5p", True, True, 95 * 2**30, 459e12),
+    "v5e": ("v5e", False, False, 16 * 2**30, 197e12),
+    "v6e": ("v6e", False, False, 32 * 2**30, 918e12),
+}
+
+
+def _grid(chips: int, dims: int) -> str:
+    """Chips -> the most cube-like power-of-two grid, e.g. 64 -> 4x4x4 (3-D) or 8x8 (2-D)."""
+    if chips & (chips - 1):
+        raise ValueError(f"{chips} chips: only powers of two are supported")
+    shape = [1] * dims
+    for i in range(int(math.log2(chips))):
+        shape[dims - 1 - (i % dims)] *= 2
+    return "x".join(map(str, sorted(shape)))
+
+
+def parse_topology(name: str) -> tuple[str, str, int]:
+    """'v5p-128' -> ('v5p:4x4x4', 'v5p', 64 chips); 'v5p:4x4x4' is taken as it is."""
+    m = re.fullmatch(r"(v4|v5p|v5e|v6e)-(\d+)", name)
+    if m:
+        gen, n = m.group(1), int(m.group(2))
+        compiler_name, per_core, three_d, _, _ = TPUS[gen]
+        chips = n // 2 if per_core else n
+        return f"{compiler_name}:{_grid(chips, 3 if three_d else 2)}", gen, chips
+    m = re.fullmatch(r"(v4|v5p|v5e|v6e):([0-9x]+)", name)
+    if m:
+        return name, m.group(1), int(np.prod([int(x) for x in m.group(2).split("x")]))
+    raise ValueError(f"--topology {name!r}: use e.g. v5p-128, v5e-64, v6e-64, v4-128 or v5p:4x4x4")
+
+
+def compile_for_topology(cfg, topology: str) -> dict:
+    """Lowers and compiles the train step for `topology`; returns the report as a dict."""
+    from jax.experimental import topologies
+
+    from metalm_jax.parallel.mesh import make_mesh
+    from metalm_jax.train.trainer import build_trainer
+
+    compiler_name, gen, chips = parse_topology(topology)
+    kwargs = {"chip_config_name": "megacore"} if gen == "v4" else {}
+    topo = topologies.get_topology_desc(platform="tpu", topology_name=compiler_name, **kwargs)
+    devices = topo.devices
+    mesh = make_mesh(cfg.mesh.shape, devices)
+    trainer = build_trainer(cfg, mesh)
+    example = dummy_batch(cfg.train.batch_size, cfg.data.seq_len, cfg.spans.enc_length)
+    abstract_batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=trainer.batch_sharding), example
+    )
+    with jax.set_mesh(mesh):
+        compiled = trainer.step.lower(trainer.abstract_state, abstract_batch).compile()
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    _, _, _, hbm, peak = TPUS[gen]
+    n_dev = len(devices)
+    flops = train_flops_per_step(
+        model_config(cfg), cfg.train.batch_size, cfg.data.seq_len, cfg.spans.enc_length
+    )
+    peak_mem = getattr(mem, "peak_memory_in_bytes", 0) or (
+        mem.argument_size_in_bytes
+        + mem.temp_size_in_bytes
+        + mem.output_size_in_bytes
+        - mem.alias_size_in_bytes
+    )
+    optimal = float(cost.get("optimal_seconds", float("nan")))
+    scanned = cfg.model.decoder.scan or cfg.model.text_encoder.scan
+    mfu = flops["total"] / (chips * peak * optimal) if optimal > 0 and not scanned else None
+    largest = sorted(
+        (
+            (
+                int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize,
+                jax.tree_util.keystr(p),
+            )
+            for p, x in jax.tree_util.tree_leaves_with_path(trainer.abstract_state)
+        ),
+        reverse=True,
+    )[:5]
+    return {
+        "topology": topology,
+        "compiler_topology": compiler_name,
+        "devices": n_dev,
+        "chips": chips,
+        "mesh": dict(mesh.shape),
+        "argument_bytes": mem.argument_size_in_bytes,
+        "temp_bytes": mem.temp_size_in_bytes,
+        "output_bytes": mem.output_size_in_bytes,
+        "alias_bytes": mem.alias_size_in_bytes,
+        "peak_bytes": peak_mem,
+        "hbm_bytes": hbm,
+        "fits": peak_mem <= hbm,
+        "model_flops_per_step": flops["total"],
+        "compiler_flops_per_device": float(cost.get("flops", float("nan"))),
+        "optimal_seconds": optimal,
+        "estimated_mfu": mfu,
+        "largest_state_buffers": largest,
+    }
+
+
+def format_report(r: dict) -> str:
+    gib = lambda b: f"{b / 2**30:.2f} GiB"
+    lines = [
+        f"topology {r['topology']} ({r['compiler_topology']}): {r['chips']} chips, "
+        f"{r['devices']} devices, mesh {r['mesh']}",
+        f"per device: arguments {gib(r['argument_bytes'])}, temporaries {gib(r['temp_bytes'])}, "
+        f"outputs {gib(r['output_bytes'])} (aliased {gib(r['alias_bytes'])})",
+        f"peak {gib(r['peak_bytes'])} of {gib(r['hbm_bytes'])} HBM: "
+        + ("fits" if r["fits"] else "DOES NOT FIT"),
+        f"model FLOPs/step {r['model_flops_per_step']:.3e}; compiler FLOPs/device "
+        f"{r['compiler_flops_per_device']:.3e}; optimal_seconds {r['optimal_seconds']:.4f}",
+        "estimated MFU "
+        + (
+            f"{100 * r['estimated_mfu']:.1f}%"
+            if r["estimated_mfu"] is not None
+            else "n/a (scanned layers or no positive optimal_seconds)"
+        ),
+    ]
+    if not r["fits"]:
+        lines.append("largest state buffers per device:")
+        lines += [f"  {gib(b)}  {p}" for b, p in r["largest_state_buffers"]]
+    return "\n".join(lines)
+
+
+def main(argv):
+    from absl import flags
+
+    del argv
+    report = compile_for_topology(flags.FLAGS.config, flags.FLAGS.topology)
+    print(format_report(report), flush=True)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "experiment config", lock_config=True)
+    flags.DEFINE_string("topology", "v5p-128", "TPU topology, e.g. v5p-128, v5e-64, v6e-64")
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

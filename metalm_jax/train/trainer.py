@@ -1,0 +1,100 @@
+"""Everything compiled for training on one mesh: model, optimizer, shardings, jitted functions.
+
+State is created already sharded: abstract init (`jax.eval_shape`) -> logical partition specs
+-> mesh shardings through the config's rules -> `jit(init, out_shardings=...)`. The train step
+is one `jax.jit` with in/out shardings and the state donated. Used by the loop and by tests that
+compare meshes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from metalm_jax.model.build import dummy_batch, model_config
+from metalm_jax.model.metalm import MetaLM
+from metalm_jax.parallel import mesh as meshlib
+from metalm_jax.train.checkpoint import abstract_with_shardings
+from metalm_jax.train.optimizer import make_optimizer
+from metalm_jax.train.step import TrainState, eval_step, train_step
+from metalm_jax.types import Batch
+
+
+@dataclasses.dataclass
+class Trainer:
+    model: MetaLM
+    tx: optax.GradientTransformation
+    mesh: Any
+    state_sharding: TrainState
+    batch_sharding: Any
+    abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
+    init: Any  # jitted: rng -> sharded TrainState
+    step: Any  # jitted: (state, Batch) -> (state, metrics); donates the state
+    eval: Any  # jitted: (params, Batch) -> {loss_sum, weight}
+    groups: dict
+
+    def global_batch(self, local: dict) -> Batch:
+        """This process's rows (dict of numpy) -> one global, sharded Batch."""
+        sh = self.batch_sharding
+        return Batch.from_dict(
+            {k: jax.make_array_from_process_local_data(sh, v) for k, v in local.items()}
+        )
+
+
+def build_trainer(cfg, mesh) -> Trainer:
+    rules = cfg.mesh.rules
+    model = MetaLM(model_config(cfg))
+    example = dummy_batch(1, cfg.data.seq_len, cfg.spans.enc_length)
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), example)["params"])
+    abs_params = nn.unbox(boxed)
+    tx, groups = make_optimizer(cfg.optim, cfg.train.steps, abs_params)
+
+    param_sh = meshlib.logical_shardings(boxed, mesh, rules)
+    repl = meshlib.replicated(mesh)
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # frozen groups hold no state
+    opt_sh = optax.tree_map_params(
+        tx,
+        lambda x, s: x if masked(x) else s,
+        jax.eval_shape(tx.init, abs_params),
+        param_sh,
+        transform_non_params=lambda _: repl,
+        is_leaf=masked,
+    )
+    state_sh = TrainState(step=repl, params=param_sh, opt_state=opt_sh)
+    batch_sh = meshlib.batch_sharding(mesh, rules)
+
+    def init_state(rng):
+        params = nn.unbox(model.init(rng, example)["params"])
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+    abstract = abstract_with_shardings(jax.eval_shape(init_state, jax.random.key(0)), state_sh)
+    step = functools.partial(
+        train_step, model=model, tx=tx, seed=cfg.seed, accum=cfg.train.grad_accum_steps
+    )
+    return Trainer(
+        model=model,
+        tx=tx,
+        mesh=mesh,
+        state_sharding=state_sh,
+        batch_sharding=batch_sh,
+        abstract_state=abstract,
+        init=jax.jit(init_state, out_shardings=state_sh),
+        step=jax.jit(
+            step,
+            in_shardings=(state_sh, batch_sh),
+            out_shardings=(state_sh, repl),
+            donate_argnums=0,
+        ),
+        eval=jax.jit(
+            functools.partial(eval_step, model=model),
+            in_shardings=(param_sh, batch_sh),
+            out_shardings=repl,
+        ),
+        groups=groups,
+    )

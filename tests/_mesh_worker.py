@@ -1,0 +1,49 @@
+"""Run in a subprocess with 8 simulated CPU devices (XLA_FLAGS set by the caller): one train
+step of the micro model on the same global batch over several meshes; prints JSON with the
+largest relative differences against the (1, 1, 1) mesh."""
+
+import json
+import sys
+
+import jax
+import numpy as np
+
+from metalm_jax import testing
+from metalm_jax.data.spans import SpanConfig
+from metalm_jax.parallel.mesh import make_mesh
+from metalm_jax.train.trainer import build_trainer
+
+SHAPES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)]
+
+
+def run(shape, cfg, batch):
+    n = int(np.prod(shape))
+    mesh = make_mesh(shape, jax.devices()[:n])
+    trainer = build_trainer(cfg, mesh)
+    with jax.set_mesh(mesh):
+        state = trainer.init(jax.random.key(0))
+        state, m = trainer.step(state, trainer.global_batch(batch))
+        state, m = trainer.step(state, trainer.global_batch(batch))  # step 0 has LR 0
+    loss = float(m["loss_sum"] / m["weight"])
+    return loss, [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
+
+
+def main():
+    cfg = testing.micro_config()
+    cfg.model.decoder.scan = "--scan" in sys.argv
+    cfg.train.batch_size = 8
+    batch = testing.random_batch(8, 64, cfg.data.vocab_size, SpanConfig(4, 8, 0.25, 24))
+    ref_loss, ref_params = run(SHAPES[0], cfg, batch)
+    out = {"devices": jax.device_count(), "ref_loss": ref_loss, "meshes": {}}
+    for shape in SHAPES[1:]:
+        loss, params = run(shape, cfg, batch)
+        rel = max(
+            float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12))
+            for a, b in zip(ref_params, params, strict=True)
+        )
+        out["meshes"][str(shape)] = {"loss_rel": abs(loss - ref_loss) / ref_loss, "param_rel": rel}
+    print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Single-process reference for the 2-process test (run with 8 simulated devices).
+
+Rebuilds exactly the global batches the 2-process run fed (process 0's shard rows first, then
+process 1's), trains the same number of steps on one 8-device mesh, restores the 2-process run's
+final checkpoint and prints the largest relative parameter difference."""
+
+import json
+import sys
+
+import jax
+import numpy as np
+
+from metalm_jax.data import pipeline
+from metalm_jax.parallel.mesh import make_mesh
+from metalm_jax.train.checkpoint import Checkpointer
+from tests.micro_config import get_config
+from metalm_jax.train.trainer import build_trainer
+
+
+def main(config_arg, workdir, steps):
+    cfg = get_config(config_arg)
+    cfg.train.steps = steps
+    tok = pipeline.build_tokenizer(cfg, workdir)  # the file process 0 trained
+    local = cfg.train.batch_size // 2
+    iters = [pipeline.train_iterator(cfg, tok, local, (i, 2)) for i in range(2)]
+    mesh = make_mesh(cfg.mesh.shape)
+    trainer = build_trainer(cfg, mesh)
+    with jax.set_mesh(mesh):
+        state = trainer.init(jax.random.key(cfg.seed))
+        for _ in range(steps):
+            parts = [next(it) for it in iters]
+            batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            state, m = trainer.step(state, trainer.global_batch(batch))
+        ckpt = Checkpointer(workdir, 0, 3)
+        restored = ckpt.restore(steps, trainer.abstract_state, iters[0], cfg.to_dict())
+        ckpt.close()
+    ref = jax.tree.leaves(jax.device_get(state.params))
+    got = jax.tree.leaves(jax.device_get(restored.params))
+    rel = max(
+        float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12))
+        for a, b in zip(ref, got, strict=True)
+    )
+    print("RESULT " + json.dumps({"param_rel": rel, "step": int(restored.step)}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

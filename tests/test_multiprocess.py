@@ -1,0 +1,71 @@
+"""Two real processes on localhost (CPU collectives, 4 simulated devices each): train,
+checkpoint, stop, resume, and match a single-process run on the same global batches."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices):
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "PYTHONPATH": ROOT,
+    }
+
+
+def _run_two(config_arg, workdir, steps):
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "metalm_jax.train", "--config",
+             os.path.join(ROOT, "tests", "micro_config.py") + ":" + config_arg,
+             "--workdir", workdir, f"--config.train.steps={steps}", "--config.train.sample_tokens=0",
+             "--multihost", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+             f"--process_id={i}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(4), cwd=ROOT,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+    return outs
+
+
+@pytest.mark.slow
+def test_two_processes_train_resume_and_match_one(corpus, tmp_path):
+    cfg, _ = corpus
+    config_arg = f"{cfg.data.files[0]},{cfg.data.tfds_data_dir}"
+    workdir = str(tmp_path / "run")
+    first = _run_two(config_arg, workdir, 4)
+    assert "2 process(es)" in first[0] and "step      4/4" in first[0]
+    assert "step" not in first[1].replace("steps", "")  # only process 0 logs
+    second = _run_two(config_arg, workdir, 6)
+    assert "resumed from" in second[0] and "step      6/6" in second[0]
+    files = os.listdir(os.path.join(workdir, "checkpoints", "6", "data"))
+    assert sorted(f for f in files if f.endswith(".json")) == [
+        "process_0-of-2.json", "process_1-of-2.json"]
+
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "_multiprocess_worker.py"), config_arg,
+         workdir, "6"],
+        capture_output=True, text=True, timeout=600, env=_env(8), cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    assert out["step"] == 6
+    assert out["param_rel"] <= 1e-5, out
