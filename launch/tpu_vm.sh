@@ -225,7 +225,6 @@ cmd_install() {
     x rsync -a --delete --exclude=.git --filter=':- .gitignore' "$REPO_ROOT/" "$stage/$REMOTE_DIR/"
     x gcloud compute tpus tpu-vm scp "$stage/$REMOTE_DIR" "$NAME:~/" "${GCLOUD_FLAGS[@]}" \
       --worker=all --recurse --compress
-    fetch=""
   fi
   ssh_all "set -e; ${fetch:+$fetch; }command -v $py >/dev/null || { sudo apt-get update -q && sudo apt-get install -y -q $py $(quote "$PYTHON-venv"); }; cd $REMOTE_DIR && $py -m venv .venv && .venv/bin/pip install -e '.[tpu]'"
 }
