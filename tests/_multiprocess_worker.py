@@ -20,6 +20,8 @@ from metalm_jax.train.trainer import build_trainer
 def main(config_arg, workdir, steps):
     cfg = get_config(config_arg)
     cfg.train.steps = steps
+    cfg.train.batch_size = 8
+    cfg.optim.schedule = "constant"
     tok = pipeline.build_tokenizer(cfg, workdir)  # the file process 0 trained
     local = cfg.train.batch_size // 2
     iters = [pipeline.train_iterator(cfg, tok, local, (i, 2)) for i in range(2)]
@@ -32,15 +34,19 @@ def main(config_arg, workdir, steps):
             batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             state, m = trainer.step(state, trainer.global_batch(batch))
         ckpt = Checkpointer(workdir, 0, 3)
-        restored = ckpt.restore(steps, trainer.abstract_state, iters[0], cfg.to_dict())
+        restored = ckpt.restore(steps, trainer.abstract_state, None, cfg.to_dict())
         ckpt.close()
-    ref = jax.tree.leaves(jax.device_get(state.params))
+    ref = jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))
     got = jax.tree.leaves(jax.device_get(restored.params))
-    rel = max(
-        float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12))
-        for a, b in zip(ref, got, strict=True)
+    rel, worst = max(
+        (float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)), jax.tree_util.keystr(p))
+        for (p, a), b in zip(ref, got, strict=True)
     )
-    print("RESULT " + json.dumps({"param_rel": rel, "step": int(restored.step)}))
+    a = np.concatenate([np.ravel(x) for _, x in ref])
+    b = np.concatenate([np.ravel(x) for x in got])
+    l2 = float(np.linalg.norm(a - b) / np.linalg.norm(a))
+    out = {"param_rel_l2": l2, "leaf_rel_max": rel, "worst_leaf": worst, "step": int(restored.step)}
+    print("RESULT " + json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The micro test config as a config file, for tests that drive the real CLI.
 
-    python -m metalm_jax.train --config tests/micro_config.py:/path/corpus.jsonl,/path/tfds
+python -m metalm_jax.train --config tests/micro_config.py:/path/corpus.jsonl,/path/tfds
 """
 
 from metalm_jax import testing

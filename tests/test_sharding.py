@@ -52,7 +52,10 @@ def test_same_update_on_every_mesh(scan):
     assert len(out["meshes"]) == 4
     for shape, r in out["meshes"].items():
         assert r["loss_rel"] <= 1e-5, (shape, r)
-        assert r["param_rel"] <= 1e-5, (shape, r)
+        assert r["param_rel_l2"] <= 1e-5, (shape, r)
+        # Per leaf, zero-initialised biases after their first Adam steps are only ~lr in size
+        # and Adam divides float32 reduction-order noise by |g| + eps: seen up to ~1e-4.
+        assert r["leaf_rel_max"] <= 1e-3, (shape, r)
 
 
 def _one_step(cfg, batch, accum):

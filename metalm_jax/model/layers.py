@@ -147,13 +147,18 @@ class Attention(nn.Module):
         D, N, H = cfg.d_model, cfg.num_heads, cfg.head_dim
         dt = cfg.compute_dtype
 
-        def proj(name, scale):
+        def proj(name, scale, bias=True):
             w = self.param(name, param(xavier(scale, 0, (1, 2)), "embed", "heads", "kv"), (D, N, H))
-            b = self.param(name + "_bias", param(nn.initializers.zeros, "heads", "kv"), (N, H))
-            return jnp.einsum("BLD,DNH->BLNH", x.astype(dt), w.astype(dt)) + b.astype(dt)
+            y = jnp.einsum("BLD,DNH->BLNH", x.astype(dt), w.astype(dt))
+            if bias:
+                b = self.param(name + "_bias", param(nn.initializers.zeros, "heads", "kv"), (N, H))
+                y = y + b.astype(dt)
+            return y
 
         q = proj("query", 1.0)
-        k = proj("key", 1.0)
+        # No key bias: softmax is invariant to it, so its gradient is identically zero (only
+        # rounding noise, which Adam would amplify into different updates on different meshes).
+        k = proj("key", 1.0, bias=False)
         v = proj("value", cfg.beta)
         logits = jnp.einsum("BLNH,BSNH->BNLS", q, k).astype(jnp.float32) / math.sqrt(H)
         if bias is not None:

@@ -1,4 +1,5 @@
-"""`python -m metalm_jax.train [--config configs/tiny.py] [--config.a.b=v] [--workdir DIR]`."""
+"""`python -m metalm_jax.train [--config configs/tiny.py] [--config.a.b=v] [--workdir DIR]
+[--multihost [--coordinator_address H:P --num_processes N --process_id I]]`."""
 
 from __future__ import annotations
 
@@ -26,7 +27,12 @@ def main(argv):
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log every file at INFO
-    cfg = flags.FLAGS.config
+    f = flags.FLAGS
+    if f.multihost:
+        from metalm_jax.parallel.distributed import initialize
+
+        initialize(f.coordinator_address, f.num_processes, f.process_id)
+    cfg = f.config
     train_and_evaluate(cfg, flags.FLAGS.workdir or os.path.join("runs", cfg.name))
 
 

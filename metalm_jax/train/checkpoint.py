@@ -38,7 +38,9 @@ def _get(d: dict, dotted: str):
 
 class Checkpointer:
     def __init__(self, workdir: str, every: int, keep: int):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.directory = os.path.join(workdir, "checkpoints")
+        if "://" not in self.directory:  # keep gs://... as it is
+            self.directory = os.path.abspath(self.directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -78,16 +80,13 @@ class Checkpointer:
                 )
 
     def restore(self, step: int, abstract_state, data_iterator, config: dict):
-        """Restores state into `abstract_state`'s shardings and the iterator in place."""
+        """Restores state into `abstract_state`'s shardings, and the data iterator in place
+        unless it is None (e.g. to read a run's parameters with another process count)."""
         self.check_config(step, config)
-        out = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=grain.checkpoint.CheckpointRestore(data_iterator),
-            ),
-        )
-        return out["state"]
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

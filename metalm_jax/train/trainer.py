@@ -49,6 +49,13 @@ class Trainer:
 
 def build_trainer(cfg, mesh) -> Trainer:
     rules = cfg.mesh.rules
+    rows = meshlib.batch_sharding(mesh, rules).num_devices // int(mesh.shape["tensor"])
+    if cfg.train.batch_size % (rows * cfg.train.grad_accum_steps):
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} must divide into "
+            f"train.grad_accum_steps={cfg.train.grad_accum_steps} microbatches split over the "
+            f"{rows} data x fsdp devices of mesh {dict(mesh.shape)}"
+        )
     model = MetaLM(model_config(cfg))
     example = dummy_batch(1, cfg.data.seq_len, cfg.spans.enc_length)
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), example)["params"])
