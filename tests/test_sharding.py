@@ -101,3 +101,15 @@ def test_scan_and_remat_give_the_unrolled_numbers():
     with pytest.raises(ValueError, match="unknown policy 'bogus'"):
         cfg.model.decoder.remat = "bogus"
         MetaLM(model_config(cfg)).init(jax.random.key(0), batch)
+
+
+def test_bfloat16_compute_with_scanned_post_ln_stack():
+    cfg = testing.micro_config()
+    cfg.model.dtype = "bfloat16"
+    cfg.model.decoder.scan, cfg.model.decoder.remat = True, "full"
+    batch = Batch.from_dict(testing.random_batch(2, 64, cfg.data.vocab_size, SPANS))
+    model = MetaLM(model_config(cfg))
+    params = model.init(jax.random.key(0), batch)["params"]
+    assert jax.tree.leaves(params)[0].dtype == jnp.float32  # params stay float32
+    logits, _ = model.apply({"params": params}, batch)
+    assert logits.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(logits)))

@@ -216,7 +216,8 @@ class _ScannedBlock(Block):
     """Block with the (carry, output) signature nn.scan needs."""
 
     def __call__(self, x, mask, bias=None):
-        return super().__call__(x, mask, bias), None
+        # post-LN norms in float32; the scan carry must keep the compute dtype
+        return super().__call__(x, mask, bias).astype(x.dtype), None
 
 
 def remat_policy(name: str):

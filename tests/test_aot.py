@@ -1,0 +1,32 @@
+"""TPU compile from CPU (needs the `tpu` extra: libtpu), topology names, and the report."""
+
+import importlib.util
+
+import pytest
+
+from metalm_jax import testing
+from metalm_jax.aot import compile_for_topology, format_report, parse_topology
+
+
+def test_topology_names():
+    assert parse_topology("v5p-128") == ("v5p:4x4x4", "v5p", 64)
+    assert parse_topology("v4-128") == ("v4:4x4x4", "v4", 64)
+    assert parse_topology("v5e-64") == ("v5e:8x8", "v5e", 64)
+    assert parse_topology("v6e-8") == ("v6e:2x4", "v6e", 8)
+    assert parse_topology("v5p:2x2x2") == ("v5p:2x2x2", "v5p", 8)
+    with pytest.raises(ValueError, match="--topology 'tpu-9'"):
+        parse_topology("tpu-9")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed")
+def test_compile_micro_model_for_v5e(monkeypatch):
+    monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5p-8")  # quiets libtpu's host probing
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+    cfg = testing.micro_config()
+    cfg.train.batch_size = 8
+    report = compile_for_topology(cfg, "v5e-4")
+    assert report["chips"] == 4 and report["devices"] == 4
+    assert report["fits"] and 0 < report["temp_bytes"] < report["hbm_bytes"]
+    assert report["model_flops_per_step"] > 0
+    text = format_report(report)
+    assert "v5e:2x2" in text and "fits" in text
