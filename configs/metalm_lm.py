@@ -46,6 +46,7 @@ def get_config(arg=None):
     c.mesh.shape = (1, -1, 1)  # FSDP over all chips (checked with metalm_jax.aot on v5p-128)
     c.train.steps = 300_000
     c.train.batch_size = 1024
+    c.train.grad_accum_steps = 8  # 128-row microbatches: fits a v5p-128 (metalm_jax.aot)
     c.train.log_every = 50
     c.train.eval_every = 2000
     c.train.checkpoint_every = 2000

@@ -90,6 +90,8 @@ def base_config() -> ml_collections.ConfigDict:
         ("max_len", None),
         ("relpos_buckets", None),
         ("layers", None),  # the stacked-layer axis of scanned stacks
+        ("length", None),  # activations: sequence
+        ("act_embed", None),  # activations: model width
     )
 
     c.train = t = ml_collections.ConfigDict()

@@ -205,11 +205,17 @@ class Block(nn.Module):
             h = attn(layer_norm("ln_attention")(x), mask, bias, deterministic=det)
             x = x + drop(h, deterministic=det)
             h = mlp(layer_norm("ln_mlp")(x), deterministic=det)
-            return x + drop(h, deterministic=det)
+            return constrain(x + drop(h, deterministic=det))
         h = attn(x, mask, bias, deterministic=det)
         x = layer_norm("ln_attention")(cfg.alpha * x + drop(h, deterministic=det))
         h = mlp(x, deterministic=det)
-        return layer_norm("ln_mlp")(cfg.alpha * x + drop(h, deterministic=det))
+        return constrain(layer_norm("ln_mlp")(cfg.alpha * x + drop(h, deterministic=det)))
+
+
+def constrain(x):
+    """Pins activations [B, L, D] to the logical layout (batch, length, act_embed); a no-op
+    outside an `nn.logical_axis_rules` context (the trainer sets one while tracing)."""
+    return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
 
 class _ScannedBlock(Block):

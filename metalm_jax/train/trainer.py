@@ -47,6 +47,17 @@ class Trainer:
         )
 
 
+def _with_rules(fn, rules):
+    """Traces `fn` inside the logical-axis rules, so activation constraints take effect."""
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        with nn.logical_axis_rules(rules):
+            return fn(*args)
+
+    return wrapped
+
+
 def build_trainer(cfg, mesh) -> Trainer:
     rules = cfg.mesh.rules
     rows = meshlib.batch_sharding(mesh, rules).num_devices // int(mesh.shape["tensor"])
@@ -93,13 +104,13 @@ def build_trainer(cfg, mesh) -> Trainer:
         abstract_state=abstract,
         init=jax.jit(init_state, out_shardings=state_sh),
         step=jax.jit(
-            step,
+            _with_rules(step, meshlib.rules_tuple(rules)),
             in_shardings=(state_sh, batch_sh),
             out_shardings=(state_sh, repl),
             donate_argnums=0,
         ),
         eval=jax.jit(
-            functools.partial(eval_step, model=model),
+            _with_rules(functools.partial(eval_step, model=model), meshlib.rules_tuple(rules)),
             in_shardings=(param_sh, batch_sh),
             out_shardings=repl,
         ),
