@@ -13,8 +13,8 @@ import numpy as np
 from metalm_jax.data import pipeline
 from metalm_jax.parallel.mesh import make_mesh
 from metalm_jax.train.checkpoint import Checkpointer
-from tests.micro_config import get_config
 from metalm_jax.train.trainer import build_trainer
+from tests.micro_config import get_config
 
 
 def main(config_arg, workdir, steps):

@@ -92,7 +92,7 @@ def test_scan_and_remat_give_the_unrolled_numbers():
         model = MetaLM(model_config(cfg))
         p = dict(params, decoder={"layers": stacked})
         out, grads = jax.value_and_grad(
-            lambda p: jnp.sum(model.apply({"params": p}, batch)[0] ** 2) * 1e-6
+            lambda p, m=model: jnp.sum(m.apply({"params": p}, batch)[0] ** 2) * 1e-6
         )(p)
         np.testing.assert_allclose(
             float(out), float(jnp.sum(ref**2) * 1e-6), rtol=1e-5, err_msg=remat
