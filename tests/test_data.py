@@ -36,7 +36,7 @@ def test_tokenizer_with_wrong_special_ids_is_rejected(tmp_path):
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(["a b c d e f g"] * 50),
         model_prefix=str(tmp_path / "plain"),
-        vocab_size=20,
+        vocab_size=12,
         minloglevel=2,
     )
     with pytest.raises(ValueError, match=r"plain.model: id 0 must be '<pad>'"):
@@ -56,10 +56,18 @@ def test_local_text_builder_reads_txt_and_jsonl(tmp_path):
     ]
     cfg = corpora.local_text_config([str(txt), str(jl)], "body", validation_fraction=0.0)
     b = corpora.LocalText(config=cfg, data_dir=str(tmp_path / "tfds"), file_format="array_record")
-    src = corpora.load_split(b, "train")
-    assert len(src) == 3
-    with pytest.raises(ValueError, match="split 'validation' is empty"):
-        corpora.load_split(b, "validation")
+    with pytest.raises(ValueError, match=r"validation split would be empty \(3 documents"):
+        corpora.load_split(b, "train")
+    cfg = corpora.local_text_config([str(txt), str(jl)], "body", validation_fraction=0.5)
+    b = corpora.LocalText(config=cfg, data_dir=str(tmp_path / "tfds"), file_format="array_record")
+    train, val = corpora.load_split(b, "train"), corpora.load_split(b, "validation")
+    assert len(train) + len(val) == 3 and len(train) > 0 and len(val) > 0
+    ids = {train[i]["id"] for i in range(len(train))} | {val[i]["id"] for i in range(len(val))}
+    assert {x.decode() if isinstance(x, bytes) else x for x in ids} == {
+        "a.txt",
+        "b.jsonl:1",
+        "b.jsonl:3",
+    }
 
 
 @pytest.mark.parametrize(

@@ -155,10 +155,15 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
         def is_val(doc_id):
             return int(hashlib.sha1(doc_id.encode()).hexdigest()[:8], 16) / 2**32 < frac
 
-        return {
-            "train": self._generate_examples([d for d in docs if not is_val(d[0])]),
-            "validation": self._generate_examples([d for d in docs if is_val(d[0])]),
-        }
+        val = [d for d in docs if is_val(d[0])]
+        train = [d for d in docs if not is_val(d[0])]
+        for split, part in (("validation", val), ("train", train)):
+            if not part:
+                raise ValueError(
+                    f"data.files: the {split} split would be empty ({len(docs)} documents, "
+                    f"data.validation_fraction={frac}): add documents or change the fraction"
+                )
+        return {"train": self._generate_examples(train), "validation": self._generate_examples(val)}
 
     def _generate_examples(self, docs):
         for doc_id, paras in docs:
