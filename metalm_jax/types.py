@@ -16,6 +16,16 @@ Text-encoder grid, all [B, Le]: every span is its own segment, positions restart
   enc_tokens       int32
   enc_segment_ids  int32   0 = padding
   enc_positions    int32
+
+Image grid (only with a vision encoder; None otherwise), Ni images per row:
+  images           float32[B, Ni, H, W, 3]  preprocessed (normalized) pixels
+  image_valid      int32[B, Ni]              1 = a real image, 0 = padding
+  vl_prefix        int32[B, Ni, Lp]          the text prefix a joint VL encoder reads with it
+  vl_prefix_mask   int32[B, Ni, Lp]          1 = a real prefix token
+
+Slot bank layout (what slot_index points into): the text-encoder grid first (Le entries, when
+there is a text encoder), then S' entries per image: image i's outputs at Le + i*S' + j
+(image tokens first, then its prefix positions).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import numpy as np
 
 DECODER_FIELDS = ("tokens", "slot_index", "targets", "loss_weights", "segment_ids", "positions")
 TEXT_ENCODER_FIELDS = ("enc_tokens", "enc_segment_ids", "enc_positions")
+IMAGE_FIELDS = ("images", "image_valid", "vl_prefix", "vl_prefix_mask")
 FIELD_DTYPES = {
     "tokens": np.int32,
     "slot_index": np.int32,
@@ -37,6 +48,10 @@ FIELD_DTYPES = {
     "enc_tokens": np.int32,
     "enc_segment_ids": np.int32,
     "enc_positions": np.int32,
+    "images": np.float32,
+    "image_valid": np.int32,
+    "vl_prefix": np.int32,
+    "vl_prefix_mask": np.int32,
 }
 
 
@@ -53,17 +68,26 @@ class Batch:
     enc_tokens: np.ndarray
     enc_segment_ids: np.ndarray
     enc_positions: np.ndarray
+    images: np.ndarray | None = None
+    image_valid: np.ndarray | None = None
+    vl_prefix: np.ndarray | None = None
+    vl_prefix_mask: np.ndarray | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> Batch:
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in d]
+        required = DECODER_FIELDS + TEXT_ENCODER_FIELDS
+        missing = [n for n in required if n not in d]
         if missing:
             raise KeyError(f"Batch is missing fields {missing}; got {sorted(d)}")
-        return cls(**{n: d[n] for n in names})
+        unknown = sorted(set(d) - set(required) - set(IMAGE_FIELDS))
+        if unknown:
+            raise KeyError(f"Batch has unknown fields {unknown}")
+        return cls(**d)
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """The fields that are present (image fields only when set)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: v for k, v in out.items() if v is not None}
 
     def validate(self) -> None:
         """Checks shapes and dtypes against the contract; raises ValueError naming the field."""
@@ -77,9 +101,15 @@ class Batch:
             arr = getattr(self, name)
             if arr.shape != (b, le) or b2 != b:
                 raise ValueError(f"Batch.{name}: expected shape {(b, le)}, got {arr.shape}")
+        if self.images is not None:
+            ni = self.images.shape[1]
+            for name in IMAGE_FIELDS[1:]:
+                arr = getattr(self, name)
+                if arr is None or arr.shape[:2] != (b, ni):
+                    raise ValueError(f"Batch.{name}: expected leading shape {(b, ni)}")
         for name, dtype in FIELD_DTYPES.items():
             arr = getattr(self, name)
+            if arr is None:
+                continue
             if arr.dtype != dtype:
                 raise ValueError(f"Batch.{name}: expected dtype {np.dtype(dtype)}, got {arr.dtype}")
-        if np.any(self.slot_index >= le):
-            raise ValueError(f"Batch.slot_index points past the encoder length {le}")

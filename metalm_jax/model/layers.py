@@ -44,6 +44,7 @@ class TransformerConfig:
     dropout: float = 0.0
     activation: str = "gelu"
     dtype: str = "float32"
+    experts: bool = False  # VLMo-style modality experts: separate MLPs for text / image positions
     scan: bool = False  # nn.scan over layers (one compiled block; params stacked on "layers")
     remat: str = "none"  # none | minimal | full | a name in jax.checkpoint_policies
 
@@ -191,24 +192,36 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """One Transformer layer; residual placement per `cfg.norm` (see module docstring)."""
+    """One Transformer layer; residual placement per `cfg.norm` (see module docstring).
+
+    With `cfg.experts`, the feed-forward is a pair of modality experts (VLMo): `modality`
+    int32[B, L] picks `mlp_image` (1) or `mlp_text` (0) per position.
+    """
 
     cfg: TransformerConfig
     deterministic: bool = True
 
+    def _mlp(self, x, modality):
+        cfg, det = self.cfg, self.deterministic
+        if not cfg.experts:
+            return Mlp(cfg, name="mlp")(x, deterministic=det)
+        text = Mlp(cfg, name="mlp_text")(x, deterministic=det)
+        image = Mlp(cfg, name="mlp_image")(x, deterministic=det)
+        return jnp.where((modality == 1)[..., None], image, text)
+
     @nn.compact
-    def __call__(self, x, mask, bias=None):
+    def __call__(self, x, mask, bias=None, modality=None):
         cfg, det = self.cfg, self.deterministic
         drop = nn.Dropout(cfg.dropout)
-        attn, mlp = Attention(cfg, name="attention"), Mlp(cfg, name="mlp")
+        attn = Attention(cfg, name="attention")
         if cfg.norm == "pre":
             h = attn(layer_norm("ln_attention")(x), mask, bias, deterministic=det)
             x = x + drop(h, deterministic=det)
-            h = mlp(layer_norm("ln_mlp")(x), deterministic=det)
+            h = self._mlp(layer_norm("ln_mlp")(x), modality)
             return constrain(x + drop(h, deterministic=det))
         h = attn(x, mask, bias, deterministic=det)
         x = layer_norm("ln_attention")(cfg.alpha * x + drop(h, deterministic=det))
-        h = mlp(x, deterministic=det)
+        h = self._mlp(x, modality)
         return constrain(layer_norm("ln_mlp")(cfg.alpha * x + drop(h, deterministic=det)))
 
 
@@ -221,9 +234,9 @@ def constrain(x):
 class _ScannedBlock(Block):
     """Block with the (carry, output) signature nn.scan needs."""
 
-    def __call__(self, x, mask, bias=None):
+    def __call__(self, x, mask, bias=None, modality=None):
         # post-LN norms in float32; the scan carry must keep the compute dtype
-        return super().__call__(x, mask, bias).astype(x.dtype), None
+        return super().__call__(x, mask, bias, modality).astype(x.dtype), None
 
 
 def remat_policy(name: str):
@@ -257,7 +270,7 @@ class Stack(nn.Module):
     cfg: TransformerConfig
 
     @nn.compact
-    def __call__(self, x, mask, bias=None, *, deterministic: bool = True):
+    def __call__(self, x, mask, bias=None, modality=None, *, deterministic: bool = True):
         cfg = self.cfg
         policy = remat_policy(cfg.remat)
         if cfg.scan:
@@ -268,15 +281,15 @@ class Stack(nn.Module):
                 block,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast),
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = scanned(cfg, deterministic, name="layers")(x, mask, bias)
+            x, _ = scanned(cfg, deterministic, name="layers")(x, mask, bias, modality)
         else:
             block = Block if policy is None else nn.remat(Block, policy=policy)
             for i in range(cfg.num_layers):
-                x = block(cfg, deterministic, name=f"layers_{i}")(x, mask, bias)
+                x = block(cfg, deterministic, name=f"layers_{i}")(x, mask, bias, modality)
         if cfg.norm == "pre":
             x = layer_norm("ln_final")(x)
         return x

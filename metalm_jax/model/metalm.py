@@ -1,7 +1,11 @@
-"""MetaLM: text encoder -> connector -> slot bank -> interface decoder -> tied LM head.
+"""MetaLM: encoders -> connectors -> slot bank -> interface decoder -> tied LM head.
 
     enc_tokens [B, Le] --TextEncoder (bidirectional per span)--> [B, Le, De]
-        --Connector--> slot bank [B, Le, D]
+        --Connector--> [B, Le, D]
+    images [B, Ni, H, W, 3] (+ vl_prefix [B, Ni, Lp]) --VisionEncoder per image--> [B*Ni, S, Ev]
+        --Connector--> [B*Ni, S', D] --> [B, Ni*S', D]
+    slot bank = concat(text part, image part) [B, M, D]: the text grid first (M0 = Le), then
+                image i's S' slots at M0 + i*S' (image tokens, then its prefix positions)
     tokens [B, L] --embed * sqrt(D)--> [B, L, D]
     decoder input = bank[slot_index] where slot_index >= 0, else the token embedding;
                     then + sinusoidal(positions)
@@ -20,15 +24,16 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
+from metalm_jax.model.connector import Connector
 from metalm_jax.model.layers import (
     RelativePositionBias,
     Stack,
     TransformerConfig,
     param,
     sinusoidal,
-    xavier,
 )
 from metalm_jax.model.masks import make_attention_mask
+from metalm_jax.model.vision import VisionConfig, VisionEncoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +41,19 @@ class ModelConfig:
     vocab_size: int
     decoder: TransformerConfig
     text_encoder: TransformerConfig | None
-    connector: str = "linear"
+    connector: str = "linear"  # the text encoder's connector
+    vision: VisionConfig | None = None
+    vision_connector: str = "mlp3"
+    vision_latents: int = 64  # slots per image with the resampler connector
+
+    @property
+    def image_slots(self) -> int:
+        """Decoder slots one image (with its prefix) occupies in the bank."""
+        if self.vision is None:
+            return 0
+        if self.vision_connector == "resampler":
+            return self.vision_latents
+        return self.vision.num_outputs
 
 
 def _embed(vocab: int, d: int, name: str) -> nn.Embed:
@@ -71,21 +88,6 @@ class TextEncoder(nn.Module):
         return Stack(cfg, name="stack")(x, mask, bias, deterministic=deterministic)
 
 
-class Connector(nn.Module):
-    """Maps encoder outputs [B, S, De] to decoder width [B, S, D]; `kind`: linear."""
-
-    d_model: int
-    kind: str = "linear"
-
-    @nn.compact
-    def __call__(self, x):
-        if self.kind != "linear":
-            raise ValueError(f"model.connector: unknown kind {self.kind!r}; expected 'linear'")
-        w = self.param("kernel", param(xavier(), "embed_in", "embed"), (x.shape[-1], self.d_model))
-        b = self.param("bias", param(nn.initializers.zeros, "embed"), (self.d_model,))
-        return jnp.einsum("BSE,ED->BSD", x, w.astype(x.dtype)) + b.astype(x.dtype)
-
-
 def gather_slots(token_embeddings, bank, slot_index):
     """Decoder input: bank[b, slot_index[b, l]] where slot_index >= 0, else the embedding.
 
@@ -111,18 +113,49 @@ class MetaLM(nn.Module):
         if cfg.text_encoder is not None:
             self.text_encoder = TextEncoder(cfg.text_encoder, cfg.vocab_size, name="text_encoder")
             self.connector = Connector(dec.d_model, cfg.connector, name="connector")
+        if cfg.vision is not None:
+            if cfg.vision_connector == "resampler" and cfg.vision.text_prefix:
+                raise ValueError(
+                    "model.vision: the resampler connector needs a vision-only "
+                    "encoder (vision.text_prefix = 0)"
+                )
+            self.vision_encoder = VisionEncoder(cfg.vision, name="vision_encoder")
+            self.vision_connector = Connector(
+                dec.d_model,
+                cfg.vision_connector,
+                num_latents=cfg.vision_latents,
+                name="vision_connector",
+            )
 
     def encode(self, batch, *, deterministic: bool = True):
-        """The slot bank [B, Le, D] (connected text-encoder outputs), or None without encoder."""
-        if self.cfg.text_encoder is None:
+        """The slot bank [B, M, D] (all connected encoder outputs), or None without encoders."""
+        parts = []
+        if self.cfg.text_encoder is not None:
+            h = self.text_encoder(
+                batch.enc_tokens,
+                batch.enc_segment_ids,
+                batch.enc_positions,
+                deterministic=deterministic,
+            )
+            parts.append(self.connector(h))
+        if self.cfg.vision is not None:
+            if batch.images is None:
+                raise ValueError("this model has a vision encoder: the Batch needs `images`")
+            B, Ni = batch.images.shape[:2]
+            flat = lambda x: None if x is None else x.reshape(B * Ni, *x.shape[2:])
+            h = self.vision_encoder(
+                flat(batch.images),
+                flat(batch.image_valid),
+                flat(batch.vl_prefix),
+                flat(batch.vl_prefix_mask),
+                deterministic=deterministic,
+            )
+            h = self.vision_connector(h)
+            parts.append(h.reshape(B, Ni * h.shape[1], h.shape[-1]))
+        if not parts:
             return None
-        h = self.text_encoder(
-            batch.enc_tokens,
-            batch.enc_segment_ids,
-            batch.enc_positions,
-            deterministic=deterministic,
-        )
-        return self.connector(h)
+        dt = self.cfg.decoder.compute_dtype
+        return jnp.concatenate([p.astype(dt) for p in parts], axis=1)
 
     def __call__(self, batch, *, deterministic: bool = True):
         dec = self.cfg.decoder
