@@ -33,6 +33,18 @@ def base_config() -> ml_collections.ConfigDict:
     s.enc_length = 640  # encoder grid length Le per row (spans packed, one <s> each)
     s.enc_bos = True  # each span gets its own <s> in the encoder (its output is not used)
 
+    c.images = im = ml_collections.ConfigDict()
+    im.enabled = False  # image-text pairs in the mix (needs model.vision.enabled)
+    im.name = "openmoji"  # openmoji (bundled emoji captions) | files (your folders / JSONL)
+    im.files = []  # with name=files: image folders (x.png + x.txt) or .jsonl {image, caption}
+    im.render_size = 64  # openmoji: rendered resolution of the stored images (64 | 224)
+    im.validation_fraction = 0.05  # with name=files
+    im.images_per_row = 2  # Ni: image-text pairs packed into one decoder row
+    im.text_ratio = 0.5  # share of rows that are text-only (semi-causal spans) in the mix
+    im.augment = False  # random-resized crop + flip (finetuning); else resize + center crop
+    im.skip_bad_images = False  # skip (and count) corrupt images instead of stopping
+    im.eval_batches = 4  # held-out caption batches per evaluation
+
     c.model = m = ml_collections.ConfigDict()
     m.dtype = "float32"  # compute dtype (params stay float32): float32 | bfloat16
     m.connector = "linear"  # text encoder -> decoder connector
@@ -62,6 +74,25 @@ def base_config() -> ml_collections.ConfigDict:
     enc.scan = False  # keep False when optim.frozen names single encoder layers
     enc.remat = "none"
 
+    m.vision = v = ml_collections.ConfigDict()
+    v.enabled = False  # dock a vision (or joint vision-language) encoder
+    v.size = ""  # ViT preset "Ti/16" | "S/16" | "B/16" | "L/14" ("" = the explicit sizes below)
+    v.num_layers = 2
+    v.d_model = 64
+    v.num_heads = 4
+    v.d_ff = 256
+    v.patch_size = 8
+    v.image_size = 32  # pixels; position tables are interpolated for other sizes
+    v.class_token = False
+    v.text_prefix = 8  # > 0: joint VL encoder reading up to this many caption-prefix tokens
+    v.experts = True  # VLMo modality experts (joint encoder)
+    v.norm = "pre"
+    v.dropout = 0.0
+    v.scan = False
+    v.remat = "none"
+    v.connector = "mlp3"  # linear | mlp3 (paper) | resampler (vision-only encoder)
+    v.latents = 64  # slots per image with the resampler
+
     c.optim = o = ml_collections.ConfigDict()
     o.name = "adamw"  # adam | adamw
     o.lr = 1e-3  # peak learning rate
@@ -90,6 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
         ("max_len", None),
         ("relpos_buckets", None),
         ("layers", None),  # the stacked-layer axis of scanned stacks
+        ("patch", None),
+        ("latents", None),
         ("length", None),  # activations: sequence
         ("act_embed", None),  # activations: model width
     )

@@ -10,8 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metalm_jax.data.vl import ImageLayout, empty_image_fields
 from metalm_jax.model.layers import TransformerConfig
 from metalm_jax.model.metalm import MetaLM, ModelConfig
+from metalm_jax.model.vision import VisionConfig, vit_size
 from metalm_jax.types import Batch
 
 
@@ -62,15 +64,83 @@ def model_config(cfg) -> ModelConfig:
                 f"spans.max_len={cfg.spans.max_len} (+<s>) is longer than the text encoder's "
                 f"maximum length model.text_encoder.max_len={e.max_len}"
             )
+    vision = None
+    v = m.vision
+    if v.enabled:
+        layers, width, heads, mlp, patch = (
+            v.num_layers,
+            v.d_model,
+            v.num_heads,
+            v.d_ff,
+            v.patch_size,
+        )
+        if v.size:
+            (layers, width, heads, mlp), patch = vit_size(v.size)
+        if v.image_size % patch:
+            raise ValueError(
+                f"model.vision.image_size={v.image_size} is not a multiple of the "
+                f"patch size {patch}"
+            )
+        stack = TransformerConfig(
+            num_layers=layers,
+            d_model=width,
+            num_heads=heads,
+            d_ff=mlp,
+            max_len=(v.image_size // patch) ** 2 + int(v.class_token) + v.text_prefix,
+            causal=False,
+            norm=v.norm,
+            positions="learned",
+            dropout=v.dropout,
+            dtype=m.dtype,
+            experts=v.experts and v.text_prefix > 0,
+            scan=v.scan,
+            remat=v.remat,
+        )
+        vision = VisionConfig(
+            stack=stack,
+            patch_size=patch,
+            image_size=v.image_size,
+            class_token=v.class_token,
+            text_prefix=0 if v.connector == "resampler" else v.text_prefix,
+            vocab_size=cfg.data.vocab_size,
+        )
+    if cfg.images.enabled and vision is None:
+        raise ValueError("images.enabled needs model.vision.enabled")
     return ModelConfig(
-        vocab_size=cfg.data.vocab_size, decoder=decoder, text_encoder=encoder, connector=m.connector
+        vocab_size=cfg.data.vocab_size,
+        decoder=decoder,
+        text_encoder=encoder,
+        connector=m.connector,
+        vision=vision,
+        vision_connector=v.connector,
+        vision_latents=v.latents,
     )
 
 
-def dummy_batch(batch_size: int, seq_len: int, enc_len: int) -> Batch:
-    """An all-padding Batch of the given static shapes (for init and shape inference)."""
+def image_layout(cfg) -> ImageLayout | None:
+    """Where images sit in rows and in the slot bank (data/vl.py), or None without images."""
+    mc = model_config(cfg)
+    if not cfg.images.enabled:
+        return None
+    image_tokens = mc.image_slots - mc.vision.text_prefix
+    return ImageLayout(
+        seq_len=cfg.data.seq_len,
+        images_per_row=cfg.images.images_per_row,
+        image_slots=image_tokens,
+        prefix_len=mc.vision.text_prefix,
+        text_bank=cfg.spans.enc_length if mc.text_encoder is not None else 0,
+        image_size=mc.vision.image_size,
+        enc_length=cfg.spans.enc_length,
+    )
+
+
+def dummy_batch(batch_size: int, seq_len: int, enc_len: int, layout=None) -> Batch:
+    """An all-padding Batch of the given static shapes (for init and shape inference); with an
+    ImageLayout the image fields too."""
     z = lambda n: np.zeros((batch_size, n), np.int32)
+    images = empty_image_fields(layout, batch_size) if layout is not None else {}
     return Batch(
+        **images,
         tokens=z(seq_len),
         slot_index=np.full((batch_size, seq_len), -1, np.int32),
         targets=z(seq_len),
@@ -85,7 +155,11 @@ def dummy_batch(batch_size: int, seq_len: int, enc_len: int) -> Batch:
 
 def abstract_params(model: MetaLM, seq_len: int = 8, enc_len: int = 8):
     """Boxed (logically partitioned) parameter shapes, via jax.eval_shape: no memory used."""
-    batch = dummy_batch(1, seq_len, enc_len)
+    layout = None
+    if model.cfg.vision is not None:
+        v = model.cfg.vision
+        layout = ImageLayout(seq_len, 1, 1, v.text_prefix, 0, v.image_size, enc_len)
+    batch = dummy_batch(1, seq_len, enc_len, layout)
     return jax.eval_shape(lambda: model.init(jax.random.key(0), batch)["params"])
 
 
@@ -106,7 +180,9 @@ def _stack_flops_per_token(c: TransformerConfig, context: int) -> tuple[float, f
     return 6.0 * n_matmul, 12.0 * c.num_layers * c.d_model * context
 
 
-def train_flops_per_step(mc: ModelConfig, batch: int, seq_len: int, enc_len: int) -> dict:
+def train_flops_per_step(
+    mc: ModelConfig, batch: int, seq_len: int, enc_len: int, images_per_row: int = 0
+) -> dict:
     """Model FLOPs of one train step, decoder and encoder counted separately (no remat)."""
     d_mm, d_att = _stack_flops_per_token(mc.decoder, seq_len)
     head = 6.0 * mc.decoder.d_model * mc.vocab_size
@@ -115,5 +191,11 @@ def train_flops_per_step(mc: ModelConfig, batch: int, seq_len: int, enc_len: int
         e_mm, e_att = _stack_flops_per_token(mc.text_encoder, enc_len)
         conn = 6.0 * mc.text_encoder.d_model * mc.decoder.d_model
         out["encoder"] = batch * enc_len * (e_mm + e_att + conn)
-    out["total"] = out["decoder"] + out["encoder"]
+    if mc.vision is not None and images_per_row:
+        v = mc.vision
+        n = v.num_outputs
+        v_mm, v_att = _stack_flops_per_token(v.stack, n)
+        patch = 6.0 * v.patch_size**2 * 3 * v.stack.d_model
+        out["vision"] = batch * images_per_row * n * (v_mm + v_att + patch)
+    out["total"] = out["decoder"] + out["encoder"] + out.get("vision", 0.0)
     return out

@@ -1,0 +1,175 @@
+"""Image decoding and CLIP-style preprocessing (pure numpy + Pillow, no jax).
+
+Owns the one path from stored image data to the float32 pixels an image encoder eats:
+
+    bytes | uint8[H, W, 3] | PIL.Image --decode--> RGB PIL.Image --preprocess--> float32[S, S, 3]
+
+`decode` loads the whole image, so truncated or corrupt data fails here, with an `ImageError`
+naming the caller's record id, and never later inside a batch. Transparent images are composited
+on white (emojis and icons are drawn on white); EXIF orientation is applied.
+
+`preprocess` is CLIP's evaluation transform: bicubic resize of the shorter side to `size`, center
+crop, /255, per-channel normalization with `CLIP_MEAN` / `CLIP_STD`. With `augment=True` it takes a
+random-resized crop (area 50-100%, aspect 3/4-4/3) and a random horizontal flip instead, drawn
+from the given `np.random.Generator`, so a seed fixes the result:
+
+    >>> img = PIL.Image.new("RGB", (320, 240), (255, 0, 0))   # 320 wide, 240 high
+    >>> x = preprocess(img, 224, record_id="red.png")          # 240 -> 224, 299 x 224, crop 224
+    >>> x.shape, x.dtype
+    ((224, 224, 3), dtype('float32'))
+    >>> x[0, 0].round(3)                       # ((1, 0, 0) - CLIP_MEAN) / CLIP_STD
+    array([ 1.93 , -1.752, -1.48 ], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Modes whose RGB conversion is meaningful. 16-bit and float modes ("I;16", "I", "F") would be
+# clipped to garbage by Pillow's convert("RGB"), so they are refused rather than guessed at.
+_SUPPORTED_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+)
+_EXIF_ORIENTATION = 0x0112
+
+
+class ImageError(ValueError):
+    """Image data that cannot be decoded; the message names the record."""
+
+
+def _open(data, record_id: str) -> PIL.Image.Image:
+    """Opens and fully loads encoded bytes (original mode), or raises ImageError."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ImageError(f"{record_id}: expected image bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ImageError(f"{record_id}: empty image bytes")
+    try:
+        image = PIL.Image.open(io.BytesIO(data))
+    except PIL.Image.UnidentifiedImageError:
+        raise ImageError(
+            f"{record_id}: not a recognized image format (corrupt or unsupported data, "
+            f"{len(data)} bytes starting {bytes(data[:8])!r})"
+        ) from None
+    try:
+        image.load()
+    except Exception as e:  # Pillow reports bad data as OSError, SyntaxError, ValueError, ...
+        raise ImageError(
+            f"{record_id}: corrupt or truncated {image.format} image ({type(e).__name__}: {e})"
+        ) from None
+    return image
+
+
+def _to_rgb(image: PIL.Image.Image, record_id: str) -> PIL.Image.Image:
+    if image.mode not in _SUPPORTED_MODES:
+        raise ImageError(f"{record_id}: unsupported image mode {image.mode!r}")
+    if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        image = PIL.ImageOps.exif_transpose(image)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return PIL.Image.alpha_composite(white, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def decode(data, record_id: str) -> PIL.Image.Image:
+    """RGB image from encoded bytes, a uint8[H, W, 3] array or a PIL image.
+
+    Arrays are what TFDS `Image` features return from `as_data_source`. Raises ImageError naming
+    `record_id` for empty, corrupt or truncated bytes, a wrong array shape/dtype or an unsupported
+    mode.
+    """
+    if isinstance(data, PIL.Image.Image):
+        return _to_rgb(data, record_id)
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8 or data.ndim != 3 or data.shape[-1] != 3:
+            raise ImageError(
+                f"{record_id}: expected a uint8[H, W, 3] image array, got "
+                f"{data.dtype}{list(data.shape)}"
+            )
+        if data.shape[0] == 0 or data.shape[1] == 0:
+            raise ImageError(f"{record_id}: empty image array of shape {data.shape}")
+        return PIL.Image.fromarray(np.ascontiguousarray(data), "RGB")
+    return _to_rgb(_open(data, record_id), record_id)
+
+
+def rgb_bytes(data: bytes, record_id: str) -> bytes:
+    """`data` itself if it is an upright RGB JPEG or PNG, else the image re-encoded as RGB PNG.
+
+    What a dataset should store: readers that decode with plain Pillow or OpenCV (TFDS
+    `as_data_source` does) then get uint8[H, W, 3] without knowing about alpha, palettes or EXIF.
+    Raises ImageError like `decode`.
+    """
+    image = _open(data, record_id)
+    upright = image.getexif().get(_EXIF_ORIENTATION, 1) == 1
+    if image.format in ("JPEG", "PNG") and image.mode == "RGB" and upright:
+        return bytes(data)
+    out = io.BytesIO()
+    _to_rgb(image, record_id).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _random_crop_box(width: int, height: int, rng: np.random.Generator):
+    """(left, top, right, bottom) covering 50-100% of the area, aspect ratio 3/4-4/3."""
+    area = width * height
+    for _ in range(10):
+        target = area * rng.uniform(0.5, 1.0)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w = round(math.sqrt(target * ratio))
+        h = round(math.sqrt(target / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(rng.integers(0, width - w + 1))
+            top = int(rng.integers(0, height - h + 1))
+            return left, top, left + w, top + h
+    # Very elongated images: fall back to the central square-ish crop of the whole short side.
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def preprocess(
+    image,
+    size: int,
+    *,
+    record_id: str,
+    mean=CLIP_MEAN,
+    std=CLIP_STD,
+    augment: bool = False,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """float32[size, size, 3] normalized pixels from anything `decode` accepts.
+
+    Without `augment`: bicubic resize so the shorter side is `size`, then the central
+    size x size crop. With `augment` (requires `rng`): a random-resized crop (50-100% of the
+    area) resized to size x size, flipped left-right with probability 1/2. Then x / 255, minus
+    `mean`, divided by `std` (per channel, RGB order).
+    """
+    if size <= 0:
+        raise ValueError(f"preprocess: size must be positive, got {size}")
+    if augment and rng is None:
+        raise ValueError("preprocess: augment=True needs rng (a np.random.Generator)")
+    image = decode(image, record_id)
+    width, height = image.size
+    if augment:
+        box = _random_crop_box(width, height, rng)
+        image = image.resize((size, size), PIL.Image.Resampling.BICUBIC, box=box)
+        if rng.random() < 0.5:
+            image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
+    else:
+        scale = size / min(width, height)
+        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+        if (new_w, new_h) != (width, height):
+            image = image.resize((new_w, new_h), PIL.Image.Resampling.BICUBIC)
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    return (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)

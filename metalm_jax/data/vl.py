@@ -1,0 +1,147 @@
+"""Image-text rows for the vision-language objective (PAPER.md §2.4), pure numpy.
+
+For an image-text pair the encoder sees the image plus a text prefix of random length k (a joint
+VL encoder only; a vision-only encoder sees just the image and k = 0); the decoder predicts the
+rest of the caption. Several pairs are packed into one row, each its own segment, one image each.
+
+One pair in the decoder row (S image slots, prefix x0 x1, caption x0 .. x4 </s>):
+
+    position     0    1 .. S   S+1  S+2   S+3  S+4  S+5  S+6
+    tokens      <s>  [img]     [x0] [x1]  x2   x3   x4   </s>
+    slot_index  -1   b .. b+S-1 b+S b+S+1 -1   -1   -1   -1
+    targets      .    . .. .    .    x2   x3   x4   </s>  .
+    loss_weight  0    0 .. 0    0    1    1    1    1     0
+
+The last slot (the last prefix slot, or the last image slot when k = 0) predicts the first
+caption token after the prefix; the loss covers exactly the caption tokens after the prefix.
+`b` is the image's base in the slot bank: text-encoder grid length + image index * S', with S'
+= S + Lp (image tokens then prefix positions; types.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from metalm_jax.data.tokenizer import BOS_ID, PAD_ID
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLayout:
+    seq_len: int  # decoder row length L
+    images_per_row: int  # Ni
+    image_slots: int  # S: decoder slots for the image itself
+    prefix_len: int  # Lp: prefix positions the encoder reads (0 = vision-only encoder)
+    text_bank: int  # Le when a text encoder precedes the images in the bank, else 0
+    image_size: int
+    enc_length: int  # text-encoder grid length Le of the Batch (empty for image rows)
+
+    @property
+    def slots_per_image(self) -> int:
+        return self.image_slots + self.prefix_len
+
+    def pair_length(self, caption_len: int) -> int:
+        """Decoder positions one pair takes: <s>, image slots, then every caption token."""
+        return 1 + self.image_slots + caption_len
+
+
+def empty_image_fields(layout: ImageLayout, rows: int | None = None) -> dict:
+    lead = () if rows is None else (rows,)
+    n, s, lp = layout.images_per_row, layout.image_size, max(layout.prefix_len, 1)
+    return {
+        "images": np.zeros((*lead, n, s, s, 3), np.float32),
+        "image_valid": np.zeros((*lead, n), np.int32),
+        "vl_prefix": np.zeros((*lead, n, lp), np.int32),
+        "vl_prefix_mask": np.zeros((*lead, n, lp), np.int32),
+    }
+
+
+def build_vl_row(pairs, rng: np.random.Generator, layout: ImageLayout) -> dict:
+    """[(image float32[H, W, 3], caption int32[n] ending in </s>), ...] -> one Batch row.
+
+    The pairs must fit: sum of pair_length <= seq_len and len(pairs) <= images_per_row.
+    """
+    L = layout.seq_len
+    if len(pairs) > layout.images_per_row:
+        raise ValueError(f"{len(pairs)} images for a row of {layout.images_per_row}")
+    tokens = np.full(L, PAD_ID, np.int32)
+    slot = np.full(L, -1, np.int32)
+    targets = np.zeros(L, np.int32)
+    weights = np.zeros(L, np.float32)
+    seg = np.zeros(L, np.int32)
+    pos = np.zeros(L, np.int32)
+    out = empty_image_fields(layout)
+    off = 0
+    for i, (image, caption) in enumerate(pairs):
+        caption = np.asarray(caption, np.int32)
+        n = len(caption)
+        if n < 1:
+            raise ValueError("empty caption")
+        span = layout.pair_length(n)
+        if off + span > L:
+            raise ValueError(f"pairs need {off + span} positions, the row has {L}")
+        k = int(rng.integers(0, min(layout.prefix_len, n - 1) + 1)) if layout.prefix_len else 0
+        base = layout.text_bank + i * layout.slots_per_image
+        S = layout.image_slots
+        tokens[off] = BOS_ID
+        slot[off + 1 : off + 1 + S] = base + np.arange(S)
+        slot[off + 1 + S : off + 1 + S + k] = base + S + np.arange(k)
+        tokens[off + 1 + S : off + span] = caption  # prefix tokens sit under their slots
+        last_slot = off + S + k  # predicts caption[k]
+        targets[last_slot : off + span - 1] = caption[k:]
+        weights[last_slot : off + span - 1] = 1.0
+        seg[off : off + span] = i + 1
+        pos[off : off + span] = np.arange(span)
+        out["images"][i] = image
+        out["image_valid"][i] = 1
+        if layout.prefix_len:
+            out["vl_prefix"][i, :k] = caption[:k]
+            out["vl_prefix_mask"][i, :k] = 1
+        off += span
+    Le = layout.enc_length
+    return {
+        "tokens": tokens,
+        "slot_index": slot,
+        "targets": targets,
+        "loss_weights": weights,
+        "segment_ids": seg,
+        "positions": pos,
+        "enc_tokens": np.zeros(Le, np.int32),
+        "enc_segment_ids": np.zeros(Le, np.int32),
+        "enc_positions": np.zeros(Le, np.int32),
+        **out,
+    }
+
+
+class PairPacker:
+    """Greedily packs (image, caption) pairs into rows; like SentencePacker its position is the
+    parent stream plus at most one pending pair, so a data iterator can checkpoint it exactly."""
+
+    def __init__(self, layout: ImageLayout, next_pair):
+        self.layout = layout
+        self._next_pair = next_pair
+        self.pending = None
+
+    def next_rows_pairs(self):
+        pairs, used = [], 0
+        while len(pairs) < self.layout.images_per_row:
+            if self.pending is None:
+                try:
+                    self.pending = self._next_pair()
+                except StopIteration:
+                    if pairs:
+                        break
+                    raise
+            caption = self.pending[1]
+            cap = min(len(caption), self.layout.seq_len - 1 - self.layout.image_slots)
+            if cap < 1:
+                raise ValueError(f"model.decoder rows of {self.layout.seq_len} cannot hold "
+                                 f"{self.layout.image_slots} image slots and a caption")
+            need = self.layout.pair_length(cap)
+            if used + need > self.layout.seq_len:
+                break
+            pairs.append((self.pending[0], np.asarray(caption[:cap], np.int32)))
+            used += need
+            self.pending = None
+        return pairs
