@@ -16,10 +16,11 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from metalm_jax.data import corpora
+from metalm_jax.data import corpora, vl_pipeline
 from metalm_jax.data.packing import SentencePacker
 from metalm_jax.data.spans import SpanConfig, semi_causal_example
 from metalm_jax.data.tokenizer import Tokenizer, load_or_train
+from metalm_jax.data.vl import ImageLayout, empty_image_fields
 
 
 class _PackDatasetIterator(grain.DatasetIterator):
@@ -65,10 +66,11 @@ class PackIterDataset(grain.IterDataset):
 
 
 def span_config(cfg) -> SpanConfig:
+    """Without a text encoder there is nothing to encode spans with: plain LM rows."""
     return SpanConfig(
         min_len=cfg.spans.min_len,
         max_len=cfg.spans.max_len,
-        ratio=cfg.spans.ratio,
+        ratio=cfg.spans.ratio if cfg.model.text_encoder.enabled else 0.0,
         enc_length=cfg.spans.enc_length,
         enc_bos=cfg.spans.enc_bos,
     )
@@ -84,6 +86,8 @@ def build_tokenizer(cfg, workdir: str) -> Tokenizer:
         src = corpora.load_split(builder, "train")
         for i in range(len(src)):
             yield from (p for p in corpora.decode_example(src[i]) if p.strip())
+        if cfg.images.enabled:
+            yield from vl_pipeline.captions(cfg)
 
     return load_or_train(
         os.path.join(workdir, "tokenizer.model"),
@@ -109,8 +113,16 @@ def _stack(rows):
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def train_iterator(cfg, tok: Tokenizer, batch_size: int, shard=(0, 1)):
-    """Infinite, checkpointable iterator of per-process batches (dicts of numpy arrays)."""
+def _with_images(layout: ImageLayout | None):
+    """Text rows get empty image fields when the batch also carries images."""
+    if layout is None:
+        return lambda row: row
+    empty = empty_image_fields(layout)
+    return lambda row: {**row, **empty}
+
+
+def text_rows(cfg, tok: Tokenizer, shard, layout: ImageLayout | None = None):
+    """Infinite IterDataset of semi-causal text Batch rows."""
     seed = int(cfg.data.seed)
     spans = span_config(cfg)
     docs = _documents(cfg, "train", tok, shard, seed).to_iter_dataset(
@@ -118,23 +130,58 @@ def train_iterator(cfg, tok: Tokenizer, batch_size: int, shard=(0, 1)):
     )
     ds = PackIterDataset(docs, cfg.data.seq_len)
     ds = ds.random_map(lambda row, rng: semi_causal_example(row, rng, spans), seed=seed + 1)
+    return ds.map(_with_images(layout))
+
+
+def train_iterator(cfg, tok: Tokenizer, batch_size: int, shard=(0, 1), layout=None):
+    """Infinite, checkpointable iterator of per-process batches (dicts of numpy arrays).
+
+    With an ImageLayout, text rows and image-text rows are mixed at images.text_ratio.
+    """
+    ds = text_rows(cfg, tok, shard, layout)
+    if layout is not None:
+        ratio = float(cfg.images.text_ratio)
+        pairs = vl_pipeline.image_rows(cfg, tok, layout, shard, int(cfg.data.seed))
+        if ratio <= 0:
+            ds = pairs
+        elif ratio < 1:
+            ds = grain.IterDataset.mix([ds, pairs], weights=[ratio, 1.0 - ratio])
     return iter(ds.batch(batch_size, drop_remainder=True, batch_fn=_stack))
 
 
-def eval_batches(cfg, tok: Tokenizer, batch_size: int, max_batches: int, shard=(0, 1)):
-    """The fixed validation batches (list of dicts), padded to full batches."""
-    spans = span_config(cfg)
-    docs = _documents(cfg, "validation", tok, shard, None).to_iter_dataset()
-    rng = np.random.default_rng(int(cfg.data.seed) + 2)
-    rows = []
-    for row in PackIterDataset(docs, cfg.data.seq_len):
-        rows.append(semi_causal_example(row, rng, spans))
-        if len(rows) == batch_size * max_batches:
-            break
-    if not rows:
-        raise ValueError("validation split produced no rows")
+def _pad_batches(rows, batch_size):
     while len(rows) % batch_size:
         empty = {k: np.zeros_like(v) for k, v in rows[0].items()}
         empty["slot_index"] = np.full_like(rows[0]["slot_index"], -1)
         rows.append(empty)
     return [_stack(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+
+
+def eval_batches(cfg, tok: Tokenizer, batch_size: int, max_batches: int, shard=(0, 1), layout=None):
+    """The fixed text validation batches (list of dicts), padded to full batches."""
+    spans = span_config(cfg)
+    docs = _documents(cfg, "validation", tok, shard, None).to_iter_dataset()
+    rng = np.random.default_rng(int(cfg.data.seed) + 2)
+    rows = []
+    add_images = _with_images(layout)
+    for row in PackIterDataset(docs, cfg.data.seq_len):
+        rows.append(add_images(semi_causal_example(row, rng, spans)))
+        if len(rows) == batch_size * max_batches:
+            break
+    if not rows:
+        raise ValueError("validation split produced no rows")
+    return _pad_batches(rows, batch_size)
+
+
+def eval_sets(cfg, tok: Tokenizer, batch_size: int, shard=(0, 1), layout=None) -> dict:
+    """Named fixed evaluation sets: 'text' (held-out documents) and, with images, 'caption'
+    (held-out image-text pairs: the loss covers the caption tokens after the prefix)."""
+    sets = {"text": eval_batches(cfg, tok, batch_size, cfg.train.eval_batches, shard, layout)}
+    if layout is not None:
+        rows = vl_pipeline.eval_image_rows(
+            cfg, tok, layout, batch_size * cfg.images.eval_batches, shard
+        )
+        if not rows:
+            raise ValueError("the image validation split produced no rows")
+        sets["caption"] = _pad_batches(rows, batch_size)
+    return sets

@@ -136,8 +136,10 @@ class PairPacker:
             caption = self.pending[1]
             cap = min(len(caption), self.layout.seq_len - 1 - self.layout.image_slots)
             if cap < 1:
-                raise ValueError(f"model.decoder rows of {self.layout.seq_len} cannot hold "
-                                 f"{self.layout.image_slots} image slots and a caption")
+                raise ValueError(
+                    f"model.decoder rows of {self.layout.seq_len} cannot hold "
+                    f"{self.layout.image_slots} image slots and a caption"
+                )
             need = self.layout.pair_length(cap)
             if used + need > self.layout.seq_len:
                 break

@@ -19,6 +19,7 @@ from metalm_jax.data import pipeline
 from metalm_jax.eval.greedy import greedy_sample
 from metalm_jax.model.build import (
     count_params,
+    image_layout,
     model_config,
     train_flops_per_step,
 )
@@ -46,12 +47,18 @@ class Periodic:
                 fn(step)
 
 
-def evaluate(trainer, params, batches) -> dict:
-    """Held-out loss and perplexity over fixed batches (sums divided once)."""
-    sums = [trainer.eval(params, trainer.global_batch(b)) for b in batches]
-    sums = jax.device_get(sums)
-    loss = sum(float(s["loss_sum"]) for s in sums) / max(sum(float(s["weight"]) for s in sums), 1)
-    return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0))}
+def evaluate(trainer, params, sets: dict) -> dict:
+    """Held-out loss and perplexity per fixed eval set (sums divided once): eval/loss and
+    eval/perplexity for 'text', eval/<name>_loss and eval/<name>_perplexity for the others."""
+    out = {}
+    for name, batches in sets.items():
+        sums = jax.device_get([trainer.eval(params, trainer.global_batch(b)) for b in batches])
+        weight = max(sum(float(s["weight"]) for s in sums), 1)
+        loss = sum(float(s["loss_sum"]) for s in sums) / weight
+        prefix = "eval/" if name == "text" else f"eval/{name}_"
+        out[prefix + "loss"] = loss
+        out[prefix + "perplexity"] = math.exp(min(loss, 50.0))
+    return out
 
 
 def train_and_evaluate(cfg, workdir: str) -> dict:
@@ -79,12 +86,13 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
         raise ValueError(f"train.batch_size={global_batch} not divisible by {procs} processes")
     local_batch = global_batch // procs
     shard = (jax.process_index(), procs)
-    train_iter = pipeline.train_iterator(cfg, tok, local_batch, shard)
-    eval_data = pipeline.eval_batches(cfg, tok, local_batch, cfg.train.eval_batches, shard)
+    layout = image_layout(cfg)
+    train_iter = pipeline.train_iterator(cfg, tok, local_batch, shard, layout)
+    eval_data = pipeline.eval_sets(cfg, tok, local_batch, shard, layout)
     mlib.console(
         f"== data {cfg.data.name}: tokenizer {tok.source} ({tok.vocab_size} pieces), "
         f"rows {cfg.data.seq_len}, global batch {global_batch}, "
-        f"{len(eval_data)} eval batches"
+        + ", ".join(f"{len(v)} {k} eval batches" for k, v in eval_data.items())
     )
 
     # -- model, optimizer, shardings; state created already sharded ---------------------------
@@ -112,7 +120,11 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
 def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ckpt, t_start):
     writer = mlib.MetricWriter(workdir, enabled=jax.process_index() == 0)
     flops = train_flops_per_step(
-        model_config(cfg), cfg.train.batch_size, cfg.data.seq_len, cfg.spans.enc_length
+        model_config(cfg),
+        cfg.train.batch_size,
+        cfg.data.seq_len,
+        cfg.spans.enc_length,
+        cfg.images.images_per_row if cfg.images.enabled else 0,
     )
     peak = mlib.peak_flops(cfg.train.peak_flops)
     lr_fn = schedule(cfg.optim, cfg.train.steps)
@@ -157,7 +169,9 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
         writer.write(s, m)
         final.update(m)
         mlib.console(
-            f"step {s:>6}  eval loss {m['eval/loss']:.4f}  perplexity {m['eval/perplexity']:.2f}"
+            f"step {s:>6}  "
+            + "  ".join(f"{k[5:]} {v:.4f}" for k, v in m.items() if k.endswith("loss"))
+            + f"  perplexity {m['eval/perplexity']:.2f}"
         )
 
     periodic = Periodic()
@@ -206,6 +220,7 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
             cfg.train.sample_prompt,
             cfg.train.sample_tokens,
             cfg.data.seq_len,
+            layout=image_layout(cfg),
         )
         mlib.console(f"== sample: {cfg.train.sample_prompt!r} -> {text!r}")
         final["sample"] = text

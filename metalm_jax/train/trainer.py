@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metalm_jax.model.build import dummy_batch, model_config
+from metalm_jax.model.build import dummy_batch, image_layout, model_config
 from metalm_jax.model.metalm import MetaLM
 from metalm_jax.parallel import mesh as meshlib
 from metalm_jax.train.checkpoint import abstract_with_shardings
@@ -68,7 +68,7 @@ def build_trainer(cfg, mesh) -> Trainer:
             f"{rows} data x fsdp devices of mesh {dict(mesh.shape)}"
         )
     model = MetaLM(model_config(cfg))
-    example = dummy_batch(1, cfg.data.seq_len, cfg.spans.enc_length)
+    example = dummy_batch(1, cfg.data.seq_len, cfg.spans.enc_length, image_layout(cfg))
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), example)["params"])
     abs_params = nn.unbox(boxed)
     tx, groups = make_optimizer(cfg.optim, cfg.train.steps, abs_params)
