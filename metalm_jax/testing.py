@@ -71,3 +71,32 @@ def random_batch(batch: int, seq_len: int, vocab: int, spans: SpanConfig, seed: 
     rng = np.random.default_rng(seed)
     rows = [semi_causal_example(r, rng, spans) for r in random_rows(batch, seq_len, vocab, seed)]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def micro_vl_config(corpus_files=(), data_dir: str = ""):
+    """micro_config plus a 1-layer joint VL encoder on 16 x 16 images (4 patches + 4 prefix)."""
+    c = micro_config(corpus_files, data_dir)
+    c.name = "micro_vl"
+    v = c.model.vision
+    v.enabled = True
+    v.num_layers, v.d_model, v.num_heads, v.d_ff = 1, 32, 2, 64
+    v.patch_size, v.image_size, v.text_prefix = 8, 16, 4
+    c.images.enabled = True
+    c.images.images_per_row = 2
+    return c
+
+
+def random_vl_rows(layout, n: int, vocab: int, seed: int = 0) -> list:
+    """Image-text Batch rows with random images and captions (2 pairs each when they fit)."""
+    from metalm_jax.data.vl import build_vl_row
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        pairs = []
+        for _ in range(layout.images_per_row):
+            image = rng.normal(size=(layout.image_size, layout.image_size, 3)).astype(np.float32)
+            caption = np.append(rng.integers(5, vocab, rng.integers(3, 8)), 2).astype(np.int32)
+            pairs.append((image, caption))
+        rows.append(build_vl_row(pairs, rng, layout))
+    return rows

@@ -68,3 +68,13 @@ def test_cli_rejects_an_unknown_config_key(tmp_path):
     assert proc.returncode != 0
     assert "stepz" in proc.stderr
     assert not os.listdir(tmp_path)
+
+
+def test_paper_vision_language_config_parameter_counts():
+    cfg = load(os.path.join(ROOT, "configs", "metalm_vl.py"))
+    counts = count_params(abstract_params(MetaLM(model_config(cfg))))
+    # PAPER.md §1.2: decoder 353M (GPT-2 medium with a 50,257 vocabulary), VLMo encoder 192M.
+    assert 0.345e9 <= counts["decoder"] <= 0.360e9, counts
+    # Ours is 181M: two modality experts; VLMo-Base also has a vision-language expert in its top
+    # layers (~+9M) and a 30k BERT vocabulary (ours shares the decoder's 50k).
+    assert 0.175e9 <= counts["vision_encoder"] <= 0.200e9, counts

@@ -53,7 +53,7 @@ def _open(data, record_id: str) -> PIL.Image.Image:
         raise ImageError(f"{record_id}: empty image bytes")
     try:
         image = PIL.Image.open(io.BytesIO(data))
-    except PIL.Image.UnidentifiedImageError:
+    except (OSError, SyntaxError, ValueError, AttributeError):  # incl. UnidentifiedImageError
         raise ImageError(
             f"{record_id}: not a recognized image format (corrupt or unsupported data, "
             f"{len(data)} bytes starting {bytes(data[:8])!r})"
