@@ -35,7 +35,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.images = im = ml_collections.ConfigDict()
     im.enabled = False  # image-text pairs in the mix (needs model.vision.enabled)
-    im.name = "openmoji"  # openmoji (bundled emoji captions) | files (your folders / JSONL)
+    im.name = "openmoji"  # openmoji (bundled) | files (your folders / JSONL) | coco_captions
+    im.train_split = "train"  # standard sets: their split names
+    im.validation_split = "val"
+    im.captions_per_image = 5  # standard sets: captions cycled per image
     im.files = []  # with name=files: image folders (x.png + x.txt) or .jsonl {image, caption}
     im.render_size = 64  # openmoji: rendered resolution of the stored images (64 | 224)
     im.validation_fraction = 0.05  # with name=files

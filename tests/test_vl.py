@@ -176,3 +176,17 @@ def test_bad_image_is_named_or_skipped_and_counted():
     before = vl_pipeline.skipped_images()
     assert fn(bad, np.random.default_rng(0)) is None
     assert vl_pipeline.skipped_images() == before + 1
+
+
+def test_vision_encoder_runs_at_a_new_resolution():
+    from metalm_jax.model.vision import VisionEncoder
+
+    cfg = model_config(testing.micro_vl_config()).vision  # 16 px, patch 8: 2x2 grid
+    enc = VisionEncoder(cfg)
+    img16 = jnp.ones((1, 16, 16, 3))
+    prefix = jnp.zeros((1, cfg.text_prefix), jnp.int32)
+    valid = jnp.ones((1,), jnp.int32)
+    params = enc.init(jax.random.key(0), img16, valid, prefix, prefix)
+    out = enc.apply(params, jnp.ones((1, 24, 24, 3)), valid, prefix, prefix)  # 3x3 grid
+    assert out.shape == (1, 9 + cfg.text_prefix, cfg.stack.d_model)
+    assert np.all(np.isfinite(np.asarray(out)))

@@ -404,3 +404,13 @@ def test_unprepared_standard_set_says_how_to_prepare_it(tmp_path):
         FileNotFoundError, match=r"tfds build coco_captions --file_format=array_record"
     ):
         list(vl_corpora.standard_examples("coco_captions", "val", str(tmp_path)))
+
+
+def test_standard_caption_source_for_the_pipeline(prepared_standard_sets):
+    src = vl_corpora.StandardCaptionSource("coco_captions", "val", prepared_standard_sets, 2)
+    assert len(src) == 4
+    got = [src[j] for j in range(4)]
+    assert [g["caption"] for g in got] == ["a cat", "a small cat", "two dogs", "two dogs"]
+    assert got[1]["id"] == "100#1" and got[1]["image"].dtype == np.uint8
+    with pytest.raises(ValueError, match="not a caption set"):
+        vl_corpora.StandardCaptionSource("tiny_vqa", "val", prepared_standard_sets)

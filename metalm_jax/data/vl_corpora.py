@@ -416,3 +416,45 @@ def standard_examples(name: str, split: str, data_dir: str | None):
                 "question": _text(_get(ex, spec.question_key)),
                 "answers": [_text(a) for a in _get(ex, spec.answers_key)],
             }
+
+
+class StandardCaptionSource:
+    """Random access over a prepared standard caption set for the grain pipeline.
+
+    Record j is image j // k with its caption j % k (k = `captions_per_image`; an image with
+    fewer captions repeats them cyclically), so every caption of a 5-caption COCO image is seen
+    without scanning the set for caption counts first.
+    """
+
+    def __init__(self, name: str, split: str, data_dir: str | None, captions_per_image: int = 5):
+        if name not in STANDARD_SETS or STANDARD_SETS[name].caption_key is None:
+            raise ValueError(
+                f"images.name={name!r} is not a caption set; expected one of "
+                f"{sorted(k for k, v in STANDARD_SETS.items() if v.caption_key)}"
+            )
+        self.spec = STANDARD_SETS[name]
+        self.k = captions_per_image
+        try:
+            self.source = tfds.data_source(
+                self.spec.tfds_name, split=split, data_dir=data_dir, download=False
+            )
+        except (tfds.core.DatasetNotFoundError, ModuleNotFoundError) as e:
+            raise FileNotFoundError(
+                f"images.name={name!r}: no prepared {self.spec.tfds_name} (array_record) under "
+                f"{data_dir!r}; prepare it with `tfds build {self.spec.tfds_name.split('/')[0]} "
+                f"--file_format=array_record`"
+            ) from e
+
+    def __len__(self) -> int:
+        return len(self.source) * self.k
+
+    def __getitem__(self, j: int) -> dict:
+        ex = self.source[j // self.k]
+        captions = _get(ex, self.spec.caption_key)
+        captions = [captions] if isinstance(captions, str | bytes) else list(captions)
+        rid = _text(_get(ex, self.spec.id_key))
+        return {
+            "id": f"{rid}#{j % self.k}",
+            "image": np.asarray(_get(ex, self.spec.image_key)),
+            "caption": _text(captions[(j % self.k) % len(captions)]),
+        }

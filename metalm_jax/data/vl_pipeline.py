@@ -42,13 +42,23 @@ def make_image_builder(images_cfg, data_dir: str | None):
             list(images_cfg.files), images_cfg.validation_fraction
         )
         return vl_corpora.LocalImageText(config=cfg, data_dir=data_dir, file_format="array_record")
-    raise ValueError(f"images.name: unknown {images_cfg.name!r}; expected 'openmoji' or 'files'")
+    raise ValueError(
+        f"images.name: unknown {images_cfg.name!r}; expected 'openmoji', 'files' or one of "
+        f"{sorted(vl_corpora.STANDARD_SETS)}"
+    )
 
 
 def image_split(cfg, split: str):
+    """Random-access records {id, image, caption} of the configured image-text set; `split` is
+    'train' or 'validation' (mapped through images.train_split / images.validation_split)."""
     from metalm_jax.data.corpora import load_split
 
-    return load_split(make_image_builder(cfg.images, cfg.data.tfds_data_dir or None), split)
+    im = cfg.images
+    data_dir = cfg.data.tfds_data_dir or None
+    if im.name in vl_corpora.STANDARD_SETS:
+        name = im.train_split if split == "train" else im.validation_split
+        return vl_corpora.StandardCaptionSource(im.name, name, data_dir, im.captions_per_image)
+    return load_split(make_image_builder(im, data_dir), split)
 
 
 def captions(cfg, split: str = "train"):
