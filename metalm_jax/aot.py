@@ -18,7 +18,7 @@ import re
 import jax
 import numpy as np
 
-from metalm_jax.model.build import dummy_batch, model_config, train_flops_per_step
+from metalm_jax.model.build import dummy_batch, image_layout, model_config, train_flops_per_step
 
 # generation -> (compiler name, counts cores (2 per chip)?, 3-D torus?, HBM bytes/chip, bf16 FLOP/s)
 TPUS = {
@@ -66,7 +66,9 @@ def compile_for_topology(cfg, topology: str) -> dict:
     devices = topo.devices
     mesh = make_mesh(cfg.mesh.shape, devices)
     trainer = build_trainer(cfg, mesh)
-    example = dummy_batch(cfg.train.batch_size, cfg.data.seq_len, cfg.spans.enc_length)
+    example = dummy_batch(
+        cfg.train.batch_size, cfg.data.seq_len, cfg.spans.enc_length, image_layout(cfg)
+    )
     abstract_batch = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=trainer.batch_sharding), example
     )
@@ -78,7 +80,11 @@ def compile_for_topology(cfg, topology: str) -> dict:
     _, _, _, hbm, peak = TPUS[gen]
     n_dev = len(devices)
     flops = train_flops_per_step(
-        model_config(cfg), cfg.train.batch_size, cfg.data.seq_len, cfg.spans.enc_length
+        model_config(cfg),
+        cfg.train.batch_size,
+        cfg.data.seq_len,
+        cfg.spans.enc_length,
+        cfg.images.images_per_row if cfg.images.enabled else 0,
     )
     peak_mem = getattr(mem, "peak_memory_in_bytes", 0) or (
         mem.argument_size_in_bytes

@@ -30,3 +30,13 @@ def test_compile_micro_model_for_v5e(monkeypatch):
     assert report["model_flops_per_step"] > 0
     text = format_report(report)
     assert "v5e:2x2" in text and "fits" in text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed")
+def test_compile_micro_vision_language_model(monkeypatch):
+    monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5p-8")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+    cfg = testing.micro_vl_config()
+    cfg.train.batch_size = 8
+    report = compile_for_topology(cfg, "v5e-4")
+    assert report["fits"] and report["model_flops_per_step"] > 0

@@ -138,9 +138,16 @@ class RelativePositionBias(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention (dense reference path) over a boolean mask and optional bias."""
+    """Multi-head self-attention (dense reference path) over a boolean mask and optional bias.
+
+    With `decode`, keys and values are kept in the "cache" collection (initialised at the full
+    decoding length by `model.init`) and each call appends its T new positions at the cache
+    index; `mask` is then bool[B, T], which new positions are real (left padding is not), and
+    the causal mask over the cache is built here from grid indices.
+    """
 
     cfg: TransformerConfig
+    decode: bool = False
 
     @nn.compact
     def __call__(self, x, mask, bias=None, *, deterministic: bool = True):
@@ -161,6 +168,8 @@ class Attention(nn.Module):
         # rounding noise, which Adam would amplify into different updates on different meshes).
         k = proj("key", 1.0, bias=False)
         v = proj("value", cfg.beta)
+        if self.decode:
+            k, v, mask = self._cached(k, v, mask)
         logits = jnp.einsum("BLNH,BSNH->BNLS", q, k).astype(jnp.float32) / math.sqrt(H)
         if bias is not None:
             logits = logits + bias
@@ -172,6 +181,25 @@ class Attention(nn.Module):
         )
         bo = self.param("out_bias", param(nn.initializers.zeros, "embed"), (D,))
         return jnp.einsum("BLNH,NHD->BLD", out, wo.astype(dt)) + bo.astype(dt)
+
+    def _cached(self, k, v, valid):
+        """Appends k, v [B, T, N, H] at the cache index; returns the whole cache and its mask."""
+        init = not self.has_variable("cache", "key")
+        ck = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
+        cv = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
+        cvalid = self.variable("cache", "valid", jnp.zeros, k.shape[:2], jnp.bool_)
+        cidx = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        if init:  # model.init: the cache is only being shaped
+            return k, v, (valid[:, :, None] & valid[:, None, :])[:, None]
+        i, T = cidx.value, k.shape[1]
+        ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, i, 0, 0))
+        cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, i, 0, 0))
+        cvalid.value = jax.lax.dynamic_update_slice(cvalid.value, valid, (0, i))
+        cidx.value = i + T
+        S = ck.value.shape[1]
+        causal = jnp.arange(S)[None, :] <= (i + jnp.arange(T))[:, None]  # [T, S]
+        mask = causal[None, None] & cvalid.value[:, None, None, :] & valid[:, None, :, None]
+        return ck.value, cv.value, mask
 
 
 class Mlp(nn.Module):
@@ -200,6 +228,7 @@ class Block(nn.Module):
 
     cfg: TransformerConfig
     deterministic: bool = True
+    decode: bool = False
 
     def _mlp(self, x, modality):
         cfg, det = self.cfg, self.deterministic
@@ -213,7 +242,7 @@ class Block(nn.Module):
     def __call__(self, x, mask, bias=None, modality=None):
         cfg, det = self.cfg, self.deterministic
         drop = nn.Dropout(cfg.dropout)
-        attn = Attention(cfg, name="attention")
+        attn = Attention(cfg, self.decode, name="attention")
         if cfg.norm == "pre":
             h = attn(layer_norm("ln_attention")(x), mask, bias, deterministic=det)
             x = x + drop(h, deterministic=det)
@@ -270,7 +299,9 @@ class Stack(nn.Module):
     cfg: TransformerConfig
 
     @nn.compact
-    def __call__(self, x, mask, bias=None, modality=None, *, deterministic: bool = True):
+    def __call__(
+        self, x, mask, bias=None, modality=None, *, deterministic: bool = True, decode=False
+    ):
         cfg = self.cfg
         policy = remat_policy(cfg.remat)
         if cfg.scan:
@@ -279,17 +310,17 @@ class Stack(nn.Module):
                 block = nn.remat(block, policy=policy, prevent_cse=False)
             scanned = nn.scan(
                 block,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "cache": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = scanned(cfg, deterministic, name="layers")(x, mask, bias, modality)
+            x, _ = scanned(cfg, deterministic, decode, name="layers")(x, mask, bias, modality)
         else:
             block = Block if policy is None else nn.remat(Block, policy=policy)
             for i in range(cfg.num_layers):
-                x = block(cfg, deterministic, name=f"layers_{i}")(x, mask, bias, modality)
+                x = block(cfg, deterministic, decode, name=f"layers_{i}")(x, mask, bias, modality)
         if cfg.norm == "pre":
             x = layer_norm("ln_final")(x)
         return x

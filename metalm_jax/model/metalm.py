@@ -157,16 +157,24 @@ class MetaLM(nn.Module):
         dt = self.cfg.decoder.compute_dtype
         return jnp.concatenate([p.astype(dt) for p in parts], axis=1)
 
-    def __call__(self, batch, *, deterministic: bool = True):
+    def __call__(
+        self, batch, *, deterministic: bool = True, decode: bool = False, encode: bool = True
+    ):
+        """Logits float32[B, L, V] and aux. With `decode`, the decoder appends to its KV cache
+        (see layers.Attention) and rows are single left-padded sequences; `encode=False` skips
+        the encoders (extension steps of generation have no slots)."""
         dec = self.cfg.decoder
         x = self.embed(batch.tokens).astype(dec.compute_dtype) * jnp.sqrt(dec.d_model).astype(
             dec.compute_dtype
         )
-        bank = self.encode(batch, deterministic=deterministic)
+        bank = self.encode(batch, deterministic=deterministic) if encode else None
         if bank is not None:
             x = gather_slots(x, bank.astype(x.dtype), batch.slot_index)
         x = x + sinusoidal(batch.positions, dec.d_model).astype(x.dtype)
-        mask = make_attention_mask(batch.segment_ids, batch.segment_ids, causal=True)
-        h = self.decoder(x, mask, deterministic=deterministic)
+        if decode:
+            mask = batch.segment_ids > 0
+        else:
+            mask = make_attention_mask(batch.segment_ids, batch.segment_ids, causal=True)
+        h = self.decoder(x, mask, deterministic=deterministic, decode=decode)
         logits = self.embed.attend(h.astype(jnp.float32))
         return logits, {"decoder_out": h, "slot_bank": bank}
