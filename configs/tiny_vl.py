@@ -9,7 +9,7 @@ text encoder: 32 x 32 images in 8 x 8 patches (16 image tokens) plus a caption p
 with semi-causal spans, half are packed image-caption pairs.
 """
 
-from metalm_jax.config import base_config
+from metalm_jax.config import base_config, captioning_eval, kjv_testament_eval, perplexity_eval
 
 
 def get_config(arg=None):
@@ -49,4 +49,7 @@ def get_config(arg=None):
     c.train.eval_batches = 4
     c.train.checkpoint_every = 200
     c.train.sample_tokens = 24
+    c.evals.perplexity = perplexity_eval()
+    c.evals.kjv_testament = kjv_testament_eval(max_input_tokens=24, seq_len=128, enc_len=128)
+    c.evals.emoji_captions = captioning_eval()
     return c

@@ -14,8 +14,10 @@ import os
 import ml_collections
 
 
-def load_run(workdir: str, step: int | None = None):
-    """(config, tokenizer, trainer, params) of the run in `workdir` at `step` (latest if None)."""
+def load_run(workdir: str, step: int | None = None, cfg=None):
+    """(config, tokenizer, trainer, params) of the run in `workdir` at `step` (latest if None).
+
+    The config is the checkpoint's own, or `cfg` (checked against the checkpoint's model)."""
     import jax
 
     from metalm_jax.data.tokenizer import Tokenizer
@@ -32,9 +34,11 @@ def load_run(workdir: str, step: int | None = None):
         raise FileNotFoundError(f"no checkpoint for step {step} in {ckpt.directory} (have {steps})")
     import orbax.checkpoint as ocp
 
-    saved = ckpt.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    cfg = ml_collections.ConfigDict(saved["config"])
-    cfg.mesh.shape = (1, 1, 1)
+    if cfg is None:
+        saved = ckpt.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        cfg = ml_collections.ConfigDict(saved["config"])
+    else:
+        ckpt.check_config(step, cfg.to_dict())
     tok_path = os.path.join(workdir, "tokenizer.model")
     if cfg.data.tokenizer_path:
         tok_path = cfg.data.tokenizer_path

@@ -130,6 +130,8 @@ def base_config() -> ml_collections.ConfigDict:
         ("act_embed", None),  # activations: model width
     )
 
+    c.evals = ml_collections.ConfigDict()  # name -> {type, ...}: see eval/evaluators.py
+
     c.train = t = ml_collections.ConfigDict()
     t.steps = 1000  # total optimizer steps
     t.batch_size = 16  # global batch (rows)
@@ -143,3 +145,39 @@ def base_config() -> ml_collections.ConfigDict:
     t.sample_prompt = "In the beginning"  # prompt of that sample
     t.peak_flops = 0.0  # peak FLOP/s per device for MFU (0 = known value for the device kind)
     return c
+
+
+def perplexity_eval(batch_size: int = 8) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(type="perplexity", batch_size=batch_size))
+
+
+def kjv_testament_eval(**overrides) -> ml_collections.ConfigDict:
+    """In-context 'Old or New Testament?' by option scoring, demonstrations encoded one by one."""
+    ev = dict(
+        type="icl_classification",
+        task="kjv_testament",
+        shots=(0, 1, 4),  # k demonstrations
+        trials=3,  # demonstration samples per k > 0 (mean and spread reported)
+        examples=100,  # held-out verses, balanced Old / New
+        max_input_tokens=40,  # verses are cut to this many tokens
+        seq_len=256,  # decoder row for the prompt
+        enc_len=256,  # encoder grid for the demonstrations
+        batch_size=16,
+        seed=0,
+    )
+    ev.update(overrides)
+    return ml_collections.ConfigDict(ev)
+
+
+def captioning_eval(**overrides) -> ml_collections.ConfigDict:
+    ev = dict(
+        type="captioning",
+        examples=100,
+        beam=4,
+        length_penalty=0.6,
+        max_tokens=24,
+        batch_size=16,
+        meteor=False,
+    )
+    ev.update(overrides)
+    return ml_collections.ConfigDict(ev)

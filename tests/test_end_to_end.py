@@ -33,3 +33,46 @@ def test_train_then_resume(corpus, tmp_path):
     ea.Reload()
     assert [e.step for e in ea.Scalars("train/loss")][:3] == [2, 4, 6]
     assert "eval/perplexity" in ea.Tags()["scalars"]
+
+
+@pytest.mark.slow
+def test_evaluate_and_generate_on_a_trained_run(corpus, tmp_path):
+    from metalm_jax.caption import load_run
+    from metalm_jax.config import kjv_testament_eval, perplexity_eval
+    from metalm_jax.eval.evaluators import run_evals
+    from metalm_jax.generate import generate_text
+
+    cfg, _ = corpus
+    cfg = cfg.copy_and_resolve_references()
+    cfg.train.steps, cfg.train.sample_tokens = 2, 0
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(cfg, workdir)
+
+    cfg.evals.perplexity = perplexity_eval(batch_size=4)
+    cfg.evals.icl = kjv_testament_eval(
+        shots=(0, 1), trials=2, examples=4, max_input_tokens=8, seq_len=64, enc_len=32, batch_size=8
+    )
+    _, tok, trainer, params = load_run(workdir, None, cfg)
+    results = run_evals(cfg, workdir, trainer, params, tok)
+    assert 0 < results["perplexity"]["eval/loss"] < 20
+    assert results["icl"]["1shot/trials"] == 2 and results["icl"]["0shot/trials"] == 1
+    assert 0.0 <= results["icl"]["1shot/accuracy_mean"] <= 1.0
+    preds = [
+        json.loads(x) for x in open(os.path.join(workdir, "evals", "icl", "predictions.jsonl"))
+    ]
+    assert len(preds) == 8 and {p["gold"] for p in preds} == {"Old", "New"}
+
+    texts = generate_text(workdir, ["In the beginning", "And"], max_tokens=5, beam=2)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        generate_text(str(tmp_path / "empty"), ["x"])
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        generate_text(workdir, ["x"], image=str(tmp_path / "nope.png"))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(ValueError, match="no vision encoder"):
+        generate_text(workdir, ["x"], image=str(bad))
+    other = cfg.copy_and_resolve_references()
+    other.model.decoder.num_layers = 3
+    with pytest.raises(ValueError, match="model.decoder.num_layers: checkpoint 2, config 3"):
+        load_run(workdir, None, other)

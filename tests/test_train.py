@@ -100,6 +100,6 @@ def test_checkpoint_restores_identical_state_and_next_batch(corpus, tmp_path):
 
     other = cfg.to_dict()
     other["model"]["decoder"]["d_model"] = 64
-    with pytest.raises(ValueError, match="d_model"):
+    with pytest.raises(ValueError, match="model.decoder.d_model: checkpoint 32, config 64"):
         ckpt.restore(3, abstract, fresh, other)
     ckpt.close()

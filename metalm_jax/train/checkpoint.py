@@ -30,6 +30,14 @@ class _FrozenIteratorState:
 SHAPE_KEYS = ("model", "data.vocab_size", "data.seq_len", "spans.enc_length")
 
 
+def _diff(old, new, key: str) -> list:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in old if k in new for d in _diff(old[k], new[k], f"{key}.{k}")]
+    if isinstance(old, list | tuple) and isinstance(new, list | tuple):
+        old, new = list(old), list(new)
+    return [] if old == new else [(key, old, new)]
+
+
 def _get(d: dict, dotted: str):
     for k in dotted.split("."):
         d = d[k]
@@ -66,18 +74,25 @@ class Checkpointer:
         )
 
     def check_config(self, step: int, config: dict) -> None:
+        """Raises naming every shape-relevant key whose value differs from the checkpoint's.
+
+        Keys the checkpoint's config does not have (added to the code later) are not compared.
+        """
         saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         saved = saved["config"]
+        diffs = []
         for key in SHAPE_KEYS:
             try:
                 old, new = _get(saved, key), _get(config, key)
             except KeyError:
                 continue
-            if old != new:
-                raise ValueError(
-                    f"checkpoint {self.directory}/{step} was written with {key}={old}, this run "
-                    f"has {key}={new}: use another --workdir or the checkpoint's config"
-                )
+            diffs += _diff(old, new, key)
+        if diffs:
+            raise ValueError(
+                f"checkpoint {self.directory}/{step} does not match this config: "
+                + "; ".join(f"{k}: checkpoint {o!r}, config {n!r}" for k, o, n in diffs[:8])
+                + " (use another --workdir or the checkpoint's config)"
+            )
 
     def restore(self, step: int, abstract_state, data_iterator, config: dict):
         """Restores state into `abstract_state`'s shardings, and the data iterator in place

@@ -1,0 +1,190 @@
+"""Evaluators chosen by name in the config's `evals` section (`evals.<name>.type`), each writing
+`<workdir>/evals/<name>/metrics.json` and per-example `predictions.jsonl`.
+
+  perplexity          held-out loss / perplexity on the fixed validation batches
+  icl_classification  in-context classification by option scoring, k-shot prompts with every
+                      demonstration encoded separately (eval/prompts.py); tasks: kjv_testament
+                      (does a KJV verse come from the Old or the New Testament?)
+  captioning          captions for held-out images (KV-cache beam search), COCO metrics
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from metalm_jax.data.tokenizer import BOS_ID, EOS_ID
+
+
+def _write(workdir, name, metrics, predictions):
+    d = os.path.join(workdir, "evals", name)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    with open(os.path.join(d, "predictions.jsonl"), "w") as f:
+        for p in predictions:
+            f.write(json.dumps(p) + "\n")
+
+
+def kjv_testament_task(n_items: int, seed: int):
+    """(pool, items, options): verses labelled 0 = Old / 1 = New; items balanced, from the
+    held-out chapters (the KjvBible validation rule), the pool from the training chapters."""
+    from metalm_jax.data.corpora import kjv_chapters
+
+    books_ot = 39
+    order, pool, held = [], [], []
+    for i, (name, verses) in enumerate(kjv_chapters()):
+        book = name.rsplit(" ", 1)[0]
+        if book not in order:
+            order.append(book)
+        label = 0 if order.index(book) < books_ot else 1
+        target = held if i % 25 == 12 else pool
+        target.extend((f"{name}:{v + 1}", text, label) for v, text in enumerate(verses))
+    rng = np.random.default_rng(seed)
+    items = []
+    for label in (0, 1):
+        cands = [x for x in held if x[2] == label]
+        items += [cands[j] for j in rng.choice(len(cands), n_items // 2, replace=False)]
+    return pool, items, ["Old", "New"]
+
+
+def icl_classification(ev, trainer, params, tok, cfg):
+    from metalm_jax.eval.prompts import build_icl_row
+    from metalm_jax.eval.scoring import row_logliks
+
+    if ev.task != "kjv_testament":
+        raise ValueError(f"evals: unknown icl task {ev.task!r}; expected 'kjv_testament'")
+    pool, items, options = kjv_testament_task(ev.examples, ev.seed)
+    opt_ids = [tok.encode(o) for o in options]
+    cut = lambda text: tok.encode(text)[: ev.max_input_tokens]
+    metrics, preds = {}, []
+    for k in ev.shots:
+        accs = []
+        for trial in range(ev.trials if k else 1):
+            rng = np.random.default_rng(ev.seed * 1000 + trial)
+            rows, golds = [], []
+            for _rid, text, label in items:
+                demos = [pool[j] for j in rng.choice(len(pool), k, replace=False)] if k else []
+                d = [(cut(t), opt_ids[lab]) for _, t, lab in demos]
+                for o in opt_ids:
+                    rows.append(build_icl_row(d, cut(text), o, ev.seq_len, ev.enc_len))
+                golds.append(label)
+            scores = row_logliks(trainer.model, params, rows, ev.batch_size)
+            pred = np.argmax(scores.reshape(len(items), len(options)), axis=-1)
+            accs.append(float(np.mean(pred == np.asarray(golds))))
+            if trial == 0:
+                preds += [
+                    {
+                        "id": it[0],
+                        "k": k,
+                        "gold": options[g],
+                        "pred": options[int(p)],
+                        "scores": s.tolist(),
+                    }
+                    for it, g, p, s in zip(
+                        items, golds, pred, scores.reshape(len(items), -1), strict=True
+                    )
+                ]
+        metrics[f"{k}shot/accuracy_mean"] = float(np.mean(accs))
+        metrics[f"{k}shot/accuracy_std"] = float(np.std(accs))
+        metrics[f"{k}shot/trials"] = len(accs)
+    return metrics, preds
+
+
+def captioning(ev, trainer, params, tok, cfg):
+    from metalm_jax.data import vl_pipeline
+    from metalm_jax.data.images import preprocess
+    from metalm_jax.eval import decode
+    from metalm_jax.eval.metrics import caption_metrics
+    from metalm_jax.model.build import dummy_batch, image_layout
+
+    layout = image_layout(cfg)
+    if layout is None:
+        raise ValueError("evals: captioning needs a config with images.enabled")
+    src = vl_pipeline.image_split(cfg, "validation")
+    n = min(ev.examples, len(src))
+    S = layout.image_slots
+    sc = decode.SamplingConfig(beam=ev.beam, length_penalty=ev.length_penalty)
+    refs, hyps, preds = {}, {}, []
+    for i in range(0, n, ev.batch_size):
+        exs = [src[j] for j in range(i, min(n, i + ev.batch_size))]
+        B = len(exs)
+        batch = dummy_batch(B, 1 + S, layout.enc_length, layout)  # image slots follow Le
+        images = np.zeros_like(batch.images)
+        valid = np.zeros_like(batch.image_valid)
+        for b, ex in enumerate(exs):
+            images[b, 0] = preprocess(
+                ex["image"], layout.image_size, record_id=vl_pipeline._text(ex["id"])
+            )
+            valid[b, 0] = 1
+        slots = np.full((B, 1 + S), -1, np.int32)
+        slots[:, 1:] = layout.text_bank + np.arange(S)
+        tokens = np.zeros((B, 1 + S), np.int32)
+        tokens[:, 0] = BOS_ID
+        batch = batch.replace(
+            tokens=tokens,
+            slot_index=slots,
+            segment_ids=np.ones((B, 1 + S), np.int32),
+            positions=np.tile(np.arange(1 + S, dtype=np.int32), (B, 1)),
+            images=images,
+            image_valid=valid,
+        )
+        out = np.asarray(
+            decode.generate(
+                trainer.model,
+                params,
+                batch,
+                _key(),
+                max_new=ev.max_tokens,
+                cfg=sc,
+                stop_ids=(EOS_ID,),
+            )
+        )
+        for ex, o in zip(exs, out, strict=True):
+            rid = vl_pipeline._text(ex["id"])
+            text = tok.decode([t for t in o if t != EOS_ID])
+            refs[rid] = [vl_pipeline._text(ex["caption"])]
+            hyps[rid] = text
+            preds.append({"id": rid, "caption": text, "reference": refs[rid][0]})
+    metrics = caption_metrics(hyps, refs, meteor=ev.meteor)
+    metrics["examples"] = n
+    return metrics, preds
+
+
+def perplexity(ev, trainer, params, tok, cfg):
+    from metalm_jax.data import pipeline
+    from metalm_jax.model.build import image_layout
+    from metalm_jax.train.loop import evaluate
+
+    sets = pipeline.eval_sets(cfg, tok, ev.batch_size, (0, 1), image_layout(cfg))
+    m = evaluate(trainer, params, sets)
+    return m, [{"set": k, "batches": len(v)} for k, v in sets.items()]
+
+
+def _key():
+    import jax
+
+    return jax.random.key(0)
+
+
+EVALUATORS = {
+    "perplexity": perplexity,
+    "icl_classification": icl_classification,
+    "captioning": captioning,
+}
+
+
+def run_evals(cfg, workdir: str, trainer, params, tok, names=None) -> dict:
+    """Runs the configured evaluators (all, or `names`); returns {name: metrics}."""
+    results = {}
+    for name, ev in cfg.evals.items():
+        if names and name not in names:
+            continue
+        if ev.type not in EVALUATORS:
+            raise ValueError(f"evals.{name}.type={ev.type!r}: expected one of {sorted(EVALUATORS)}")
+        metrics, preds = EVALUATORS[ev.type](ev, trainer, params, tok, cfg)
+        _write(workdir, name, metrics, preds)
+        results[name] = metrics
+    return results

@@ -1,0 +1,40 @@
+"""Option scoring: the log-likelihood of candidate completions (rank classification).
+
+Rows come from eval/prompts.py (or any Batch row whose loss weights mark the completion); the
+score of a row is minus its weighted NLL, so zero- and few-shot multiple choice picks the option
+with the highest score. Rows are scored in fixed-size batches (one compile).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metalm_jax.train.step import token_nll
+from metalm_jax.types import Batch
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _row_loglik(model, params, batch: Batch):
+    logits, _ = model.apply({"params": params}, batch)
+    return -jnp.sum(token_nll(logits, batch.targets) * batch.loss_weights, axis=-1)
+
+
+def row_logliks(model, params, rows: list[dict], batch_size: int = 8) -> np.ndarray:
+    """float64[len(rows)]: log-likelihood of each row's weighted tokens."""
+    out = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        pad = batch_size - len(chunk)
+        chunk = chunk + [{k: np.zeros_like(v) for k, v in chunk[0].items()}] * pad
+        batch = Batch.from_dict({k: np.stack([r[k] for r in chunk]) for k in chunk[0]})
+        out.append(np.asarray(_row_loglik(model, params, batch))[: batch_size - pad])
+    return np.concatenate(out).astype(np.float64)
+
+
+def rank_options(scores: np.ndarray, n_options: int) -> np.ndarray:
+    """int[n_examples]: argmax over consecutive groups of `n_options` scores."""
+    return np.argmax(scores.reshape(-1, n_options), axis=-1)

@@ -1,0 +1,104 @@
+"""Print generations from a trained run (KV-cache decoding):
+
+    python -m metalm_jax.generate --workdir runs/tiny --prompt "In the beginning"
+        [--image PATH] [--beam 4 | --temperature 0.8 --top_k 40 --top_p 0.9] [--max_tokens 48]
+
+Several --prompt flags are decoded together as one left-padded batch. With --image (a run with a
+vision encoder) the prompt follows the image's slots, as in training's image-text rows.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def generate_text(workdir, prompts, *, image=None, max_tokens=48, step=None, seed=0, **sampling):
+    import jax
+
+    from metalm_jax.caption import load_run
+    from metalm_jax.data.images import preprocess
+    from metalm_jax.data.tokenizer import BOS_ID, EOD_ID, EOS_ID
+    from metalm_jax.eval import decode
+    from metalm_jax.model.build import dummy_batch, image_layout
+
+    if image is not None and not os.path.isfile(image):
+        raise FileNotFoundError(f"--image {image!r} does not exist")
+    cfg, tok, trainer, params = load_run(workdir, step)
+    layout = image_layout(cfg)
+    slots_before = []
+    if image is not None:
+        if layout is None:
+            raise ValueError(f"the run in {workdir} has no vision encoder: drop --image")
+        S = layout.image_slots
+        slots_before = list(layout.text_bank + np.arange(S))
+    ids, slot_rows = [], []
+    for p in prompts:
+        text = tok.encode(p)
+        ids.append([BOS_ID] + [0] * len(slots_before) + text)
+        slot_rows.append([-1] + slots_before + [-1] * len(text))
+    grid = decode.left_pad_prompts(ids, slot_rows)
+    B, P = grid["tokens"].shape
+    enc_len = layout.enc_length if layout is not None else 1  # the bank offsets assume it
+    batch = dummy_batch(B, P, enc_len, layout).replace(**grid)
+    if image is not None:
+        with open(image, "rb") as f:
+            pixels = preprocess(f.read(), layout.image_size, record_id=image)
+        images = np.zeros_like(batch.images)
+        images[:, 0] = pixels
+        valid = np.zeros_like(batch.image_valid)
+        valid[:, 0] = 1
+        batch = batch.replace(images=images, image_valid=valid)
+    stops = (EOS_ID, EOD_ID) if image is not None else (EOD_ID,)
+    out = decode.generate(
+        trainer.model,
+        params,
+        batch,
+        jax.random.key(seed),
+        max_new=max_tokens,
+        cfg=decode.SamplingConfig(**sampling),
+        stop_ids=stops,
+    )
+    return [tok.decode([t for t in row if t not in stops]) for row in np.asarray(out)]
+
+
+def main(argv):
+    from absl import flags
+
+    del argv
+    f = flags.FLAGS
+    texts = generate_text(
+        f.workdir,
+        f.prompt,
+        image=f.image,
+        max_tokens=f.max_tokens,
+        step=f.step,
+        seed=f.seed,
+        temperature=f.temperature,
+        top_k=f.top_k,
+        top_p=f.top_p,
+        beam=f.beam,
+        length_penalty=f.length_penalty,
+    )
+    for p, t in zip(f.prompt, texts, strict=True):
+        print(f"{p!r} -> {t!r}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags, logging
+
+    flags.DEFINE_string("workdir", None, "run directory with checkpoints/ and tokenizer.model")
+    flags.DEFINE_multi_string("prompt", [""], "prompt text (repeatable)")
+    flags.DEFINE_string("image", None, "image file (runs with a vision encoder)")
+    flags.DEFINE_integer("max_tokens", 48, "new tokens at most")
+    flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
+    flags.DEFINE_integer("seed", 0, "sampling seed")
+    flags.DEFINE_float("temperature", 0.0, "0 = greedy")
+    flags.DEFINE_integer("top_k", 0, "0 = off")
+    flags.DEFINE_float("top_p", 1.0, "1 = off")
+    flags.DEFINE_integer("beam", 1, "> 1: beam search")
+    flags.DEFINE_float("length_penalty", 0.6, "beam search length penalty alpha")
+    flags.mark_flags_as_required(["workdir"])
+    logging.set_verbosity(logging.WARNING)
+    app.run(main)
