@@ -57,6 +57,7 @@ def test_evaluate_and_generate_on_a_trained_run(corpus, tmp_path):
     assert 0 < results["perplexity"]["eval/loss"] < 20
     assert results["icl"]["1shot/trials"] == 2 and results["icl"]["0shot/trials"] == 1
     assert 0.0 <= results["icl"]["1shot/accuracy_mean"] <= 1.0
+    assert 0.0 <= results["icl"]["1shot/generation_exact_match"] <= 1.0
     preds = [
         json.loads(x) for x in open(os.path.join(workdir, "evals", "icl", "predictions.jsonl"))
     ]

@@ -2,9 +2,10 @@
 `<workdir>/evals/<name>/metrics.json` and per-example `predictions.jsonl`.
 
   perplexity          held-out loss / perplexity on the fixed validation batches
-  icl_classification  in-context classification by option scoring, k-shot prompts with every
-                      demonstration encoded separately (eval/prompts.py); tasks: kjv_testament
-                      (does a KJV verse come from the Old or the New Testament?)
+  icl_classification  in-context classification by option scoring and by generation (exact
+                      match of a greedy continuation), k-shot prompts with every demonstration
+                      encoded separately (eval/prompts.py); tasks: kjv_testament (does a KJV
+                      verse come from the Old or the New Testament?)
   captioning          captions for held-out images (KV-cache beam search), COCO metrics
 """
 
@@ -16,6 +17,8 @@ import os
 import numpy as np
 
 from metalm_jax.data.tokenizer import BOS_ID, EOS_ID
+from metalm_jax.eval.metrics import exact_match
+from metalm_jax.types import Batch
 
 
 def _write(workdir, name, metrics, predictions):
@@ -64,17 +67,23 @@ def icl_classification(ev, trainer, params, tok, cfg):
         accs = []
         for trial in range(ev.trials if k else 1):
             rng = np.random.default_rng(ev.seed * 1000 + trial)
-            rows, golds = [], []
+            rows, golds, gen_rows = [], [], []
             for _rid, text, label in items:
                 demos = [pool[j] for j in rng.choice(len(pool), k, replace=False)] if k else []
                 d = [(cut(t), opt_ids[lab]) for _, t, lab in demos]
                 for o in opt_ids:
                     rows.append(build_icl_row(d, cut(text), o, ev.seq_len, ev.enc_len))
+                if trial == 0:
+                    gen_rows.append(build_icl_row(d, cut(text), [], ev.seq_len, ev.enc_len))
                 golds.append(label)
             scores = row_logliks(trainer.model, params, rows, ev.batch_size)
             pred = np.argmax(scores.reshape(len(items), len(options)), axis=-1)
             accs.append(float(np.mean(pred == np.asarray(golds))))
             if trial == 0:
+                gen = _generate_labels(trainer, params, tok, gen_rows, ev)
+                metrics[f"{k}shot/generation_exact_match"] = float(
+                    np.mean([exact_match(g, [options[y]]) for g, y in zip(gen, golds, strict=True)])
+                )
                 preds += [
                     {
                         "id": it[0],
@@ -91,6 +100,39 @@ def icl_classification(ev, trainer, params, tok, cfg):
         metrics[f"{k}shot/accuracy_std"] = float(np.std(accs))
         metrics[f"{k}shot/trials"] = len(accs)
     return metrics, preds
+
+
+def _generate_labels(trainer, params, tok, rows, ev, max_new: int = 3) -> list[str]:
+    """Greedy continuations of prompt rows (built with an empty option), as text: the first
+    line up to </s>. Rows are re-laid left-padded, as decode.generate needs."""
+    from metalm_jax.eval import decode
+
+    out = []
+    for i in range(0, len(rows), ev.batch_size):
+        chunk = rows[i : i + ev.batch_size]
+        n = [int(r["segment_ids"].sum()) for r in chunk]
+        P = max(n)
+        grid = {}
+        for key in ("tokens", "slot_index", "segment_ids", "positions", "targets"):
+            fill = -1 if key == "slot_index" else 0
+            grid[key] = np.full((len(chunk), P), fill, np.int32)
+            for b, (r, m) in enumerate(zip(chunk, n, strict=True)):
+                grid[key][b, P - m :] = r[key][:m]
+        grid["loss_weights"] = np.zeros((len(chunk), P), np.float32)
+        for key in ("enc_tokens", "enc_segment_ids", "enc_positions"):
+            grid[key] = np.stack([r[key] for r in chunk])
+        batch = Batch.from_dict(grid)
+        gen = decode.generate(
+            trainer.model,
+            params,
+            batch,
+            _key(),
+            max_new=max_new,
+            cfg=decode.SamplingConfig(),
+            stop_ids=(EOS_ID,),
+        )
+        out += [tok.decode([t for t in row if t != EOS_ID]).strip() for row in np.asarray(gen)]
+    return out
 
 
 def captioning(ev, trainer, params, tok, cfg):
