@@ -13,6 +13,7 @@ can come out negative, so the estimated MFU is only printed where it is meaningf
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import jax
@@ -55,6 +56,9 @@ def parse_topology(name: str) -> tuple[str, str, int]:
 
 def compile_for_topology(cfg, topology: str) -> dict:
     """Lowers and compiles the train step for `topology`; returns the report as a dict."""
+    # Compiling touches no chip, so several compiles (or a test beside a running compile) may
+    # load libtpu at once; without this the second one fails on libtpu's lock file.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     from metalm_jax.parallel.mesh import make_mesh
