@@ -25,6 +25,12 @@ def main():
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--hf-python",
+        default="",
+        help="python of a venv with torch+transformers: "
+        "also run benchmarks/hf_generate.py on a GPT-2 of the same size",
+    )
     args = ap.parse_args()
 
     from metalm_jax.eval import decode

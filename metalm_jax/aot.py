@@ -19,7 +19,7 @@ import re
 import jax
 import numpy as np
 
-from metalm_jax.model.build import dummy_batch, image_layout, model_config, train_flops_per_step
+from metalm_jax.model.build import dummy_batch, image_layout, step_flops
 
 # generation -> (compiler name, counts cores (2 per chip)?, 3-D torus?, HBM bytes/chip, bf16 FLOP/s)
 TPUS = {
@@ -83,13 +83,7 @@ def compile_for_topology(cfg, topology: str) -> dict:
     cost = cost[0] if isinstance(cost, list) else cost
     _, _, _, hbm, peak = TPUS[gen]
     n_dev = len(devices)
-    flops = train_flops_per_step(
-        model_config(cfg),
-        cfg.train.batch_size,
-        cfg.data.seq_len,
-        cfg.spans.enc_length,
-        cfg.images.images_per_row if cfg.images.enabled else 0,
-    )
+    flops = step_flops(cfg)
     peak_mem = getattr(mem, "peak_memory_in_bytes", 0) or (
         mem.argument_size_in_bytes
         + mem.temp_size_in_bytes

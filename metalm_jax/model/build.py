@@ -199,3 +199,14 @@ def train_flops_per_step(
         out["vision"] = batch * images_per_row * n * (v_mm + v_att + patch)
     out["total"] = out["decoder"] + out["encoder"] + out.get("vision", 0.0)
     return out
+
+
+def step_flops(cfg) -> dict:
+    """train_flops_per_step for an experiment config (global batch, images if enabled)."""
+    return train_flops_per_step(
+        model_config(cfg),
+        cfg.train.batch_size,
+        cfg.data.seq_len,
+        cfg.spans.enc_length,
+        cfg.images.images_per_row if cfg.images.enabled else 0,
+    )

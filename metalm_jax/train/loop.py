@@ -20,8 +20,7 @@ from metalm_jax.eval.greedy import greedy_sample
 from metalm_jax.model.build import (
     count_params,
     image_layout,
-    model_config,
-    train_flops_per_step,
+    step_flops,
 )
 from metalm_jax.parallel import mesh as meshlib
 from metalm_jax.parallel.distributed import first_process_then_others
@@ -119,13 +118,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
 
 def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ckpt, t_start):
     writer = mlib.MetricWriter(workdir, enabled=jax.process_index() == 0)
-    flops = train_flops_per_step(
-        model_config(cfg),
-        cfg.train.batch_size,
-        cfg.data.seq_len,
-        cfg.spans.enc_length,
-        cfg.images.images_per_row if cfg.images.enabled else 0,
-    )
+    flops = step_flops(cfg)
     peak = mlib.peak_flops(cfg.train.peak_flops)
     lr_fn = schedule(cfg.optim, cfg.train.steps)
     total = cfg.train.steps
