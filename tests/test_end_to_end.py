@@ -62,6 +62,7 @@ def test_evaluate_and_generate_on_a_trained_run(corpus, tmp_path):
         json.loads(x) for x in open(os.path.join(workdir, "evals", "icl", "predictions.jsonl"))
     ]
     assert len(preds) == 8 and {p["gold"] for p in preds} == {"Old", "New"}
+    assert all(isinstance(p["generated"], str) for p in preds)
 
     texts = generate_text(workdir, ["In the beginning", "And"], max_tokens=5, beam=2)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)

@@ -91,9 +91,10 @@ def icl_classification(ev, trainer, params, tok, cfg):
                         "gold": options[g],
                         "pred": options[int(p)],
                         "scores": s.tolist(),
+                        "generated": t,
                     }
-                    for it, g, p, s in zip(
-                        items, golds, pred, scores.reshape(len(items), -1), strict=True
+                    for it, g, p, s, t in zip(
+                        items, golds, pred, scores.reshape(len(items), -1), gen, strict=True
                     )
                 ]
         metrics[f"{k}shot/accuracy_mean"] = float(np.mean(accs))
