@@ -83,6 +83,27 @@ def main():
         f"ratio kv_cache / recompute at {N} new tokens: "
         f"{results['kv_cache'] / results['recompute']:.1f}x"
     )
+    if args.hf_python:
+        import os
+        import re
+        import subprocess
+
+        d = cfg.model.decoder
+        cmd = [
+            args.hf_python,
+            os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_generate.py"),
+            f"--layers={d.num_layers}",
+            f"--width={d.d_model}",
+            f"--heads={d.num_heads}",
+            f"--vocab={cfg.data.vocab_size}",
+            f"--prompt={P}",
+            f"--new={N}",
+            f"--repeats={args.repeats}",
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        hf = float(re.search(r"new tokens/s: ([0-9.]+)", out).group(1))
+        print(f"{'hf_gpt2':>10}: {hf:8.1f} new tokens/s  (transformers generate, KV cache)")
+        print(f"ratio ours (kv_cache) / Hugging Face: {results['kv_cache'] / hf:.2f}x")
 
 
 if __name__ == "__main__":
