@@ -16,8 +16,8 @@ import json
 def main(argv):
     from absl import flags
 
-    from metalm_jax.caption import load_run
     from metalm_jax.eval.evaluators import run_evals
+    from metalm_jax.eval.load import load_run
 
     del argv
     f = flags.FLAGS

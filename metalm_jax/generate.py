@@ -15,22 +15,43 @@ import numpy as np
 
 
 def generate_text(workdir, prompts, *, image=None, max_tokens=48, step=None, seed=0, **sampling):
+    """Loads the run in `workdir` and returns one generation per prompt (see generate_with)."""
+    from metalm_jax.eval.load import load_run
+
+    if image is not None and not os.path.isfile(image):
+        raise FileNotFoundError(f"--image {image!r} does not exist")
+    cfg, tok, trainer, params = load_run(workdir, step)
+    return generate_with(
+        cfg,
+        tok,
+        trainer.model,
+        params,
+        prompts,
+        image=image,
+        max_tokens=max_tokens,
+        seed=seed,
+        **sampling,
+    )
+
+
+def generate_with(
+    cfg, tok, model, params, prompts, *, image=None, max_tokens=48, seed=0, **sampling
+):
+    """KV-cache generations for text prompts, each after an image's slots if `image` (a path)
+    is given; stops at </d> (and at </s> after an image). Used by the CLI, the caption tool and
+    the trainer's end-of-run sample."""
     import jax
 
-    from metalm_jax.caption import load_run
     from metalm_jax.data.images import preprocess
     from metalm_jax.data.tokenizer import BOS_ID, EOD_ID, EOS_ID
     from metalm_jax.eval import decode
     from metalm_jax.model.build import dummy_batch, image_layout
 
-    if image is not None and not os.path.isfile(image):
-        raise FileNotFoundError(f"--image {image!r} does not exist")
-    cfg, tok, trainer, params = load_run(workdir, step)
     layout = image_layout(cfg)
     slots_before = []
     if image is not None:
         if layout is None:
-            raise ValueError(f"the run in {workdir} has no vision encoder: drop --image")
+            raise ValueError(f"the run ({cfg.name}) has no vision encoder: drop --image")
         S = layout.image_slots
         slots_before = list(layout.text_bank + np.arange(S))
     ids, slot_rows = [], []
@@ -52,7 +73,7 @@ def generate_text(workdir, prompts, *, image=None, max_tokens=48, step=None, see
         batch = batch.replace(images=images, image_valid=valid)
     stops = (EOS_ID, EOD_ID) if image is not None else (EOD_ID,)
     out = decode.generate(
-        trainer.model,
+        model,
         params,
         batch,
         jax.random.key(seed),

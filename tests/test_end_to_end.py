@@ -37,9 +37,9 @@ def test_train_then_resume(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_and_generate_on_a_trained_run(corpus, tmp_path):
-    from metalm_jax.caption import load_run
     from metalm_jax.config import kjv_testament_eval, perplexity_eval
     from metalm_jax.eval.evaluators import run_evals
+    from metalm_jax.eval.load import load_run
     from metalm_jax.generate import generate_text
 
     cfg, _ = corpus

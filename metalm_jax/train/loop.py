@@ -16,7 +16,7 @@ import time
 import jax
 
 from metalm_jax.data import pipeline
-from metalm_jax.eval.greedy import greedy_sample
+from metalm_jax.generate import generate_with
 from metalm_jax.model.build import (
     count_params,
     image_layout,
@@ -206,15 +206,14 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
         run_eval(step)
     ckpt.close()
     if cfg.train.sample_tokens > 0:
-        text = greedy_sample(
+        text = generate_with(
+            cfg,
+            tok,
             trainer.model,
             state.params,
-            tok,
-            cfg.train.sample_prompt,
-            cfg.train.sample_tokens,
-            cfg.data.seq_len,
-            layout=image_layout(cfg),
-        )
+            [cfg.train.sample_prompt],
+            max_tokens=cfg.train.sample_tokens,
+        )[0]
         mlib.console(f"== sample: {cfg.train.sample_prompt!r} -> {text!r}")
         final["sample"] = text
     writer.close()

@@ -1,0 +1,46 @@
+"""Load a trained run for inference: its config (or a given, checked one), tokenizer, model and
+parameters from the latest (or a named) Orbax checkpoint, on one device."""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+
+def load_run(workdir: str, step: int | None = None, cfg=None):
+    """(config, tokenizer, trainer, params) of the run in `workdir` at `step` (latest if None).
+
+    The config is the checkpoint's own, or `cfg` (checked against the checkpoint's model)."""
+    import jax
+
+    from metalm_jax.data.tokenizer import Tokenizer
+    from metalm_jax.parallel.mesh import make_mesh
+    from metalm_jax.train.checkpoint import Checkpointer
+    from metalm_jax.train.trainer import build_trainer
+
+    ckpt = Checkpointer(workdir, 0, 1)
+    steps = ckpt.manager.all_steps()
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first")
+    step = max(steps) if step is None else step
+    if step not in steps:
+        raise FileNotFoundError(f"no checkpoint for step {step} in {ckpt.directory} (have {steps})")
+    import orbax.checkpoint as ocp
+
+    if cfg is None:
+        saved = ckpt.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        cfg = ml_collections.ConfigDict(saved["config"])
+    else:
+        ckpt.check_config(step, cfg.to_dict())
+    tok_path = os.path.join(workdir, "tokenizer.model")
+    if cfg.data.tokenizer_path:
+        tok_path = cfg.data.tokenizer_path
+    with open(tok_path, "rb") as f:
+        tok = Tokenizer(f.read(), tok_path)
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    trainer = build_trainer(cfg, mesh)
+    with jax.set_mesh(mesh):
+        state = ckpt.restore(step, trainer.abstract_state, None, cfg.to_dict())
+    ckpt.close()
+    return cfg, tok, trainer, state.params
