@@ -6,7 +6,8 @@ Topology names: `v5p-128` style (v4 / v5p count TensorCores, two per chip; v5e /
 chips) or the compiler's own `v5p:4x4x4`. Reported per chip: arguments (params, optimizer state,
 batch), temporaries and the compiler's peak, against the chip's HBM. FLOPs per step are the
 explicit model count (model/build.py); the compiler's own count and `optimal_seconds` are shown
-too, with their caveats: XLA counts a scanned loop body once, and on v5e / v6e optimal_seconds
+too, with their caveats: XLA counts a scanned loop body once (layers, or the microbatches of
+gradient accumulation, which are multiplied back in), and on v5e / v6e optimal_seconds
 can come out negative, so the estimated MFU is only printed where it is meaningful.
 """
 
@@ -91,8 +92,12 @@ def compile_for_topology(cfg, topology: str) -> dict:
         - mem.alias_size_in_bytes
     )
     optimal = float(cost.get("optimal_seconds", float("nan")))
-    scanned = cfg.model.decoder.scan or cfg.model.text_encoder.scan
-    mfu = flops["total"] / (chips * peak * optimal) if optimal > 0 and not scanned else None
+    scanned = cfg.model.decoder.scan or cfg.model.text_encoder.scan or cfg.model.vision.scan
+    # Gradient accumulation is a lax.scan too: the cost covers one microbatch, and every
+    # microbatch is the same computation, so the step is `accum` of them.
+    accum = int(cfg.train.grad_accum_steps)
+    step_seconds = optimal * accum
+    mfu = flops["total"] / (chips * peak * step_seconds) if optimal > 0 and not scanned else None
     largest = sorted(
         (
             (
@@ -119,6 +124,8 @@ def compile_for_topology(cfg, topology: str) -> dict:
         "model_flops_per_step": flops["total"],
         "compiler_flops_per_device": float(cost.get("flops", float("nan"))),
         "optimal_seconds": optimal,
+        "grad_accum_steps": accum,
+        "estimated_step_seconds": step_seconds if optimal > 0 and not scanned else None,
         "estimated_mfu": mfu,
         "largest_state_buffers": largest,
     }
@@ -134,10 +141,11 @@ def format_report(r: dict) -> str:
         f"peak {gib(r['peak_bytes'])} of {gib(r['hbm_bytes'])} HBM: "
         + ("fits" if r["fits"] else "DOES NOT FIT"),
         f"model FLOPs/step {r['model_flops_per_step']:.3e}; compiler FLOPs/device "
-        f"{r['compiler_flops_per_device']:.3e}; optimal_seconds {r['optimal_seconds']:.4f}",
+        f"{r['compiler_flops_per_device']:.3e}; optimal_seconds {r['optimal_seconds']:.4f}"
+        + (f" per microbatch x {r['grad_accum_steps']}" if r["grad_accum_steps"] > 1 else ""),
         "estimated MFU "
         + (
-            f"{100 * r['estimated_mfu']:.1f}%"
+            f"{100 * r['estimated_mfu']:.1f}% (step {r['estimated_step_seconds']:.3f} s)"
             if r["estimated_mfu"] is not None
             else "n/a (scanned layers or no positive optimal_seconds)"
         ),
