@@ -15,7 +15,7 @@ import time
 
 import jax
 
-from metalm_jax.data import pipeline
+from metalm_jax.data import pipeline, vl_pipeline
 from metalm_jax.generate import generate_with
 from metalm_jax.model.build import (
     count_params,
@@ -148,6 +148,8 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
             "perf/mfu": mfu,
             "perf/step_s": dt,
         }
+        if cfg.images.enabled:  # bad images skipped by this process (images.skip_bad_images)
+            m["data/skipped_images"] = vl_pipeline.skipped_images()
         writer.write(s, m)
         final.update(m)
         mlib.console(
