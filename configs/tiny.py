@@ -8,7 +8,7 @@ Same structure as configs/metalm_lm.py with every size cut down: a 4 x 256 pre-L
 CPU the held-out loss falls visibly within about five minutes (400 steps of 8 x 256 tokens).
 """
 
-from metalm_jax.config import base_config, kjv_testament_eval, perplexity_eval
+from metalm_jax.config import base_config, completion_eval, kjv_testament_eval, perplexity_eval
 
 
 def get_config(arg=None):
@@ -45,4 +45,5 @@ def get_config(arg=None):
     c.train.sample_tokens = 48
     c.evals.perplexity = perplexity_eval()
     c.evals.kjv_testament = kjv_testament_eval()
+    c.evals.kjv_completion = completion_eval()
     return c

@@ -181,3 +181,26 @@ def captioning_eval(**overrides) -> ml_collections.ConfigDict:
     )
     ev.update(overrides)
     return ml_collections.ConfigDict(ev)
+
+
+def completion_eval(**overrides) -> ml_collections.ConfigDict:
+    """Held-out KJV verse completion (token F1, exact match)."""
+    ev = dict(type="completion", examples=100, max_tokens=24, batch_size=16, seed=0)
+    ev.update(overrides)
+    return ml_collections.ConfigDict(ev)
+
+
+def vqa_eval(file: str, **overrides) -> ml_collections.ConfigDict:
+    """k-shot VQA on a JSONL of {image, question, answers} (no VQA data ships offline)."""
+    ev = dict(
+        type="vqa",
+        file=file,
+        shots=(0, 4),
+        examples=200,
+        max_tokens=6,
+        seq_len=256,
+        batch_size=8,
+        seed=0,
+    )
+    ev.update(overrides)
+    return ml_collections.ConfigDict(ev)

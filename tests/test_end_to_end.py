@@ -37,7 +37,7 @@ def test_train_then_resume(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_and_generate_on_a_trained_run(corpus, tmp_path):
-    from metalm_jax.config import kjv_testament_eval, perplexity_eval
+    from metalm_jax.config import completion_eval, kjv_testament_eval, perplexity_eval
     from metalm_jax.eval.evaluators import run_evals
     from metalm_jax.eval.load import load_run
     from metalm_jax.generate import generate_text
@@ -52,8 +52,11 @@ def test_evaluate_and_generate_on_a_trained_run(corpus, tmp_path):
     cfg.evals.icl = kjv_testament_eval(
         shots=(0, 1), trials=2, examples=4, max_input_tokens=8, seq_len=64, enc_len=32, batch_size=8
     )
+    cfg.evals.completion = completion_eval(examples=4, max_tokens=3, batch_size=4)
     _, tok, trainer, params = load_run(workdir, None, cfg)
     results = run_evals(cfg, workdir, trainer, params, tok)
+    assert 0.0 <= results["completion"]["token_f1"] <= 1.0
+    assert results["completion"]["examples"] == 4
     assert 0 < results["perplexity"]["eval/loss"] < 20
     assert results["icl"]["1shot/trials"] == 2 and results["icl"]["0shot/trials"] == 1
     assert 0.0 <= results["icl"]["1shot/accuracy_mean"] <= 1.0

@@ -190,3 +190,40 @@ def test_vision_encoder_runs_at_a_new_resolution():
     out = enc.apply(params, jnp.ones((1, 24, 24, 3)), valid, prefix, prefix)  # 3x3 grid
     assert out.shape == (1, 9 + cfg.text_prefix, cfg.stack.d_model)
     assert np.all(np.isfinite(np.asarray(out)))
+
+
+def test_vqa_evaluator_on_a_tiny_jsonl(corpus, tmp_path):
+    import json
+
+    import PIL.Image
+
+    from metalm_jax.config import vqa_eval
+    from metalm_jax.eval.evaluators import run_evals
+    from metalm_jax.parallel.mesh import make_mesh
+    from metalm_jax.train.trainer import build_trainer
+
+    _, tok = corpus
+    rows = []
+    for i, color in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]):
+        PIL.Image.new("RGB", (20, 20), color).save(tmp_path / f"{i}.png")
+        rows.append({"image": f"{i}.png", "question": "what color?", "answers": ["red"] * 10})
+    (tmp_path / "vqa.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = testing.micro_vl_config()
+    cfg.evals.toy_vqa = vqa_eval(
+        str(tmp_path / "vqa.jsonl"), shots=(0, 1), seq_len=64, batch_size=4, max_tokens=3
+    )
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    trainer = build_trainer(cfg, mesh)
+    with jax.set_mesh(mesh):
+        params = trainer.init(jax.random.key(0)).params
+    results = run_evals(cfg, str(tmp_path), trainer, params, tok)
+    m = results["toy_vqa"]
+    assert m["examples"] == 4 and 0.0 <= m["1shot/vqa_accuracy"] <= 1.0
+    preds = (tmp_path / "evals" / "toy_vqa" / "predictions.jsonl").read_text().splitlines()
+    assert len(preds) == 8
+    (tmp_path / "bad.jsonl").write_text(
+        '{"image": "missing.png", "question": "q", "answers": []}\n'
+    )
+    cfg.evals.toy_vqa.file = str(tmp_path / "bad.jsonl")
+    with pytest.raises(ValueError, match="bad.jsonl:1: expected"):
+        run_evals(cfg, str(tmp_path), trainer, params, tok)

@@ -7,6 +7,8 @@
                       encoded separately (eval/prompts.py); tasks: kjv_testament (does a KJV
                       verse come from the Old or the New Testament?)
   captioning          captions for held-out images (KV-cache beam search), COCO metrics
+  vqa                 k-shot VQA by generation, each image encoded with its question; VQA accuracy
+  completion          held-out KJV verse completion by generation; token F1 and exact match
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from metalm_jax.data.tokenizer import BOS_ID, EOS_ID
 from metalm_jax.eval.metrics import exact_match
-from metalm_jax.types import Batch
+from metalm_jax.types import IMAGE_FIELDS, Batch
 
 
 def _write(workdir, name, metrics, predictions):
@@ -120,8 +122,9 @@ def _generate_labels(trainer, params, tok, rows, ev, max_new: int = 3) -> list[s
             for b, (r, m) in enumerate(zip(chunk, n, strict=True)):
                 grid[key][b, P - m :] = r[key][:m]
         grid["loss_weights"] = np.zeros((len(chunk), P), np.float32)
-        for key in ("enc_tokens", "enc_segment_ids", "enc_positions"):
-            grid[key] = np.stack([r[key] for r in chunk])
+        for key in ("enc_tokens", "enc_segment_ids", "enc_positions", *IMAGE_FIELDS):
+            if key in chunk[0]:
+                grid[key] = np.stack([r[key] for r in chunk])
         batch = Batch.from_dict(grid)
         gen = decode.generate(
             trainer.model,
@@ -196,6 +199,96 @@ def captioning(ev, trainer, params, tok, cfg):
     return metrics, preds
 
 
+def vqa(ev, trainer, params, tok, cfg):
+    """k-shot VQA by generation: each image encoded with its question (joint VL encoder prefix),
+    answers as decoder tokens (eval/prompts.build_vqa_row); VQA accuracy with the official
+    normalization. Data: `ev.file`, a JSONL of {"image": path, "question": str, "answers": [...]}
+    (paths relative to the file)."""
+    import dataclasses
+
+    from metalm_jax.data.images import preprocess
+    from metalm_jax.eval.metrics import vqa_accuracy
+    from metalm_jax.eval.prompts import build_vqa_row
+    from metalm_jax.model.build import image_layout
+
+    base_layout = image_layout(cfg)
+    if base_layout is None or base_layout.prefix_len == 0:
+        raise ValueError("evals: vqa needs a joint vision-language encoder (images.enabled)")
+    items = []
+    with open(ev.file, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                x = json.loads(line)
+                path = os.path.join(os.path.dirname(os.path.abspath(ev.file)), x["image"])
+                with open(path, "rb") as img:
+                    pixels = preprocess(img.read(), base_layout.image_size, record_id=path)
+                q = tok.encode(x["question"])[: base_layout.prefix_len]
+                items.append((f"{ev.file}:{lineno}", pixels, q, list(x["answers"])))
+            except (KeyError, json.JSONDecodeError, OSError) as e:
+                raise ValueError(
+                    f"{ev.file}:{lineno}: expected {{image, question, answers}} "
+                    f"with a readable image ({type(e).__name__}: {e})"
+                ) from None
+    items = items[: ev.examples]
+    metrics, preds = {}, []
+    for k in ev.shots:
+        layout = dataclasses.replace(base_layout, images_per_row=k + 1, seq_len=ev.seq_len)
+        rng = np.random.default_rng(ev.seed)
+        rows = []
+        for i, (_, img, q, _) in enumerate(items):
+            others = [j for j in range(len(items)) if j != i]
+            demos = [items[j] for j in rng.choice(others, k, replace=False)] if k else []
+            d = [(dimg, dq, tok.encode(dans[0])) for _, dimg, dq, dans in demos]
+            rows.append(build_vqa_row(d, (img, q), [], layout))
+        answers = _generate_labels(trainer, params, tok, rows, ev, max_new=ev.max_tokens)
+        accs = [vqa_accuracy(a, it[3]) for a, it in zip(answers, items, strict=True)]
+        metrics[f"{k}shot/vqa_accuracy"] = float(np.mean(accs))
+        preds += [
+            {"id": it[0], "k": k, "answer": a, "accuracy": acc}
+            for it, a, acc in zip(items, answers, accs, strict=True)
+        ]
+    metrics["examples"] = len(items)
+    return metrics, preds
+
+
+def completion(ev, trainer, params, tok, cfg):
+    """Verse completion on held-out KJV chapters: the first half of a verse as the prompt, the
+    greedy continuation scored by token F1 and exact match against the second half."""
+    from metalm_jax.eval.metrics import exact_match, token_f1
+    from metalm_jax.generate import generate_with
+
+    _, items, _ = kjv_testament_task(ev.examples, ev.seed)
+    prompts, refs = [], []
+    for _, text, _ in items:
+        words = text.split()
+        half = max(1, len(words) // 2)
+        prompts.append(" ".join(words[:half]))
+        refs.append(" ".join(words[half:]))
+    outs = []
+    for i in range(0, len(prompts), ev.batch_size):
+        outs += generate_with(
+            cfg,
+            tok,
+            trainer.model,
+            params,
+            prompts[i : i + ev.batch_size],
+            max_tokens=ev.max_tokens,
+        )
+    f1 = [token_f1(o, [r]) for o, r in zip(outs, refs, strict=True)]
+    em = [exact_match(o, [r]) for o, r in zip(outs, refs, strict=True)]
+    preds = [
+        {"id": it[0], "prompt": p, "completion": o, "reference": r}
+        for it, p, o, r in zip(items, prompts, outs, refs, strict=True)
+    ]
+    return {
+        "token_f1": float(np.mean(f1)),
+        "exact_match": float(np.mean(em)),
+        "examples": len(items),
+    }, preds
+
+
 def perplexity(ev, trainer, params, tok, cfg):
     from metalm_jax.data import pipeline
     from metalm_jax.model.build import image_layout
@@ -216,6 +309,8 @@ EVALUATORS = {
     "perplexity": perplexity,
     "icl_classification": icl_classification,
     "captioning": captioning,
+    "vqa": vqa,
+    "completion": completion,
 }
 
 

@@ -82,3 +82,64 @@ def sample_demos(pool, k: int, rng: np.random.Generator, exclude=None) -> list:
     """k demonstrations drawn without replacement from `pool` (never the `exclude` item)."""
     idx = [i for i in range(len(pool)) if pool[i] is not exclude]
     return [pool[idx[j]] for j in rng.choice(len(idx), size=k, replace=False)] if k else []
+
+
+def build_vqa_row(demos, query, option, layout) -> dict:
+    """Few-shot VQA in the paper's form: every image is encoded with its question as the joint
+    VL encoder's text prefix (one image slot group per example), answers are decoder tokens,
+    examples end in </s>; the option follows the query's slots and is what the weights score.
+
+    demos: [(image float32[H, W, 3], question ids, answer ids)], query: (image, question ids),
+    layout: an ImageLayout whose images_per_row >= len(demos) + 1 (prefix_len >= questions).
+
+        <s> [img 1][q 1] a 1 </s> [img 2][q 2] a 2 </s> [img q][q q] option
+    """
+    from metalm_jax.data.vl import empty_image_fields
+
+    examples = [(img, q, list(a) + [EOS_ID]) for img, q, a in demos] + [(*query, list(option))]
+    if len(examples) > layout.images_per_row:
+        raise ValueError(f"{len(examples)} images for a layout of {layout.images_per_row}")
+    L, S = layout.seq_len, layout.image_slots
+    tokens, slots = [BOS_ID], [-1]
+    out = empty_image_fields(layout)
+    prompt_len = 0
+    for i, (img, q, a) in enumerate(examples):
+        q = list(q)
+        if len(q) > layout.prefix_len:
+            raise ValueError(
+                f"question of {len(q)} tokens, the encoder prefix holds {layout.prefix_len}"
+            )
+        base = layout.text_bank + i * layout.slots_per_image
+        tokens += [PAD_ID] * S + q
+        slots += list(range(base, base + S + len(q)))
+        out["images"][i] = img
+        out["image_valid"][i] = 1
+        out["vl_prefix"][i, : len(q)] = q
+        out["vl_prefix_mask"][i, : len(q)] = 1
+        if i == len(examples) - 1:
+            prompt_len = len(tokens)
+        tokens += a
+        slots += [-1] * len(a)
+    n = len(tokens)
+    if n > L:
+        raise ValueError(f"few-shot VQA prompt needs {n} decoder positions, rows have {L}")
+    Le = layout.enc_length
+    row = {
+        "tokens": np.full(L, PAD_ID, np.int32),
+        "slot_index": np.full(L, -1, np.int32),
+        "targets": np.zeros(L, np.int32),
+        "loss_weights": np.zeros(L, np.float32),
+        "segment_ids": np.zeros(L, np.int32),
+        "positions": np.zeros(L, np.int32),
+        "enc_tokens": np.zeros(Le, np.int32),
+        "enc_segment_ids": np.zeros(Le, np.int32),
+        "enc_positions": np.zeros(Le, np.int32),
+        **out,
+    }
+    row["tokens"][:n] = tokens
+    row["slot_index"][:n] = slots
+    row["segment_ids"][:n] = 1
+    row["positions"][:n] = np.arange(n)
+    row["targets"][prompt_len - 1 : n - 1] = option
+    row["loss_weights"][prompt_len - 1 : n - 1] = 1.0
+    return row
