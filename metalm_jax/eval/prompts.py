@@ -54,6 +54,19 @@ def build_icl_row(demos, query, option, seq_len: int, enc_len: int) -> dict:
             f"in-context prompt needs {len(enc_tokens)} encoder positions, "
             f"the encoder grid has {enc_len}"
         )
+    row = _decoder_row(tokens, slots, prompt_len, option, seq_len, enc_len)
+    m = len(enc_tokens)
+    row["enc_tokens"][:m] = enc_tokens
+    row["enc_segment_ids"][:m] = enc_seg
+    row["enc_positions"][:m] = enc_pos
+    return row
+
+
+def _decoder_row(tokens, slots, prompt_len, option, seq_len, enc_len) -> dict:
+    """One single-segment Batch row: `tokens` / `slots` from position 0, the option's tokens
+    (the last len(option) of `tokens`) scored from the position before each; an empty encoder
+    grid of `enc_len` for the caller to fill."""
+    n = len(tokens)
     row = {
         "tokens": np.full(seq_len, PAD_ID, np.int32),
         "slot_index": np.full(seq_len, -1, np.int32),
@@ -71,17 +84,7 @@ def build_icl_row(demos, query, option, seq_len: int, enc_len: int) -> dict:
     row["positions"][:n] = np.arange(n)
     row["targets"][prompt_len - 1 : n - 1] = option
     row["loss_weights"][prompt_len - 1 : n - 1] = 1.0
-    m = len(enc_tokens)
-    row["enc_tokens"][:m] = enc_tokens
-    row["enc_segment_ids"][:m] = enc_seg
-    row["enc_positions"][:m] = enc_pos
     return row
-
-
-def sample_demos(pool, k: int, rng: np.random.Generator, exclude=None) -> list:
-    """k demonstrations drawn without replacement from `pool` (never the `exclude` item)."""
-    idx = [i for i in range(len(pool)) if pool[i] is not exclude]
-    return [pool[idx[j]] for j in rng.choice(len(idx), size=k, replace=False)] if k else []
 
 
 def build_vqa_row(demos, query, option, layout) -> dict:
@@ -123,23 +126,4 @@ def build_vqa_row(demos, query, option, layout) -> dict:
     n = len(tokens)
     if n > L:
         raise ValueError(f"few-shot VQA prompt needs {n} decoder positions, rows have {L}")
-    Le = layout.enc_length
-    row = {
-        "tokens": np.full(L, PAD_ID, np.int32),
-        "slot_index": np.full(L, -1, np.int32),
-        "targets": np.zeros(L, np.int32),
-        "loss_weights": np.zeros(L, np.float32),
-        "segment_ids": np.zeros(L, np.int32),
-        "positions": np.zeros(L, np.int32),
-        "enc_tokens": np.zeros(Le, np.int32),
-        "enc_segment_ids": np.zeros(Le, np.int32),
-        "enc_positions": np.zeros(Le, np.int32),
-        **out,
-    }
-    row["tokens"][:n] = tokens
-    row["slot_index"][:n] = slots
-    row["segment_ids"][:n] = 1
-    row["positions"][:n] = np.arange(n)
-    row["targets"][prompt_len - 1 : n - 1] = option
-    row["loss_weights"][prompt_len - 1 : n - 1] = 1.0
-    return row
+    return {**_decoder_row(tokens, slots, prompt_len, option, L, layout.enc_length), **out}
