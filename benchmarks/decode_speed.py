@@ -10,7 +10,6 @@ Random weights: speed does not depend on them.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import time
 
@@ -33,14 +32,12 @@ def main():
     )
     args = ap.parse_args()
 
+    from metalm_jax.config import load_config_file
     from metalm_jax.eval import decode
     from metalm_jax.model.build import dummy_batch, model_config
     from metalm_jax.model.metalm import MetaLM
 
-    spec = importlib.util.spec_from_file_location("cfg", args.config)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
+    cfg = load_config_file(args.config)
     model = MetaLM(model_config(cfg))
     P, N = args.prompt, args.new
     L = P + N

@@ -7,16 +7,14 @@ configs/metalm_vl.py with images from COCO captions 2014 (train / val splits, 5 
 image) instead of the bundled emoji set; text-only rows still come from data.name.
 """
 
-import importlib.util
 import os
+
+from metalm_jax.config import load_config_file
 
 
 def get_config(arg=None):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metalm_vl.py")
-    spec = importlib.util.spec_from_file_location("metalm_vl", path)
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    c = base.get_config(arg)
+    here = os.path.dirname(os.path.abspath(__file__))
+    c = load_config_file(os.path.join(here, "metalm_vl.py"), arg)
     c.name = "coco_vl"
     c.images.name = "coco_captions"
     c.images.train_split, c.images.validation_split = "train", "val"

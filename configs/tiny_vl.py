@@ -9,18 +9,13 @@ prefix of up to 8 tokens, 2 layers x 64 with modality experts, a 3-layer connect
 rows are KJV text with semi-causal spans, half are packed image-caption pairs.
 """
 
-import importlib.util
 import os
 
-from metalm_jax.config import captioning_eval, kjv_testament_eval
+from metalm_jax.config import captioning_eval, kjv_testament_eval, load_config_file
 
 
 def get_config(arg=None):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
-    spec = importlib.util.spec_from_file_location("tiny", path)
-    tiny = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tiny)
-    c = tiny.get_config(arg)
+    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"), arg)
     c.name = "tiny_vl"
     c.data.seq_len = c.model.decoder.max_len = 128
     c.spans.max_len, c.spans.enc_length = 24, 48

@@ -10,6 +10,18 @@ from __future__ import annotations
 import ml_collections
 
 
+def load_config_file(path: str, arg=None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file (for configs built on other configs, tests, tools)."""
+    import importlib.util
+    import os
+
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"metalm_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "base"  # run name; the default workdir is runs/<name>

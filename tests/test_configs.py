@@ -2,13 +2,13 @@
 rejects unknown keys."""
 
 import glob
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 
+from metalm_jax.config import load_config_file
 from metalm_jax.model.build import abstract_params, count_params, model_config
 from metalm_jax.model.metalm import MetaLM
 
@@ -17,10 +17,7 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 
 
 def load(path):
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return load_config_file(path)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

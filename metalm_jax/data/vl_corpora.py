@@ -381,6 +381,27 @@ def _text(x) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
+def _open_standard(name: str, split: str, data_dir: str | None):
+    """(spec, tfds data source) of a prepared standard set, or FileNotFoundError saying how to
+    prepare it."""
+    spec = STANDARD_SETS[name]
+    try:
+        source = tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=False)
+    except (tfds.core.DatasetNotFoundError, ModuleNotFoundError) as e:
+        raise FileNotFoundError(
+            f"standard set {name!r}: no prepared {spec.tfds_name} (array_record) under "
+            f"data_dir={data_dir!r}; prepare it with `tfds build {spec.tfds_name.split('/')[0]} "
+            f"--file_format=array_record --data_dir=...` ({type(e).__name__}: {e})"
+        ) from e
+    return spec, source
+
+
+def _captions(example, spec: StandardSet) -> list[str]:
+    captions = _get(example, spec.caption_key)
+    captions = [captions] if isinstance(captions, str | bytes) else list(captions)
+    return [_text(c) for c in captions]
+
+
 def standard_examples(name: str, split: str, data_dir: str | None):
     """Yields `{id, image, caption}` (or `{id, image, question, answers}`) from a prepared set.
 
@@ -391,24 +412,14 @@ def standard_examples(name: str, split: str, data_dir: str | None):
     """
     if name not in STANDARD_SETS:
         raise ValueError(f"unknown standard set {name!r}; expected one of {sorted(STANDARD_SETS)}")
-    spec = STANDARD_SETS[name]
-    try:
-        source = tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=False)
-    except (tfds.core.DatasetNotFoundError, ModuleNotFoundError) as e:
-        raise FileNotFoundError(
-            f"standard set {name!r}: no prepared {spec.tfds_name} (array_record) under "
-            f"data_dir={data_dir!r}; prepare it with `tfds build {spec.tfds_name.split('/')[0]} "
-            f"--file_format=array_record --data_dir=...` ({type(e).__name__}: {e})"
-        ) from e
+    spec, source = _open_standard(name, split, data_dir)
     for i in range(len(source)):
         ex = source[i]
         record_id = _text(_get(ex, spec.id_key))
         image = np.asarray(_get(ex, spec.image_key))
         if spec.caption_key is not None:
-            captions = _get(ex, spec.caption_key)
-            captions = [captions] if isinstance(captions, str | bytes) else list(captions)
-            for k, caption in enumerate(captions):
-                yield {"id": f"{record_id}#{k}", "image": image, "caption": _text(caption)}
+            for k, caption in enumerate(_captions(ex, spec)):
+                yield {"id": f"{record_id}#{k}", "image": image, "caption": caption}
         else:
             yield {
                 "id": record_id,
@@ -432,29 +443,18 @@ class StandardCaptionSource:
                 f"images.name={name!r} is not a caption set; expected one of "
                 f"{sorted(k for k, v in STANDARD_SETS.items() if v.caption_key)}"
             )
-        self.spec = STANDARD_SETS[name]
+        self.spec, self.source = _open_standard(name, split, data_dir)
         self.k = captions_per_image
-        try:
-            self.source = tfds.data_source(
-                self.spec.tfds_name, split=split, data_dir=data_dir, download=False
-            )
-        except (tfds.core.DatasetNotFoundError, ModuleNotFoundError) as e:
-            raise FileNotFoundError(
-                f"images.name={name!r}: no prepared {self.spec.tfds_name} (array_record) under "
-                f"{data_dir!r}; prepare it with `tfds build {self.spec.tfds_name.split('/')[0]} "
-                f"--file_format=array_record`"
-            ) from e
 
     def __len__(self) -> int:
         return len(self.source) * self.k
 
     def __getitem__(self, j: int) -> dict:
         ex = self.source[j // self.k]
-        captions = _get(ex, self.spec.caption_key)
-        captions = [captions] if isinstance(captions, str | bytes) else list(captions)
+        captions = _captions(ex, self.spec)
         rid = _text(_get(ex, self.spec.id_key))
         return {
             "id": f"{rid}#{j % self.k}",
             "image": np.asarray(_get(ex, self.spec.image_key)),
-            "caption": _text(captions[(j % self.k) % len(captions)]),
+            "caption": captions[(j % self.k) % len(captions)],
         }

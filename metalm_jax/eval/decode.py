@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metalm_jax.data.tokenizer import BOS_ID, PAD_ID
+from metalm_jax.data.tokenizer import PAD_ID
 from metalm_jax.types import Batch
 
 NEG = -1e9
@@ -215,14 +215,3 @@ def _beam_search(model, params, prompt: Batch, *, max_new, cfg, stop_ids):
     norm = scores / ((5.0 + lengths) / 6.0) ** cfg.length_penalty
     best = jnp.argmax(norm.reshape(B, K), axis=-1)
     return out.reshape(B, K, max_new)[jnp.arange(B), best]
-
-
-def text_prompt_batch(tok, prompts: list[str], enc_len: int = 1, layout=None) -> Batch:
-    """Left-padded Batch of <s> + text prompts (no encoder slots)."""
-    from metalm_jax.model.build import dummy_batch
-
-    ids = [[BOS_ID] + tok.encode(p) for p in prompts]
-    grid = left_pad_prompts(ids)
-    B, P = grid["tokens"].shape
-    base = dummy_batch(B, P, enc_len, layout)
-    return base.replace(**grid)
