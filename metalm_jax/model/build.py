@@ -17,6 +17,12 @@ from metalm_jax.model.vision import VisionConfig, vit_size
 from metalm_jax.types import Batch
 
 
+def _arch(section) -> dict:
+    """The architecture-detail keys of a stack's config section (config._arch_keys)."""
+    keys = ("activation", "ln_eps", "embed_norm", "embed_scale", "final_norm")
+    return {k: section[k] for k in keys}
+
+
 def model_config(cfg) -> ModelConfig:
     m = cfg.model
     dec = m.decoder
@@ -28,8 +34,9 @@ def model_config(cfg) -> ModelConfig:
         max_len=dec.max_len,
         causal=True,
         norm=dec.norm,
-        positions="sinusoidal",
+        positions=dec.positions,
         dropout=dec.dropout,
+        **_arch(dec),
         dtype=m.dtype,
         scan=dec.scan,
         remat=dec.remat,
@@ -57,6 +64,8 @@ def model_config(cfg) -> ModelConfig:
             dtype=m.dtype,
             scan=e.scan,
             remat=e.remat,
+            embed_dim=e.embed_dim,
+            **_arch(e),
         )
         longest = cfg.spans.max_len + int(cfg.spans.enc_bos)
         if longest > e.max_len:
@@ -95,6 +104,7 @@ def model_config(cfg) -> ModelConfig:
             experts=v.experts and v.text_prefix > 0,
             scan=v.scan,
             remat=v.remat,
+            **_arch(v),
         )
         vision = VisionConfig(
             stack=stack,
@@ -114,6 +124,7 @@ def model_config(cfg) -> ModelConfig:
         vision=vision,
         vision_connector=v.connector,
         vision_latents=v.latents,
+        encoder_vocab_size=e.vocab_size,
     )
 
 

@@ -13,7 +13,15 @@ Normalization (`cfg.norm`):
             the value/output/FFN weights scaled at init by beta = (8N)^(-1/4) (DeepNet; MetaLM
             uses it); N = this stack's depth
   post      plain post-LN (BERT, alpha = beta = 1)
-  pre       pre-LN with a final LayerNorm (GPT-2)
+  pre       pre-LN with a final LayerNorm (GPT-2; `final_norm=False` leaves it out, as CLIP's
+            vision tower does for its hidden states)
+
+Options that exist to run converted pretrained models exactly (metalm_jax/convert/):
+`ln_eps` (BERT and ViT use 1e-12), `activation` (gelu = tanh approximation as in GPT-2,
+gelu_exact = erf GELU as in BERT/ViT, quick_gelu = x * sigmoid(1.702 x) as in CLIP),
+`embed_norm` (a LayerNorm on the summed embeddings: BERT's embeddings.LayerNorm, CLIP's
+pre_layrnorm), `embed_scale` (token embeddings times sqrt(D), fairseq style; off for BERT and
+GPT-2) and `embed_dim` (ELECTRA: embeddings narrower than the stack, projected up).
 """
 
 from __future__ import annotations
@@ -42,7 +50,12 @@ class TransformerConfig:
     rel_buckets: int = 32
     rel_max_distance: int = 128
     dropout: float = 0.0
-    activation: str = "gelu"
+    activation: str = "gelu"  # gelu (tanh approx.) | gelu_exact | quick_gelu | a jax.nn name
+    ln_eps: float = 1e-5
+    embed_norm: bool = False  # LayerNorm on the summed embeddings before the first layer
+    embed_scale: bool = True  # token embeddings times sqrt(d_model)
+    embed_dim: int = 0  # > 0 and != d_model: embeddings this wide, projected to d_model
+    final_norm: bool = True  # pre-LN only: the LayerNorm after the last layer
     dtype: str = "float32"
     experts: bool = False  # VLMo-style modality experts: separate MLPs for text / image positions
     scan: bool = False  # nn.scan over layers (one compiled block; params stacked on "layers")
@@ -55,6 +68,7 @@ class TransformerConfig:
             raise ValueError(f"norm must be deepnorm|post|pre, got {self.norm!r}")
         if self.positions not in ("sinusoidal", "learned"):
             raise ValueError(f"positions must be sinusoidal|learned, got {self.positions!r}")
+        activation_fn(self.activation)  # fails early on an unknown name
 
     @property
     def head_dim(self) -> int:
@@ -85,9 +99,26 @@ def xavier(scale: float = 1.0, in_axis=0, out_axis=-1):
     return base
 
 
-def layer_norm(name: str | None = None) -> nn.LayerNorm:
+def activation_fn(name: str):
+    """The feed-forward nonlinearity by name (see the module docstring)."""
+    special = {
+        "gelu": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),
+        "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    }
+    if name in special:
+        return special[name]
+    fn = getattr(jax.nn, name, None)
+    if not callable(fn):
+        raise ValueError(
+            f"activation {name!r}: use gelu | gelu_exact | quick_gelu or a jax.nn function name"
+        )
+    return fn
+
+
+def layer_norm(name: str | None = None, eps: float = 1e-5) -> nn.LayerNorm:
     return nn.LayerNorm(
-        epsilon=1e-5,
+        epsilon=eps,
         dtype=jnp.float32,
         scale_init=param(nn.initializers.ones, "norm"),
         bias_init=param(nn.initializers.zeros, "norm"),
@@ -214,7 +245,7 @@ class Mlp(nn.Module):
         wo = self.param("wo", param(xavier(cfg.beta), "mlp", "embed"), (cfg.d_ff, cfg.d_model))
         bo = self.param("wo_bias", param(nn.initializers.zeros, "embed"), (cfg.d_model,))
         h = jnp.einsum("BLD,DF->BLF", x.astype(dt), wi.astype(dt)) + bi.astype(dt)
-        h = getattr(jax.nn, cfg.activation)(h)
+        h = activation_fn(cfg.activation)(h)
         h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
         return jnp.einsum("BLF,FD->BLD", h, wo.astype(dt)) + bo.astype(dt)
 
@@ -244,14 +275,14 @@ class Block(nn.Module):
         drop = nn.Dropout(cfg.dropout)
         attn = Attention(cfg, self.decode, name="attention")
         if cfg.norm == "pre":
-            h = attn(layer_norm("ln_attention")(x), mask, bias, deterministic=det)
+            h = attn(layer_norm("ln_attention", cfg.ln_eps)(x), mask, bias, deterministic=det)
             x = x + drop(h, deterministic=det)
-            h = self._mlp(layer_norm("ln_mlp")(x), modality)
+            h = self._mlp(layer_norm("ln_mlp", cfg.ln_eps)(x), modality)
             return constrain(x + drop(h, deterministic=det))
         h = attn(x, mask, bias, deterministic=det)
-        x = layer_norm("ln_attention")(cfg.alpha * x + drop(h, deterministic=det))
+        x = layer_norm("ln_attention", cfg.ln_eps)(cfg.alpha * x + drop(h, deterministic=det))
         h = self._mlp(x, modality)
-        return constrain(layer_norm("ln_mlp")(cfg.alpha * x + drop(h, deterministic=det)))
+        return constrain(layer_norm("ln_mlp", cfg.ln_eps)(cfg.alpha * x + drop(h, deterministic=det)))
 
 
 def constrain(x):
@@ -287,8 +318,36 @@ def remat_policy(name: str):
     return policy
 
 
+def embed_tokens(cfg: TransformerConfig, vocab: int, tokens, name: str = "token_embed"):
+    """Token embeddings [B, L, width] (width = embed_dim or d_model), times sqrt(d) when
+    `cfg.embed_scale`. Initialised with std width^-1/2 (fairseq)."""
+    width = cfg.embed_dim or cfg.d_model
+    table = nn.Embed(
+        vocab,
+        width,
+        embedding_init=param(nn.initializers.normal(width**-0.5), "vocab", "embed"),
+        name=name,
+    )
+    x = table(tokens)
+    return x * jnp.sqrt(float(width)) if cfg.embed_scale else x
+
+
+def finish_embeddings(module: nn.Module, cfg: TransformerConfig, x):
+    """After the summed embeddings: `embed_norm` LayerNorm, then the `embed_dim` -> d_model
+    projection (ELECTRA order); call inside a compact method of `module`."""
+    if cfg.embed_norm:
+        x = layer_norm("embed_norm", cfg.ln_eps)(x)
+    if cfg.embed_dim and cfg.embed_dim != cfg.d_model:
+        w = module.param(
+            "embed_proj", param(xavier(), "embed_in", "embed"), (cfg.embed_dim, cfg.d_model)
+        )
+        b = module.param("embed_proj_bias", param(nn.initializers.zeros, "embed"), (cfg.d_model,))
+        x = jnp.einsum("BLE,ED->BLD", x, w) + b
+    return x
+
+
 class Stack(nn.Module):
-    """`num_layers` Blocks, then a final LayerNorm for pre-LN.
+    """`num_layers` Blocks, then a final LayerNorm for pre-LN (unless `final_norm` is off).
 
     Unrolled (default), the layers are named layers_0 .. layers_{N-1}, so optimizer parameter
     groups can freeze single layers. With `cfg.scan` they are one nn.scan named `layers` whose
@@ -321,6 +380,6 @@ class Stack(nn.Module):
             block = Block if policy is None else nn.remat(Block, policy=policy)
             for i in range(cfg.num_layers):
                 x = block(cfg, deterministic, decode, name=f"layers_{i}")(x, mask, bias, modality)
-        if cfg.norm == "pre":
-            x = layer_norm("ln_final")(x)
+        if cfg.norm == "pre" and cfg.final_norm:
+            x = layer_norm("ln_final", cfg.ln_eps)(x)
         return x

@@ -8,7 +8,7 @@
                 image i's S' slots at M0 + i*S' (image tokens, then its prefix positions)
     tokens [B, L] --embed * sqrt(D)--> [B, L, D]
     decoder input = bank[slot_index] where slot_index >= 0, else the token embedding;
-                    then + sinusoidal(positions)
+                    then + sinusoidal(positions) (or a learned table, GPT-2 style)
         --Decoder (causal AND same segment)--> [B, L, D] --embed^T--> logits float32[B, L, V]
 
 The slot bank is a gather, not a scatter: any number of encoders (later: images, k-shot
@@ -29,6 +29,8 @@ from metalm_jax.model.layers import (
     RelativePositionBias,
     Stack,
     TransformerConfig,
+    embed_tokens,
+    finish_embeddings,
     param,
     sinusoidal,
 )
@@ -45,6 +47,7 @@ class ModelConfig:
     vision: VisionConfig | None = None
     vision_connector: str = "mlp3"
     vision_latents: int = 64  # slots per image with the resampler connector
+    encoder_vocab_size: int = 0  # the text encoder's own vocabulary (0 = the decoder's)
 
     @property
     def image_slots(self) -> int:
@@ -63,7 +66,11 @@ def _embed(vocab: int, d: int, name: str) -> nn.Embed:
 
 
 class TextEncoder(nn.Module):
-    """Bidirectional encoder: token + learned absolute positions (+ T5 relative bias)."""
+    """Bidirectional encoder: token + learned absolute positions (+ T5 relative bias).
+
+    Parameter names: token_embed/embedding [V, E], pos_embed [max_len, E], embed_norm (with
+    cfg.embed_norm), embed_proj (with cfg.embed_dim), rel_bias, stack. E = embed_dim or d_model.
+    """
 
     cfg: TransformerConfig
     vocab_size: int
@@ -72,16 +79,18 @@ class TextEncoder(nn.Module):
     def __call__(self, tokens, segment_ids, positions, *, deterministic: bool = True):
         """int32[B, Le] x3 -> float[B, Le, De]."""
         cfg = self.cfg
-        x = _embed(self.vocab_size, cfg.d_model, "token_embed")(tokens) * jnp.sqrt(cfg.d_model)
+        x = embed_tokens(cfg, self.vocab_size, tokens)
+        width = x.shape[-1]
         if cfg.positions == "learned":
             table = self.param(
                 "pos_embed",
                 param(nn.initializers.normal(0.02), "max_len", "embed"),
-                (cfg.max_len, cfg.d_model),
+                (cfg.max_len, width),
             )
             x = x + table[positions]
         else:
-            x = x + sinusoidal(positions, cfg.d_model)
+            x = x + sinusoidal(positions, width)
+        x = finish_embeddings(self, cfg, x)
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
         bias = RelativePositionBias(cfg, name="rel_bias")(positions) if cfg.rel_bias else None
         mask = make_attention_mask(segment_ids, segment_ids, causal=False)
@@ -111,8 +120,16 @@ class MetaLM(nn.Module):
         self.embed = _embed(cfg.vocab_size, dec.d_model, "embed")
         self.decoder = Stack(dec, name="decoder")
         if cfg.text_encoder is not None:
-            self.text_encoder = TextEncoder(cfg.text_encoder, cfg.vocab_size, name="text_encoder")
+            self.text_encoder = TextEncoder(
+                cfg.text_encoder, cfg.encoder_vocab_size or cfg.vocab_size, name="text_encoder"
+            )
             self.connector = Connector(dec.d_model, cfg.connector, name="connector")
+        if dec.positions == "learned":  # GPT-2 style; the default is sinusoidal
+            self.pos_embed = self.param(
+                "pos_embed",
+                param(nn.initializers.normal(0.02), "max_len", "embed"),
+                (dec.max_len, dec.d_model),
+            )
         if cfg.vision is not None:
             if cfg.vision_connector == "resampler" and cfg.vision.text_prefix:
                 raise ValueError(
@@ -164,13 +181,16 @@ class MetaLM(nn.Module):
         (see layers.Attention) and rows are single left-padded sequences; `encode=False` skips
         the encoders (extension steps of generation have no slots)."""
         dec = self.cfg.decoder
-        x = self.embed(batch.tokens).astype(dec.compute_dtype) * jnp.sqrt(dec.d_model).astype(
-            dec.compute_dtype
-        )
+        x = self.embed(batch.tokens).astype(dec.compute_dtype)
+        if dec.embed_scale:
+            x = x * jnp.sqrt(dec.d_model).astype(dec.compute_dtype)
         bank = self.encode(batch, deterministic=deterministic) if encode else None
         if bank is not None:
             x = gather_slots(x, bank.astype(x.dtype), batch.slot_index)
-        x = x + sinusoidal(batch.positions, dec.d_model).astype(x.dtype)
+        if dec.positions == "learned":
+            x = x + self.pos_embed[batch.positions].astype(x.dtype)
+        else:
+            x = x + sinusoidal(batch.positions, dec.d_model).astype(x.dtype)
         if decode:
             mask = batch.segment_ids > 0
         else:

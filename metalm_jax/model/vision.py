@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metalm_jax.model.layers import Stack, TransformerConfig, param, xavier
+from metalm_jax.model.layers import Stack, TransformerConfig, layer_norm, param, xavier
 
 VIT_SIZES = {  # name -> (layers, width, heads, mlp)
     "Ti": (12, 192, 3, 768),
@@ -114,6 +114,8 @@ class VisionEncoder(nn.Module):
         )
         grid = int(math.isqrt(patches.shape[1]))
         x = x + interpolate_positions(table, cfg.grid, grid, extra).astype(dt)[None]
+        if st.embed_norm:  # CLIP's pre_layrnorm (image tokens only)
+            x = layer_norm("embed_norm", st.ln_eps)(x).astype(dt)
         valid = jnp.broadcast_to(image_valid[:, None] > 0, x.shape[:2])
         modality = jnp.ones(x.shape[:2], jnp.int32)
         if cfg.text_prefix:
