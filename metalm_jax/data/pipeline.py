@@ -18,7 +18,12 @@ import numpy as np
 
 from metalm_jax.data import corpora, vl_pipeline
 from metalm_jax.data.packing import SentencePacker
-from metalm_jax.data.spans import SpanConfig, semi_causal_example
+from metalm_jax.data.spans import (
+    RetokenizedEncoding,
+    SharedEncoding,
+    SpanConfig,
+    semi_causal_example,
+)
 from metalm_jax.data.tokenizer import Tokenizer, load_or_train
 from metalm_jax.data.vl import ImageLayout, empty_image_fields
 
@@ -76,6 +81,39 @@ def span_config(cfg) -> SpanConfig:
     )
 
 
+def encoder_tokenizer_path(cfg) -> str:
+    """The text encoder's own tokenizer.json ("" when it shares the decoder's SentencePiece)."""
+    import os
+
+    from metalm_jax.convert import resolve_path
+
+    path = cfg.model.text_encoder.tokenizer
+    if not path:
+        return ""
+    path = resolve_path(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"model.text_encoder.tokenizer: {path} is not a tokenizer.json file")
+    return path
+
+
+def span_encoding(cfg, tok: Tokenizer):
+    """How spans become encoder ids: the shared SentencePiece ids, or re-tokenized with the
+    encoder's own tokenizer (model.text_encoder.tokenizer)."""
+    path = encoder_tokenizer_path(cfg) if cfg.model.text_encoder.enabled else ""
+    if not path:
+        return SharedEncoding(cfg.spans.enc_bos)
+    enc = RetokenizedEncoding(path, tok, cfg.model.text_encoder.max_len)
+    want = cfg.model.text_encoder.vocab_size
+    if want != enc.vocab_size:
+        raise ValueError(
+            f"model.text_encoder.tokenizer {path} has {enc.vocab_size} tokens but "
+            f"model.text_encoder.vocab_size={want}"
+        )
+    return enc
+
+
 def build_tokenizer(cfg, workdir: str) -> Tokenizer:
     """Loads cfg.data.tokenizer_path, or the workdir's cached model, or trains one on `train`."""
     import os
@@ -129,7 +167,10 @@ def text_rows(cfg, tok: Tokenizer, shard, layout: ImageLayout | None = None):
         grain.ReadOptions(num_threads=2, prefetch_buffer_size=64)
     )
     ds = PackIterDataset(docs, cfg.data.seq_len)
-    ds = ds.random_map(lambda row, rng: semi_causal_example(row, rng, spans), seed=seed + 1)
+    encoding = span_encoding(cfg, tok)
+    ds = ds.random_map(
+        lambda row, rng: semi_causal_example(row, rng, spans, encoding), seed=seed + 1
+    )
     return ds.map(_with_images(layout))
 
 
@@ -162,10 +203,11 @@ def eval_batches(cfg, tok: Tokenizer, batch_size: int, max_batches: int, shard=(
     spans = span_config(cfg)
     docs = _documents(cfg, "validation", tok, shard, None).to_iter_dataset()
     rng = np.random.default_rng(int(cfg.data.seed) + 2)
+    encoding = span_encoding(cfg, tok)
     rows = []
     add_images = _with_images(layout)
     for row in PackIterDataset(docs, cfg.data.seq_len):
-        rows.append(add_images(semi_causal_example(row, rng, spans)))
+        rows.append(add_images(semi_causal_example(row, rng, spans, encoding)))
         if len(rows) == batch_size * max_batches:
             break
     if not rows:

@@ -38,7 +38,7 @@ import dataclasses
 
 import numpy as np
 
-from metalm_jax.data.tokenizer import BOS_ID, PAD_ID
+from metalm_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,44 +123,152 @@ def next_token_targets(tokens: np.ndarray, segment_ids: np.ndarray):
     return np.where(same, targets, PAD_ID).astype(np.int32), same.astype(np.float32)
 
 
-def build_example(row: dict, spans, cfg: SpanConfig) -> dict:
-    """Packed row + chosen spans -> one row of the Batch contract (see metalm_jax.types)."""
+class SharedEncoding:
+    """The text encoder reads the decoder's own token ids: a span x_s..x_{e-1} is encoded as
+    [<s>] x_s..x_{e-1} and its slots are the encoder outputs at x_s..x_{e-1} (one per token,
+    so the decoder row keeps its length)."""
+
+    exact = True
+
+    def __init__(self, enc_bos: bool = True):
+        self.enc_bos = enc_bos
+
+    def __call__(self, ids: np.ndarray) -> tuple[np.ndarray, int]:
+        """(encoder ids, index of the first slot's vector); slots = len(ids)."""
+        if self.enc_bos:
+            return np.concatenate([[BOS_ID], ids]).astype(np.int32), 1
+        return np.asarray(ids, np.int32), 0
+
+
+class RetokenizedEncoding:
+    """A pretrained encoder with its own tokenizer (a Hugging Face tokenizer.json, e.g. BERT
+    WordPiece): the span's text (decoded from the decoder's SentencePiece ids, paragraphs
+    joined by the encoder's [SEP]) is tokenized again with the encoder's special tokens
+    ([CLS] ... [SEP]) and every vector the encoder returns becomes a decoder slot, so a span
+    of n decoder tokens may take m != n slots (DESIGN.md, slot bank). Spans longer than
+    `max_len` encoder tokens are cut there (keeping the final special token)."""
+
+    exact = False
+
+    def __init__(self, path: str, decoder_tokenizer, max_len: int):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            self.tokenizer = HFTokenizer.from_file(path)
+        except Exception as e:  # noqa: BLE001 - the library raises plain Exceptions
+            raise ValueError(
+                f"model.text_encoder.tokenizer: cannot read {path} as a Hugging Face "
+                f"tokenizer.json ({e})"
+            ) from None
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.path = path
+        self.decoder = decoder_tokenizer
+        self.max_len = max_len
+        self.sep = "[SEP]" if self.tokenizer.token_to_id("[SEP]") is not None else ""
+        self.vocab_size = self.tokenizer.get_vocab_size()
+
+    def text(self, ids: np.ndarray) -> str:
+        """The span's text: paragraphs (split at </s>) decoded and joined by [SEP]."""
+        parts, cur = [], []
+        for i in ids:
+            if int(i) == EOS_ID:
+                parts.append(cur)
+                cur = []
+            else:
+                cur.append(int(i))
+        parts.append(cur)
+        texts = [t for t in (self.decoder.decode(p).strip() for p in parts if p) if t]
+        return f" {self.sep} ".join(texts) if self.sep else " ".join(texts)
+
+    def encode_text(self, text: str) -> np.ndarray:
+        ids = self.tokenizer.encode(text).ids
+        if len(ids) > self.max_len:
+            ids = ids[: self.max_len - 1] + ids[-1:]
+        return np.asarray(ids, np.int32)
+
+    def __call__(self, ids: np.ndarray) -> tuple[np.ndarray, int]:
+        return self.encode_text(self.text(ids)), 0
+
+
+def build_example(row: dict, spans, cfg: SpanConfig, encoding=None) -> dict:
+    """Packed row + chosen spans -> one row of the Batch contract (see metalm_jax.types).
+
+    `encoding` turns a span's decoder ids into encoder ids (default: SharedEncoding, one slot
+    per token). With a re-tokenizing encoding a span takes as many slots as the encoder returns
+    vectors, so the row is rebuilt: text, slots, text, ...; positions restart per document as
+    before; a span whose encoder ids do not fit the encoder grid, or whose slots would run past
+    the row, stays text; what runs past the row's end is cut, a shorter row is padded.
+    """
+    encoding = encoding or SharedEncoding(cfg.enc_bos)
     tokens, seg = row["tokens"], row["segment_ids"]
+    L = len(tokens)
     targets, weights = next_token_targets(tokens, seg)
-    slot_index = np.full(len(tokens), -1, np.int32)
+    out_tok, out_slot, out_tgt, out_w, out_seg = [], [], [], [], []
     enc_tokens = np.full(cfg.enc_length, PAD_ID, np.int32)
     enc_seg = np.zeros(cfg.enc_length, np.int32)
     enc_pos = np.zeros(cfg.enc_length, np.int32)
-    off = 0
-    for k, (s, e) in enumerate(spans, start=1):
+
+    def text(a, b):
+        out_tok.extend(tokens[a:b])
+        out_slot.extend([-1] * (b - a))
+        out_tgt.extend(targets[a:b])
+        out_w.extend(weights[a:b])
+        out_seg.extend(seg[a:b])
+
+    off, k, prev = 0, 0, 0
+    for s, e in spans:
         if seg[s - 1] != seg[s] or seg[e] != seg[s] or np.any(seg[s:e] != seg[s]):
             raise ValueError(f"span ({s}, {e}) crosses a document boundary")
-        piece = tokens[s:e]
-        if cfg.enc_bos:
-            piece = np.concatenate([[BOS_ID], piece]).astype(np.int32)
-        n = len(piece)
-        if off + n > cfg.enc_length:
-            raise ValueError(f"spans need {off + n} encoder positions, enc_length={cfg.enc_length}")
+        piece, first = encoding(tokens[s:e])
+        n, m = len(piece), (e - s if encoding.exact else len(piece) - first)
+        if off + n > cfg.enc_length or len(out_tok) + (s - prev) + m > L:
+            if encoding.exact:
+                raise ValueError(
+                    f"spans need {off + n} encoder positions, enc_length={cfg.enc_length}"
+                )
+            continue  # this span stays text
+        k += 1
+        text(prev, s)
         enc_tokens[off : off + n] = piece
         enc_seg[off : off + n] = k
         enc_pos[off : off + n] = np.arange(n)
-        first = off + int(cfg.enc_bos)
-        slot_index[s:e] = np.arange(first, first + (e - s))
-        weights[s : e - 1] = 0.0  # inner slots carry no loss; the last slot predicts x_e
+        out_tok.extend(tokens[s:e] if encoding.exact else [PAD_ID] * m)
+        out_slot.extend(range(off + first, off + first + m))
+        # only the last slot predicts x_e (Eq. 1); inner slots carry no loss
+        inner = targets[s : e - 1] if encoding.exact else [PAD_ID] * (m - 1)
+        out_tgt.extend([*inner, targets[e - 1]])
+        out_w.extend([0.0] * (m - 1) + [weights[e - 1]])
+        out_seg.extend([seg[s]] * m)
         off += n
+        prev = e
+    text(prev, L)
+    pad = max(L - len(out_tok), 0)
+    col = lambda xs, fill, dt: np.asarray(list(xs[:L]) + [fill] * pad, dt)
+    out_seg = col(out_seg, 0, np.int32)
     return {
-        "tokens": tokens.astype(np.int32),
-        "slot_index": slot_index,
-        "targets": targets,
-        "loss_weights": weights,
-        "segment_ids": seg.astype(np.int32),
-        "positions": row["positions"].astype(np.int32),
+        "tokens": col(out_tok, PAD_ID, np.int32),
+        "slot_index": col(out_slot, -1, np.int32),
+        "targets": col(out_tgt, PAD_ID, np.int32),
+        "loss_weights": col(out_w, 0.0, np.float32),
+        "segment_ids": out_seg,
+        "positions": positions_in_segments(out_seg),
         "enc_tokens": enc_tokens,
         "enc_segment_ids": enc_seg,
         "enc_positions": enc_pos,
     }
 
 
-def semi_causal_example(row: dict, rng: np.random.Generator, cfg: SpanConfig) -> dict:
+def positions_in_segments(segment_ids: np.ndarray) -> np.ndarray:
+    """int32 position of each token within its run of equal segment ids (0 for padding)."""
+    pos = np.zeros(len(segment_ids), np.int32)
+    for a, b in segment_bounds(segment_ids):
+        pos[a:b] = np.arange(b - a)
+    return pos
+
+
+def semi_causal_example(
+    row: dict, rng: np.random.Generator, cfg: SpanConfig, encoding=None
+) -> dict:
     """Samples spans for a packed row and returns the Batch-contract row."""
-    return build_example(row, sample_spans(row["segment_ids"], rng, cfg), cfg)
+    return build_example(row, sample_spans(row["segment_ids"], rng, cfg), cfg, encoding)

@@ -56,6 +56,7 @@ def kjv_testament_task(n_items: int, seed: int):
 
 
 def icl_classification(ev, trainer, params, tok, cfg):
+    from metalm_jax.data.pipeline import span_encoding
     from metalm_jax.eval.prompts import build_icl_row
     from metalm_jax.eval.scoring import row_logliks
 
@@ -64,6 +65,7 @@ def icl_classification(ev, trainer, params, tok, cfg):
     pool, items, options = kjv_testament_task(ev.examples, ev.seed)
     opt_ids = [tok.encode(o) for o in options]
     cut = lambda text: tok.encode(text)[: ev.max_input_tokens]
+    encoding = span_encoding(cfg, tok)  # inputs are encoded as spans are in training
     metrics, preds = {}, []
     for k in ev.shots:
         accs = []
@@ -74,9 +76,11 @@ def icl_classification(ev, trainer, params, tok, cfg):
                 demos = [pool[j] for j in rng.choice(len(pool), k, replace=False)] if k else []
                 d = [(cut(t), opt_ids[lab]) for _, t, lab in demos]
                 for o in opt_ids:
-                    rows.append(build_icl_row(d, cut(text), o, ev.seq_len, ev.enc_len))
+                    rows.append(build_icl_row(d, cut(text), o, ev.seq_len, ev.enc_len, encoding))
                 if trial == 0:
-                    gen_rows.append(build_icl_row(d, cut(text), [], ev.seq_len, ev.enc_len))
+                    gen_rows.append(
+                        build_icl_row(d, cut(text), [], ev.seq_len, ev.enc_len, encoding)
+                    )
                 golds.append(label)
             scores = row_logliks(trainer.model, params, rows, ev.batch_size)
             pred = np.argmax(scores.reshape(len(items), len(options)), axis=-1)

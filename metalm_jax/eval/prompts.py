@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from metalm_jax.data.spans import SharedEncoding
 from metalm_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
-def build_icl_row(demos, query, option, seq_len: int, enc_len: int) -> dict:
+def build_icl_row(demos, query, option, seq_len: int, enc_len: int, encoding=None) -> dict:
     """demos: [(input_ids, label_ids)], query: input_ids, option: completion ids -> Batch row.
 
+    `encoding` turns an input's decoder ids into encoder ids as in training (data/spans.py:
+    SharedEncoding by default; a RetokenizedEncoding for an encoder with its own tokenizer,
+    whose inputs then take as many slots as it returns vectors).
     Raises ValueError naming what does not fit (decoder row or encoder grid).
     """
+    encoding = encoding or SharedEncoding(True)
     pieces = []
     for inp, label in demos:
         pieces.append(("enc", list(inp)))
@@ -37,12 +42,14 @@ def build_icl_row(demos, query, option, seq_len: int, enc_len: int) -> dict:
             slots.extend([-1] * len(ids))
             continue
         seg = enc_seg[-1] + 1 if enc_seg else 1
-        first = len(enc_tokens) + 1
-        enc_tokens.extend([BOS_ID] + ids)
-        enc_seg.extend([seg] * (len(ids) + 1))
-        enc_pos.extend(range(len(ids) + 1))
-        tokens.extend(ids)
-        slots.extend(range(first, first + len(ids)))
+        piece, first = encoding(np.asarray(ids, np.int32))
+        n = len(ids) if encoding.exact else len(piece) - first
+        first += len(enc_tokens)
+        enc_tokens.extend(piece.tolist())
+        enc_seg.extend([seg] * len(piece))
+        enc_pos.extend(range(len(piece)))
+        tokens.extend(ids if encoding.exact else [PAD_ID] * n)
+        slots.extend(range(first, first + n))
     prompt_len = len(tokens)
     tokens.extend(option)
     slots.extend([-1] * len(option))

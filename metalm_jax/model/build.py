@@ -68,7 +68,7 @@ def model_config(cfg) -> ModelConfig:
             **_arch(e),
         )
         longest = cfg.spans.max_len + int(cfg.spans.enc_bos)
-        if longest > e.max_len:
+        if longest > e.max_len and not e.tokenizer:  # re-tokenized spans are cut to max_len
             raise ValueError(
                 f"spans.max_len={cfg.spans.max_len} (+<s>) is longer than the text encoder's "
                 f"maximum length model.text_encoder.max_len={e.max_len}"

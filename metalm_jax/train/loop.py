@@ -15,6 +15,7 @@ import time
 
 import jax
 
+from metalm_jax.convert.init_from import apply_init
 from metalm_jax.data import pipeline, vl_pipeline
 from metalm_jax.generate import generate_with
 from metalm_jax.model.build import (
@@ -108,6 +109,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
         if latest is None:
             state = trainer.init(jax.random.key(cfg.seed))
             mlib.console("== initialised a new state")
+            state = apply_init(cfg, state, trainer, mlib.console)
         else:
             state = ckpt.restore(latest, trainer.abstract_state, train_iter, cfg_dict)
             mlib.console(f"== resumed from {ckpt.directory}/{latest}")

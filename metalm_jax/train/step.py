@@ -38,16 +38,26 @@ def loss_sums(model, params, batch: Batch, *, rng=None):
     return jnp.sum(nll * w), jnp.sum(w), aux
 
 
-def train_step(state: TrainState, batch: Batch, *, model, tx, seed: int, accum: int = 1):
+def train_step(
+    state: TrainState, batch: Batch, *, model, tx, seed: int, accum: int = 1, frozen=None
+):
     """One optimizer step over `accum` microbatches (lax.scan).
 
     Gradients of the weighted NLL *sum* are accumulated and divided once by the total weight,
     so k microbatches give exactly the update of one batch k times as large. Returns
     (new state, metrics of sums to be divided on the host).
+
+    `frozen` (a tree of bools like the params, from optim.frozen) marks parameters behind a
+    stop_gradient: their gradients are zeros without any backward work, and layers below the
+    lowest trained one (a frozen pretrained encoder's bottom) get no backward pass at all.
     """
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
     def sums(params, micro, i):
+        if frozen is not None:
+            params = jax.tree.map(
+                lambda x, f: jax.lax.stop_gradient(x) if f else x, params, frozen
+            )
         s, w, _ = loss_sums(model, params, micro, rng=jax.random.fold_in(rng, i))
         return s, w
 

@@ -21,7 +21,7 @@ from metalm_jax.model.build import dummy_batch, image_layout, model_config
 from metalm_jax.model.metalm import MetaLM
 from metalm_jax.parallel import mesh as meshlib
 from metalm_jax.train.checkpoint import abstract_with_shardings
-from metalm_jax.train.optimizer import make_optimizer
+from metalm_jax.train.optimizer import group_labels, make_optimizer
 from metalm_jax.train.step import TrainState, eval_step, train_step
 from metalm_jax.types import Batch
 
@@ -92,8 +92,15 @@ def build_trainer(cfg, mesh) -> Trainer:
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
     abstract = abstract_with_shardings(jax.eval_shape(init_state, jax.random.key(0)), state_sh)
+    labels, _ = group_labels(abs_params, list(cfg.optim.frozen), ())
+    frozen = jax.tree.map(lambda lab: lab == "frozen", labels)
     step = functools.partial(
-        train_step, model=model, tx=tx, seed=cfg.seed, accum=cfg.train.grad_accum_steps
+        train_step,
+        model=model,
+        tx=tx,
+        seed=cfg.seed,
+        accum=cfg.train.grad_accum_steps,
+        frozen=frozen if any(jax.tree.leaves(frozen)) else None,
     )
     return Trainer(
         model=model,

@@ -1,0 +1,204 @@
+"""`init` entries of a run config: start sub-trees of a new run from pretrained weights.
+
+Each entry names a source and what it provides:
+  {"format": "hf_bert", "source": "minilm"}              -> text_encoder
+  {"format": "hf_gpt2", "source": "/models/gpt2"}         -> embed, pos_embed, decoder
+  {"format": "hf_clip_vision" | "hf_vit", "source": ...}  -> vision_encoder
+  {"format": "orbax", "source": "runs/other", "target": "connector", "source_key": "connector"}
+      an earlier run's workdir (latest step) or one of its checkpoints/<step> directories
+
+Applied once, to a freshly initialised state (a resumed run keeps its own weights). The
+optimizer state needs no change (Adam's moments start at zero either way). Before anything is
+replaced every entry is converted and checked: architecture keys against the config
+(check_arch), every array against the target's shape (fit_tree). The console then lists, per
+entry, what was loaded (arrays, parameters), which source keys were dropped on purpose and why,
+which were unused, and which top-level modules stayed freshly initialised.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from metalm_jax.convert import check_arch, load_hf
+from metalm_jax.convert.common import ConversionError, fit_tree, flatten, set_path
+
+# Config keys that define a stack's function; compared between an Orbax source run and this one.
+ARCH_KEYS = (
+    "num_layers", "d_model", "num_heads", "d_ff", "norm", "positions", "rel_bias", "activation",
+    "ln_eps", "embed_norm", "embed_scale", "final_norm", "embed_dim", "vocab_size", "experts",
+    "patch_size", "class_token", "text_prefix", "tokenizer",
+)  # fmt: skip
+SECTIONS = {  # top-level module -> its config section
+    "text_encoder": "text_encoder",
+    "decoder": "decoder",
+    "vision_encoder": "vision",
+}
+
+
+def _entries(cfg) -> list[dict]:
+    out = []
+    for i, e in enumerate(cfg.init):
+        e = dict(e)
+        if "format" not in e or "source" not in e:
+            raise ConversionError(f"init[{i}]: needs 'format' and 'source' keys, got {sorted(e)}")
+        out.append(e)
+    return out
+
+
+def orbax_checkpoint_dir(source: str) -> str:
+    """A run's workdir (latest step) or a checkpoints/<step> directory -> the step directory."""
+    source = os.path.abspath(source)
+    ckpts = os.path.join(source, "checkpoints")
+    if os.path.isdir(ckpts):
+        steps = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())
+        if not steps:
+            raise ConversionError(f"{ckpts}: no checkpoints")
+        return os.path.join(ckpts, str(steps[-1]))
+    if os.path.isdir(os.path.join(source, "state")):
+        return source
+    raise ConversionError(
+        f"{source}: neither a run workdir with checkpoints/ nor a checkpoint step directory"
+    )
+
+
+def _orbax_params(step_dir: str, key: str) -> dict:
+    """params/<key> of an Orbax TrainState checkpoint, as numpy (only that sub-tree is read)."""
+    import orbax.checkpoint as ocp
+
+    path = os.path.join(step_dir, "state")
+    meta = ocp.StandardCheckpointer().metadata(path)
+    tree = getattr(meta, "item_metadata", meta)
+    params = tree["params"] if isinstance(tree, dict) else tree.tree["params"]
+    if key not in params:
+        raise ConversionError(f"{path}: no params/{key} (it has {sorted(params)})")
+    device = jax.local_devices()[0]
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), params[key]
+    )
+    restored = ocp.PyTreeCheckpointer().restore(
+        path,
+        args=ocp.args.PyTreeRestore(
+            item={"params": {key: target}},
+            restore_args=ocp.checkpoint_utils.construct_restore_args({"params": {key: target}}),
+            partial_restore=True,
+        ),
+    )
+    return jax.tree.map(np.asarray, restored["params"][key])
+
+
+def _check_orbax_arch(cfg, step_dir: str, target: str, source_key: str) -> None:
+    import json
+
+    section = SECTIONS.get(target)
+    if section is None or SECTIONS.get(source_key) != section:
+        return
+    config_file = os.path.join(step_dir, "config", "metadata")
+    if not os.path.exists(config_file):
+        return
+    with open(config_file) as f:
+        saved = json.load(f)["model"][section]
+    mine = cfg.model[section]
+    diffs = [
+        f"model.{section}.{k}: source {saved[k]!r}, config {mine[k]!r}"
+        for k in ARCH_KEYS
+        if k in saved and k in mine and saved[k] != mine[k]
+    ]
+    if diffs:
+        raise ConversionError(f"{step_dir} does not match this config: " + "; ".join(diffs))
+
+
+def _convert(cfg, i: int, entry: dict):
+    """-> ({top-level name: nested numpy tree}, {name: {path: source key}}, report lines)."""
+    fmt, source = entry["format"], entry["source"]
+    if fmt == "orbax":
+        step_dir = orbax_checkpoint_dir(source)
+        target = entry.get("target")
+        if not target:
+            raise ConversionError(f"init[{i}]: format orbax needs a 'target' (e.g. text_encoder)")
+        key = entry.get("source_key", target)
+        _check_orbax_arch(cfg, step_dir, target, key)
+        tree = _orbax_params(step_dir, key)
+        src = f"{step_dir} params/{key}"
+        sources = {p: f"{key}/{p}" for p in flatten(tree)}
+        return {target: tree}, {target: sources}, [f"init[{i}] {target} <- orbax {src}"]
+    conv = load_hf(fmt, source)
+    check_arch(cfg, conv)
+    params, sources = conv.params, conv.sources
+    if entry.get("target"):
+        if entry["target"] not in params:
+            raise ConversionError(
+                f"init[{i}]: {fmt} provides {sorted(params)}, not {entry['target']!r}"
+            )
+        params = {entry["target"]: params[entry["target"]]}
+    lines = [f"init[{i}] {', '.join(params)} <- {fmt} {conv.path}"]
+    if conv.dropped:
+        why: dict[str, list] = {}
+        for k, reason in conv.dropped.items():
+            why.setdefault(reason, []).append(k)
+        for reason, keys in why.items():
+            lines.append(f"    dropped {len(keys)} source key(s), {reason}: {_short(keys)}")
+    lines.append(
+        f"    unused source keys ({len(conv.unused)}): {_short(conv.unused)}"
+        if conv.unused
+        else "    every other source key was used"
+    )
+    return params, sources, lines
+
+
+def _short(keys, n: int = 4) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n})" if len(keys) > n else "")
+
+
+def _to_global(tree: dict, shardings: dict) -> dict:
+    """numpy tree -> global jax arrays in the target shardings (works on many hosts)."""
+    flat_sh = flatten(shardings)
+    out: dict = {}
+    for path, x in flatten(tree).items():
+        sh = flat_sh[path]
+        arr = jax.make_array_from_callback(x.shape, sh, lambda idx, x=x: x[idx])
+        set_path(out, path, arr)
+    return out
+
+
+def apply_init(cfg, state, trainer, log=print):
+    """Replaces the sub-trees named by `cfg.init` in a new TrainState; logs what was loaded."""
+    entries = _entries(cfg)
+    if not entries:
+        return state
+    abstract = trainer.abstract_state.params
+    shardings = trainer.state_sharding.params
+    fitted, report = {}, []
+    for i, entry in enumerate(entries):
+        trees, sources, lines = _convert(cfg, i, entry)
+        for name, tree in trees.items():
+            if name not in abstract:
+                raise ConversionError(
+                    f"init[{i}]: this model has no {name!r} (its top-level modules: "
+                    f"{sorted(abstract)}); is the matching encoder enabled in the config?"
+                )
+            if name in fitted:
+                raise ConversionError(f"init[{i}]: {name!r} is already loaded by an earlier entry")
+            node = abstract[name]
+            if isinstance(node, dict):
+                fitted[name] = fit_tree(tree, node, name, sources.get(name))
+            else:  # a single array at the top level (pos_embed)
+                fitted[name] = fit_tree({"": tree}, {"": node}, name, sources.get(name))[""]
+            n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(fitted[name]))
+            lines.append(f"    {name}: {len(jax.tree.leaves(fitted[name]))} arrays, {n / 1e6:.2f}M")
+        report += lines
+    params = dict(state.params)
+    for name, tree in fitted.items():
+        if isinstance(tree, dict):
+            params[name] = _to_global(tree, shardings[name])
+        else:
+            params[name] = _to_global({"x": tree}, {"x": shardings[name]})["x"]
+    fresh = sorted(set(abstract) - set(fitted))
+    report.append(f"init: freshly initialised: {', '.join(fresh) if fresh else 'nothing'}")
+    for line in report:
+        log(line)
+    return state.replace(params=params)
