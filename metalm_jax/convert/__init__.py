@@ -97,7 +97,7 @@ class _nullcontext:
         return False
 
 
-def check_arch(cfg, converted: "Converted") -> None:
+def check_arch(cfg, converted: Converted) -> None:
     """Raises naming every config key whose value differs from the checkpoint's architecture."""
     diffs = []
     for key, want in converted.arch.items():

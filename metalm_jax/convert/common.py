@@ -135,9 +135,7 @@ def _stack_layers(tree):
     if not isinstance(tree, dict):
         return tree
     tree = {k: _stack_layers(v) for k, v in tree.items()}
-    numbered = sorted(
-        (int(m.group(1)), k) for k in tree if (m := re.fullmatch(r"layers_(\d+)", k))
-    )
+    numbered = sorted((int(m.group(1)), k) for k in tree if (m := re.fullmatch(r"layers_(\d+)", k)))
     if numbered:
         import jax
 

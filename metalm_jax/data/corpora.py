@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
-import importlib.util
 import pathlib
 
 import tensorflow_datasets as tfds

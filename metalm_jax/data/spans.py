@@ -165,7 +165,9 @@ class RetokenizedEncoding:
         self.path = path
         self.decoder = decoder_tokenizer
         self.max_len = max_len
-        self.sep = "[SEP]" if self.tokenizer.token_to_id("[SEP]") is not None else ""
+        sep_id = self.tokenizer.token_to_id("[SEP]")
+        as_text = self.tokenizer.encode("[SEP]", add_special_tokens=False).ids
+        self.sep = "[SEP]" if sep_id is not None and as_text == [sep_id] else ""
         self.vocab_size = self.tokenizer.get_vocab_size()
 
     def text(self, ids: np.ndarray) -> str:

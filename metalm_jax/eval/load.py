@@ -8,6 +8,24 @@ import os
 import ml_collections
 
 
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+    """A checkpoint's saved config on top of base_config(): keys added to the code after the
+    run was saved take their defaults (which reproduce the older behaviour)."""
+    from metalm_jax.config import base_config
+
+    def merge(node, values):
+        for k, v in values.items():
+            if isinstance(v, dict) and isinstance(node.get(k), ml_collections.ConfigDict):
+                merge(node[k], v)
+            else:
+                node[k] = v
+
+    cfg = base_config()
+    with cfg.unlocked():
+        merge(cfg, saved)
+    return cfg
+
+
 def load_run(workdir: str, step: int | None = None, cfg=None):
     """(config, tokenizer, trainer, params) of the run in `workdir` at `step` (latest if None).
 
@@ -30,7 +48,7 @@ def load_run(workdir: str, step: int | None = None, cfg=None):
 
     if cfg is None:
         saved = ckpt.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        cfg = ml_collections.ConfigDict(saved["config"])
+        cfg = with_defaults(saved["config"])
     else:
         ckpt.check_config(step, cfg.to_dict())
     tok_path = os.path.join(workdir, "tokenizer.model")

@@ -67,6 +67,12 @@ def model_config(cfg) -> ModelConfig:
             embed_dim=e.embed_dim,
             **_arch(e),
         )
+        if e.vocab_size and e.vocab_size != cfg.data.vocab_size and not e.tokenizer:
+            raise ValueError(
+                f"model.text_encoder.vocab_size={e.vocab_size} differs from data.vocab_size="
+                f"{cfg.data.vocab_size}, but spans are encoded with the decoder's tokenizer: set "
+                "model.text_encoder.tokenizer to the encoder's own tokenizer.json"
+            )
         longest = cfg.spans.max_len + int(cfg.spans.enc_bos)
         if longest > e.max_len and not e.tokenizer:  # re-tokenized spans are cut to max_len
             raise ValueError(

@@ -282,7 +282,9 @@ class Block(nn.Module):
         h = attn(x, mask, bias, deterministic=det)
         x = layer_norm("ln_attention", cfg.ln_eps)(cfg.alpha * x + drop(h, deterministic=det))
         h = self._mlp(x, modality)
-        return constrain(layer_norm("ln_mlp", cfg.ln_eps)(cfg.alpha * x + drop(h, deterministic=det)))
+        return constrain(
+            layer_norm("ln_mlp", cfg.ln_eps)(cfg.alpha * x + drop(h, deterministic=det))
+        )
 
 
 def constrain(x):

@@ -55,9 +55,7 @@ def train_step(
 
     def sums(params, micro, i):
         if frozen is not None:
-            params = jax.tree.map(
-                lambda x, f: jax.lax.stop_gradient(x) if f else x, params, frozen
-            )
+            params = jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, params, frozen)
         s, w, _ = loss_sums(model, params, micro, rng=jax.random.fold_in(rng, i))
         return s, w
 
