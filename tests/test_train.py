@@ -103,3 +103,27 @@ def test_checkpoint_restores_identical_state_and_next_batch(corpus, tmp_path):
     with pytest.raises(ValueError, match="model.decoder.d_model: checkpoint 32, config 64"):
         ckpt.restore(3, abstract, fresh, other)
     ckpt.close()
+
+
+def test_stop_gradient_on_frozen_parameters_changes_no_update():
+    """The trainer's `frozen` mask (no backward work below frozen layers) gives exactly the
+    update of the plain step, where set_to_zero alone drops the frozen gradients."""
+    from metalm_jax.model.build import frozen_bottom_layers
+    from metalm_jax.train.optimizer import group_labels
+
+    cfg = testing.micro_config()
+    cfg.optim.frozen = [r"^text_encoder/(token_embed|pos_embed|rel_bias|stack/layers_0)/"]
+    model, batch, state, plain, _ = _setup(cfg)
+    labels, _ = group_labels(state.params, list(cfg.optim.frozen), ())
+    frozen = jax.tree.map(lambda lab: lab == "frozen", labels)
+    tx, _ = make_optimizer(cfg.optim, cfg.train.steps, state.params)
+    masked = jax.jit(functools.partial(train_step, model=model, tx=tx, seed=0, frozen=frozen))
+    a, ma = plain(state, batch)
+    b, mb = masked(state, batch)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+    # grad_norm now covers the trained parameters only (what the clip sees, too)
+    assert float(mb["grad_norm"]) < float(ma["grad_norm"])
+    assert frozen_bottom_layers(cfg, "text_encoder", 2) == 1
+    cfg.optim.frozen = [r"^text_encoder/stack/layers_0/"]  # embeddings train: full backward
+    assert frozen_bottom_layers(cfg, "text_encoder", 2) == 0

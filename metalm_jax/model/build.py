@@ -198,14 +198,25 @@ def _stack_flops_per_token(c: TransformerConfig, context: int) -> tuple[float, f
 
 
 def train_flops_per_step(
-    mc: ModelConfig, batch: int, seq_len: int, enc_len: int, images_per_row: int = 0
+    mc: ModelConfig,
+    batch: int,
+    seq_len: int,
+    enc_len: int,
+    images_per_row: int = 0,
+    enc_frozen_bottom: int = 0,
 ) -> dict:
-    """Model FLOPs of one train step, decoder and encoder counted separately (no remat)."""
+    """Model FLOPs of one train step, decoder and encoder counted separately (no remat).
+
+    The encoder's `enc_frozen_bottom` lowest layers (frozen, and nothing below them trained)
+    run forward only: 2 FLOPs per weight and token instead of 6 (the train step puts frozen
+    parameters behind a stop_gradient, so no backward pass reaches them)."""
     d_mm, d_att = _stack_flops_per_token(mc.decoder, seq_len)
     head = 6.0 * mc.decoder.d_model * mc.vocab_size
     out = {"decoder": batch * seq_len * (d_mm + d_att + head), "encoder": 0.0}
     if mc.text_encoder is not None:
         e_mm, e_att = _stack_flops_per_token(mc.text_encoder, enc_len)
+        frac = min(enc_frozen_bottom, mc.text_encoder.num_layers) / mc.text_encoder.num_layers
+        e_mm, e_att = (x * (1.0 - frac * 2.0 / 3.0) for x in (e_mm, e_att))
         conn = 6.0 * mc.text_encoder.d_model * mc.decoder.d_model
         out["encoder"] = batch * enc_len * (e_mm + e_att + conn)
     if mc.vision is not None and images_per_row:
@@ -226,4 +237,20 @@ def step_flops(cfg) -> dict:
         cfg.data.seq_len,
         cfg.spans.enc_length,
         cfg.images.images_per_row if cfg.images.enabled else 0,
+        frozen_bottom_layers(cfg, "text_encoder", cfg.model.text_encoder.num_layers),
     )
+
+
+def frozen_bottom_layers(cfg, module: str, num_layers: int) -> int:
+    """How many of `module`'s lowest layers optim.frozen freezes together with its embeddings
+    (0 when the embeddings train: the backward pass then reaches every layer)."""
+    import re
+
+    pats = [re.compile(p) for p in cfg.optim.frozen]
+    frozen = lambda path: any(p.search(path) for p in pats)
+    if not frozen(f"{module}/token_embed/embedding"):
+        return 0
+    n = 0
+    while n < num_layers and frozen(f"{module}/stack/layers_{n}/attention/query"):
+        n += 1
+    return n
