@@ -7,6 +7,7 @@ setups. Nothing here is used by training code.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
@@ -100,3 +101,18 @@ def random_vl_rows(layout, n: int, vocab: int, seed: int = 0) -> list:
             pairs.append((image, caption))
         rows.append(build_vl_row(pairs, rng, layout))
     return rows
+
+
+def rewrite_checkpoint(src: str, dst, key: str, value) -> str:
+    """A copy of Hugging Face checkpoint directory `src` (config.json + model.safetensors) in
+    `dst` with tensor `key` replaced or added: for tests of conversion errors."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    os.makedirs(dst)
+    tensors = load_file(os.path.join(src, "model.safetensors"))
+    tensors[key] = value
+    save_file(tensors, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+    shutil.copy(os.path.join(src, "config.json"), os.path.join(dst, "config.json"))
+    return str(dst)

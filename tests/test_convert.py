@@ -151,21 +151,23 @@ def test_real_minilm_matches_transformers_on_sentences():
     assert _compare(enc, params, hf, ids, seg, pos) <= TOL
 
 
-def test_shape_mismatch_names_key_and_both_shapes(tmp_path):
+def _small_bert(path):
     _torch()
     import transformers as tf
 
-    hf = tf.BertModel(
-        tf.BertConfig(
-            vocab_size=50,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=20,
-        )
+    cfg = tf.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=20,
     )
-    hf.save_pretrained(tmp_path, safe_serialization=True)
+    tf.BertModel(cfg).save_pretrained(path, safe_serialization=True)
+
+
+def test_shape_mismatch_names_key_and_both_shapes(tmp_path):
+    _small_bert(tmp_path)
     # a config.json that lies about the intermediate size
     cfg_path = tmp_path / "config.json"
     data = json.loads(cfg_path.read_text())
@@ -179,19 +181,7 @@ def test_shape_mismatch_names_key_and_both_shapes(tmp_path):
 
 
 def test_config_not_matching_checkpoint_names_keys(tmp_path):
-    _torch()
-    import transformers as tf
-
-    tf.BertModel(
-        tf.BertConfig(
-            vocab_size=50,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=20,
-        )
-    ).save_pretrained(tmp_path, safe_serialization=True)
+    _small_bert(tmp_path)
     cfg = base_config()
     convert.apply_arch(cfg, "hf_bert", str(tmp_path))
     cfg.model.text_encoder.activation = "gelu"  # tanh approximation: not what BERT computes

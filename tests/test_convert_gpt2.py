@@ -15,7 +15,7 @@ transformers = pytest.importorskip(
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 
-from metalm_jax import convert  # noqa: E402
+from metalm_jax import convert, testing  # noqa: E402
 from metalm_jax.config import base_config  # noqa: E402
 from metalm_jax.convert import gpt2  # noqa: E402
 from metalm_jax.convert.common import ConversionError, fit_tree  # noqa: E402
@@ -124,10 +124,10 @@ def test_body_without_prefix_and_tied_head(hf, tmp_path):
     assert conv.sources["embed"] == {"embedding": "wte.weight"}
 
     wte = hf_model.transformer.wte.weight.detach().numpy()
-    tied = _rewrite(path, tmp_path / "tied", "lm_head.weight", wte.copy())
+    tied = testing.rewrite_checkpoint(path, tmp_path / "tied", "lm_head.weight", wte.copy())
     conv = convert.load_hf("hf_gpt2", tied)
     assert "tied" in conv.dropped["lm_head.weight"] and conv.unused == []
-    untied = _rewrite(path, tmp_path / "untied", "lm_head.weight", wte + 1.0)
+    untied = testing.rewrite_checkpoint(path, tmp_path / "untied", "lm_head.weight", wte + 1.0)
     with pytest.raises(ConversionError, match=r"lm_head\.weight.*untied"):
         convert.load_hf("hf_gpt2", untied)
 
@@ -198,25 +198,10 @@ def test_export_parity_and_round_trip(tmp_path, scan):
     jax.tree.map(np.testing.assert_array_equal, _fit(conv, abstract), mine)
 
 
-def _rewrite(src, dst, key, value):
-    """A copy of checkpoint directory `src` in `dst` with tensor `key` replaced (or added)."""
-    from safetensors.numpy import load_file, save_file
-
-    os.makedirs(dst)
-    tensors = load_file(os.path.join(src, "model.safetensors"))
-    tensors[key] = value
-    save_file(tensors, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(src, "config.json")) as f:
-        config = json.load(f)
-    with open(os.path.join(dst, "config.json"), "w") as f:
-        json.dump(config, f)
-    return str(dst)
-
-
 def test_wrong_tensor_shape_names_keys_and_shapes(hf, tmp_path):
     path, _, _ = hf
     key = "transformer.h.1.mlp.c_fc.weight"
-    bad = _rewrite(path, tmp_path / "fc", key, np.zeros((32, 48), np.float32))
+    bad = testing.rewrite_checkpoint(path, tmp_path / "fc", key, np.zeros((32, 48), np.float32))
     conv = convert.load_hf("hf_gpt2", bad)
     _, abstract = _model(_imported_cfg(bad))
     with pytest.raises(ConversionError) as e:
@@ -226,7 +211,7 @@ def test_wrong_tensor_shape_names_keys_and_shapes(hf, tmp_path):
     assert "source shape (32, 48), target shape (32, 128)" in msg
 
     key = "transformer.h.0.attn.c_attn.weight"
-    bad = _rewrite(path, tmp_path / "qkv", key, np.zeros((32, 64), np.float32))
+    bad = testing.rewrite_checkpoint(path, tmp_path / "qkv", key, np.zeros((32, 64), np.float32))
     with pytest.raises(
         ConversionError, match=r"h\.0\.attn\.c_attn\.weight.*\(32, 64\).*\(32, 96\)"
     ):

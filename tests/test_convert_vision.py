@@ -1,7 +1,6 @@
 """CLIP vision tower and ViT -> our VisionEncoder: exact parity with transformers on tiny random
 models, the bookkeeping of unused / dropped keys, and the errors for checkpoints that do not fit."""
 
-import json
 import os
 
 import numpy as np
@@ -15,7 +14,7 @@ transformers = pytest.importorskip(
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 
-from metalm_jax import convert  # noqa: E402
+from metalm_jax import convert, testing  # noqa: E402
 from metalm_jax.config import base_config  # noqa: E402
 from metalm_jax.convert import vision as vision_convert  # noqa: E402
 from metalm_jax.convert.common import ConversionError, fit_tree  # noqa: E402
@@ -177,24 +176,9 @@ def test_fit_into_another_width_names_keys_and_shapes(models):
     assert "source shape (192, 32), target shape (192, 64)" in msg
 
 
-def _rewrite(src, dst, key, value):
-    """A copy of checkpoint directory `src` in `dst` with tensor `key` replaced."""
-    from safetensors.numpy import load_file, save_file
-
-    os.makedirs(dst)
-    tensors = load_file(os.path.join(src, "model.safetensors"))
-    tensors[key] = value
-    save_file(tensors, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(src, "config.json")) as f:
-        config = json.load(f)
-    with open(os.path.join(dst, "config.json"), "w") as f:
-        json.dump(config, f)
-    return str(dst)
-
-
 def test_wrong_tensor_shape_names_keys_and_shapes(models, tmp_path):
     path, _ = models["vit"]
-    bad = _rewrite(
+    bad = testing.rewrite_checkpoint(
         path,
         tmp_path / "fc1",
         "encoder.layer.1.intermediate.dense.weight",
@@ -213,7 +197,7 @@ def test_wrong_tensor_shape_names_keys_and_shapes(models, tmp_path):
     assert "stack/layers_1/mlp/wi <- encoder.layer.1.intermediate.dense.weight" in msg
     assert "source shape (32, 48), target shape (32, 64)" in msg
 
-    bad = _rewrite(
+    bad = testing.rewrite_checkpoint(
         path, tmp_path / "pos", "embeddings.position_embeddings", np.zeros((1, 10, 32), np.float32)
     )
     with pytest.raises(ConversionError, match=r"embeddings\.position_embeddings.*\(1, 10, 32\)"):
