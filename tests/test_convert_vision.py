@@ -1,6 +1,7 @@
 """CLIP vision tower and ViT -> our VisionEncoder: exact parity with transformers on tiny random
 models, the bookkeeping of unused / dropped keys, and the errors for checkpoints that do not fit."""
 
+import json
 import os
 
 import numpy as np
@@ -223,3 +224,24 @@ def test_unsupported_configs():
         clip=True,
     )
     assert (a["d_model"], a["patch_size"], a["image_size"], a["num_layers"]) == (32, 16, 224, 12)
+
+
+def test_pixel_normalization_comes_with_the_checkpoint(models, tmp_path):
+    import shutil
+
+    path, _ = models["vit"]
+    assert convert.arch_of("hf_vit", path)["images.mean"] == (0.5, 0.5, 0.5)  # ViT's default
+    assert convert.arch_of("hf_clip_vision", models["clip"][0])["images.std"][0] == 0.26862954
+    with_pre = tmp_path / "vit_pre"
+    shutil.copytree(path, with_pre)
+    pre = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    (with_pre / "preprocessor_config.json").write_text(json.dumps(pre))
+    arch = convert.arch_of("hf_vit", str(with_pre))
+    assert arch["images.mean"] == (0.485, 0.456, 0.406)
+    assert arch["images.std"] == (0.229, 0.224, 0.225)
+    cfg = base_config()  # CLIP normalization by default: a ViT run must take its own
+    convert.apply_arch(cfg, "hf_vit", str(with_pre))
+    convert.check_arch(cfg, convert.load_hf("hf_vit", str(with_pre)))
+    cfg.images.mean = (0.5, 0.5, 0.5)
+    with pytest.raises(ConversionError, match=r"images.mean: config \(0.5, 0.5, 0.5\)"):
+        convert.check_arch(cfg, convert.load_hf("hf_vit", str(with_pre)))

@@ -73,7 +73,10 @@ def arch_of(fmt: str, path: str) -> dict:
     """Our config keys (dotted from the root) matching the checkpoint's config.json."""
     path = resolve_path(path)
     mod, kw = _module(fmt)
-    return _qualify(fmt, mod.arch(HFCheckpoint(path).config, path, **kw))
+    ckpt = HFCheckpoint(path)
+    if FORMATS[fmt][1] == "model.vision":
+        kw = {**kw, "preprocessor": ckpt.preprocessor}
+    return _qualify(fmt, mod.arch(ckpt.config, path, **kw))
 
 
 def apply_arch(cfg, fmt: str, path: str) -> dict:

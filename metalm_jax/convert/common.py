@@ -61,6 +61,12 @@ class HFCheckpoint:
         if os.path.exists(config_path):
             with open(config_path) as f:
                 self.config = json.load(f)
+        # image models: the processor's pixel normalization (image_mean / image_std), if shipped
+        self.preprocessor = {}
+        pre_path = os.path.join(os.path.dirname(config_path), "preprocessor_config.json")
+        if os.path.exists(pre_path):
+            with open(pre_path) as f:
+                self.preprocessor = json.load(f)
         self._where = {}
         for file in files:
             with safe_open(file, "np") as f:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from metalm_jax.convert.common import ConversionError, HFCheckpoint, TreeBuilder, activation
+from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
 
 # CLIPModel and transformers 4.x CLIPVisionModel files: "vision_model."; 5.x CLIPVisionModel: ""
 CLIP_PREFIXES = ("vision_model.", "")
@@ -92,9 +93,28 @@ def vision_config(config: dict, where: str, clip: bool) -> dict:
     return out
 
 
-def arch(config: dict, where: str, clip: bool) -> dict:
-    """Our model.vision config keys for a CLIP (vision tower) or ViT config.json."""
+# the processors' pixel normalization when no preprocessor_config.json comes with the weights
+CLIP_PIXELS = (CLIP_MEAN, CLIP_STD)
+VIT_PIXELS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def arch(config: dict, where: str, clip: bool, preprocessor: dict | None = None) -> dict:
+    """Our model.vision config keys for a CLIP (vision tower) or ViT config.json, plus the pixel
+    normalization (images.mean / images.std) from its preprocessor_config.json or the family's
+    default."""
     c = vision_config(config, where, clip)
+    mean, std = CLIP_PIXELS if clip else VIT_PIXELS
+    pre = preprocessor or {}
+    mean = tuple(float(x) for x in pre.get("image_mean", mean))
+    std = tuple(float(x) for x in pre.get("image_std", std))
+    return {
+        "images.mean": mean,
+        "images.std": std,
+        **_tower(c, clip, where),
+    }
+
+
+def _tower(c: dict, clip: bool, where: str) -> dict:
     return dict(
         enabled=True,
         size="",
@@ -180,7 +200,7 @@ def _vit_layer(ckpt, out, k: str, t: str, a: dict, qkv_bias: bool) -> None:
 
 def convert(ckpt: HFCheckpoint, clip: bool) -> tuple[dict, dict]:
     """(our model.vision config keys, {"vision_encoder": the converted parameters})."""
-    a = arch(ckpt.config, ckpt.path, clip)
+    a = arch(ckpt.config, ckpt.path, clip, ckpt.preprocessor)
     qkv_bias = clip or bool(vision_config(ckpt.config, ckpt.path, clip)["qkv_bias"])
     if clip:
         p = ckpt.prefix("embeddings.class_embedding", CLIP_PREFIXES)

@@ -24,6 +24,7 @@ import dataclasses
 
 import numpy as np
 
+from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
 from metalm_jax.data.tokenizer import BOS_ID, PAD_ID
 
 
@@ -36,6 +37,8 @@ class ImageLayout:
     text_bank: int  # Le when a text encoder precedes the images in the bank, else 0
     image_size: int
     enc_length: int  # text-encoder grid length Le of the Batch (empty for image rows)
+    mean: tuple = CLIP_MEAN  # per-channel pixel normalization (images.mean / images.std)
+    std: tuple = CLIP_STD
 
     @property
     def slots_per_image(self) -> int:

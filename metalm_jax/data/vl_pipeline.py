@@ -80,7 +80,13 @@ def _pair_fn(cfg, tok: Tokenizer, layout: ImageLayout):
         rid = _text(ex["id"])
         try:
             image = imlib.preprocess(
-                ex["image"], layout.image_size, record_id=rid, augment=augment, rng=rng
+                ex["image"],
+                layout.image_size,
+                record_id=rid,
+                augment=augment,
+                rng=rng,
+                mean=layout.mean,
+                std=layout.std,
             )
         except imlib.ImageError as e:
             if not skip:

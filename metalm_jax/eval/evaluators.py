@@ -166,7 +166,11 @@ def captioning(ev, trainer, params, tok, cfg):
         valid = np.zeros_like(batch.image_valid)
         for b, ex in enumerate(exs):
             images[b, 0] = preprocess(
-                ex["image"], layout.image_size, record_id=vl_pipeline._text(ex["id"])
+                ex["image"],
+                layout.image_size,
+                record_id=vl_pipeline._text(ex["id"]),
+                mean=layout.mean,
+                std=layout.std,
             )
             valid[b, 0] = 1
         slots = np.full((B, 1 + S), -1, np.int32)
@@ -227,7 +231,13 @@ def vqa(ev, trainer, params, tok, cfg):
                 x = json.loads(line)
                 path = os.path.join(os.path.dirname(os.path.abspath(ev.file)), x["image"])
                 with open(path, "rb") as img:
-                    pixels = preprocess(img.read(), base_layout.image_size, record_id=path)
+                    pixels = preprocess(
+                        img.read(),
+                        base_layout.image_size,
+                        record_id=path,
+                        mean=base_layout.mean,
+                        std=base_layout.std,
+                    )
                 q = tok.encode(x["question"])[: base_layout.prefix_len]
                 items.append((f"{ev.file}:{lineno}", pixels, q, list(x["answers"])))
             except (KeyError, json.JSONDecodeError, OSError) as e:

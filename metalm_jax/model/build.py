@@ -148,6 +148,8 @@ def image_layout(cfg) -> ImageLayout | None:
         text_bank=cfg.spans.enc_length if mc.text_encoder is not None else 0,
         image_size=mc.vision.image_size,
         enc_length=cfg.spans.enc_length,
+        mean=tuple(cfg.images.mean),
+        std=tuple(cfg.images.std),
     )
 
 
