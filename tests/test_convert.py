@@ -292,9 +292,10 @@ def _char_wordpiece(path):
 
 def _micro_with_bert(corpus, tmp_path):
     """A micro run whose text encoder is a tiny random BERT (converted at init)."""
-    _torch()
     import transformers as tf
 
+    torch = _torch()
+    torch.manual_seed(0)  # the same BERT on every call
     bert_dir = tmp_path / "bert"
     _save_tiny(
         tf.BertModel(
@@ -342,20 +343,43 @@ def test_init_from_hf_and_from_orbax(corpus, tmp_path, capsys):
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(a, b)
 
-    # a second run takes the first run's decoder and connector from its Orbax checkpoint
+    # a second run: a GPT-2 decoder converted from transformers, the first run's connector from
+    # its Orbax checkpoint, the BERT again
+    import transformers as tf
+
+    gpt2_dir = tmp_path / "gpt2"
+    _save_tiny(
+        tf.GPT2LMHeadModel(
+            tf.GPT2Config(
+                vocab_size=cfg.data.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2
+            )
+        ),
+        gpt2_dir,
+    )
     cfg2, _ = _micro_with_bert(corpus, tmp_path)
+    convert.apply_arch(cfg2, "hf_gpt2", str(gpt2_dir))
     cfg2.train.steps = 1
-    cfg2.optim.frozen = [r"^(decoder|connector)/"]
+    cfg2.optim.frozen = [r"^(embed|pos_embed|decoder|connector)(/|$)"]
     cfg2.init = [
-        dict(format="orbax", source=str(tmp_path / "run1"), target="decoder"),
+        dict(format="hf_gpt2", source=str(gpt2_dir)),
         dict(format="orbax", source=str(tmp_path / "run1"), target="connector"),
+        dict(format="hf_bert", source=bert_dir),
     ]
     train_and_evaluate(cfg2, str(tmp_path / "run2"))
-    assert "init[1] connector <- orbax" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"init[0] embed, pos_embed, decoder <- hf_gpt2 {gpt2_dir}" in out
+    assert "init[1] connector <- orbax" in out
+    assert "freshly initialised: nothing" in out
     _, _, _, params2 = load_run(str(tmp_path / "run2"))
-    for name in ("decoder", "connector"):
-        for a, b in zip(jax.tree.leaves(params[name]), jax.tree.leaves(params2[name]), strict=True):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(
+        jax.tree.leaves(params["connector"]), jax.tree.leaves(params2["connector"]), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    gpt2 = convert.load_hf("hf_gpt2", str(gpt2_dir)).params
+    np.testing.assert_array_equal(gpt2["pos_embed"], np.asarray(params2["pos_embed"]))
+    want = jax.tree.leaves(gpt2["decoder"])
+    for a, b in zip(want, jax.tree.leaves(params2["decoder"]), strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))
 
 
 def test_init_errors_name_the_entry(corpus, tmp_path):

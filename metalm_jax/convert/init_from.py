@@ -135,6 +135,12 @@ def _convert(cfg, i: int, entry: dict):
             )
         params = {entry["target"]: params[entry["target"]]}
     lines = [f"init[{i}] {', '.join(params)} <- {fmt} {conv.path}"]
+    if "embed" in params:
+        lines.append(
+            "    note: the decoder reads this run's SentencePiece ids, not the source's own "
+            "tokenizer: its token embeddings meet different ids (a GPT-2 BPE tokenizer for "
+            "the decoder is not supported yet)"
+        )
     if conv.dropped:
         why: dict[str, list] = {}
         for k, reason in conv.dropped.items():
