@@ -343,6 +343,15 @@ def test_init_from_hf_and_from_orbax(corpus, tmp_path, capsys):
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(a, b)
 
+    # an Orbax source whose saved config describes another architecture is refused
+    from metalm_jax.convert.init_from import _check_orbax_arch, orbax_checkpoint_dir
+
+    other = cfg.copy_and_resolve_references()
+    other.model.text_encoder.activation = "relu"
+    step_dir = orbax_checkpoint_dir(str(tmp_path / "run1"))
+    with pytest.raises(ConversionError, match="text_encoder.activation: source 'gelu_exact'"):
+        _check_orbax_arch(other, step_dir, "text_encoder", "text_encoder")
+
     # a second run: a GPT-2 decoder converted from transformers, the first run's connector from
     # its Orbax checkpoint, the BERT again
     import transformers as tf

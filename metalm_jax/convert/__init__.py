@@ -82,7 +82,7 @@ def arch_of(fmt: str, path: str) -> dict:
 def apply_arch(cfg, fmt: str, path: str) -> dict:
     """Sets the config keys that describe the checkpoint's architecture; returns them."""
     arch = arch_of(fmt, path)
-    with cfg.unlocked() if hasattr(cfg, "unlocked") else _nullcontext():
+    with cfg.unlocked():
         for key, value in arch.items():
             *parents, leaf = key.split(".")
             node = cfg
@@ -90,14 +90,6 @@ def apply_arch(cfg, fmt: str, path: str) -> dict:
                 node = node[p]
             node[leaf] = value
     return arch
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def check_arch(cfg, converted: Converted) -> None:

@@ -67,11 +67,11 @@ class HFCheckpoint:
         if os.path.exists(pre_path):
             with open(pre_path) as f:
                 self.preprocessor = json.load(f)
-        self._where = {}
+        self._where = {}  # key -> the open file holding it (opened once, read lazily)
         for file in files:
-            with safe_open(file, "np") as f:
-                for key in f.keys():
-                    self._where[key] = file
+            handle = safe_open(file, "np")
+            for key in handle.keys():
+                self._where[key] = handle
         self.used: set[str] = set()
         self.dropped: dict[str, str] = {}
 
@@ -82,8 +82,6 @@ class HFCheckpoint:
         return key in self._where
 
     def get(self, key: str) -> np.ndarray:
-        from safetensors import safe_open
-
         if key not in self._where:
             near = difflib.get_close_matches(key, self._where, n=3)
             raise ConversionError(
@@ -91,8 +89,7 @@ class HFCheckpoint:
                 + (f" (closest: {', '.join(near)})" if near else "")
             )
         self.used.add(key)
-        with safe_open(self._where[key], "np") as f:
-            return np.asarray(f.get_tensor(key), dtype=np.float32)
+        return np.asarray(self._where[key].get_tensor(key), dtype=np.float32)
 
     def drop(self, key: str, why: str) -> None:
         """Marks a key as deliberately not used (reported with the reason)."""

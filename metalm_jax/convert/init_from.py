@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from metalm_jax.convert import check_arch, load_hf
-from metalm_jax.convert.common import ConversionError, fit_tree, flatten, set_path
+from metalm_jax.convert.common import ConversionError, fit_tree, flatten
 
 # Config keys that define a stack's function; compared between an Orbax source run and this one.
 ARCH_KEYS = (
@@ -91,16 +91,15 @@ def _orbax_params(step_dir: str, key: str) -> dict:
 
 
 def _check_orbax_arch(cfg, step_dir: str, target: str, source_key: str) -> None:
-    import json
 
     section = SECTIONS.get(target)
     if section is None or SECTIONS.get(source_key) != section:
         return
-    config_file = os.path.join(step_dir, "config", "metadata")
-    if not os.path.exists(config_file):
-        return
-    with open(config_file) as f:
-        saved = json.load(f)["model"][section]
+    import orbax.checkpoint as ocp
+
+    saved = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, "config"))[
+        "model"
+    ][section]
     mine = cfg.model[section]
     diffs = [
         f"model.{section}.{k}: source {saved[k]!r}, config {mine[k]!r}"
@@ -160,15 +159,14 @@ def _short(keys, n: int = 4) -> str:
     return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n})" if len(keys) > n else "")
 
 
-def _to_global(tree: dict, shardings: dict) -> dict:
-    """numpy tree -> global jax arrays in the target shardings (works on many hosts)."""
-    flat_sh = flatten(shardings)
-    out: dict = {}
-    for path, x in flatten(tree).items():
-        sh = flat_sh[path]
-        arr = jax.make_array_from_callback(x.shape, sh, lambda idx, x=x: x[idx])
-        set_path(out, path, arr)
-    return out
+def _to_global(tree, shardings):
+    """numpy tree (or array) -> global jax arrays in the target shardings (works on many
+    hosts: each process fills only its addressable shards)."""
+    return jax.tree.map(
+        lambda x, sh: jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx]),
+        tree,
+        shardings,
+    )
 
 
 def apply_init(cfg, state, trainer, log=print):
@@ -189,20 +187,13 @@ def apply_init(cfg, state, trainer, log=print):
                 )
             if name in fitted:
                 raise ConversionError(f"init[{i}]: {name!r} is already loaded by an earlier entry")
-            node = abstract[name]
-            if isinstance(node, dict):
-                fitted[name] = fit_tree(tree, node, name, sources.get(name))
-            else:  # a single array at the top level (pos_embed)
-                fitted[name] = fit_tree({"": tree}, {"": node}, name, sources.get(name))[""]
+            fitted[name] = fit_tree(tree, abstract[name], name, sources.get(name))
             n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(fitted[name]))
             lines.append(f"    {name}: {len(jax.tree.leaves(fitted[name]))} arrays, {n / 1e6:.2f}M")
         report += lines
     params = dict(state.params)
     for name, tree in fitted.items():
-        if isinstance(tree, dict):
-            params[name] = _to_global(tree, shardings[name])
-        else:
-            params[name] = _to_global({"x": tree}, {"x": shardings[name]})["x"]
+        params[name] = _to_global(tree, shardings[name])
     fresh = sorted(set(abstract) - set(fitted))
     report.append(f"init: freshly initialised: {', '.join(fresh) if fresh else 'nothing'}")
     for line in report:

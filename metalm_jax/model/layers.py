@@ -320,17 +320,21 @@ def remat_policy(name: str):
     return policy
 
 
-def embed_tokens(cfg: TransformerConfig, vocab: int, tokens, name: str = "token_embed"):
-    """Token embeddings [B, L, width] (width = embed_dim or d_model), times sqrt(d) when
-    `cfg.embed_scale`. Initialised with std width^-1/2 (fairseq)."""
-    width = cfg.embed_dim or cfg.d_model
-    table = nn.Embed(
+def embedding(vocab: int, width: int, name: str) -> nn.Embed:
+    """A token embedding table, initialised with std width^-1/2 (fairseq)."""
+    return nn.Embed(
         vocab,
         width,
         embedding_init=param(nn.initializers.normal(width**-0.5), "vocab", "embed"),
         name=name,
     )
-    x = table(tokens)
+
+
+def embed_tokens(cfg: TransformerConfig, vocab: int, tokens, name: str = "token_embed"):
+    """Token embeddings [B, L, width] (width = embed_dim or d_model), times sqrt(width) when
+    `cfg.embed_scale`."""
+    width = cfg.embed_dim or cfg.d_model
+    x = embedding(vocab, width, name)(tokens)
     return x * jnp.sqrt(float(width)) if cfg.embed_scale else x
 
 

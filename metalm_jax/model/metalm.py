@@ -30,6 +30,7 @@ from metalm_jax.model.layers import (
     Stack,
     TransformerConfig,
     embed_tokens,
+    embedding,
     finish_embeddings,
     param,
     sinusoidal,
@@ -57,12 +58,6 @@ class ModelConfig:
         if self.vision_connector == "resampler":
             return self.vision_latents
         return self.vision.num_outputs
-
-
-def _embed(vocab: int, d: int, name: str) -> nn.Embed:
-    return nn.Embed(
-        vocab, d, embedding_init=param(nn.initializers.normal(d**-0.5), "vocab", "embed"), name=name
-    )
 
 
 class TextEncoder(nn.Module):
@@ -117,7 +112,7 @@ class MetaLM(nn.Module):
     def setup(self):
         cfg = self.cfg
         dec = cfg.decoder
-        self.embed = _embed(cfg.vocab_size, dec.d_model, "embed")
+        self.embed = embedding(cfg.vocab_size, dec.d_model, "embed")
         self.decoder = Stack(dec, name="decoder")
         if cfg.text_encoder is not None:
             self.text_encoder = TextEncoder(

@@ -22,7 +22,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metalm_jax.model.layers import Stack, TransformerConfig, layer_norm, param, xavier
+from metalm_jax.model.layers import (
+    Stack,
+    TransformerConfig,
+    embedding,
+    finish_embeddings,
+    param,
+    xavier,
+)
 
 VIT_SIZES = {  # name -> (layers, width, heads, mlp)
     "Ti": (12, 192, 3, 768),
@@ -114,18 +121,12 @@ class VisionEncoder(nn.Module):
         )
         grid = int(math.isqrt(patches.shape[1]))
         x = x + interpolate_positions(table, cfg.grid, grid, extra).astype(dt)[None]
-        if st.embed_norm:  # CLIP's pre_layrnorm (image tokens only)
-            x = layer_norm("embed_norm", st.ln_eps)(x).astype(dt)
+        x = finish_embeddings(self, st, x).astype(dt)  # CLIP's pre_layrnorm (image tokens only)
         valid = jnp.broadcast_to(image_valid[:, None] > 0, x.shape[:2])
         modality = jnp.ones(x.shape[:2], jnp.int32)
         if cfg.text_prefix:
-            emb = nn.Embed(
-                cfg.vocab_size,
-                D,
-                embedding_init=param(nn.initializers.normal(D**-0.5), "vocab", "embed"),
-                name="token_embed",
-            )
-            t = emb(prefix).astype(dt) * jnp.sqrt(D).astype(dt)
+            t = embedding(cfg.vocab_size, D, "token_embed")(prefix).astype(dt)
+            t = t * jnp.sqrt(D).astype(dt)
             tpos = self.param(
                 "prefix_pos_embed",
                 param(nn.initializers.normal(0.02), "max_len", "embed"),
