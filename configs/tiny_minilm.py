@@ -29,7 +29,7 @@ def get_config(arg=None):
     c.spans.enc_length = 128
     c.init = [dict(format="hf_bert", source="minilm")]
     c.optim.frozen = [r"^text_encoder/(token_embed|pos_embed|embed_norm|stack/layers_[0-3])/"]
-    c.connector = "linear"
+    c.model.connector = "linear"
     # the ICL evaluation re-tokenizes its inputs the same way; 4 shots of 40 tokens need room
     c.evals.kjv_testament.enc_len = 320
     return c

@@ -206,25 +206,22 @@ def build_example(row: dict, spans, cfg: SpanConfig, encoding=None) -> dict:
     tokens, seg = row["tokens"], row["segment_ids"]
     L = len(tokens)
     targets, weights = next_token_targets(tokens, seg)
-    out_tok, out_slot, out_tgt, out_w, out_seg = [], [], [], [], []
+    # the rebuilt row as pieces of (tokens, slot_index, targets, loss_weights, segment_ids)
+    parts: list[tuple] = []
     enc_tokens = np.full(cfg.enc_length, PAD_ID, np.int32)
     enc_seg = np.zeros(cfg.enc_length, np.int32)
     enc_pos = np.zeros(cfg.enc_length, np.int32)
 
     def text(a, b):
-        out_tok.extend(tokens[a:b])
-        out_slot.extend([-1] * (b - a))
-        out_tgt.extend(targets[a:b])
-        out_w.extend(weights[a:b])
-        out_seg.extend(seg[a:b])
+        parts.append((tokens[a:b], np.full(b - a, -1), targets[a:b], weights[a:b], seg[a:b]))
 
-    off, k, prev = 0, 0, 0
+    off, k, prev, used = 0, 0, 0, 0  # used: decoder positions taken so far
     for s, e in spans:
         if seg[s - 1] != seg[s] or seg[e] != seg[s] or np.any(seg[s:e] != seg[s]):
             raise ValueError(f"span ({s}, {e}) crosses a document boundary")
         piece, first = encoding(tokens[s:e])
-        n, m = len(piece), (e - s if encoding.exact else len(piece) - first)
-        if off + n > cfg.enc_length or len(out_tok) + (s - prev) + m > L:
+        n, m = len(piece), len(piece) - first  # encoder positions, decoder slots
+        if off + n > cfg.enc_length or used + (s - prev) + m > L:
             if encoding.exact:
                 raise ValueError(
                     f"spans need {off + n} encoder positions, enc_length={cfg.enc_length}"
@@ -235,24 +232,31 @@ def build_example(row: dict, spans, cfg: SpanConfig, encoding=None) -> dict:
         enc_tokens[off : off + n] = piece
         enc_seg[off : off + n] = k
         enc_pos[off : off + n] = np.arange(n)
-        out_tok.extend(tokens[s:e] if encoding.exact else [PAD_ID] * m)
-        out_slot.extend(range(off + first, off + first + m))
         # only the last slot predicts x_e (Eq. 1); inner slots carry no loss
-        inner = targets[s : e - 1] if encoding.exact else [PAD_ID] * (m - 1)
-        out_tgt.extend([*inner, targets[e - 1]])
-        out_w.extend([0.0] * (m - 1) + [weights[e - 1]])
-        out_seg.extend([seg[s]] * m)
+        tgt = targets[s:e].copy() if encoding.exact else np.full(m, PAD_ID)
+        tgt[-1] = targets[e - 1]
+        w = np.zeros(m, np.float32)
+        w[-1] = weights[e - 1]
+        slots_tok = tokens[s:e] if encoding.exact else np.full(m, PAD_ID)
+        parts.append(
+            (slots_tok, np.arange(off + first, off + first + m), tgt, w, np.full(m, seg[s]))
+        )
+        used += (s - prev) + m
         off += n
         prev = e
     text(prev, L)
-    pad = max(L - len(out_tok), 0)
-    col = lambda xs, fill, dt: np.asarray(list(xs[:L]) + [fill] * pad, dt)
-    out_seg = col(out_seg, 0, np.int32)
+    fills = (PAD_ID, -1, PAD_ID, 0.0, 0)
+    types = (np.int32, np.int32, np.int32, np.float32, np.int32)
+    cols = []
+    for i, (fill, dt) in enumerate(zip(fills, types, strict=True)):
+        col = np.concatenate([p[i] for p in parts])[:L].astype(dt)
+        cols.append(np.pad(col, (0, L - len(col)), constant_values=fill))
+    out_tok, out_slot, out_tgt, out_w, out_seg = cols
     return {
-        "tokens": col(out_tok, PAD_ID, np.int32),
-        "slot_index": col(out_slot, -1, np.int32),
-        "targets": col(out_tgt, PAD_ID, np.int32),
-        "loss_weights": col(out_w, 0.0, np.float32),
+        "tokens": out_tok,
+        "slot_index": out_slot,
+        "targets": out_tgt,
+        "loss_weights": out_w,
         "segment_ids": out_seg,
         "positions": positions_in_segments(out_seg),
         "enc_tokens": enc_tokens,

@@ -43,7 +43,7 @@ def build_icl_row(demos, query, option, seq_len: int, enc_len: int, encoding=Non
             continue
         seg = enc_seg[-1] + 1 if enc_seg else 1
         piece, first = encoding(np.asarray(ids, np.int32))
-        n = len(ids) if encoding.exact else len(piece) - first
+        n = len(piece) - first  # decoder slots: one per encoder vector after `first`
         first += len(enc_tokens)
         enc_tokens.extend(piece.tolist())
         enc_seg.extend([seg] * len(piece))
