@@ -114,5 +114,5 @@ def test_few_shot_vqa_row_layout_by_hand():
     assert row["images"][1, 0, 0, 0] == 2.0 and row["image_valid"].tolist() == [1, 1]
     np.testing.assert_array_equal(np.where(row["loss_weights"] > 0)[0], [9, 10])
     np.testing.assert_array_equal(row["targets"][[9, 10]], [22, 23])
-    with pytest.raises(ValueError, match="prefix holds 3"):
+    with pytest.raises(ValueError, match="text_prefix=3"):
         build_vqa_row([], (img1, [1, 2, 3, 4]), [5], layout)

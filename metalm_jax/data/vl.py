@@ -25,7 +25,6 @@ import dataclasses
 import numpy as np
 
 from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
-from metalm_jax.data.tokenizer import BOS_ID, PAD_ID
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +42,17 @@ class ImageLayout:
     @property
     def slots_per_image(self) -> int:
         return self.image_slots + self.prefix_len
+
+    def bank_slots(self, image: int, n: int) -> np.ndarray:
+        """int32[n]: slot-bank indices of the first `n` outputs of the row's `image`-th image
+        (its S image tokens, then its prefix positions; types.py)."""
+        if not 0 <= image < self.images_per_row or not 0 <= n <= self.slots_per_image:
+            raise ValueError(
+                f"image {image}, {n} slots: the layout has {self.images_per_row} images of "
+                f"{self.slots_per_image} slots"
+            )
+        base = self.text_bank + image * self.slots_per_image
+        return np.arange(base, base + n, dtype=np.int32)
 
     def pair_length(self, caption_len: int) -> int:
         """Decoder positions one pair takes: <s>, image slots, then every caption token."""
@@ -63,58 +73,24 @@ def empty_image_fields(layout: ImageLayout, rows: int | None = None) -> dict:
 def build_vl_row(pairs, rng: np.random.Generator, layout: ImageLayout) -> dict:
     """[(image float32[H, W, 3], caption int32[n] ending in </s>), ...] -> one Batch row.
 
-    The pairs must fit: sum of pair_length <= seq_len and len(pairs) <= images_per_row.
+    Each pair is the example [Image(image, caption[:k]), Target(caption[k:])] of data/rows.py,
+    k drawn uniformly from 0 .. min(Lp, n - 1). The pairs must fit: sum of pair_length <=
+    seq_len and len(pairs) <= images_per_row.
     """
-    L = layout.seq_len
+    from metalm_jax.data.rows import Image, RowBuilder, Target
+
     if len(pairs) > layout.images_per_row:
         raise ValueError(f"{len(pairs)} images for a row of {layout.images_per_row}")
-    tokens = np.full(L, PAD_ID, np.int32)
-    slot = np.full(L, -1, np.int32)
-    targets = np.zeros(L, np.int32)
-    weights = np.zeros(L, np.float32)
-    seg = np.zeros(L, np.int32)
-    pos = np.zeros(L, np.int32)
-    out = empty_image_fields(layout)
-    off = 0
-    for i, (image, caption) in enumerate(pairs):
+    builder = RowBuilder(layout.seq_len, layout.enc_length, layout=layout)
+    for image, caption in pairs:
         caption = np.asarray(caption, np.int32)
         n = len(caption)
         if n < 1:
             raise ValueError("empty caption")
-        span = layout.pair_length(n)
-        if off + span > L:
-            raise ValueError(f"pairs need {off + span} positions, the row has {L}")
         k = int(rng.integers(0, min(layout.prefix_len, n - 1) + 1)) if layout.prefix_len else 0
-        base = layout.text_bank + i * layout.slots_per_image
-        S = layout.image_slots
-        tokens[off] = BOS_ID
-        slot[off + 1 : off + 1 + S] = base + np.arange(S)
-        slot[off + 1 + S : off + 1 + S + k] = base + S + np.arange(k)
-        tokens[off + 1 + S : off + span] = caption  # prefix tokens sit under their slots
-        last_slot = off + S + k  # predicts caption[k]
-        targets[last_slot : off + span - 1] = caption[k:]
-        weights[last_slot : off + span - 1] = 1.0
-        seg[off : off + span] = i + 1
-        pos[off : off + span] = np.arange(span)
-        out["images"][i] = image
-        out["image_valid"][i] = 1
-        if layout.prefix_len:
-            out["vl_prefix"][i, :k] = caption[:k]
-            out["vl_prefix_mask"][i, :k] = 1
-        off += span
-    Le = layout.enc_length
-    return {
-        "tokens": tokens,
-        "slot_index": slot,
-        "targets": targets,
-        "loss_weights": weights,
-        "segment_ids": seg,
-        "positions": pos,
-        "enc_tokens": np.zeros(Le, np.int32),
-        "enc_segment_ids": np.zeros(Le, np.int32),
-        "enc_positions": np.zeros(Le, np.int32),
-        **out,
-    }
+        if not builder.add([Image(image, caption[:k]), Target(caption[k:])]):
+            raise ValueError(f"pairs need more than the row's {layout.seq_len} positions")
+    return builder.row()
 
 
 class PairPacker:

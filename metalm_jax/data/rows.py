@@ -1,0 +1,235 @@
+"""The one row language (DESIGN.md, "Downstream"): examples as pieces -> Batch rows, pure numpy.
+
+A piece is one of
+  Enc(ids)             a text input, encoded by the text encoder as its own encoder segment; its
+                       outputs take decoder slots (one per vector the encoder returns)
+  Image(pixels, ids)   an image with an optional text prefix, encoded by the (joint) vision
+                       encoder; its outputs take decoder slots: S image slots, then one per
+                       prefix token (the prefix's ids sit under those slots)
+  Text(ids)            decoder tokens, no loss
+  Target(ids)          decoder tokens with loss: each predicted from the position before it
+                       (the first from the last slot or text token before the target)
+
+An example is a list of pieces and becomes one segment of a row: `<s>` then its pieces, attention
+isolated from the row's other examples (segment ids), positions restarting at 0. `RowBuilder`
+packs examples into one row until the next does not fit (decoder row, encoder grid or images);
+it owns the slot-bank layout (types.py): the text-encoder grid first, then S' = S + Lp entries
+per image.
+
+Worked example: two packed examples, L = 16, text encoder with SharedEncoding (<s> + ids):
+
+    example 1: [Enc(a b), Target(P </s>)]    example 2: [Enc(c), Text(x), Target(Q </s>)]
+
+    position     0    1    2   3   4     5    6    7   8   9   10 ...
+    tokens      <s>   a    b   P  </s>  <s>   c    x   Q  </s> pad
+    slot_index  -1    1    2  -1  -1    -1    4   -1  -1  -1   -1
+    targets      .    .    P  </s> .     .    .    Q  </s>  .   .
+    loss_weight  0    0    1   1   0     0    0    1   1   0    0
+    segment_ids  1    1    1   1   1     2    2    2   2   2    0
+    positions    0    1    2   3   4     0    1    2   3   4    0
+
+    enc_tokens       <s> a b <s> c      enc_segment_ids  1 1 1 2 2      enc_positions  0 1 2 0 1
+
+The same builder makes semi-supervised finetuning rows (data/task_rows.py), k-shot prompts
+(eval/prompts.py: k finished examples [Enc(input), Text(label </s>)] and a query
+[Enc(input), Target(option)] in one segment) and VL pretraining rows (data/vl.py: an image-caption
+pair is [Image(pixels, caption[:k]), Target(caption[k:])]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from metalm_jax.data.spans import SharedEncoding
+from metalm_jax.data.tokenizer import BOS_ID, PAD_ID
+
+
+@dataclasses.dataclass(frozen=True)
+class Enc:
+    ids: object  # int sequence: the input in the decoder tokenizer's ids
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    pixels: np.ndarray  # float32[H, W, 3], preprocessed
+    prefix: object = ()  # int sequence: the joint VL encoder's text prefix (<= layout.prefix_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+    ids: object
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    ids: object
+
+
+class DoesNotFit(ValueError):
+    """An example does not fit into an empty row; the message names what and the config keys."""
+
+
+@dataclasses.dataclass
+class _Piece:
+    tokens: np.ndarray
+    slots: np.ndarray
+    is_target: bool
+
+
+class RowBuilder:
+    """Packs examples (lists of pieces) into one Batch row of `seq_len` decoder positions, an
+    encoder grid of `enc_length`, and (with an ImageLayout) up to layout.images_per_row images.
+
+    `encoding` turns an Enc piece's ids into encoder ids (data/spans.py: SharedEncoding by
+    default, RetokenizedEncoding for an encoder with its own tokenizer)."""
+
+    def __init__(self, seq_len: int, enc_length: int, encoding=None, layout=None):
+        self.seq_len = seq_len
+        self.enc_length = enc_length
+        self.encoding = encoding or SharedEncoding(True)
+        self.layout = layout
+        self.examples: list[list[_Piece]] = []
+        self.enc: list[np.ndarray] = []  # encoder segments, in grid order
+        self.images: list[Image] = []
+        self.used = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.examples
+
+    def _plan(self, pieces):
+        """The example's decoder pieces and the encoder segments / images it adds, or raises
+        DoesNotFit with what runs over."""
+        out, enc, images = [], [], []
+        enc_off = sum(len(e) for e in self.enc)
+        n_images = len(self.images)
+        length = 1  # <s>
+        for p in pieces:
+            if isinstance(p, Text | Target):
+                ids = np.asarray(p.ids, np.int32).reshape(-1)
+                out.append(_Piece(ids, np.full(len(ids), -1, np.int32), isinstance(p, Target)))
+            elif isinstance(p, Enc):
+                ids = np.asarray(p.ids, np.int32).reshape(-1)
+                piece, first = self.encoding(ids)
+                m = len(piece) - first
+                start = enc_off + first
+                enc_off += len(piece)
+                enc.append(piece)
+                tokens = ids if self.encoding.exact else np.full(m, PAD_ID, np.int32)
+                out.append(_Piece(tokens, np.arange(start, start + m, dtype=np.int32), False))
+            elif isinstance(p, Image):
+                lay = self.layout
+                if lay is None:
+                    raise ValueError("an image input needs a model with a vision encoder")
+                prefix = np.asarray(p.prefix, np.int32).reshape(-1)
+                if len(prefix) > lay.prefix_len:
+                    raise DoesNotFit(
+                        f"an image's text prefix of {len(prefix)} tokens is longer than the "
+                        f"vision encoder's prefix (model.vision.text_prefix={lay.prefix_len})"
+                    )
+                slots = lay.bank_slots(n_images + len(images), lay.image_slots + len(prefix))
+                tokens = np.concatenate([np.full(lay.image_slots, PAD_ID, np.int32), prefix])
+                out.append(_Piece(tokens, slots, False))
+                images.append(p)
+            else:
+                raise TypeError(f"unknown row piece {p!r}")
+            length += len(out[-1].tokens)
+        problems = []
+        if self.used + length > self.seq_len:
+            problems.append(f"{length} decoder positions (rows hold {self.seq_len})")
+        if enc_off > self.enc_length:
+            problems.append(
+                f"{enc_off - sum(len(e) for e in self.enc)} encoder positions (the grid holds "
+                f"{self.enc_length})"
+            )
+        if images and n_images + len(images) > self.layout.images_per_row:
+            problems.append(f"{len(images)} images (a row holds {self.layout.images_per_row})")
+        if problems:
+            raise DoesNotFit("the example needs " + ", ".join(problems))
+        return out, enc, images, length
+
+    def add(self, pieces) -> bool:
+        """Adds an example as the row's next segment; False (row unchanged) if it does not fit
+        in what is left. An example that cannot fit even an empty row raises DoesNotFit."""
+        try:
+            out, enc, images, length = self._plan(pieces)
+        except DoesNotFit:
+            if self.empty:
+                raise
+            return False
+        self.examples.append(out)
+        self.enc += enc
+        self.images += images
+        self.used += length
+        return True
+
+    def row(self) -> dict:
+        """The Batch row (dict of numpy arrays; image fields when there is a layout)."""
+        L, Le = self.seq_len, self.enc_length
+        tokens = np.full(L, PAD_ID, np.int32)
+        slots = np.full(L, -1, np.int32)
+        targets = np.full(L, PAD_ID, np.int32)
+        weights = np.zeros(L, np.float32)
+        seg = np.zeros(L, np.int32)
+        pos = np.zeros(L, np.int32)
+        off = 0
+        for k, pieces in enumerate(self.examples, 1):
+            start = off
+            tokens[off] = BOS_ID
+            off += 1
+            for p in pieces:
+                n = len(p.tokens)
+                tokens[off : off + n] = p.tokens
+                slots[off : off + n] = p.slots
+                if p.is_target and n:
+                    targets[off - 1 : off + n - 1] = p.tokens
+                    weights[off - 1 : off + n - 1] = 1.0
+                off += n
+            seg[start:off] = k
+            pos[start:off] = np.arange(off - start)
+        enc_tokens = np.full(Le, PAD_ID, np.int32)
+        enc_seg = np.zeros(Le, np.int32)
+        enc_pos = np.zeros(Le, np.int32)
+        e = 0
+        for k, piece in enumerate(self.enc, 1):
+            enc_tokens[e : e + len(piece)] = piece
+            enc_seg[e : e + len(piece)] = k
+            enc_pos[e : e + len(piece)] = np.arange(len(piece))
+            e += len(piece)
+        row = {
+            "tokens": tokens,
+            "slot_index": slots,
+            "targets": targets,
+            "loss_weights": weights,
+            "segment_ids": seg,
+            "positions": pos,
+            "enc_tokens": enc_tokens,
+            "enc_segment_ids": enc_seg,
+            "enc_positions": enc_pos,
+        }
+        if self.layout is not None:
+            from metalm_jax.data.vl import empty_image_fields
+
+            img = empty_image_fields(self.layout)
+            for i, p in enumerate(self.images):
+                prefix = np.asarray(p.prefix, np.int32).reshape(-1)
+                img["images"][i] = p.pixels
+                img["image_valid"][i] = 1
+                img["vl_prefix"][i, : len(prefix)] = prefix
+                img["vl_prefix_mask"][i, : len(prefix)] = 1
+            row.update(img)
+        return row
+
+
+def build_row(examples, seq_len: int, enc_length: int, encoding=None, layout=None) -> dict:
+    """All `examples` in one row, or DoesNotFit naming what runs over."""
+    b = RowBuilder(seq_len, enc_length, encoding, layout)
+    for i, ex in enumerate(examples):
+        if not b.add(ex):
+            raise DoesNotFit(
+                f"{len(examples)} examples do not fit one row: example {i} runs over "
+                f"(rows of {seq_len}, encoder grid {enc_length})"
+            )
+    return b.row()
