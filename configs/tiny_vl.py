@@ -5,7 +5,7 @@
 
 configs/tiny.py's text model (128-token rows here) with a joint vision-language encoder docked
 next to its text encoder: 32 x 32 images in 8 x 8 patches (16 image tokens) plus a caption
-prefix of up to 8 tokens, 2 layers x 64 with modality experts, a 3-layer connector. Half the
+prefix of up to 16 tokens, 2 layers x 64 with modality experts, a 3-layer connector. Half the
 rows are KJV text with semi-causal spans, half are packed image-caption pairs.
 """
 
@@ -24,7 +24,7 @@ def get_config(arg=None):
     v = c.model.vision
     v.enabled = True
     v.num_layers, v.d_model, v.num_heads, v.d_ff = 2, 64, 4, 256
-    v.patch_size, v.image_size, v.text_prefix = 8, 32, 8
+    v.patch_size, v.image_size, v.text_prefix = 8, 32, 16  # room for "Question: ... Answer:"
     v.connector = "mlp3"
 
     c.images.enabled = True

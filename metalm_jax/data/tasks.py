@@ -75,7 +75,9 @@ def verbalize(label, verbalizer: Sequence[str] | Mapping | None, where: str) -> 
     if isinstance(verbalizer, Mapping):
         key = label if label in verbalizer else str(label)
         if key not in verbalizer:
-            raise ValueError(f"{where}: label {label!r} is not in the verbalizer {dict(verbalizer)}")
+            raise ValueError(
+                f"{where}: label {label!r} is not in the verbalizer {dict(verbalizer)}"
+            )
         return str(verbalizer[key])
     try:
         return str(verbalizer[int(label)])
@@ -135,7 +137,9 @@ class JsonlTask:
             inputs = (render(input_template, obj, where),)
         else:
             if "input" not in obj:
-                raise ValueError(f"{where}: expected key 'input' (or set the task's input_template)")
+                raise ValueError(
+                    f"{where}: expected key 'input' (or set the task's input_template)"
+                )
             inp = obj["input"]
             inputs = tuple(inp) if isinstance(inp, list) else (inp,)
             if not all(isinstance(x, str) for x in inputs):
@@ -176,3 +180,63 @@ class JsonlTask:
 
 def shuffled_indices(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)
+
+
+OFFLINE_TASKS = ("kjv_books", "kjv_testament", "emoji_vqa", "emoji_captions")
+
+
+def open_task(task_cfg, split: str, data_dir: str | None = None, render_size: int = 64):
+    """Random-access TaskExamples of the configured task (`task` config section) for `split`
+    (train | validation | test)."""
+    name = task_cfg.name
+    if name == "jsonl":
+        path = task_cfg.file if split == "train" else task_cfg.validation_file
+        if not path:
+            key = "task.file" if split == "train" else "task.validation_file"
+            raise ValueError(f"task.name=jsonl needs {key} for the {split} split")
+        return JsonlTask(
+            path,
+            input_template=task_cfg.input_template,
+            target_template=task_cfg.target_template,
+            label_field=task_cfg.label_field,
+            verbalizer=task_cfg.verbalizer,
+        )
+    if name in ("kjv_books", "kjv_testament"):
+        from metalm_jax.data import offline_tasks
+
+        template = task_cfg.template or _nth_template(
+            offline_tasks.TEMPLATES[name], task_cfg.template_index, name
+        )
+        return offline_tasks.kjv_task(name, split, template=template)
+    if name == "emoji_vqa":
+        from metalm_jax.data import offline_tasks
+
+        return offline_tasks.emoji_vqa(
+            split, render_size=render_size, template=task_cfg.prompt, data_dir=data_dir
+        )
+    if name == "emoji_captions":
+        from metalm_jax.data import offline_tasks
+
+        return offline_tasks.emoji_captions(
+            split, render_size=render_size, prefix=task_cfg.caption_prefix, data_dir=data_dir
+        )
+    from metalm_jax.data import tfds_tasks
+
+    if name in tfds_tasks.TFDS_TASKS:
+        if task_cfg.template:
+            raise ValueError(
+                f"task.template: TFDS task {name} takes one of its own templates "
+                "(task.template_index), not a template string"
+            )
+        return tfds_tasks.TfdsTaskSource(name, split, data_dir, template=task_cfg.template_index)
+    raise ValueError(
+        f"task.name: unknown task {name!r}; expected jsonl, one of {list(OFFLINE_TASKS)} or a "
+        f"TFDS task ({', '.join(sorted(tfds_tasks.TFDS_TASKS))})"
+    )
+
+
+def _nth_template(templates, i: int, name: str) -> str:
+    templates = list(templates)
+    if not 0 <= i < len(templates):
+        raise ValueError(f"task.template_index={i}: task {name} has {len(templates)} templates")
+    return templates[i]

@@ -319,7 +319,14 @@ def _key():
     return jax.random.key(0)
 
 
+def task(ev, trainer, params, tok, cfg):
+    from metalm_jax.eval.task_eval import evaluate_task
+
+    return evaluate_task(ev, trainer, params, tok, cfg)
+
+
 EVALUATORS = {
+    "task": task,
     "perplexity": perplexity,
     "icl_classification": icl_classification,
     "captioning": captioning,

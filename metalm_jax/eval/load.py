@@ -29,7 +29,9 @@ def with_defaults(saved: dict) -> ml_collections.ConfigDict:
 def load_run(workdir: str, step: int | None = None, cfg=None):
     """(config, tokenizer, trainer, params) of the run in `workdir` at `step` (latest if None).
 
-    The config is the checkpoint's own, or `cfg` (checked against the checkpoint's model)."""
+    The config is the checkpoint's own, or `cfg` (checked against the checkpoint's model); for a
+    finetuning config (finetune.from_run) the checkpoint's resolved model with `cfg`'s evals and
+    task."""
     import jax
 
     from metalm_jax.data.tokenizer import Tokenizer
@@ -46,9 +48,14 @@ def load_run(workdir: str, step: int | None = None, cfg=None):
         raise FileNotFoundError(f"no checkpoint for step {step} in {ckpt.directory} (have {steps})")
     import orbax.checkpoint as ocp
 
-    if cfg is None:
+    if cfg is None or cfg.finetune.from_run:
         saved = ckpt.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        cfg = with_defaults(saved["config"])
+        saved = with_defaults(saved["config"])
+        if cfg is not None:  # a finetuning config: the run's resolved model, this config's evals
+            with saved.unlocked():
+                saved.evals = cfg.evals
+                saved.task = cfg.task
+        cfg = saved
     else:
         ckpt.check_config(step, cfg.to_dict())
     tok_path = os.path.join(workdir, "tokenizer.model")

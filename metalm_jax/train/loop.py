@@ -17,6 +17,7 @@ import jax
 
 from metalm_jax.convert.init_from import apply_init
 from metalm_jax.data import pipeline, vl_pipeline
+from metalm_jax.eval.evaluators import run_evals
 from metalm_jax.generate import generate_with
 from metalm_jax.model.build import (
     count_params,
@@ -27,6 +28,7 @@ from metalm_jax.parallel import mesh as meshlib
 from metalm_jax.parallel.distributed import first_process_then_others
 from metalm_jax.train import metrics as mlib
 from metalm_jax.train.checkpoint import Checkpointer
+from metalm_jax.train.finetune import check_frozen_loaded, prepare_config
 from metalm_jax.train.optimizer import schedule
 from metalm_jax.train.trainer import build_trainer
 
@@ -55,7 +57,7 @@ def evaluate(trainer, params, sets: dict) -> dict:
         sums = jax.device_get([trainer.eval(params, trainer.global_batch(b)) for b in batches])
         weight = max(sum(float(s["weight"]) for s in sums), 1)
         loss = sum(float(s["loss_sum"]) for s in sums) / weight
-        prefix = "eval/" if name == "text" else f"eval/{name}_"
+        prefix = "eval/" if name in ("text", "task") else f"eval/{name}_"
         out[prefix + "loss"] = loss
         out[prefix + "perplexity"] = math.exp(min(loss, 50.0))
     return out
@@ -63,9 +65,10 @@ def evaluate(trainer, params, sets: dict) -> dict:
 
 def train_and_evaluate(cfg, workdir: str) -> dict:
     """Runs (or resumes) training as configured; returns the final metrics."""
-    cfg_dict = cfg.to_dict()
     t_start = time.time()
     mlib.console(f"== metalm_jax: {cfg.name} -> {os.path.abspath(workdir)}")
+    cfg = prepare_config(cfg, workdir, mlib.console)
+    cfg_dict = cfg.to_dict()
 
     # -- mesh ---------------------------------------------------------------------------
     mesh = meshlib.make_mesh(cfg.mesh.shape)
@@ -90,7 +93,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     train_iter = pipeline.train_iterator(cfg, tok, local_batch, shard, layout)
     eval_data = pipeline.eval_sets(cfg, tok, local_batch, shard, layout)
     mlib.console(
-        f"== data {cfg.data.name}: tokenizer {tok.source} ({tok.vocab_size} pieces), "
+        f"== data {'task ' + cfg.task.name if cfg.task.name else cfg.data.name}: "
+        f"tokenizer {tok.source} ({tok.vocab_size} pieces), "
         f"rows {cfg.data.seq_len}, global batch {global_batch}, "
         + ", ".join(f"{len(v)} {k} eval batches" for k, v in eval_data.items())
     )
@@ -107,6 +111,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     with jax.set_mesh(mesh):
         latest = ckpt.latest_step()
         if latest is None:
+            check_frozen_loaded(cfg, trainer.abstract_state.params)
             state = trainer.init(jax.random.key(cfg.seed))
             mlib.console("== initialised a new state")
             state = apply_init(cfg, state, trainer, mlib.console)
@@ -163,6 +168,16 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
     def run_eval(s):
         final["eval_step"] = s
         m = evaluate(trainer, state.params, eval_data)
+        if cfg.train.run_evals:  # e.g. task accuracy by generation while finetuning
+            res = run_evals(cfg, workdir, trainer, state.params, tok, list(cfg.train.run_evals))
+            for name, r in res.items():
+                nums = {f"evals/{name}/{k}": v for k, v in r.items() if _is_number(v)}
+                writer.write(s, nums)
+                final.update(nums)
+                mlib.console(
+                    f"step {s:>6}  {name}: "
+                    + "  ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in nums.items())
+                )
         writer.write(s, m)
         final.update(m)
         mlib.console(
@@ -224,6 +239,10 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
     mlib.console(f"== done in {mlib.fmt_duration(time.time() - t_start)}")
     final["step"] = step
     return final
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _main_thread() -> bool:

@@ -1,0 +1,42 @@
+"""Finetune the tiny run on KJV book groups with the decoder frozen (PAPER.md §3.4).
+
+    python -m metalm_jax.train --config configs/tiny.py                  # pretrain -> runs/tiny
+    python -m metalm_jax.train --config configs/finetune_kjv_books.py  # -> runs/finetune_kjv_books
+    python -m metalm_jax.evaluate --config configs/finetune_kjv_books.py \
+        --workdir runs/finetune_kjv_books
+
+`--config configs/finetune_kjv_books.py:DIR` starts from the run in DIR instead of runs/tiny.
+The model, tokenizer and weights come from that run (train/finetune.py): the decoder (embed,
+decoder) stays frozen, the text encoder and connector train on verses labelled with their part
+of the Bible (10 groups, data/offline_tasks.py). Each verse goes through the encoder with the
+cue "Which part of the Bible is this from? Answer:", the decoder says the group and </s>;
+several examples are packed per row. Validation accuracy is measured by generation (exact match)
+and by option scoring every eval_every steps and at the end (evals/kjv_books/).
+"""
+
+import os
+
+from metalm_jax.config import load_config_file, task_eval
+
+
+def get_config(arg=None):
+    here = os.path.dirname(os.path.abspath(__file__))
+    c = load_config_file(os.path.join(here, "tiny.py"))
+    c.name = "finetune_kjv_books"
+    c.finetune.from_run = arg or "runs/tiny"
+    c.finetune.preset = "decoder_frozen"
+    c.task.name = "kjv_books"
+    c.task.max_input_tokens = 60  # + <s> fits the encoder's 64 positions
+    c.task.max_target_tokens = 8
+    c.spans.enc_length = 256  # the encoder grid holds the packed examples' inputs
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 30
+    c.train.steps = 300
+    c.train.batch_size = 16
+    c.train.eval_every = 100
+    c.train.checkpoint_every = 100
+    c.train.sample_tokens = 0
+    c.evals = {}
+    c.evals.kjv_books = task_eval(examples=300, max_tokens=6)
+    c.train.run_evals = ("kjv_books",)
+    return c

@@ -1,0 +1,182 @@
+"""Task examples -> row pieces -> packed Batch rows, and the grain pipeline for finetuning.
+
+    task source (random access, data/tasks.py) -> [process shard] -> shuffle / repeat
+    -> tokenize + preprocess images (`example_pieces`) -> pack examples into rows
+    (`TaskPackIterDataset`: checkpointable, one example pending at most) -> batch
+
+An example's text inputs go to the text encoder (Enc pieces), or, for a decoder-only model (the
+GPT baseline), become decoder text in the same place; image inputs go to the vision encoder with
+their prefix; the target is decoder tokens + </s> with the loss on exactly those tokens
+(data/rows.py). A literal `</s>` in a prompt is the paper's separator: the </s> id.
+
+Inputs longer than task.max_input_tokens lose tokens from their middle, so both the start (the
+instruction) and the end (the cue, e.g. "Label:") stay; targets are cut to
+task.max_target_tokens.
+"""
+
+from __future__ import annotations
+
+import grain
+import numpy as np
+
+from metalm_jax.data import images as imlib
+from metalm_jax.data.rows import DoesNotFit, Enc, Image, RowBuilder, Target, Text
+from metalm_jax.data.tasks import ImageInput, TaskExample
+from metalm_jax.data.tokenizer import EOS_ID, Tokenizer
+
+SEPARATOR = "</s>"
+
+
+def encode_prompt(tok: Tokenizer, text: str) -> list[int]:
+    """Text ids where each literal "</s>" is the </s> id (SentencePiece never produces control
+    ids from text)."""
+    parts = text.split(SEPARATOR)
+    ids: list[int] = []
+    for i, part in enumerate(parts):
+        if i:
+            ids.append(EOS_ID)
+        if part.strip():
+            ids += tok.encode(part.strip())
+    return ids
+
+
+def cut_middle(ids, max_len: int, tail: int = 12) -> list[int]:
+    """`ids` cut to `max_len` by dropping tokens from the middle (the last `tail` stay)."""
+    ids = list(ids)
+    if len(ids) <= max_len:
+        return ids
+    tail = min(tail, max_len // 4)
+    return ids[: max_len - tail] + (ids[-tail:] if tail else [])
+
+
+class ExampleEncoder:
+    """TaskExample -> row pieces, for one model: text inputs through the text encoder if it has
+    one (else as decoder text), images through its ImageLayout."""
+
+    def __init__(self, tok, task_cfg, *, text_encoder: bool, layout=None, augment=False):
+        self.tok = tok
+        self.max_input = int(task_cfg.max_input_tokens)
+        self.max_target = int(task_cfg.max_target_tokens)
+        self.text_encoder = text_encoder
+        self.layout = layout
+        self.augment = augment
+
+    def input_pieces(self, ex: TaskExample, rng=None) -> list:
+        pieces = []
+        for x in ex.inputs:
+            if isinstance(x, ImageInput):
+                lay = self.layout
+                if lay is None:
+                    raise ValueError(
+                        f"task example {ex.id} has an image input: the model needs a vision "
+                        "encoder (model.vision.enabled and images.enabled)"
+                    )
+                pixels = imlib.preprocess(
+                    x.image,
+                    lay.image_size,
+                    record_id=x.record_id or ex.id,
+                    mean=lay.mean,
+                    std=lay.std,
+                    augment=self.augment and rng is not None,
+                    rng=rng,
+                )
+                prefix = cut_middle(encode_prompt(self.tok, x.prefix), lay.prefix_len)
+                pieces.append(Image(pixels, prefix))
+            else:
+                ids = cut_middle(encode_prompt(self.tok, x), self.max_input)
+                pieces.append(Enc(ids) if self.text_encoder else Text(ids))
+        if ex.decoder_text:
+            pieces.append(Text(encode_prompt(self.tok, ex.decoder_text)))
+        return pieces
+
+    def target_ids(self, text: str) -> list[int]:
+        return encode_prompt(self.tok, text)[: self.max_target] + [EOS_ID]
+
+    def pieces(self, ex: TaskExample, rng=None) -> list:
+        """The training example: inputs, then Target(target </s>)."""
+        return self.input_pieces(ex, rng) + [Target(self.target_ids(ex.target))]
+
+
+class _TaskPackIterator(grain.DatasetIterator):
+    """Packs piece lists into rows; state = parent state before the pending example (if any)."""
+
+    def __init__(self, parent, make_builder, pack: bool):
+        super().__init__(parent)
+        self._state = parent.get_state()
+        self._make = make_builder
+        self._pack = pack
+        self.pending = None
+
+    def __next__(self):
+        builder = self._make()
+        while True:
+            if self.pending is None:
+                self._state = self._parent.get_state()
+                try:
+                    self.pending = next(self._parent)
+                except StopIteration:
+                    if builder.empty:
+                        raise
+                    break
+            ex_id, pieces = self.pending
+            try:
+                added = builder.add(pieces)
+            except DoesNotFit as e:
+                raise DoesNotFit(
+                    f"task example {ex_id}: {e}; raise data.seq_len / spans.enc_length or lower "
+                    "task.max_input_tokens / task.max_target_tokens"
+                ) from None
+            if not added:
+                break
+            self.pending = None
+            if not self._pack:
+                break
+        if self.pending is None:
+            self._state = self._parent.get_state()
+        return builder.row()
+
+    def get_state(self):
+        return {"parent": self._state, "pending": self.pending is not None}
+
+    def set_state(self, state):
+        self._parent.set_state(state["parent"])
+        self._state = state["parent"]
+        self.pending = next(self._parent) if state["pending"] else None
+
+
+class TaskPackIterDataset(grain.IterDataset):
+    """Rows of packed examples from an IterDataset of (example id, pieces)."""
+
+    def __init__(self, parent, make_builder, pack: bool = True):
+        super().__init__(parent)
+        self._make = make_builder
+        self._pack = pack
+
+    def __iter__(self):
+        return _TaskPackIterator(self._parent.__iter__(), self._make, self._pack)
+
+
+def row_builder_fn(cfg, encoding, layout):
+    """A factory of empty RowBuilders for this config's rows."""
+    return lambda: RowBuilder(cfg.data.seq_len, cfg.spans.enc_length, encoding, layout)
+
+
+def task_rows(cfg, source, encoder: ExampleEncoder, encoding, layout, shard, seed):
+    """IterDataset of packed task rows from a random-access `source` of TaskExamples:
+    shuffled and repeated forever when `seed` is given, else one pass in order."""
+    ds = grain.MapDataset.source(source)
+    index, count = shard
+    ds = ds[index::count]
+    if len(ds) == 0:
+        raise ValueError(f"task {cfg.task.name}: process {index} of {count} gets no examples")
+    if seed is not None:
+        ds = ds.shuffle(seed=seed).repeat(None)
+        ds = ds.random_map(lambda ex, rng: (ex.id, encoder.pieces(ex, rng)), seed=seed + 1)
+    else:
+        ds = ds.map(lambda ex: (ex.id, encoder.pieces(ex)))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=32))
+    return TaskPackIterDataset(it, row_builder_fn(cfg, encoding, layout), bool(cfg.task.pack))
+
+
+def stack_rows(rows: list[dict]) -> dict:
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

@@ -1,0 +1,132 @@
+"""The `task` evaluator: a supervised task's split scored by generation and by option scoring.
+
+Prompts are the training examples without their target (data/task_rows.py, one example per
+row): the inputs through the encoders, then optional priming text (`answer_prefix`, decoder
+tokens: PAPER.md Fig. 4c), then the model generates greedily up to </s>. Metrics by the task's
+kind (`metric`, "auto" picks it):
+
+  exact_match  classification (the task has options): exact match of the free generation (no
+               constrained decoding, PAPER.md §4.2), plus option scoring: the option (+ </s>)
+               with the highest log-likelihood, as in rank classification
+  token_f1     QA: SQuAD token F1 and exact match against every answer
+  vqa          VQA accuracy with the official answer normalization
+  caption      BLEU / METEOR / ROUGE-L / CIDEr (COCO caption metrics)
+
+The examples are a fixed random sample (`seed`) of `examples` from the split. Writes per-example
+predictions (id, prediction, references, and option scores).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from metalm_jax.data.rows import RowBuilder, Target, Text
+from metalm_jax.data.tasks import ImageInput, shuffled_indices
+
+
+def task_config(cfg, ev):
+    """The run's task section with the evaluator's `task` overrides (e.g. another split)."""
+    task = cfg.task.copy_and_resolve_references()
+    if "task" in ev and ev.task:
+        with task.unlocked():
+            task.update(dict(ev.task))
+    if not task.name:
+        raise ValueError("evals: a `task` evaluator needs task.name (in the config or ev.task)")
+    return task
+
+
+def _metric(ev, task, examples) -> str:
+    if ev.metric != "auto":
+        return ev.metric
+    if task.name == "emoji_captions":
+        return "caption"
+    if examples and examples[0].options:
+        return "exact_match"
+    if examples and any(isinstance(x, ImageInput) for x in examples[0].inputs):
+        return "vqa"
+    return "token_f1"
+
+
+def evaluate_task(ev, trainer, params, tok, cfg):
+    from metalm_jax.data.pipeline import example_encoder, span_encoding
+    from metalm_jax.data.task_rows import encode_prompt
+    from metalm_jax.data.tasks import open_task
+    from metalm_jax.eval.evaluators import _generate_labels
+    from metalm_jax.eval.scoring import row_logliks
+    from metalm_jax.model.build import image_layout
+
+    task = task_config(cfg, ev)
+    source = open_task(task, ev.split, cfg.data.tfds_data_dir or None, cfg.images.render_size)
+    n = min(int(ev.examples), len(source))
+    examples = [source[int(i)] for i in shuffled_indices(len(source), int(ev.seed))[:n]]
+    metric = _metric(ev, task, examples)
+    cfg_task = cfg.copy_and_resolve_references()
+    with cfg_task.unlocked():
+        cfg_task.task = task
+    layout = image_layout(cfg)
+    encoder = example_encoder(cfg_task, tok, layout)
+    encoding = span_encoding(cfg, tok)
+    seq_len = int(ev.seq_len or cfg.data.seq_len)
+    priming = [Text(encode_prompt(tok, ev.answer_prefix))] if ev.answer_prefix else []
+
+    def row(pieces):
+        b = RowBuilder(seq_len, cfg.spans.enc_length, encoding, layout)
+        b.add(pieces)
+        return b.row()
+
+    prompts = [encoder.input_pieces(ex) + priming for ex in examples]
+    gen = _generate_labels(
+        trainer, params, tok, [row(p) for p in prompts], ev, max_new=ev.max_tokens
+    )
+    preds = [
+        {"id": ex.id, "prediction": g, "references": list(ex.references)}
+        for ex, g in zip(examples, gen, strict=True)
+    ]
+    metrics: dict = {"examples": n, "metric": metric}
+    refs = [list(ex.references) for ex in examples]
+    if metric == "exact_match":
+        from metalm_jax.eval.metrics import exact_match
+
+        em = [exact_match(g, r) for g, r in zip(gen, refs, strict=True)]
+        metrics["generation_accuracy"] = float(np.mean(em))
+        if ev.scoring:
+            options = list(examples[0].options)
+            rows = [row(p + [Target(encoder.target_ids(o))]) for p in prompts for o in options]
+            scores = row_logliks(trainer.model, params, rows, ev.batch_size).reshape(n, -1)
+            best = np.argmax(scores, axis=-1)
+            gold = [options.index(ex.target) for ex in examples]
+            metrics["scoring_accuracy"] = float(np.mean(best == np.asarray(gold)))
+            for p, s, b in zip(preds, scores, best, strict=True):
+                p["option_scores"] = [round(float(x), 4) for x in s]
+                p["scored"] = options[int(b)]
+        for p, e in zip(preds, em, strict=True):
+            p["correct"] = bool(e)
+    elif metric == "token_f1":
+        from metalm_jax.eval.metrics import exact_match, token_f1
+
+        metrics["token_f1"] = float(
+            np.mean([token_f1(g, r) for g, r in zip(gen, refs, strict=True)])
+        )
+        metrics["exact_match"] = float(
+            np.mean([exact_match(g, r) for g, r in zip(gen, refs, strict=True)])
+        )
+    elif metric == "vqa":
+        from metalm_jax.eval.metrics import vqa_accuracy
+
+        accs = [vqa_accuracy(g, r) for g, r in zip(gen, refs, strict=True)]
+        metrics["vqa_accuracy"] = float(np.mean(accs))
+        for p, a in zip(preds, accs, strict=True):
+            p["accuracy"] = a
+    elif metric == "caption":
+        from metalm_jax.eval.metrics import caption_metrics
+
+        hyps = {ex.id: g for ex, g in zip(examples, gen, strict=True)}
+        metrics.update(
+            caption_metrics(hyps, {ex.id: r for ex, r in zip(examples, refs, strict=True)},
+                            meteor=bool(ev.get("meteor", False)))
+        )  # fmt: skip
+    else:
+        raise ValueError(
+            f"evals: task metric {metric!r}: expected auto | exact_match | token_f1 | vqa | caption"
+        )
+    return metrics, preds

@@ -1,0 +1,152 @@
+"""Finetuning from a pretraining run: the config it resolves to, presets, and the frozen check.
+
+`prepare_config(cfg, workdir)` turns a finetuning config (`finetune.from_run` set) into the run
+it describes, before anything is built:
+  * the model is the source run's (its saved `model` section, plus data.vocab_size and the
+    pixel normalization), so a finetune config needs no copy of the pretraining sizes;
+  * its tokenizer is copied into the new workdir (the run stays usable if the source goes);
+  * `init` gets one Orbax entry per restored top-level module (`finetune.restore`): a
+    params-only partial restore, checked leaf by leaf (convert/init_from.py); the optimizer and
+    step start fresh;
+  * the preset (`finetune.preset`) adds its patterns to optim.frozen.
+
+Presets over parameter groups (PAPER.md §3.4, §4):
+
+  decoder_frozen   embed, pos_embed, decoder frozen; encoders + connectors train (the paper)
+  full             everything trains (the GPT baseline's finetuning)
+  connector_only   only the connectors train (a floor)
+  decoder_only     encoders and connectors frozen
+  none             only optim.frozen
+
+`check_frozen_loaded` refuses a new run whose optim.frozen freezes parameters that no `init`
+entry loads: a frozen module left at its random init for the whole run (the paper freezes a
+*pretrained* encoder), unless optim.allow_frozen_random says it is meant.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import jax
+
+from metalm_jax.train.optimizer import param_path
+
+PRESETS = {
+    "decoder_frozen": [r"^(embed|pos_embed|decoder)(/|$)"],
+    "full": [],
+    "connector_only": [r"^(?!(connector|vision_connector)(/|$))"],
+    "decoder_only": [r"^(text_encoder|vision_encoder|connector|vision_connector)(/|$)"],
+    "none": [],
+}
+
+# What each init format loads (convert/init_from.py), unless the entry names a target.
+INIT_TARGETS = {
+    "hf_bert": ("text_encoder",),
+    "hf_gpt2": ("embed", "pos_embed", "decoder"),
+    "hf_clip_vision": ("vision_encoder",),
+    "hf_vit": ("vision_encoder",),
+}
+
+
+def _saved_config(step_dir: str) -> dict:
+    import orbax.checkpoint as ocp
+
+    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, "config"))
+
+
+def _source_modules(step_dir: str) -> list[str]:
+    import orbax.checkpoint as ocp
+
+    meta = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state"))
+    tree = getattr(meta, "item_metadata", meta)
+    params = tree["params"] if isinstance(tree, dict) else tree.tree["params"]
+    return sorted(params)
+
+
+def _run_dir(step_dir: str) -> str:
+    """checkpoints/<step> -> the run's workdir."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(step_dir)))
+
+
+def prepare_config(cfg, workdir: str, log=print):
+    """The resolved finetuning config (a new ConfigDict); `cfg` itself when not finetuning."""
+    ft = cfg.finetune
+    if ft.preset not in PRESETS:
+        raise ValueError(f"finetune.preset={ft.preset!r}: expected one of {sorted(PRESETS)}")
+    if not ft.from_run:
+        if ft.preset not in ("decoder_frozen", "none") and cfg.task.name:
+            log(f"note: finetune.preset={ft.preset} has no effect without finetune.from_run")
+        return cfg
+    from metalm_jax.convert.init_from import orbax_checkpoint_dir
+    from metalm_jax.eval.load import with_defaults
+
+    step_dir = orbax_checkpoint_dir(ft.from_run)
+    saved = with_defaults(_saved_config(step_dir))
+    out = cfg.copy_and_resolve_references()
+    with out.unlocked():
+        out.model = saved.model
+        out.data.vocab_size = saved.data.vocab_size
+        out.images.enabled = saved.images.enabled
+        out.images.mean, out.images.std = saved.images.mean, saved.images.std
+        out.spans.enc_bos = saved.spans.enc_bos
+        _copy_tokenizer(saved, _run_dir(step_dir), workdir, out)
+        have = _source_modules(step_dir)
+        wanted = have if "all" in ft.restore else list(ft.restore)
+        missing = [m for m in wanted if m not in have]
+        if missing:
+            raise ValueError(
+                f"finetune.restore: {step_dir} has no params/{missing} (it has {have})"
+            )
+        init = [dict(format="orbax", source=step_dir, target=m) for m in wanted]
+        out.init = init + [dict(e) for e in cfg.init if not set(_targets(e)) & set(wanted)]
+        out.optim.frozen = list(cfg.optim.frozen) + PRESETS[ft.preset]
+    skipped = [m for m in have if m not in wanted]
+    log(
+        f"== finetuning from {step_dir}: restoring {', '.join(wanted)}"
+        + (f"; not restored: {', '.join(skipped)}" if skipped else "")
+        + f"; preset {ft.preset}"
+    )
+    return out
+
+
+def _copy_tokenizer(saved, source_dir: str, workdir: str, out) -> None:
+    src = saved.data.tokenizer_path or os.path.join(source_dir, "tokenizer.model")
+    if not os.path.isfile(src):
+        raise FileNotFoundError(f"finetune.from_run: the source run's tokenizer {src} is missing")
+    dst = os.path.join(workdir, "tokenizer.model")
+    if not os.path.exists(dst) and jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        shutil.copyfile(src, dst + ".tmp")
+        os.replace(dst + ".tmp", dst)
+    out.data.tokenizer_path = ""  # the workdir's copy
+
+
+def _targets(entry) -> tuple:
+    entry = dict(entry)
+    if entry.get("target"):
+        return (entry["target"],)
+    return INIT_TARGETS.get(entry.get("format"), ())
+
+
+def check_frozen_loaded(cfg, abstract_params) -> None:
+    """Raises naming the frozen parameters of modules no `init` entry loads (see the module
+    docstring), unless optim.allow_frozen_random."""
+    if cfg.optim.allow_frozen_random or not cfg.optim.frozen:
+        return
+    loaded = {t for e in cfg.init for t in _targets(e)}
+    pats = [re.compile(p) for p in cfg.optim.frozen]
+    bad = []
+    for path, _ in jax.tree_util.tree_leaves_with_path(abstract_params):
+        name = param_path(path)
+        if name.split("/")[0] not in loaded and any(p.search(name) for p in pats):
+            bad.append(name)
+    if bad:
+        shown = ", ".join(bad[:6]) + (f", ... ({len(bad)} in all)" if len(bad) > 6 else "")
+        raise ValueError(
+            f"optim.frozen freezes parameters that nothing loaded, so they would stay at their "
+            f"random init for the whole run: {shown}. Load them with an `init` entry (e.g. "
+            "dict(format='hf_bert', source=...) or finetune.from_run), drop the pattern from "
+            "optim.frozen, or set optim.allow_frozen_random=True if this is intended"
+        )

@@ -1,0 +1,133 @@
+"""Finetuning from a pretraining run: presets, params-only restore, frozen groups unchanged,
+task evaluation, and the frozen-random-encoder error."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from metalm_jax import testing
+from metalm_jax.config import task_eval
+from metalm_jax.train.finetune import PRESETS, check_frozen_loaded, prepare_config
+
+
+@pytest.fixture(scope="module")
+def pretrained(corpus, tmp_path_factory):
+    """A 6-step micro pretraining run (its workdir)."""
+    from metalm_jax.train.loop import train_and_evaluate
+
+    cfg, _ = corpus
+    work = str(tmp_path_factory.mktemp("pre") / "run")
+    train_and_evaluate(cfg, work)
+    return work
+
+
+def _params(workdir):
+    from metalm_jax.eval.load import load_run
+
+    _, _, _, params = load_run(workdir)
+    return jax.tree.map(np.asarray, params)
+
+
+@pytest.mark.slow
+def test_decoder_frozen_finetune_leaves_decoder_bitwise_and_evaluates(pretrained, tmp_path):
+    from metalm_jax.train.loop import train_and_evaluate
+
+    cfg = testing.micro_finetune_config(pretrained)
+    cfg.evals = {"books": task_eval(examples=8, max_tokens=3, batch_size=8)}
+    cfg.train.run_evals = ("books",)
+    work = str(tmp_path / "ft")
+    out = train_and_evaluate(cfg, work)
+    assert np.isfinite(out["eval/loss"])
+    assert 0.0 <= out["evals/books/generation_accuracy"] <= 1.0
+    assert 0.0 <= out["evals/books/scoring_accuracy"] <= 1.0
+    before, after = _params(pretrained), _params(work)
+    for name in ("embed", "decoder"):  # frozen: bitwise identical to the pretrained run
+        for a, b in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name]), strict=True):
+            np.testing.assert_array_equal(a, b)
+    changed = [
+        not np.array_equal(a, b)
+        for a, b in zip(
+            jax.tree.leaves(before["text_encoder"]), jax.tree.leaves(after["text_encoder"]),
+            strict=True,
+        )
+    ]  # fmt: skip
+    assert all(changed)  # the encoder trained (restored, then updated)
+    preds = open(os.path.join(work, "evals", "books", "predictions.jsonl")).read().splitlines()
+    assert len(preds) == 8 and '"option_scores"' in preds[0]
+    # the finetuned run is evaluated by the ordinary CLI path with its own saved config
+    from metalm_jax.eval.evaluators import run_evals
+    from metalm_jax.eval.load import load_run
+
+    saved, tok, trainer, params = load_run(work)
+    assert saved.task.name == "kjv_books" and saved.finetune.from_run == pretrained
+    res = run_evals(cfg, work, trainer, params, tok)
+    assert res["books"]["examples"] == 8
+
+
+def test_prepare_config_takes_model_tokenizer_and_restores(pretrained, tmp_path):
+    cfg = testing.micro_finetune_config(pretrained)
+    with cfg.unlocked():
+        cfg.model.decoder.num_layers = 7  # replaced by the source run's model
+    lines = []
+    out = prepare_config(cfg, str(tmp_path / "ft"), lines.append)
+    assert out.model.decoder.num_layers == 2
+    assert os.path.isfile(tmp_path / "ft" / "tokenizer.model")
+    assert sorted(e["target"] for e in out.init) == [
+        "connector",
+        "decoder",
+        "embed",
+        "text_encoder",
+    ]
+    assert PRESETS["decoder_frozen"][0] in out.optim.frozen
+    assert "restoring" in lines[0]
+    cfg.finetune.restore = ("decoder", "vision_encoder")
+    with pytest.raises(ValueError, match=r"no params/\['vision_encoder'\]"):
+        prepare_config(cfg, str(tmp_path / "ft2"), lines.append)
+    cfg.finetune.restore = ("all",)
+    cfg.finetune.preset = "frozen_everything"
+    with pytest.raises(ValueError, match="finetune.preset='frozen_everything'"):
+        prepare_config(cfg, str(tmp_path / "ft3"), lines.append)
+
+
+@pytest.mark.parametrize(
+    "preset,trained",
+    [
+        ("decoder_frozen", {"connector", "text_encoder"}),
+        ("full", {"connector", "text_encoder", "decoder", "embed"}),
+        ("connector_only", {"connector"}),
+        ("decoder_only", {"decoder", "embed"}),
+    ],
+)
+def test_presets_choose_parameter_groups(preset, trained):
+    from metalm_jax.model.build import abstract_params, model_config
+    from metalm_jax.model.metalm import MetaLM
+    from metalm_jax.train.optimizer import group_labels
+
+    cfg = testing.micro_config()
+    params = jax.tree.map(lambda x: x.value, abstract_params(MetaLM(model_config(cfg))),
+                          is_leaf=lambda x: hasattr(x, "value"))  # fmt: skip
+    if PRESETS[preset]:
+        labels, _ = group_labels(params, PRESETS[preset], ())
+    else:
+        labels = jax.tree.map(lambda _: "train", params)
+    got = {k for k, v in labels.items() if "train" in jax.tree.leaves(v)}
+    frozen_all = {k for k, v in labels.items() if set(jax.tree.leaves(v)) == {"frozen"}}
+    assert got == trained and frozen_all == set(labels) - trained
+
+
+def test_frozen_random_encoder_is_an_error():
+    from metalm_jax.model.build import abstract_params, model_config
+    from metalm_jax.model.metalm import MetaLM
+
+    cfg = testing.micro_config()
+    cfg.optim.allow_frozen_random = False
+    params = abstract_params(MetaLM(model_config(cfg)))
+    with pytest.raises(ValueError, match=r"text_encoder/stack/layers_0/.*allow_frozen_random"):
+        check_frozen_loaded(cfg, params)
+    cfg.init = [dict(format="hf_bert", source="/models/bert")]  # an init entry loads it: fine
+    check_frozen_loaded(cfg, params)
+    cfg.init = []
+    cfg.optim.allow_frozen_random = True  # said explicitly: fine
+    check_frozen_loaded(cfg, params)
