@@ -241,11 +241,17 @@ def kjv_testament_eval(**overrides) -> ml_collections.ConfigDict:
 
 
 def captioning_eval(**overrides) -> ml_collections.ConfigDict:
+    """Captions for the image set's validation split (COCO metrics). The defaults are the paper's
+    zero-shot protocol (PAPER.md §4.3); prompt="", beam=4 is the old behaviour."""
     ev = dict(
         type="captioning",
         examples=100,
-        beam=4,
-        length_penalty=0.6,
+        prompt="Summarize this image:",  # the VL encoder's prefix with the image: the paper's
+        #   zero-shot prompt; "caption:" for a run finetuned in the paper's captioning format
+        #   (§4.5); "" = no prompt (the old behaviour; a vision-only encoder)
+        answer_prefix="",  # zero-shot priming: decoder text before the caption (PAPER.md Fig. 4c)
+        beam=1,  # 1 = greedy (the paper's); > 1 beam search (the old default: 4)
+        length_penalty=0.6,  # beam search: GNMT length penalty alpha
         max_tokens=24,
         batch_size=16,
         meteor=False,
@@ -261,17 +267,27 @@ def completion_eval(**overrides) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(ev)
 
 
-def vqa_eval(file: str, **overrides) -> ml_collections.ConfigDict:
-    """k-shot VQA on a JSONL of {image, question, answers} (no VQA data ships offline)."""
+def vqa_eval(file: str = "", **overrides) -> ml_collections.ConfigDict:
+    """k-shot VQA by generation. The defaults are the paper's protocol (PAPER.md §4.3-4.4);
+    template="{question}", demos="eval" is the old behaviour."""
     ev = dict(
         type="vqa",
-        file=file,
-        shots=(0, 4),
-        examples=200,
+        file=file,  # a JSONL of {image (path relative to it), question, answers} (none ships), or
+        task="",  # an offline VQA task instead: emoji_vqa
+        split="validation",  # with task: the evaluated split
+        train_file="",  # with file and demos="train": the training split's JSONL (same format)
+        template="Question: {question} Answer:",  # the VL encoder's prefix with each image (the
+        #   paper's; cut in the middle to model.vision.text_prefix); "{question}" = the old raw
+        #   question
+        demos="train",  # where demonstrations come from: train = a training split (the paper's:
+        #   the task's train split, or train_file); eval = other items of the evaluated set (old)
+        answer_prefix="",  # zero-shot priming: decoder text after the query (PAPER.md Fig. 4c)
+        shots=(0, 4),  # k demonstrations (the paper: up to 4)
+        examples=200,  # the first items of file; a fixed random sample (seed) of a task's split
         max_tokens=6,
-        seq_len=256,
+        seq_len=256,  # decoder row for the k-shot prompt
         batch_size=8,
-        seed=0,
+        seed=0,  # demonstration sampling (and the task's sample)
     )
     ev.update(overrides)
     return ml_collections.ConfigDict(ev)

@@ -131,3 +131,26 @@ def test_frozen_random_encoder_is_an_error():
     cfg.init = []
     cfg.optim.allow_frozen_random = True  # said explicitly: fine
     check_frozen_loaded(cfg, params)
+
+
+@pytest.mark.slow
+def test_emoji_vqa_finetune_from_a_vl_run(corpus, tmp_path):
+    """Image tasks end to end: a micro VL run, finetuned on emoji VQA (images + questions in
+    the VL encoder's prefix), evaluated by VQA accuracy."""
+    from metalm_jax.train.loop import train_and_evaluate
+
+    base, _ = corpus
+    pre = testing.micro_vl_config(list(base.data.files), base.data.tfds_data_dir)
+    pre.model.vision.text_prefix = 12
+    pre.train.steps = 2
+    pre.train.eval_every = pre.train.checkpoint_every = 2
+    pre.images.eval_batches = 1
+    src = str(tmp_path / "vl")
+    train_and_evaluate(pre, src)
+    cfg = testing.micro_finetune_config(src, base.data.tfds_data_dir, task="emoji_vqa")
+    cfg.images.images_per_row = 2
+    cfg.task.eval_examples = 4
+    cfg.evals = {"vqa": task_eval(examples=4, max_tokens=3, batch_size=4)}
+    cfg.train.run_evals = ("vqa",)
+    out = train_and_evaluate(cfg, str(tmp_path / "ft"))
+    assert 0.0 <= out["evals/vqa/vqa_accuracy"] <= 1.0 and np.isfinite(out["eval/loss"])

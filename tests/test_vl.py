@@ -208,9 +208,15 @@ def test_vqa_evaluator_on_a_tiny_jsonl(corpus, tmp_path):
         PIL.Image.new("RGB", (20, 20), color).save(tmp_path / f"{i}.png")
         rows.append({"image": f"{i}.png", "question": "what color?", "answers": ["red"] * 10})
     (tmp_path / "vqa.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n")
     cfg = testing.micro_vl_config()
     cfg.evals.toy_vqa = vqa_eval(
-        str(tmp_path / "vqa.jsonl"), shots=(0, 1), seq_len=64, batch_size=4, max_tokens=3
+        str(tmp_path / "vqa.jsonl"),
+        train_file=str(tmp_path / "train.jsonl"),  # demonstrations from a training split
+        shots=(0, 1),
+        seq_len=64,
+        batch_size=4,
+        max_tokens=3,
     )
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     trainer = build_trainer(cfg, mesh)

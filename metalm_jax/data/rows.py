@@ -129,6 +129,11 @@ class RowBuilder:
                         f"an image's text prefix of {len(prefix)} tokens is longer than the "
                         f"vision encoder's prefix (model.vision.text_prefix={lay.prefix_len})"
                     )
+                if n_images + len(images) >= lay.images_per_row:
+                    raise DoesNotFit(
+                        f"the example needs image {len(images) + 1}; a row holds "
+                        f"{lay.images_per_row} (images.images_per_row)"
+                    )
                 slots = lay.bank_slots(n_images + len(images), lay.image_slots + len(prefix))
                 tokens = np.concatenate([np.full(lay.image_slots, PAD_ID, np.int32), prefix])
                 out.append(_Piece(tokens, slots, False))
@@ -144,8 +149,6 @@ class RowBuilder:
                 f"{enc_off - sum(len(e) for e in self.enc)} encoder positions (the grid holds "
                 f"{self.enc_length})"
             )
-        if images and n_images + len(images) > self.layout.images_per_row:
-            problems.append(f"{len(images)} images (a row holds {self.layout.images_per_row})")
         if problems:
             raise DoesNotFit("the example needs " + ", ".join(problems))
         return out, enc, images, length

@@ -6,8 +6,14 @@
                       match of a greedy continuation), k-shot prompts with every demonstration
                       encoded separately (eval/prompts.py); tasks: kjv_testament (does a KJV
                       verse come from the Old or the New Testament?)
-  captioning          captions for held-out images (KV-cache beam search), COCO metrics
-  vqa                 k-shot VQA by generation, each image encoded with its question; VQA accuracy
+  captioning          captions for held-out images, COCO metrics; the paper's zero-shot protocol
+                      by default (PAPER.md §4.3: "Summarize this image:" in the encoder with the
+                      image, greedy); prompt="caption:" for a run finetuned in the paper's format,
+                      prompt="", beam=4 for the old behaviour
+  vqa                 k-shot VQA by generation, each image encoded with its question; VQA accuracy;
+                      the paper's protocol by default (PAPER.md §4.3-4.4: "Question: {question}
+                      Answer:", demonstrations from a training split), template="{question}",
+                      demos="eval" for the old behaviour
   completion          held-out KJV verse completion by generation; token F1 and exact match
 """
 
@@ -18,7 +24,7 @@ import os
 
 import numpy as np
 
-from metalm_jax.data.tokenizer import BOS_ID, EOS_ID
+from metalm_jax.data.tokenizer import EOS_ID
 from metalm_jax.eval.metrics import exact_match
 from metalm_jax.types import IMAGE_FIELDS, Batch
 
@@ -143,53 +149,94 @@ def _generate_labels(trainer, params, tok, rows, ev, max_new: int = 3) -> list[s
     return out
 
 
+def _left_padded(rows) -> Batch:
+    """Prompt rows of one segment each (data/rows.py) -> a Batch of their used positions,
+    left-padded as decode.generate needs; encoder and image fields as they are."""
+    n = [int((r["segment_ids"] > 0).sum()) for r in rows]
+    P = max(n)
+    grid = {}
+    for key in ("tokens", "slot_index", "segment_ids", "positions", "targets"):
+        grid[key] = np.full((len(rows), P), -1 if key == "slot_index" else 0, np.int32)
+        for b, (r, m) in enumerate(zip(rows, n, strict=True)):
+            grid[key][b, P - m :] = r[key][:m]
+    grid["loss_weights"] = np.zeros((len(rows), P), np.float32)
+    for key in ("enc_tokens", "enc_segment_ids", "enc_positions", *IMAGE_FIELDS):
+        if key in rows[0]:
+            grid[key] = np.stack([r[key] for r in rows])
+    return Batch.from_dict(grid)
+
+
+def _image_prompt_ids(tok, text: str, layout, what: str) -> list[int]:
+    """`text` (a literal </s> = the </s> id) as the VL encoder's prefix; a prompt longer than the
+    prefix is an error, not a cut (a cut prompt is another prompt)."""
+    from metalm_jax.data.task_rows import encode_prompt
+
+    ids = encode_prompt(tok, text)
+    if len(ids) > layout.prefix_len:
+        raise ValueError(
+            f"evals: {what} {text!r} is {len(ids)} tokens; the vision encoder's text prefix holds "
+            f"{layout.prefix_len} (model.vision.text_prefix): raise it, or shorten the prompt "
+            '("" = none, for a vision-only encoder)'
+        )
+    return ids
+
+
+def _caption_prompt_row(pixels, prompt, priming, layout) -> dict:
+    """One captioning prompt row: [Image(pixels, prompt), Text(priming)] (data/rows.py), i.e.
+
+        <s> [S image slots][prompt slots] priming...      (the decoder continues after it)
+
+    prompt, priming: token ids (either may be empty)."""
+    from metalm_jax.data.rows import Image, Text, build_row
+
+    pieces = [Image(pixels, list(prompt))] + ([Text(list(priming))] if len(priming) else [])
+    return build_row([pieces], layout.seq_len, layout.enc_length, layout=layout)
+
+
 def captioning(ev, trainer, params, tok, cfg):
+    """Captions for the configured image set's validation split, COCO caption metrics.
+
+    The encoder reads each image with `ev.prompt` as its text prefix; `ev.answer_prefix` (zero-shot
+    priming) follows as decoder tokens; the caption is what the decoder generates after it (beam
+    `ev.beam`, 1 = greedy). The paper's zero-shot protocol (PAPER.md §4.3): prompt "Summarize
+    this image:", greedy; a run finetuned in the paper's captioning format: prompt "caption:";
+    the old default: prompt "", beam 4, length_penalty 0.6."""
+    import dataclasses
+
     from metalm_jax.data import vl_pipeline
     from metalm_jax.data.images import preprocess
+    from metalm_jax.data.task_rows import encode_prompt
     from metalm_jax.eval import decode
     from metalm_jax.eval.metrics import caption_metrics
-    from metalm_jax.model.build import dummy_batch, image_layout
+    from metalm_jax.model.build import image_layout
 
     layout = image_layout(cfg)
     if layout is None:
         raise ValueError("evals: captioning needs a config with images.enabled")
+    layout = dataclasses.replace(layout, images_per_row=1)
+    prompt = _image_prompt_ids(tok, ev.prompt, layout, "captioning prompt")
+    priming = encode_prompt(tok, ev.answer_prefix) if ev.answer_prefix else []
     src = vl_pipeline.image_split(cfg, "validation")
     n = min(ev.examples, len(src))
-    S = layout.image_slots
     sc = decode.SamplingConfig(beam=ev.beam, length_penalty=ev.length_penalty)
     refs, hyps, preds = {}, {}, []
     for i in range(0, n, ev.batch_size):
         exs = [src[j] for j in range(i, min(n, i + ev.batch_size))]
-        B = len(exs)
-        batch = dummy_batch(B, 1 + S, layout.enc_length, layout)  # image slots follow Le
-        images = np.zeros_like(batch.images)
-        valid = np.zeros_like(batch.image_valid)
-        for b, ex in enumerate(exs):
-            images[b, 0] = preprocess(
+        rows = []
+        for ex in exs:
+            pixels = preprocess(
                 ex["image"],
                 layout.image_size,
                 record_id=vl_pipeline._text(ex["id"]),
                 mean=layout.mean,
                 std=layout.std,
             )
-            valid[b, 0] = 1
-        slots = np.full((B, 1 + S), -1, np.int32)
-        slots[:, 1:] = layout.text_bank + np.arange(S)
-        tokens = np.zeros((B, 1 + S), np.int32)
-        tokens[:, 0] = BOS_ID
-        batch = batch.replace(
-            tokens=tokens,
-            slot_index=slots,
-            segment_ids=np.ones((B, 1 + S), np.int32),
-            positions=np.tile(np.arange(1 + S, dtype=np.int32), (B, 1)),
-            images=images,
-            image_valid=valid,
-        )
+            rows.append(_caption_prompt_row(pixels, prompt, priming, layout))
         out = np.asarray(
             decode.generate(
                 trainer.model,
                 params,
-                batch,
+                _left_padded(rows),
                 _key(),
                 max_new=ev.max_tokens,
                 cfg=sc,
@@ -203,18 +250,132 @@ def captioning(ev, trainer, params, tok, cfg):
             hyps[rid] = text
             preds.append({"id": rid, "caption": text, "reference": refs[rid][0]})
     metrics = caption_metrics(hyps, refs, meteor=ev.meteor)
-    metrics["examples"] = n
+    metrics.update(examples=n, prompt=ev.prompt, beam=int(ev.beam))
     return metrics, preds
 
 
+_VQA_TASKS = ("emoji_vqa",)
+
+
+def _vqa_file(path: str, layout) -> list[tuple]:
+    """[(id "path:line", pixels float32[H, W, 3], question, answers)] of a JSONL of
+    {"image": path relative to the file, "question": str, "answers": [str, ...]}."""
+    from metalm_jax.data.images import preprocess
+
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                x = json.loads(line)
+                image = os.path.join(os.path.dirname(os.path.abspath(path)), x["image"])
+                with open(image, "rb") as img:
+                    pixels = preprocess(
+                        img.read(),
+                        layout.image_size,
+                        record_id=image,
+                        mean=layout.mean,
+                        std=layout.std,
+                    )
+                items.append((f"{path}:{lineno}", pixels, str(x["question"]), list(x["answers"])))
+            except (KeyError, json.JSONDecodeError, OSError) as e:
+                raise ValueError(
+                    f"{path}:{lineno}: expected {{image, question, answers}} "
+                    f"with a readable image ({type(e).__name__}: {e})"
+                ) from None
+    return items
+
+
+class _VqaTask:
+    """The (id, pixels, question, answers) items of an offline VQA task's split, each read on
+    first use (a training split is a pool of demonstrations, few of them drawn)."""
+
+    def __init__(self, name: str, split: str, cfg, layout):
+        from metalm_jax.data import offline_tasks
+
+        if name not in _VQA_TASKS:
+            raise ValueError(f"evals: vqa task={name!r}; expected one of {_VQA_TASKS}")
+        # "{question}": the raw question as the prefix; the evaluator renders its own template.
+        self.source = offline_tasks.emoji_vqa(
+            split,
+            render_size=cfg.images.render_size,
+            template="{question}",
+            data_dir=cfg.data.tfds_data_dir or None,
+        )
+        self.layout = layout
+        self._items: dict[int, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple:
+        from metalm_jax.data.images import preprocess
+
+        if i not in self._items:
+            ex, lay = self.source[i], self.layout
+            (x,) = ex.inputs
+            pixels = preprocess(
+                x.image, lay.image_size, record_id=x.record_id or ex.id, mean=lay.mean, std=lay.std
+            )
+            self._items[i] = (ex.id, pixels, x.prefix, list(ex.references))
+        return self._items[i]
+
+
+def _vqa_sets(ev, cfg, layout):
+    """(evaluated items, demonstration pool): the pool is a training split for demos="train"
+    (the paper's), the evaluated items themselves for demos="eval" (the old behaviour; the
+    query is left out of its own demonstrations)."""
+    from metalm_jax.data.tasks import shuffled_indices
+
+    if bool(ev.file) == bool(ev.task):
+        raise ValueError("evals: vqa needs exactly one of `file` (a JSONL) and `task` (emoji_vqa)")
+    if ev.demos not in ("train", "eval"):
+        raise ValueError(f"evals: vqa demos={ev.demos!r}; expected 'train' or 'eval'")
+    needs_pool = ev.demos == "train" and any(k > 0 for k in ev.shots)
+    if ev.task:
+        src = _VqaTask(ev.task, ev.split, cfg, layout)
+        items = [src[int(i)] for i in shuffled_indices(len(src), int(ev.seed))[: ev.examples]]
+        if not needs_pool:
+            return items, items
+        if ev.split == "train":
+            raise ValueError(
+                "evals: vqa split='train' with demos='train' would draw demonstrations from the "
+                "evaluated split: evaluate another split, or set demos='eval'"
+            )
+        return items, _VqaTask(ev.task, "train", cfg, layout)
+    items = _vqa_file(ev.file, layout)[: ev.examples]
+    if not needs_pool:
+        return items, items
+    if not ev.train_file:
+        raise ValueError(
+            f"evals: vqa shots={tuple(ev.shots)} with demos='train' needs `train_file` (a JSONL "
+            "of the training split, demonstrations are drawn from it); or demos='eval' for "
+            "demonstrations from the evaluated file"
+        )
+    if os.path.realpath(ev.train_file) == os.path.realpath(ev.file):
+        raise ValueError(
+            f"evals: vqa train_file is the evaluated file ({ev.file}): demonstrations must come "
+            "from a training split"
+        )
+    return items, _vqa_file(ev.train_file, layout)
+
+
 def vqa(ev, trainer, params, tok, cfg):
-    """k-shot VQA by generation: each image encoded with its question (joint VL encoder prefix),
-    answers as decoder tokens (eval/prompts.build_vqa_row); VQA accuracy with the official
-    normalization. Data: `ev.file`, a JSONL of {"image": path, "question": str, "answers": [...]}
-    (paths relative to the file)."""
+    """k-shot VQA by generation: each image encoded with its rendered question as the joint VL
+    encoder's prefix, answers as decoder tokens (eval/prompts.build_vqa_row), then the query's
+    image + question and `answer_prefix` (zero-shot priming, decoder tokens); VQA accuracy with
+    the official normalization. Data: `file`, a JSONL of {"image": path relative to the file,
+    "question": str, "answers": [...]}, or `task` (emoji_vqa) and its `split`.
+
+    The paper's protocol (PAPER.md §4.3-4.4): template "Question: {question} Answer:",
+    demonstrations from a training split (demos="train": the task's train split, or
+    `train_file`), greedy. The old behaviour: template "{question}", demos="eval" (other items of
+    the evaluated set). Predictions name the demonstrations each query got."""
     import dataclasses
 
-    from metalm_jax.data.images import preprocess
+    from metalm_jax.data.task_rows import cut_middle, encode_prompt
+    from metalm_jax.data.tasks import render
     from metalm_jax.eval.metrics import vqa_accuracy
     from metalm_jax.eval.prompts import build_vqa_row
     from metalm_jax.model.build import image_layout
@@ -222,48 +383,44 @@ def vqa(ev, trainer, params, tok, cfg):
     base_layout = image_layout(cfg)
     if base_layout is None or base_layout.prefix_len == 0:
         raise ValueError("evals: vqa needs a joint vision-language encoder (images.enabled)")
-    items = []
-    with open(ev.file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                x = json.loads(line)
-                path = os.path.join(os.path.dirname(os.path.abspath(ev.file)), x["image"])
-                with open(path, "rb") as img:
-                    pixels = preprocess(
-                        img.read(),
-                        base_layout.image_size,
-                        record_id=path,
-                        mean=base_layout.mean,
-                        std=base_layout.std,
-                    )
-                q = tok.encode(x["question"])[: base_layout.prefix_len]
-                items.append((f"{ev.file}:{lineno}", pixels, q, list(x["answers"])))
-            except (KeyError, json.JSONDecodeError, OSError) as e:
-                raise ValueError(
-                    f"{ev.file}:{lineno}: expected {{image, question, answers}} "
-                    f"with a readable image ({type(e).__name__}: {e})"
-                ) from None
-    items = items[: ev.examples]
+    render(ev.template, {"question": ""}, where="evals: vqa template")  # fail early
+    items, pool = _vqa_sets(ev, cfg, base_layout)
+    eval_ids = {it[0] for it in items}
+
+    def question(q: str) -> list[int]:  # the rendered template, its cue kept when cut
+        text = render(ev.template, {"question": q}, where="evals: vqa template")
+        return cut_middle(encode_prompt(tok, text), base_layout.prefix_len)
+
+    priming = encode_prompt(tok, ev.answer_prefix) if ev.answer_prefix else []
     metrics, preds = {}, []
     for k in ev.shots:
         layout = dataclasses.replace(base_layout, images_per_row=k + 1, seq_len=ev.seq_len)
         rng = np.random.default_rng(ev.seed)
-        rows = []
+        rows, demo_ids = [], []
+        if k and k > len(pool) - (ev.demos == "eval"):
+            raise ValueError(f"evals: vqa {k}-shot: the demonstration pool holds {len(pool)}")
         for i, (_, img, q, _) in enumerate(items):
-            others = [j for j in range(len(items)) if j != i]
-            demos = [items[j] for j in rng.choice(others, k, replace=False)] if k else []
-            d = [(dimg, dq, tok.encode(dans[0])) for _, dimg, dq, dans in demos]
-            rows.append(build_vqa_row(d, (img, q), [], layout))
+            if not k:
+                picks = []
+            elif ev.demos == "eval":  # never the query itself
+                picks = rng.choice([j for j in range(len(items)) if j != i], k, replace=False)
+            else:
+                picks = rng.choice(len(pool), k, replace=False)
+            demos = [pool[int(j)] for j in picks]
+            leak = [d[0] for d in demos if ev.demos == "train" and d[0] in eval_ids]
+            if leak:
+                raise ValueError(f"evals: vqa demonstrations {leak} are evaluated items too")
+            d = [(dimg, question(dq), tok.encode(dans[0])) for _, dimg, dq, dans in demos]
+            rows.append(build_vqa_row(d, (img, question(q)), priming, layout))
+            demo_ids.append([x[0] for x in demos])
         answers = _generate_labels(trainer, params, tok, rows, ev, max_new=ev.max_tokens)
         accs = [vqa_accuracy(a, it[3]) for a, it in zip(answers, items, strict=True)]
         metrics[f"{k}shot/vqa_accuracy"] = float(np.mean(accs))
         preds += [
-            {"id": it[0], "k": k, "answer": a, "accuracy": acc}
-            for it, a, acc in zip(items, answers, accs, strict=True)
+            {"id": it[0], "k": k, "answer": a, "accuracy": acc, "demos": ids}
+            for it, a, acc, ids in zip(items, answers, accs, demo_ids, strict=True)
         ]
-    metrics["examples"] = len(items)
+    metrics.update(examples=len(items), template=ev.template, demos=ev.demos)
     return metrics, preds
 
 

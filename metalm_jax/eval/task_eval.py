@@ -40,10 +40,10 @@ def _metric(ev, task, examples) -> str:
         return ev.metric
     if task.name == "emoji_captions":
         return "caption"
-    if examples and examples[0].options:
-        return "exact_match"
     if examples and any(isinstance(x, ImageInput) for x in examples[0].inputs):
         return "vqa"
+    if examples and all(ex.options for ex in examples):
+        return "exact_match"
     return "token_f1"
 
 
@@ -89,16 +89,21 @@ def evaluate_task(ev, trainer, params, tok, cfg):
 
         em = [exact_match(g, r) for g, r in zip(gen, refs, strict=True)]
         metrics["generation_accuracy"] = float(np.mean(em))
-        if ev.scoring:
-            options = list(examples[0].options)
-            rows = [row(p + [Target(encoder.target_ids(o))]) for p in prompts for o in options]
-            scores = row_logliks(trainer.model, params, rows, ev.batch_size).reshape(n, -1)
-            best = np.argmax(scores, axis=-1)
-            gold = [options.index(ex.target) for ex in examples]
-            metrics["scoring_accuracy"] = float(np.mean(best == np.asarray(gold)))
-            for p, s, b in zip(preds, scores, best, strict=True):
+        if ev.scoring:  # each example ranks its own options
+            rows = [
+                row(p + [Target(encoder.target_ids(o))])
+                for p, ex in zip(prompts, examples, strict=True)
+                for o in ex.options
+            ]
+            flat = row_logliks(trainer.model, params, rows, ev.batch_size)
+            cuts = np.cumsum([len(ex.options) for ex in examples])[:-1]
+            right = []
+            for p, ex, s in zip(preds, examples, np.split(flat, cuts), strict=True):
+                best = ex.options[int(np.argmax(s))]
+                right.append(best == ex.target)
                 p["option_scores"] = [round(float(x), 4) for x in s]
-                p["scored"] = options[int(b)]
+                p["scored"] = best
+            metrics["scoring_accuracy"] = float(np.mean(right))
         for p, e in zip(preds, em, strict=True):
             p["correct"] = bool(e)
     elif metric == "token_f1":
