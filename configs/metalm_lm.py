@@ -4,9 +4,19 @@
 
 Decoder 24 x 2048 x 32 heads (~1.3B with a 64k tied vocabulary), sinusoidal positions, DeepNorm,
 max length 2048, dropout 0. Text encoder 24 x 1024 x 16 heads (~366M), learned absolute positions
-plus T5 relative bias, max 512, dropout 0.1, frozen except its top 2 layers (the paper starts it
-from an ELECTRA-style pretrained encoder; docking pretrained weights is issue 6). Linear
-connector. Batch 1024 x 2048, Adam at peak LR 6e-4 with warm-up, 300k steps. FFN width 4H and
+plus T5 relative bias, max 512, dropout 0.1, frozen except its top 2 layers. Linear connector.
+
+The paper freezes a *pretrained* encoder (an ELECTRA-style replaced-token-detection model, not
+released). Dock yours through `init` before training, e.g. an ELECTRA-large discriminator
+converted from its Hugging Face directory (24 x 1024, its own WordPiece tokenizer):
+
+    c.init = [dict(format="hf_bert", source="/models/electra-large-discriminator")]
+    convert.apply_arch(c, "hf_bert", "/models/electra-large-discriminator")
+    c.model.text_encoder.tokenizer = "/models/electra-large-discriminator"
+
+Without it the run stops at the start (optim.frozen would freeze random weights: see
+train/finetune.py check_frozen_loaded); set optim.allow_frozen_random=True to train that way
+anyway, or drop optim.frozen to train the encoder from scratch. Batch 1024 x 2048, Adam at peak LR 6e-4 with warm-up, 300k steps. FFN width 4H and
 GELU, warm-up length, decay shape and Adam betas are not in the paper's text (our choices).
 The default corpus is the bundled KJV; point data.name='files' at a real corpus for real runs.
 """
@@ -39,6 +49,7 @@ def get_config(arg=None):
     c.optim.lr = 6e-4
     c.optim.b2 = 0.98
     c.optim.warmup_steps = 3750
+    c.init = []  # the pretrained encoder goes here (see the docstring)
     c.optim.frozen = [
         r"^text_encoder/(token_embed|pos_embed|rel_bias|stack/layers_([0-9]|1[0-9]|2[01]))/"
     ]

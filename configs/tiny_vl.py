@@ -11,7 +11,7 @@ rows are KJV text with semi-causal spans, half are packed image-caption pairs.
 
 import os
 
-from metalm_jax.config import captioning_eval, kjv_testament_eval, load_config_file
+from metalm_jax.config import captioning_eval, kjv_testament_eval, load_config_file, vqa_eval
 
 
 def get_config(arg=None):
@@ -36,5 +36,7 @@ def get_config(arg=None):
     c.train.eval_batches = 4
     c.train.sample_tokens = 24
     c.evals.kjv_testament = kjv_testament_eval(max_input_tokens=24, seq_len=128, enc_len=128)
-    c.evals.emoji_captions = captioning_eval()
+    c.evals.emoji_captions = captioning_eval()  # the paper's "Summarize this image:", greedy
+    # zero- and 4-shot emoji VQA, "Question: [q] Answer:", demonstrations from its train split
+    c.evals.emoji_vqa = vqa_eval(task="emoji_vqa", shots=(0, 4), examples=258, seq_len=256)
     return c
