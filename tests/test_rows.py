@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from metalm_jax.data.rows import DoesNotFit, Enc, Image, RowBuilder, Target, Text, build_row
-from metalm_jax.data.tasks import JsonlTask, render, verbalize
 from metalm_jax.data.task_rows import cut_middle
+from metalm_jax.data.tasks import JsonlTask, render, verbalize
 from metalm_jax.data.vl import ImageLayout
 
 A, B, C, X, P, Q = 11, 12, 13, 14, 21, 22  # token ids
