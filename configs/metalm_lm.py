@@ -18,7 +18,8 @@ Without it the run stops at the start (optim.frozen would freeze random weights:
 train/finetune.py check_frozen_loaded); set optim.allow_frozen_random=True to train that way
 anyway, or drop optim.frozen to train the encoder from scratch.
 
-Batch 1024 x 2048, Adam at peak LR 6e-4 with warm-up, 300k steps. FFN width 4H and GELU, warm-up length, decay shape and Adam betas are not in the paper's text (our choices).
+Batch 1024 x 2048, Adam at peak LR 6e-4 with warm-up, 300k steps. FFN width 4H and GELU,
+warm-up length, decay shape and Adam betas are not in the paper's text (our choices).
 The default corpus is the bundled KJV; point data.name='files' at a real corpus for real runs.
 """
 
