@@ -17,9 +17,7 @@ S, E = 1, 2  # <s>, </s>
 
 def test_packed_two_text_examples_by_hand():
     """The worked example of data/rows.py's docstring."""
-    row = build_row(
-        [[Enc([A, B]), Target([P, E])], [Enc([C]), Text([X]), Target([Q, E])]], 16, 8
-    )
+    row = build_row([[Enc([A, B]), Target([P, E])], [Enc([C]), Text([X]), Target([Q, E])]], 16, 8)
     n = 10
     np.testing.assert_array_equal(row["tokens"][:n], [S, A, B, P, E, S, C, X, Q, E])
     np.testing.assert_array_equal(row["slot_index"][:n], [-1, 1, 2, -1, -1, -1, 4, -1, -1, -1])
@@ -46,9 +44,7 @@ def test_packed_two_image_examples_by_hand():
         16, 4, layout=lay,
     )  # fmt: skip
     # <s> [i1 i1] a b P </s> | <s> [i2 i2] c Q </s>
-    np.testing.assert_array_equal(
-        row["tokens"][:12], [S, 0, 0, A, B, P, E, S, 0, 0, C, Q][:12]
-    )
+    np.testing.assert_array_equal(row["tokens"][:12], [S, 0, 0, A, B, P, E, S, 0, 0, C, Q][:12])
     np.testing.assert_array_equal(
         row["slot_index"][:13], [-1, 4, 5, 6, 7, -1, -1, -1, 9, 10, 11, -1, -1]
     )
