@@ -27,7 +27,6 @@ def get_config(arg=None):
     c.finetune.preset = "decoder_frozen"
     c.task.name = "kjv_books"
     c.task.max_input_tokens = 60  # + <s> fits the encoder's 64 positions
-    c.task.max_target_tokens = 8
     c.spans.enc_length = 256  # the encoder grid holds the packed examples' inputs
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 30
@@ -37,6 +36,6 @@ def get_config(arg=None):
     c.train.checkpoint_every = 100
     c.train.sample_tokens = 0
     c.evals = {}
-    c.evals.kjv_books = task_eval(examples=300, max_tokens=6)
+    c.evals.kjv_books = task_eval(examples=300, max_tokens=16)  # stops at </s>
     c.train.run_evals = ("kjv_books",)
     return c

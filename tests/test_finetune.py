@@ -154,3 +154,41 @@ def test_emoji_vqa_finetune_from_a_vl_run(corpus, tmp_path):
     cfg.train.run_evals = ("vqa",)
     out = train_and_evaluate(cfg, str(tmp_path / "ft"))
     assert 0.0 <= out["evals/vqa/vqa_accuracy"] <= 1.0 and np.isfinite(out["eval/loss"])
+
+
+@pytest.mark.slow
+def test_cli_finetunes_on_a_users_jsonl_and_evaluates(pretrained, corpus, tmp_path):
+    """README's own-task commands through the real CLIs: a templated JSONL with a verbalized
+    label field, then `evaluate` with the same config."""
+    import json
+    import subprocess
+    import sys
+
+    cfg, _ = corpus
+    for split, n in (("train", 24), ("val", 6)):
+        with open(tmp_path / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"verse": f"and God said {i}", "label": i % 2}) + "\n")
+    conf = f"tests/micro_finetune_config.py:{pretrained},{cfg.data.tfds_data_dir}"
+    work = str(tmp_path / "run")
+    args = [
+        f"--config={conf}",
+        "--config.task.name=jsonl",
+        f"--config.task.file={tmp_path / 'train.jsonl'}",
+        f"--config.task.validation_file={tmp_path / 'val.jsonl'}",
+        "--config.task.input_template={verse} </s> Old or New? Answer:",
+        "--config.task.label_field=label",
+        '--config.task.verbalizer=("Old","New")',
+    ]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    run = lambda *a: subprocess.run(
+        [sys.executable, *a], capture_output=True, text=True, env=env, timeout=600
+    )
+    out = run("-m", "metalm_jax.train", *args, f"--workdir={work}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "finetuning from" in out.stdout and "task: " in out.stdout
+    out = run("-m", "metalm_jax.evaluate", *args, f"--workdir={work}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert '"scoring_accuracy"' in out.stdout
+    preds = open(os.path.join(work, "evals", "task", "predictions.jsonl")).read().splitlines()
+    assert len(preds) == 6
