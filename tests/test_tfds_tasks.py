@@ -27,7 +27,7 @@ import tensorflow_datasets.summarization  # noqa: F401
 import tensorflow_datasets.text  # noqa: F401
 from tensorflow_datasets.testing import mocking
 
-from metalm_jax.data import tfds_tasks
+from metalm_jax.data import tfds_task_registry, tfds_tasks
 from metalm_jax.data.tasks import TaskExample, render
 from metalm_jax.data.tfds_tasks import TFDS_TASKS, TfdsTaskSource
 
@@ -239,8 +239,8 @@ def test_copa_lists_its_two_choices_and_answers_with_one(mocked):
         )
         assert ex.options == choices and ex.target == choices[int(raw["label"])]
     fields = src.fields(0)
-    assert tfds_tasks._copa({**fields, "question": "cause"})["because"] == "because"
-    assert tfds_tasks._copa({**fields, "question": "effect"})["because"] == "so"
+    assert tfds_task_registry._copa({**fields, "question": "cause"})["because"] == "because"
+    assert tfds_task_registry._copa({**fields, "question": "effect"})["because"] == "so"
 
 
 def test_squad_answers_are_every_gold_answer_and_the_target_the_first(mocked):

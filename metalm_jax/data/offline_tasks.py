@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from metalm_jax.data.corpora import kjv_chapters, load_split
+from metalm_jax.data.corpora import kjv_chapters, kjv_held_out, load_split
 from metalm_jax.data.tasks import ImageInput, TaskExample, render
 from metalm_jax.data.vl_corpora import OpenMojiCaptions, captioned_emojis, emoji_split
 
@@ -89,12 +89,6 @@ _KJV_LABELS = {"kjv_books": tuple(BOOK_GROUPS), "kjv_testament": TESTAMENTS}
 _SPLITS = ("train", "validation", "test")
 
 
-def _held_out_chapter(i: int) -> bool:
-    """The KjvBible split rule (corpora.py): chapter i (canonical order) is held out of
-    pretraining when i % 25 == 12."""
-    return i % 25 == 12
-
-
 @functools.cache
 def _kjv_verses() -> tuple[tuple[str, str, str, str], ...]:
     """((split, verse id, text, book group), ...) for all 31,103 verses, in canonical order.
@@ -115,7 +109,7 @@ def _kjv_verses() -> tuple[tuple[str, str, str, str], ...]:
         if book not in order:
             order.append(book)
         for v, text in enumerate(verses, 1):
-            split = "train" if not _held_out_chapter(i) else "validation" if v % 2 else "test"
+            split = "train" if not kjv_held_out(i) else "validation" if v % 2 else "test"
             rows.append((split, f"{chapter}:{v}", text, group_of[book]))
     expected = [book for books in BOOK_GROUPS.values() for book in books]
     if order != expected:

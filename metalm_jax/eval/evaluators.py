@@ -42,7 +42,7 @@ def _write(workdir, name, metrics, predictions):
 def kjv_testament_task(n_items: int, seed: int):
     """(pool, items, options): verses labelled 0 = Old / 1 = New; items balanced, from the
     held-out chapters (the KjvBible validation rule), the pool from the training chapters."""
-    from metalm_jax.data.corpora import kjv_chapters
+    from metalm_jax.data.corpora import kjv_chapters, kjv_held_out
 
     books_ot = 39
     order, pool, held = [], [], []
@@ -51,7 +51,7 @@ def kjv_testament_task(n_items: int, seed: int):
         if book not in order:
             order.append(book)
         label = 0 if order.index(book) < books_ot else 1
-        target = held if i % 25 == 12 else pool
+        target = held if kjv_held_out(i) else pool
         target.extend((f"{name}:{v + 1}", text, label) for v, text in enumerate(verses))
     rng = np.random.default_rng(seed)
     items = []
