@@ -3,11 +3,12 @@
 This module reads the `TFDS_TASKS` registry (data/tfds_task_registry.py: which TFDS builder,
 config and version each task reads, which of its splits count as train / validation / test, how
 its labels become words, its prompt templates and FLAN cluster) through `TfdsTaskSource`,
-random access over one split that turns each record into a `TaskExample` (data/tasks.py). Template 0 is the paper's prompt (§4.1/§4.2:
-instruction, input, options and the "TARGET:" cue all go to the encoder; for MNLI the §3.4
-single-task prompt); the others are alternatives for instruction tuning. `{options}` in a template
-is the example's options joined by " </s> ". Records are read with `tfds.data_source(...,
-download=False)`: the data must already be prepared (array_record) under `data_dir`, and reading
+random access over one split that turns each record into a `TaskExample` (data/tasks.py).
+Template 0 is the paper's prompt (§4.1/§4.2: instruction, input, options and the "TARGET:" cue
+all go to the encoder; for MNLI the §3.4 single-task prompt); the others are alternatives for
+instruction tuning. `{options}` in a template is the example's options joined by " </s> ".
+Records are read with `tfds.data_source(..., download=False)`: the data must already be
+prepared (array_record) under `data_dir`, and reading
 it never imports TensorFlow, nor does anything here.
 
 Splits: "validation" is always the labelled held-out split the paper reports (a dataset's
