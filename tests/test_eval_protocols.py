@@ -10,7 +10,7 @@ from metalm_jax import testing
 from metalm_jax.config import captioning_eval, vqa_eval
 from metalm_jax.data.tokenizer import BOS_ID, PAD_ID
 from metalm_jax.data.vl import ImageLayout
-from metalm_jax.eval import evaluators
+from metalm_jax.eval import decode, evaluators
 
 
 class WordTok:
@@ -45,7 +45,7 @@ def test_caption_prompt_row_puts_the_prompt_under_the_prefix_slots_by_hand():
     np.testing.assert_array_equal(bare["slot_index"][:4], [-1, 5, 6, -1])
     assert bare["segment_ids"].sum() == 3 and bare["vl_prefix_mask"].sum() == 0
     # left-padded for decode.generate: the shorter row gets padding (segment 0) on the left
-    batch = evaluators._left_padded([row, bare])
+    batch = decode.left_pad_rows([row, bare])
     assert batch.tokens.shape == (2, 6)
     np.testing.assert_array_equal(batch.tokens[0], row["tokens"][:6])
     np.testing.assert_array_equal(batch.slot_index[1], [-1, -1, -1, -1, 5, 6])

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metalm_jax.data.tokenizer import PAD_ID
-from metalm_jax.types import Batch
+from metalm_jax.types import IMAGE_FIELDS, Batch
 
 NEG = -1e9
 
@@ -215,3 +215,20 @@ def _beam_search(model, params, prompt: Batch, *, max_new, cfg, stop_ids):
     norm = scores / ((5.0 + lengths) / 6.0) ** cfg.length_penalty
     best = jnp.argmax(norm.reshape(B, K), axis=-1)
     return out.reshape(B, K, max_new)[jnp.arange(B), best]
+
+
+def left_pad_rows(rows) -> Batch:
+    """Prompt rows of one segment each (data/rows.py) -> a Batch of their used positions,
+    left-padded as decode.generate needs; encoder and image fields as they are."""
+    n = [int((r["segment_ids"] > 0).sum()) for r in rows]
+    P = max(n)
+    grid = {}
+    for key in ("tokens", "slot_index", "segment_ids", "positions", "targets"):
+        grid[key] = np.full((len(rows), P), -1 if key == "slot_index" else 0, np.int32)
+        for b, (r, m) in enumerate(zip(rows, n, strict=True)):
+            grid[key][b, P - m :] = r[key][:m]
+    grid["loss_weights"] = np.zeros((len(rows), P), np.float32)
+    for key in ("enc_tokens", "enc_segment_ids", "enc_positions", *IMAGE_FIELDS):
+        if key in rows[0]:
+            grid[key] = np.stack([r[key] for r in rows])
+    return Batch.from_dict(grid)

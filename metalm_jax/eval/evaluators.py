@@ -26,7 +26,6 @@ import numpy as np
 
 from metalm_jax.data.tokenizer import EOS_ID
 from metalm_jax.eval.metrics import exact_match
-from metalm_jax.types import IMAGE_FIELDS, Batch
 
 
 def _write(workdir, name, metrics, predictions):
@@ -122,20 +121,7 @@ def _generate_labels(trainer, params, tok, rows, ev, max_new: int = 3) -> list[s
 
     out = []
     for i in range(0, len(rows), ev.batch_size):
-        chunk = rows[i : i + ev.batch_size]
-        n = [int(r["segment_ids"].sum()) for r in chunk]
-        P = max(n)
-        grid = {}
-        for key in ("tokens", "slot_index", "segment_ids", "positions", "targets"):
-            fill = -1 if key == "slot_index" else 0
-            grid[key] = np.full((len(chunk), P), fill, np.int32)
-            for b, (r, m) in enumerate(zip(chunk, n, strict=True)):
-                grid[key][b, P - m :] = r[key][:m]
-        grid["loss_weights"] = np.zeros((len(chunk), P), np.float32)
-        for key in ("enc_tokens", "enc_segment_ids", "enc_positions", *IMAGE_FIELDS):
-            if key in chunk[0]:
-                grid[key] = np.stack([r[key] for r in chunk])
-        batch = Batch.from_dict(grid)
+        batch = decode.left_pad_rows(rows[i : i + ev.batch_size])
         gen = decode.generate(
             trainer.model,
             params,
@@ -147,23 +133,6 @@ def _generate_labels(trainer, params, tok, rows, ev, max_new: int = 3) -> list[s
         )
         out += [tok.decode([t for t in row if t != EOS_ID]).strip() for row in np.asarray(gen)]
     return out
-
-
-def _left_padded(rows) -> Batch:
-    """Prompt rows of one segment each (data/rows.py) -> a Batch of their used positions,
-    left-padded as decode.generate needs; encoder and image fields as they are."""
-    n = [int((r["segment_ids"] > 0).sum()) for r in rows]
-    P = max(n)
-    grid = {}
-    for key in ("tokens", "slot_index", "segment_ids", "positions", "targets"):
-        grid[key] = np.full((len(rows), P), -1 if key == "slot_index" else 0, np.int32)
-        for b, (r, m) in enumerate(zip(rows, n, strict=True)):
-            grid[key][b, P - m :] = r[key][:m]
-    grid["loss_weights"] = np.zeros((len(rows), P), np.float32)
-    for key in ("enc_tokens", "enc_segment_ids", "enc_positions", *IMAGE_FIELDS):
-        if key in rows[0]:
-            grid[key] = np.stack([r[key] for r in rows])
-    return Batch.from_dict(grid)
 
 
 def _image_prompt_ids(tok, text: str, layout, what: str) -> list[int]:
@@ -236,7 +205,7 @@ def captioning(ev, trainer, params, tok, cfg):
             decode.generate(
                 trainer.model,
                 params,
-                _left_padded(rows),
+                decode.left_pad_rows(rows),
                 _key(),
                 max_new=ev.max_tokens,
                 cfg=sc,
