@@ -138,8 +138,12 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Supervised task rows instead of semi-causal pretraining rows (finetuning; data/tasks.py).
     c.task = tk = ml_collections.ConfigDict()
-    tk.name = ""  # "" = pretrain on `data`; jsonl | kjv_books | kjv_testament | emoji_vqa |
-    #   emoji_captions | a TFDS task of data/tfds_tasks.py (glue/mnli, super_glue/boolq, ...)
+    tk.name = ""  # "" = pretrain on `data`; jsonl | kjv_books | kjv_testament | kjv_book |
+    #   kjv_completion | kjv_next_verse | emoji_vqa | emoji_captions | a TFDS task of
+    #   data/tfds_task_registry.py (mnli, boolq, squad_v1, ...) | mixture (several tasks:
+    #   task.mixture; data/mixture.py)
+    tk.mixture = []  # with name=mixture: [dict(name=..., <task keys to override>), ...]
+    tk.cap = 30000  # training examples per task at most (a fixed random subset; the paper's)
     tk.file = ""  # jsonl: the training file ({"input", "target"} or named fields)
     tk.validation_file = ""  # jsonl: the validation file
     tk.input_template = ""  # jsonl: "Premise: {premise} </s> Hypothesis: {hypothesis} </s> Label:"
@@ -147,7 +151,8 @@ def base_config() -> ml_collections.ConfigDict:
     tk.label_field = ""  # jsonl: a label field mapped by `verbalizer` (options = its words)
     tk.verbalizer = ()  # jsonl: label words, by label index (or {"label": "word"})
     tk.template = ""  # offline / TFDS tasks: a template string instead of the task's own
-    tk.template_index = 0  # offline / TFDS tasks: which of the task's templates (0 = paper form)
+    tk.template_index = 0  # offline / TFDS tasks: which of the task's templates (0 = paper form;
+    #   -1 = one drawn per example: instruction tuning)
     tk.prompt = "Question: {question} Answer:"  # emoji_vqa: the encoder prefix (PAPER.md §4.4)
     tk.caption_prefix = "caption:"  # emoji_captions: the encoder prefix (PAPER.md §4.5)
     tk.max_input_tokens = 48  # an input's tokens at most (the middle is cut, keeping the cue)
@@ -303,11 +308,35 @@ def task_eval(**overrides) -> ml_collections.ConfigDict:
         metric="auto",  # auto | exact_match | token_f1 | vqa | caption (see eval/task_eval.py)
         scoring=True,  # classification: also rank the options by log-likelihood
         max_tokens=8,  # generated tokens at most
+        beam=1,  # 1 = greedy; > 1 beam search (generation tasks: 4, the paper's)
+        length_penalty=0.6,  # beam search alpha
         answer_prefix="",  # zero-shot priming: decoder text before the answer (PAPER.md Fig. 4c)
         seq_len=0,  # prompt rows (0 = data.seq_len)
         batch_size=16,
         meteor=False,  # caption metric: METEOR too (needs java)
         task={},  # overrides of the task section, e.g. dict(name="emoji_vqa")
+    )
+    ev.update(overrides)
+    return ml_collections.ConfigDict(ev)
+
+
+def multitask_eval(**overrides) -> ml_collections.ConfigDict:
+    """Every task of a mixture (or `tasks`), each by its kind's metric, with a per-cluster table
+    (PAPER.md §4.2: exact match of free generation for multiple choice, F1 for QA, ROUGE with
+    beam 4 and alpha 0.6 for generation; eval/multitask_eval.py)."""
+    ev = dict(
+        type="multitask",
+        tasks=[],  # [dict(name=..., ...)] ([] = the run's task.mixture)
+        templates=1,  # 1: each task's template_index; N > 1: its first N evaluation templates,
+        #   mean and best reported (instruction tuning: 5)
+        split="validation",
+        examples=100,  # per task (a fixed random sample, `seed`)
+        seed=0,
+        max_tokens=16,
+        generation_beam=4,  # generation tasks: beam search width and length penalty alpha
+        length_penalty=0.6,
+        seq_len=0,  # prompt rows (0 = data.seq_len)
+        batch_size=16,
     )
     ev.update(overrides)
     return ml_collections.ConfigDict(ev)

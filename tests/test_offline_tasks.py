@@ -1,13 +1,15 @@
-"""Offline tasks: KJV book groups / testament splits and templates, emoji VQA and captions."""
+"""Offline tasks: the KJV tasks' splits, labels and templates, clusters, emoji VQA and captions."""
 
 import collections
+import functools
 
 import numpy as np
 import pytest
 
+from metalm_jax.data import emoji_tasks as et
 from metalm_jax.data import offline_tasks as ot
 from metalm_jax.data.corpora import kjv_chapters
-from metalm_jax.data.tasks import ImageInput
+from metalm_jax.data.tasks import OFFLINE_TASKS, ImageInput
 from metalm_jax.data.vl_corpora import captioned_emojis, emoji_caption, emoji_split, render_emoji
 
 SPLITS = ("train", "validation", "test")
@@ -37,16 +39,21 @@ def test_book_groups_cover_the_66_books_in_order():
 
 @pytest.fixture(scope="module")
 def kjv_splits():
-    return {
-        name: {split: ot.kjv_task(name, split) for split in SPLITS}
-        for name in ("kjv_books", "kjv_testament")
-    }
+    return {name: {split: ot.kjv_task(name, split) for split in SPLITS} for name in ot.KJV_TASKS}
 
 
-@pytest.mark.parametrize("name", ["kjv_books", "kjv_testament"])
+def _held_out_chapters():
+    return {chapter for i, (chapter, _) in enumerate(kjv_chapters()) if i % 25 == 12}
+
+
+def _chapter_of(verse_id):
+    return verse_id.rsplit(":", 1)[0]
+
+
+@pytest.mark.parametrize("name", ["kjv_books", "kjv_testament", "kjv_book"])
 def test_kjv_splits_are_disjoint_and_follow_the_pretraining_split(kjv_splits, name):
     chapters = kjv_chapters()
-    held_out = {chapter for i, (chapter, _) in enumerate(chapters) if i % 25 == 12}
+    held_out = _held_out_chapters()
     ids = {split: [ex.id for ex in kjv_splits[name][split]] for split in SPLITS}
     sets = {split: set(v) for split, v in ids.items()}
     assert all(len(ids[s]) == len(sets[s]) for s in SPLITS)  # no verse twice
@@ -54,53 +61,196 @@ def test_kjv_splits_are_disjoint_and_follow_the_pretraining_split(kjv_splits, na
     assert not sets["train"] & sets["test"]
     assert not sets["validation"] & sets["test"]
     assert sum(map(len, sets.values())) == sum(len(verses) for _, verses in chapters) == 31_103
-    chapter_of = lambda verse_id: verse_id.rsplit(":", 1)[0]
-    assert all(chapter_of(i) not in held_out for i in sets["train"])
-    assert {chapter_of(i) for i in sets["validation"]} == held_out
-    assert {chapter_of(i) for i in sets["test"]} == held_out
+    assert all(_chapter_of(i) not in held_out for i in sets["train"])
+    assert {_chapter_of(i) for i in sets["validation"]} == held_out
+    assert {_chapter_of(i) for i in sets["test"]} == held_out
     assert "Genesis 13:1" in sets["validation"] and "Genesis 13:2" in sets["test"]  # chapter 12
     for split in SPLITS:
         counts = ot.label_counts(kjv_splits[name][split])
         assert list(counts) == list(kjv_splits[name][split][0].options)
-        assert all(counts.values()), (split, counts)  # every label in every split
+        if name != "kjv_book":  # 35 of the 66 books have a held-out chapter
+            assert all(counts.values()), (split, counts)  # every label in every split
+    assert all(ot.label_counts(kjv_splits["kjv_book"]["train"]).values())
 
 
-def test_kjv_examples_carry_verse_label_and_options(kjv_splits):
-    books = {ex.id: ex for ex in kjv_splits["kjv_books"]["validation"]}
-    testament = {ex.id: ex for ex in kjv_splits["kjv_testament"]["validation"]}
-    ex = books["Genesis 13:1"]
-    assert ex.target == "Law" and ex.options == tuple(ot.BOOK_GROUPS)
-    assert ex.inputs == (
-        "And Abram went up out of Egypt, he, and his wife, and all that he had, and Lot with "
-        "him, into the south. </s> Which part of the Bible is this from? Answer:",
+@pytest.mark.parametrize("name", ["kjv_completion", "kjv_next_verse"])
+def test_kjv_generation_tasks_keep_the_verse_splits(kjv_splits, name):
+    last_verses = {f"{chapter}:{len(verses)}" for chapter, verses in kjv_chapters()}
+    for split in SPLITS:
+        ids = [ex.id for ex in kjv_splits[name][split]]
+        verses = [ex.id for ex in kjv_splits["kjv_books"][split]]
+        if name == "kjv_completion":  # verses of 6 words or more
+            expected = [i for i in verses if len(_verse_text(i).split()) >= 6]
+        else:  # every verse but its chapter's last
+            expected = [i for i in verses if i not in last_verses]
+        assert ids == expected and len(ids) < len(verses), split
+    train = {ex.id for ex in kjv_splits[name]["train"]}
+    validation = {ex.id for ex in kjv_splits[name]["validation"]}
+    test = {ex.id for ex in kjv_splits[name]["test"]}
+    assert not train & validation and not train & test and not validation & test
+    assert {_chapter_of(i) for i in validation | test} == _held_out_chapters()
+
+
+@functools.cache
+def _verses():
+    return {verse_id: text for _, verse_id, text, _ in ot._kjv_verses()}
+
+
+def _verse_text(verse_id):
+    return _verses()[verse_id]
+
+
+@pytest.mark.parametrize(
+    ("verse_id", "book", "group", "testament"),
+    [
+        ("Genesis 1:1", "Genesis", "Law", "Old"),
+        ("Genesis 13:2", "Genesis", "Law", "Old"),  # a test verse
+        ("Ruth 1:16", "Ruth", "History", "Old"),
+        ("Song of Solomon 2:1", "Song of Solomon", "Wisdom", "Old"),
+        ("Lamentations 3:22", "Lamentations", "Major Prophets", "Old"),
+        ("Jonah 1:17", "Jonah", "Minor Prophets", "Old"),
+        ("John 11:35", "John", "Gospels", "New"),
+        ("Acts 2:4", "Acts", "Acts", "New"),
+        ("1 Corinthians 13:4", "1 Corinthians", "Pauline epistles", "New"),
+        ("Hebrews 11:1", "Hebrews", "General epistles", "New"),
+        ("1 John 4:8", "1 John", "General epistles", "New"),
+        ("Revelation 22:21", "Revelation", "Revelation", "New"),
+    ],
+)
+def test_kjv_labels_of_hand_picked_verses(kjv_splits, verse_id, book, group, testament):
+    def example(name):
+        (ex,) = [ex for s in SPLITS for ex in kjv_splits[name][s] if ex.id == verse_id]
+        return ex
+
+    assert example("kjv_book").target == book and ot.book_of(verse_id) == book
+    assert example("kjv_books").target == group
+    assert example("kjv_testament").target == testament
+    assert example("kjv_book").options == ot.BOOKS
+    assert ot.BOOKS[:2] == ("Genesis", "Exodus") and ot.BOOKS[-1] == "Revelation"
+
+
+def test_kjv_book_default_prompt_lists_no_options():
+    (ex,) = [ex for ex in ot.kjv_task("kjv_book", "train") if ex.id == "John 11:35"]
+    assert ex.inputs == ("Jesus wept. </s> Which book of the Bible is this verse from? Answer:",)
+    assert ex.target == "John" and len(ex.options) == 66 and ex.answers == ()
+    listed = ot.kjv_task("kjv_book", "test", template=ot.TEMPLATES["kjv_book"][1])[0]
+    assert "OPTIONS: </s> Genesis </s> Exodus </s> " in listed.inputs[0]
+    assert listed.inputs[0].endswith(" </s> Jude </s> Revelation </s> TARGET:")
+
+
+def test_kjv_completion_splits_a_verse_into_halves(kjv_splits):
+    examples = {ex.id: ex for ex in kjv_splits["kjv_completion"]["train"]}
+    ex = examples["Genesis 1:1"]  # 10 words
+    assert ex.inputs == ("Complete the verse: In the beginning God created </s> TARGET:",)
+    assert ex.target == "the heaven and the earth." and ex.answers == (ex.target,)
+    assert ex.options == ()
+    ex = examples["Genesis 1:3"]  # 11 words: the first half is the shorter
+    assert ex.inputs[0] == "Complete the verse: And God said, Let there </s> TARGET:"
+    assert ex.target == "be light: and there was light."
+    assert ot.split_verse("Thou shalt not kill. Amen amen") == ("Thou shalt not", "kill. Amen amen")
+    assert "John 11:35" not in examples and "Exodus 20:13" not in examples  # under 6 words
+    for ex in examples.values():
+        start = ex.inputs[0].removeprefix("Complete the verse: ").removesuffix(" </s> TARGET:")
+        assert f"{start} {ex.target}".split() == _verse_text(ex.id).split()
+        assert len(start.split()) in (len(ex.target.split()), len(ex.target.split()) - 1)
+
+
+def test_kjv_next_verse_pairs_consecutive_verses_of_a_chapter(kjv_splits):
+    train = {ex.id: ex for ex in kjv_splits["kjv_next_verse"]["train"]}
+    assert train["Genesis 1:1"].inputs == (
+        "In the beginning God created the heaven and the earth. </s> What is the next verse? "
+        "Answer:",
     )
-    assert testament["Genesis 13:1"].target == "Old"
-    assert testament["Genesis 13:1"].options == ("Old", "New")
-    assert testament["Genesis 13:1"].inputs[0].endswith(" </s> Old or New Testament? Answer:")
-    expected = {
-        "Old": {"Law", "History", "Wisdom", "Major Prophets", "Minor Prophets"},
-        "New": {"Gospels", "Acts", "Pauline epistles", "General epistles", "Revelation"},
-    }
-    for verse_id, ex in books.items():
-        assert ex.target in expected[testament[verse_id].target]
+    assert train["Genesis 1:1"].target == _verse_text("Genesis 1:2")
+    assert "Genesis 1:31" not in train and "Genesis 2:1" in train  # no pair across chapters
+    validation = {ex.id: ex for ex in kjv_splits["kjv_next_verse"]["validation"]}
+    assert validation["Genesis 13:1"].target == _verse_text("Genesis 13:2")
+    for ex in (*train.values(), *validation.values()):
+        chapter, v = ex.id.rsplit(":", 1)
+        assert ex.target == _verse_text(f"{chapter}:{int(v) + 1}")
+        assert ex.answers == (ex.target,) and ex.options == ()
 
 
-def test_kjv_templates_render_and_a_list_is_drawn_per_example():
+def test_kjv_templates_render_and_turned_ones_ask_for_the_verse():
+    first = {"kjv_completion": "Genesis 13:2"}
     for name, templates in ot.TEMPLATES.items():
-        assert len(templates) >= 3 and len(set(templates)) == len(templates)
+        assert len(templates) == 10 and len(set(templates)) == 10, name
+        turned = [t for t in templates if isinstance(t, ot.Template) and t.turned]
+        assert len(turned) == 2 and not isinstance(templates[0], ot.Template), name
+        verse = _verse_text(first.get(name, "Genesis 13:2"))  # "And Abram was very rich..."
         for template in templates:
             ex = ot.kjv_task(name, "test", template=template)[0]
             assert ex.id == "Genesis 13:2"
-            assert ex.inputs[0].count("And Abram was very rich in cattle") == 1
-            assert "{" not in ex.inputs[0] and "}" not in ex.inputs[0]
-    with_options = ot.kjv_task("kjv_books", "test", template=ot.TEMPLATES["kjv_books"][1])[0]
-    assert " </s> ".join(ot.BOOK_GROUPS) + " </s> TARGET:" in with_options.inputs[0]
-    templates = ot.TEMPLATES["kjv_testament"]
-    drawn = [ex.inputs[0] for ex in ot.kjv_task("kjv_testament", "test", templates, seed=3)]
-    again = [ex.inputs[0] for ex in ot.kjv_task("kjv_testament", "test", templates, seed=3)]
-    assert drawn == again
-    cues = collections.Counter(text.rsplit(" </s> ", 1)[-1] for text in drawn)
-    assert len(cues) == len(ot.TEMPLATES["kjv_testament"])
+            text = ex.inputs[0]
+            assert "{" not in text and "}" not in text and "  " not in text, (name, template)
+            if template in turned:
+                assert ex.options == () and ex.answers == (ex.target,)
+                assert ex.target not in text
+                if name == "kjv_completion":  # the start of the verse from its end
+                    assert ex.target == ot.split_verse(verse)[0]
+                    assert ot.split_verse(verse)[1] in text
+                else:
+                    assert ex.target == " ".join(verse.split()[: ot.TURNED_WORDS])
+            else:
+                asked = ot.split_verse(verse)[0] if name == "kjv_completion" else verse
+                assert text.count(asked) == 1, (name, template)
+                if "OPTIONS:" in text:
+                    options = " </s> ".join(ex.options)
+                    assert f" </s> OPTIONS: </s> {options} </s> TARGET:" in text
+    long_verse = ot.kjv_task("kjv_books", "train", template=ot.TEMPLATES["kjv_books"][8])
+    assert max(len(ex.target.split()) for ex in long_verse) == ot.TURNED_WORDS == 24
+    assert long_verse[0].inputs == ("Write a verse from the Law part of the Bible. </s> TARGET:",)
+    assert long_verse[0].target == _verse_text("Genesis 1:1")
+
+
+def test_kjv_multitask_templates_render_as_measured():
+    # Templates 0 and 1 of kjv_books / kjv_testament were measured: their text must not move.
+    ex = ot.kjv_task("kjv_testament", "test", template=ot.TEMPLATES["kjv_testament"][1])[0]
+    assert ex.inputs == (
+        "Is this verse from the Old or the New Testament? </s> And Abram was very rich in "
+        "cattle, in silver, and in gold. </s> OPTIONS: </s> Old </s> New </s> TARGET:",
+    )
+    ex = ot.kjv_task("kjv_books", "test", template=ot.TEMPLATES["kjv_books"][1])[0]
+    assert ex.inputs[0].startswith("Which part of the Bible is this verse from? </s> And Abram")
+    assert " </s> OPTIONS: </s> " + " </s> ".join(ot.BOOK_GROUPS) + " </s> TARGET:" in ex.inputs[0]
+
+
+@pytest.mark.parametrize("name", ["kjv_testament", "kjv_completion"])
+def test_kjv_template_list_is_drawn_per_example(name):
+    templates = ot.TEMPLATES[name]
+    drawn = ot.kjv_task(name, "test", templates, seed=3)
+    assert drawn == ot.kjv_task(name, "test", templates, seed=3)
+    assert drawn != ot.kjv_task(name, "test", templates, seed=4)
+    each = [ot.kjv_task(name, "test", template=t) for t in templates]
+    used = collections.Counter()
+    for i, ex in enumerate(drawn):
+        (k,) = [k for k in range(len(templates)) if each[k][i] == ex]
+        used[k] += 1
+    assert len(used) == len(templates)  # every template, the turned ones too
+
+
+def test_eval_templates_leave_out_the_turned_ones():
+    for name, templates in ot.TEMPLATES.items():
+        chosen = ot.eval_templates(name)
+        assert len(chosen) == 5 and all(isinstance(t, str) for t in chosen)
+        assert chosen == tuple(t for t in templates if isinstance(t, str))[:5]
+        assert chosen[0] == templates[0]
+    with pytest.raises(ValueError, match="unknown KJV task 'emoji_vqa'"):
+        ot.eval_templates("emoji_vqa")
+
+
+def test_clusters_and_kinds_cover_every_offline_task():
+    tasks = set(OFFLINE_TASKS) | set(ot.KJV_TASKS)
+    assert set(ot.CLUSTERS) == set(ot.KINDS) == tasks
+    assert set(ot.KINDS.values()) == {"classification", "qa", "generation"}
+    assert ot.CLUSTERS["kjv_books"] == ot.CLUSTERS["kjv_testament"] == "topic"
+    assert ot.CLUSTERS["kjv_book"] == "reference"
+    assert ot.CLUSTERS["kjv_completion"] == "completion"
+    assert ot.CLUSTERS["emoji_vqa"] == "vqa" and ot.CLUSTERS["emoji_captions"] == "captioning"
+    assert ot.KINDS["kjv_completion"] == "qa" and ot.KINDS["kjv_book"] == "classification"
+    for name in ot.KJV_TASKS:  # classification examples carry options, the others answers
+        ex = ot.kjv_task(name, "validation")[0]
+        assert bool(ex.options) == (ot.KINDS[name] == "classification"), name
 
 
 def test_kjv_task_errors_name_the_problem():
@@ -110,6 +260,10 @@ def test_kjv_task_errors_name_the_problem():
         ot.kjv_task("kjv_books", "dev")
     with pytest.raises(ValueError, match=r"needs field\(s\) \['text'\]"):
         ot.kjv_task("kjv_books", "test", template="{text} Answer:")
+    with pytest.raises(ValueError, match=r"\(turned\).*needs field\(s\) \['verse'\]"):
+        ot.kjv_task("kjv_books", "test", template=ot.Template("{verse}", turned=True))
+    with pytest.raises(ValueError, match="template list is empty"):
+        ot.kjv_task("kjv_book", "test", template=[])
 
 
 def test_label_counts_keeps_option_order_and_zeros():
@@ -150,27 +304,27 @@ def test_label_counts_keeps_option_order_and_zeros():
     ],
 )
 def test_emoji_questions_follow_the_names(hex_id, expected):
-    assert ot.emoji_questions(emoji_caption(hex_id)) == expected
+    assert et.emoji_questions(emoji_caption(hex_id)) == expected
 
 
 def test_emoji_vqa_splits_follow_emoji_split_and_answers_fit_options():
     answers = {}
     seen = set()
     for split in SPLITS:
-        source = ot.emoji_vqa(split, data_dir="/nonexistent")  # no image read, nothing prepared
+        source = et.emoji_vqa(split, data_dir="/nonexistent")  # no image read, nothing prepared
         ids = {hex_id for hex_id, _, _ in source.items}
         assert ids and all(emoji_split(h) == split for h in ids)
         assert not ids & seen
         seen |= ids
         answers[split] = collections.Counter((q, a) for _, q, a in source.items)
         for qtype, answer in answers[split]:
-            options = ot.EMOJI_QUESTIONS[qtype][1]
+            options = et.EMOJI_QUESTIONS[qtype][1]
             assert not options or answer in options
     assert seen <= {h for h, _ in captioned_emojis()}
     for qtype in ("skin_tone", "person", "hair"):
-        for option in ot.EMOJI_QUESTIONS[qtype][1]:
+        for option in et.EMOJI_QUESTIONS[qtype][1]:
             assert answers["train"][(qtype, option)] > 0, (qtype, option)
-    for qtype in ot.EMOJI_QUESTIONS:
+    for qtype in et.EMOJI_QUESTIONS:
         assert any(q == qtype for q, _ in answers["validation"]), qtype
         assert any(q == qtype for q, _ in answers["test"]), qtype
 
@@ -182,13 +336,13 @@ def openmoji_dir(tmp_path_factory):
 
 
 def test_emoji_vqa_reads_the_emoji_image(openmoji_dir):
-    source = ot.emoji_vqa("validation", data_dir=openmoji_dir)
+    source = et.emoji_vqa("validation", data_dir=openmoji_dir)
     for i in (0, len(source) // 2, len(source) - 1):
         ex = source[i]
         hex_id, qtype = ex.id.split("/")
         (image_input,) = ex.inputs
         assert isinstance(image_input, ImageInput) and image_input.record_id == hex_id
-        question, options = ot.EMOJI_QUESTIONS[qtype]
+        question, options = et.EMOJI_QUESTIONS[qtype]
         assert image_input.prefix == f"Question: {question} Answer:"
         assert ex.options == options and ex.answers == (ex.target,)
         image = image_input.image
@@ -198,7 +352,7 @@ def test_emoji_vqa_reads_the_emoji_image(openmoji_dir):
 
 
 def test_emoji_captions_pair_image_and_caption(openmoji_dir):
-    source = ot.emoji_captions("test", data_dir=openmoji_dir)
+    source = et.emoji_captions("test", data_dir=openmoji_dir)
     assert len(source) == sum(emoji_split(h) == "test" for h, _ in captioned_emojis())
     ex = source[len(source) // 3]
     (image_input,) = ex.inputs
@@ -206,4 +360,4 @@ def test_emoji_captions_pair_image_and_caption(openmoji_dir):
     assert ex.target == emoji_caption(ex.id)
     np.testing.assert_array_equal(image_input.image, np.asarray(render_emoji(ex.id, 64)))
     with pytest.raises(ValueError, match="render_size=100"):
-        ot.emoji_captions("test", render_size=100, data_dir=openmoji_dir)
+        et.emoji_captions("test", render_size=100, data_dir=openmoji_dir)

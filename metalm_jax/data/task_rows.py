@@ -161,21 +161,27 @@ def row_builder_fn(cfg, encoding, layout):
     return lambda: RowBuilder(cfg.data.seq_len, cfg.spans.enc_length, encoding, layout)
 
 
-def task_rows(cfg, source, encoder: ExampleEncoder, encoding, layout, shard, seed):
-    """IterDataset of packed task rows from a random-access `source` of TaskExamples:
-    shuffled and repeated forever when `seed` is given, else one pass in order."""
+def example_stream(source, encoder: ExampleEncoder, shard, seed, name: str = "task"):
+    """IterDataset of (example id, pieces) from a random-access `source` of TaskExamples, this
+    process's share: shuffled and repeated forever when `seed` is given, else one pass."""
     ds = grain.MapDataset.source(source)
     index, count = shard
     ds = ds[index::count]
     if len(ds) == 0:
-        raise ValueError(f"task {cfg.task.name}: process {index} of {count} gets no examples")
+        raise ValueError(f"task {name}: process {index} of {count} gets no examples")
     if seed is not None:
         ds = ds.shuffle(seed=seed).repeat(None)
         ds = ds.random_map(lambda ex, rng: (ex.id, encoder.pieces(ex, rng)), seed=seed + 1)
     else:
         ds = ds.map(lambda ex: (ex.id, encoder.pieces(ex)))
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=32))
-    return TaskPackIterDataset(it, row_builder_fn(cfg, encoding, layout), bool(cfg.task.pack))
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=32))
+
+
+def task_rows(cfg, source, encoder: ExampleEncoder, encoding, layout, shard, seed):
+    """IterDataset of packed task rows from a random-access `source` of TaskExamples:
+    shuffled and repeated forever when `seed` is given, else one pass in order."""
+    stream = example_stream(source, encoder, shard, seed, cfg.task.name)
+    return TaskPackIterDataset(stream, row_builder_fn(cfg, encoding, layout), bool(cfg.task.pack))
 
 
 def stack_rows(rows: list[dict]) -> dict:

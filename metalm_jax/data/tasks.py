@@ -182,13 +182,28 @@ def shuffled_indices(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)
 
 
-OFFLINE_TASKS = ("kjv_books", "kjv_testament", "emoji_vqa", "emoji_captions")
+KJV_TASKS = ("kjv_books", "kjv_testament", "kjv_book", "kjv_completion", "kjv_next_verse")
+OFFLINE_TASKS = (*KJV_TASKS, "emoji_vqa", "emoji_captions")
+TEMPLATED_TASKS = KJV_TASKS  # offline tasks with several templates
 
 
-def open_task(task_cfg, split: str, data_dir: str | None = None, render_size: int = 64):
+def _is_tfds(name: str) -> bool:
+    from metalm_jax.data.tfds_task_registry import TFDS_TASKS
+
+    return name in TFDS_TASKS
+
+
+def open_task(
+    task_cfg, split: str, data_dir: str | None = None, render_size: int = 64, seed: int = 0
+):
     """Random-access TaskExamples of the configured task (`task` config section) for `split`
-    (train | validation | test)."""
+    (train | validation | test). task.template_index=-1 draws one of the task's templates per
+    example (a fixed function of `seed` and the example)."""
     name = task_cfg.name
+    if task_cfg.template_index == -1 and name not in TEMPLATED_TASKS and not _is_tfds(name):
+        raise ValueError(
+            f"task.template_index=-1 (a template drawn per example): task {name} has one template"
+        )
     if name == "jsonl":
         path = task_cfg.file if split == "train" else task_cfg.validation_file
         if not path:
@@ -201,13 +216,17 @@ def open_task(task_cfg, split: str, data_dir: str | None = None, render_size: in
             label_field=task_cfg.label_field,
             verbalizer=task_cfg.verbalizer,
         )
-    if name in ("kjv_books", "kjv_testament"):
+    if name in KJV_TASKS:
         from metalm_jax.data import offline_tasks
 
-        template = task_cfg.template or _nth_template(
-            offline_tasks.TEMPLATES[name], task_cfg.template_index, name
-        )
-        return offline_tasks.kjv_task(name, split, template=template)
+        templates = offline_tasks.TEMPLATES[name]
+        if task_cfg.template:
+            template = task_cfg.template
+        elif task_cfg.template_index == -1:  # one drawn per example (instruction tuning)
+            template = templates
+        else:
+            template = _nth_template(templates, task_cfg.template_index, name)
+        return offline_tasks.kjv_task(name, split, template=template, seed=seed)
     if name == "emoji_vqa":
         from metalm_jax.data import offline_tasks
 
@@ -228,7 +247,9 @@ def open_task(task_cfg, split: str, data_dir: str | None = None, render_size: in
                 f"task.template: TFDS task {name} takes one of its own templates "
                 "(task.template_index), not a template string"
             )
-        return tfds_tasks.TfdsTaskSource(name, split, data_dir, template=task_cfg.template_index)
+        return tfds_tasks.TfdsTaskSource(
+            name, split, data_dir, template=task_cfg.template_index, seed=seed
+        )
     raise ValueError(
         f"task.name: unknown task {name!r}; expected jsonl, one of {list(OFFLINE_TASKS)} or a "
         f"TFDS task ({', '.join(sorted(tfds_tasks.TFDS_TASKS))})"

@@ -180,22 +180,25 @@ def _open(name: str, split: str, data_dir: str | None, **kwargs) -> Sequence:
 
 class TfdsTaskSource:
     """Random access over one split of a registered task: `len(source)`, `source[i] ->
-    TaskExample` (prompt `spec.templates[template]`), `source.fields(i)` (the fields templates
-    see, for other templates). In the splits named by `spec.unlabelled_in`, records without a
-    label are left out (indices then skip them)."""
+    TaskExample` (prompt `spec.templates[template]`, or with template=-1 one drawn per record),
+    `source.fields(i)` (the fields templates see, for other templates). In the splits named by
+    `spec.unlabelled_in`, records without a label are left out (indices then skip them)."""
 
-    def __init__(self, name: str, split: str, data_dir: str | None = None, template: int = 0):
+    def __init__(
+        self, name: str, split: str, data_dir: str | None = None, template: int = 0, seed: int = 0
+    ):
         self.spec = spec = _spec(name)
         if split not in spec.splits:
             raise ValueError(
                 f"TFDS task {name!r} has splits {sorted(spec.splits)}, not {split!r} (a test "
                 "split without labels is left out; see data/tfds_tasks.py)"
             )
-        if not 0 <= template < len(spec.templates):
+        if not -1 <= template < len(spec.templates):
             raise ValueError(
-                f"TFDS task {name!r} has templates 0..{len(spec.templates) - 1}, not {template}"
+                f"TFDS task {name!r} has templates 0..{len(spec.templates) - 1} (-1: one drawn "
+                f"per example), not {template}"
             )
-        self.name, self.split, self.template = name, split, template
+        self.name, self.split, self.template, self.seed = name, split, template, seed
         self.source = _open(name, split, data_dir)
         self.records = self._labelled(data_dir) if split in spec.unlabelled_in else None
 
@@ -209,6 +212,14 @@ class TfdsTaskSource:
             )
         return int(i) if self.records is None else int(self.records[i])
 
+    def _template(self, record: int) -> int:
+        """template >= 0: that one; -1: one drawn per record (instruction tuning, PAPER.md
+        §3.5), a fixed function of (seed, record)."""
+        if self.template >= 0:
+            return self.template
+        rng = np.random.default_rng((self.seed, record))
+        return int(rng.integers(len(self.spec.templates)))
+
     def fields(self, i: int) -> dict:
         return self._complete(_flatten(self.source[self._record(i)]))
 
@@ -220,7 +231,7 @@ class TfdsTaskSource:
         target, options, answers = self._target(fields, where)
         return TaskExample(
             id=f"{self.name}/{self.split}:{own_id}",
-            inputs=(render(self.spec.templates[self.template], fields, where),),
+            inputs=(render(self.spec.templates[self._template(j)], fields, where),),
             target=target,
             options=options,
             answers=answers,

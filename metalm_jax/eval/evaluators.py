@@ -114,9 +114,10 @@ def icl_classification(ev, trainer, params, tok, cfg):
     return metrics, preds
 
 
-def _generate_labels(trainer, params, tok, rows, ev, max_new: int = 3) -> list[str]:
-    """Greedy continuations of prompt rows (built with an empty option), as text: the first
-    line up to </s>. Rows are re-laid left-padded, as decode.generate needs."""
+def _generate_labels(trainer, params, tok, rows, ev, max_new: int = 3, sampling=None) -> list[str]:
+    """Greedy (or `sampling`: a decode.SamplingConfig, e.g. beam search) continuations of prompt
+    rows (built with an empty option), as text: the first line up to </s>. Rows are re-laid
+    left-padded, as decode.generate needs."""
     from metalm_jax.eval import decode
 
     out = []
@@ -128,7 +129,7 @@ def _generate_labels(trainer, params, tok, rows, ev, max_new: int = 3) -> list[s
             batch,
             _key(),
             max_new=max_new,
-            cfg=decode.SamplingConfig(),
+            cfg=sampling or decode.SamplingConfig(),
             stop_ids=(EOS_ID,),
         )
         out += [tok.decode([t for t in row if t != EOS_ID]).strip() for row in np.asarray(gen)]
@@ -451,8 +452,15 @@ def task(ev, trainer, params, tok, cfg):
     return evaluate_task(ev, trainer, params, tok, cfg)
 
 
+def multitask(ev, trainer, params, tok, cfg):
+    from metalm_jax.eval.multitask_eval import evaluate_multitask
+
+    return evaluate_multitask(ev, trainer, params, tok, cfg)
+
+
 EVALUATORS = {
     "task": task,
+    "multitask": multitask,
     "perplexity": perplexity,
     "icl_classification": icl_classification,
     "captioning": captioning,

@@ -47,7 +47,17 @@ def _metric(ev, task, examples) -> str:
     return "token_f1"
 
 
-def evaluate_task(ev, trainer, params, tok, cfg):
+MAIN_METRIC = {  # metric -> the figure a task reports
+    "exact_match": "generation_accuracy",
+    "token_f1": "token_f1",
+    "vqa": "vqa_accuracy",
+    "caption": "ROUGE_L",
+}
+
+
+def evaluate_task(ev, trainer, params, tok, cfg, task=None):
+    """(metrics, predictions) of the task `task` (a task section; default: the run's task with
+    `ev.task` overrides) on `ev.split`."""
     from metalm_jax.data.pipeline import example_encoder, span_encoding
     from metalm_jax.data.task_rows import encode_prompt
     from metalm_jax.data.tasks import open_task
@@ -55,7 +65,7 @@ def evaluate_task(ev, trainer, params, tok, cfg):
     from metalm_jax.eval.scoring import row_logliks
     from metalm_jax.model.build import image_layout
 
-    task = task_config(cfg, ev)
+    task = task_config(cfg, ev) if task is None else task
     source = open_task(task, ev.split, cfg.data.tfds_data_dir or None, cfg.images.render_size)
     n = min(int(ev.examples), len(source))
     examples = [source[int(i)] for i in shuffled_indices(len(source), int(ev.seed))[:n]]
@@ -75,8 +85,15 @@ def evaluate_task(ev, trainer, params, tok, cfg):
         return b.row()
 
     prompts = [encoder.input_pieces(ex) + priming for ex in examples]
+    sampling = None
+    if ev.get("beam", 1) > 1:  # e.g. generation tasks: beam 4, alpha 0.6 (PAPER.md §4.2)
+        from metalm_jax.eval.decode import SamplingConfig
+
+        sampling = SamplingConfig(
+            beam=int(ev.beam), length_penalty=float(ev.get("length_penalty", 0.6))
+        )
     gen = _generate_labels(
-        trainer, params, tok, [row(p) for p in prompts], ev, max_new=ev.max_tokens
+        trainer, params, tok, [row(p) for p in prompts], ev, ev.max_tokens, sampling
     )
     preds = [
         {"id": ex.id, "prediction": g, "references": list(ex.references)}
