@@ -98,3 +98,21 @@ def test_paper_vision_language_config_parameter_counts():
     # Ours is 181M: two modality experts; VLMo-Base also has a vision-language expert in its top
     # layers (~+9M) and a 30k BERT vocabulary (ours shares the decoder's 50k).
     assert 0.175e9 <= counts["vision_encoder"] <= 0.200e9, counts
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_task_configs_name_known_tasks(path):
+    """Every finetuning config's tasks (and its evaluators' tasks) are registered ones."""
+    from metalm_jax.data.mixture import entries
+    from metalm_jax.data.tasks import OFFLINE_TASKS
+    from metalm_jax.data.tfds_task_registry import TFDS_TASKS
+
+    cfg = load(path)
+    if not cfg.task.name:
+        return
+    names = [t.name for t in entries(cfg.task)]
+    for ev in cfg.evals.values():
+        names += [dict(t)["name"] for t in ev.get("tasks", [])]
+    unknown = [n for n in names if n not in OFFLINE_TASKS and n not in TFDS_TASKS and n != "jsonl"]
+    assert not unknown, unknown
+    assert cfg.finetune.from_run  # downstream configs start from a pretraining run
