@@ -7,7 +7,9 @@ kind (`metric`, "auto" picks it):
 
   exact_match  classification (the task has options): exact match of the free generation (no
                constrained decoding, PAPER.md §4.2), plus option scoring: the option (+ </s>)
-               with the highest log-likelihood, as in rank classification
+               with the highest log-likelihood, as in rank classification (scoring_accuracy),
+               and with the highest log-likelihood per token (scoring_accuracy_per_token: no
+               bias towards options of fewer tokens)
   token_f1     QA: SQuAD token F1 and exact match against every answer
   vqa          VQA accuracy with the official answer normalization
   caption      BLEU / METEOR / ROUGE-L / CIDEr (COCO caption metrics)
@@ -113,14 +115,21 @@ def evaluate_task(ev, trainer, params, tok, cfg, task=None):
                 for o in ex.options
             ]
             flat = row_logliks(trainer.model, params, rows, ev.batch_size)
+            lengths = np.array(
+                [len(encoder.target_ids(o)) for ex in examples for o in ex.options], np.float64
+            )
             cuts = np.cumsum([len(ex.options) for ex in examples])[:-1]
-            right = []
-            for p, ex, s in zip(preds, examples, np.split(flat, cuts), strict=True):
+            right, right_norm = [], []
+            for p, ex, s, n in zip(
+                preds, examples, np.split(flat, cuts), np.split(lengths, cuts), strict=True
+            ):
                 best = ex.options[int(np.argmax(s))]
                 right.append(best == ex.target)
+                right_norm.append(ex.options[int(np.argmax(s / n))] == ex.target)
                 p["option_scores"] = [round(float(x), 4) for x in s]
                 p["scored"] = best
             metrics["scoring_accuracy"] = float(np.mean(right))
+            metrics["scoring_accuracy_per_token"] = float(np.mean(right_norm))
         for p, e in zip(preds, em, strict=True):
             p["correct"] = bool(e)
     elif metric == "token_f1":
