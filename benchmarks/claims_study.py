@@ -56,8 +56,12 @@ def _run(args: list[str], workdir: str, log: str) -> float:
 
 
 class Study:
-    def __init__(self, out: str, smoke: bool, seeds: list[int], pre_steps: int, ft_steps: int):
+    def __init__(
+        self, out: str, smoke: bool, seeds: list[int], pre_steps: int, ft_steps: int,
+        variants=tuple(VARIANTS), tasks=tuple(TASKS),
+    ):  # fmt: skip
         self.out, self.smoke, self.seeds = os.path.abspath(out), smoke, seeds
+        self.variants, self.tasks = list(variants), list(tasks)
         self.pre_steps, self.ft_steps = (2, 2) if smoke else (pre_steps, ft_steps)
         self.results = self._load()
 
@@ -107,11 +111,14 @@ class Study:
 
     def pretrain(self) -> dict[str, str]:
         runs = {}
+        needed = {"metalm"} | {VARIANTS[v][0] for v in self.variants}
         for name, config, extra in (
             ("metalm", "configs/tiny.py", []),
             ("gpt", "configs/tiny.py", ["--config.model.text_encoder.enabled=False"]),
             ("minilm", "configs/tiny_minilm.py", []),
         ):
+            if name not in needed:
+                continue
             wd = os.path.join(self.out, "pretrain", name)
             args = ["-m", "metalm_jax.train", f"--config={config}", f"--workdir={wd}",
                     f"--config.train.steps={self.pre_steps}", *extra, *self.small()]  # fmt: skip
@@ -153,8 +160,8 @@ class Study:
     def run(self) -> None:
         pre = self.pretrain()
         table: dict = {}
-        for task in TASKS:
-            for variant in VARIANTS:
+        for task in self.tasks:
+            for variant in self.variants:
                 for seed in self.seeds:
                     wd = self.finetune(pre, task, variant, seed)
                     m = json.load(open(os.path.join(wd, "evals", "kjv_books", "metrics.json")))
@@ -226,9 +233,10 @@ class Study:
         import matplotlib.pyplot as plt
         import numpy as np
 
-        fig, axes = plt.subplots(1, len(TASKS), figsize=(6 * len(TASKS), 4))
-        for ax, (task, (figure, _)) in zip(np.atleast_1d(axes), TASKS.items(), strict=True):
-            for v in VARIANTS:
+        fig, axes = plt.subplots(1, len(self.tasks), figsize=(6 * len(self.tasks), 4))
+        for ax, task in zip(np.atleast_1d(axes), self.tasks, strict=True):
+            figure = TASKS[task][0]
+            for v in self.variants:
                 curves = []
                 for seed in self.seeds:
                     path = os.path.join(self.out, "finetune", task, v, f"seed{seed}",
@@ -258,9 +266,15 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--pretrain_steps", type=int, default=400)
     p.add_argument("--finetune_steps", type=int, default=300)
+    p.add_argument("--variants", default=",".join(VARIANTS), help="a subset of a,b,c,d")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"a subset of {','.join(TASKS)}")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
-    Study(a.out, a.smoke, seeds, a.pretrain_steps, a.finetune_steps).run()
+    variants, tasks = a.variants.split(","), a.tasks.split(",")
+    bad = [v for v in variants if v not in VARIANTS] + [t for t in tasks if t not in TASKS]
+    if bad:
+        p.error(f"unknown variants / tasks {bad}: variants {list(VARIANTS)}, tasks {list(TASKS)}")
+    Study(a.out, a.smoke, seeds, a.pretrain_steps, a.finetune_steps, variants, tasks).run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""The claims study script (benchmarks/claims_study.py) end to end, in its smoke version: every
+stage runs through the real CLIs with 2 steps per run; tables, JSON and the plot are written."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_claims_study_smoke(tmp_path):
+    out = tmp_path / "study"
+    cmd = [sys.executable, "benchmarks/claims_study.py", f"--out={out}", "--smoke",
+           "--seeds=0", "--variants=a,b", "--tasks=kjv_books"]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    r = json.load(open(out / "study.json"))
+    assert set(r["finetune"]["kjv_books"]) == {"a", "b"}
+    assert set(r["icl"]) == {"before", "after"} and "0shot/accuracy_mean" in r["icl"]["after"]
+    assert "table" in r["multitask"]["multitask"]["multitask"]
+    assert "held_out" in r["multitask"]["instruct"]
+    md = (out / "study.md").read_text()
+    assert "| (a) | MetaLM, decoder frozen" in md and "python -m metalm_jax.train" in md
+    assert (out / "study.png").stat().st_size > 1000
+    # finished runs are skipped: a second call reruns nothing
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and "== " not in again.stdout
