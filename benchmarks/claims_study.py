@@ -251,7 +251,7 @@ class Study:
                 if not steps:
                     continue
                 ys = np.array([[c[s] for s in steps] for c in curves])
-                ax.plot(steps, ys.mean(0), label=f"({v}) {VARIANTS[v][2]}")
+                ax.plot(steps, ys.mean(0), marker="o", label=f"({v}) {VARIANTS[v][2]}")
                 ax.fill_between(steps, ys.min(0), ys.max(0), alpha=0.2)
             ax.set(title=task, xlabel="finetuning step", ylabel=f"validation {figure}")
             ax.legend(fontsize=7)
