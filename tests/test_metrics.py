@@ -242,3 +242,13 @@ def test_caption_metrics_rejects_bad_inputs():
         caption_metrics({1: "a dog"}, {1: "a dog"})
     with pytest.raises(TypeError, match="one string"):
         caption_metrics({1: ["a dog"]}, {1: ["a dog"]})
+
+
+def test_vqa_score_official_for_ten_answers_else_any_match():
+    from metalm_jax.eval.metrics import vqa_accuracy, vqa_score
+
+    ten = ["yes"] * 2 + ["no"] * 8
+    assert vqa_score("yes", ten) == vqa_accuracy("yes", ten) == pytest.approx(0.6)
+    assert vqa_score("Woman.", ["woman"]) == 1.0  # one reference: official formula gives 0
+    assert vqa_accuracy("woman", ["woman"]) == 0.0
+    assert vqa_score("two", ["2", "pair"]) == 1.0 and vqa_score("man", ["woman"]) == 0.0

@@ -334,7 +334,8 @@ def _vqa_sets(ev, cfg, layout):
 def vqa(ev, trainer, params, tok, cfg):
     """k-shot VQA by generation: each image encoded with its rendered question as the joint VL
     encoder's prefix, answers as decoder tokens (eval/prompts.build_vqa_row), then the query's
-    image + question and `answer_prefix` (zero-shot priming, decoder tokens); VQA accuracy with
+    image + question and `answer_prefix` (zero-shot priming, decoder tokens); VQA accuracy
+    (metrics.vqa_score: official for 10-answer sets, else any answer matched) with
     the official normalization. Data: `file`, a JSONL of {"image": path relative to the file,
     "question": str, "answers": [...]}, or `task` (emoji_vqa) and its `split`.
 
@@ -346,7 +347,7 @@ def vqa(ev, trainer, params, tok, cfg):
 
     from metalm_jax.data.task_rows import cut_middle, encode_prompt
     from metalm_jax.data.tasks import render
-    from metalm_jax.eval.metrics import vqa_accuracy
+    from metalm_jax.eval.metrics import vqa_score
     from metalm_jax.eval.prompts import build_vqa_row
     from metalm_jax.model.build import image_layout
 
@@ -384,7 +385,7 @@ def vqa(ev, trainer, params, tok, cfg):
             rows.append(build_vqa_row(d, (img, question(q)), priming, layout))
             demo_ids.append([x[0] for x in demos])
         answers = _generate_labels(trainer, params, tok, rows, ev, max_new=ev.max_tokens)
-        accs = [vqa_accuracy(a, it[3]) for a, it in zip(answers, items, strict=True)]
+        accs = [vqa_score(a, it[3]) for a, it in zip(answers, items, strict=True)]
         metrics[f"{k}shot/vqa_accuracy"] = float(np.mean(accs))
         preds += [
             {"id": it[0], "k": k, "answer": a, "accuracy": acc, "demos": ids}

@@ -240,6 +240,17 @@ def vqa_accuracy(pred: str, answers: Sequence[str]) -> float:
     return sum(min(1.0, (total - h) / 3.0) for h in hits) / len(hits)
 
 
+def vqa_score(pred: str, answers: Sequence[str]) -> float:
+    """The VQA figure the evaluators report: the official `vqa_accuracy` for human-answer sets
+    (10 answers, as VQAv2 and OK-VQA have), else 1.0 if the prediction matches any of the given
+    answers after the same normalization (a set with one reference answer, like the offline
+    emoji VQA, would score 0 on the official formula: each answer left out leaves no match)."""
+    if len(answers) >= 10:
+        return vqa_accuracy(pred, answers)
+    p, gts = _vqa_matches(pred, answers)
+    return float(any(g == p for g in gts))
+
+
 def vqa_accuracy_simple(pred: str, answers: Sequence[str]) -> float:
     """The common shortcut min(#matching human answers / 3, 1) (same normalization as
     `vqa_accuracy`); it differs from the official value only when 1-3 answers match (for 10

@@ -11,7 +11,8 @@ kind (`metric`, "auto" picks it):
                and with the highest log-likelihood per token (scoring_accuracy_per_token: no
                bias towards options of fewer tokens)
   token_f1     QA: SQuAD token F1 and exact match against every answer
-  vqa          VQA accuracy with the official answer normalization
+  vqa          VQA accuracy (metrics.vqa_score: official for 10-answer sets, else a match of
+               any answer after the official normalization)
   caption      BLEU / METEOR / ROUGE-L / CIDEr (COCO caption metrics)
 
 The examples are a fixed random sample (`seed`) of `examples` from the split. Writes per-example
@@ -142,9 +143,9 @@ def evaluate_task(ev, trainer, params, tok, cfg, task=None):
             np.mean([exact_match(g, r) for g, r in zip(gen, refs, strict=True)])
         )
     elif metric == "vqa":
-        from metalm_jax.eval.metrics import vqa_accuracy
+        from metalm_jax.eval.metrics import vqa_score
 
-        accs = [vqa_accuracy(g, r) for g, r in zip(gen, refs, strict=True)]
+        accs = [vqa_score(g, r) for g, r in zip(gen, refs, strict=True)]
         metrics["vqa_accuracy"] = float(np.mean(accs))
         for p, a in zip(preds, accs, strict=True):
             p["accuracy"] = a
