@@ -387,7 +387,7 @@ def _open_standard(name: str, split: str, data_dir: str | None):
     spec = STANDARD_SETS[name]
     try:
         source = tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=False)
-    except (tfds.core.DatasetNotFoundError, ModuleNotFoundError) as e:
+    except (tfds.core.DatasetNotFoundError, ModuleNotFoundError, NotImplementedError) as e:
         raise FileNotFoundError(
             f"standard set {name!r}: no prepared {spec.tfds_name} (array_record) under "
             f"data_dir={data_dir!r}; prepare it with `tfds build {spec.tfds_name.split('/')[0]} "
