@@ -15,7 +15,7 @@ normalization) every eval_every steps and at the end (evals/emoji_vqa/).
 
 import os
 
-from metalm_jax.config import load_config_file, task_eval
+from metalm_jax.config import load_config_file, task_eval, tiny_finetune_schedule
 
 
 def get_config(arg=None):
@@ -28,13 +28,7 @@ def get_config(arg=None):
     c.task.max_target_tokens = 10
     c.task.eval_examples = 258
     c.images.images_per_row = 4  # 4 (image + question + answer) examples fill a 128-token row
-    c.optim.lr = 1e-3
-    c.optim.warmup_steps = 30
-    c.train.steps = 300
-    c.train.batch_size = 16
-    c.train.eval_every = 100
-    c.train.checkpoint_every = 100
-    c.train.sample_tokens = 0
+    tiny_finetune_schedule(c)
     c.evals = {}
     c.evals.emoji_vqa = task_eval(examples=258, max_tokens=10)  # the whole validation split
     c.train.run_evals = ("emoji_vqa",)

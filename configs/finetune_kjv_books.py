@@ -16,7 +16,7 @@ and by option scoring every eval_every steps and at the end (evals/kjv_books/).
 
 import os
 
-from metalm_jax.config import load_config_file, task_eval
+from metalm_jax.config import load_config_file, task_eval, tiny_finetune_schedule
 
 
 def get_config(arg=None):
@@ -28,13 +28,7 @@ def get_config(arg=None):
     c.task.name = "kjv_books"
     c.task.max_input_tokens = 60  # + <s> fits the encoder's 64 positions
     c.spans.enc_length = 256  # the encoder grid holds the packed examples' inputs
-    c.optim.lr = 1e-3
-    c.optim.warmup_steps = 30
-    c.train.steps = 300
-    c.train.batch_size = 16
-    c.train.eval_every = 100
-    c.train.checkpoint_every = 100
-    c.train.sample_tokens = 0
+    tiny_finetune_schedule(c)
     c.evals = {}
     c.evals.kjv_books = task_eval(examples=300, max_tokens=16)  # stops at </s>
     c.train.run_evals = ("kjv_books",)

@@ -340,3 +340,14 @@ def multitask_eval(**overrides) -> ml_collections.ConfigDict:
     )
     ev.update(overrides)
     return ml_collections.ConfigDict(ev)
+
+
+def tiny_finetune_schedule(c, steps: int = 300, batch_size: int = 16, lr: float = 1e-3) -> None:
+    """The optimizer and train keys of the CPU-sized finetuning configs (configs/finetune_*)."""
+    c.optim.lr = lr
+    c.optim.warmup_steps = 30
+    c.train.steps = steps
+    c.train.batch_size = batch_size
+    c.train.eval_every = 100
+    c.train.checkpoint_every = 100
+    c.train.sample_tokens = 0

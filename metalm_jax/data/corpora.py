@@ -119,6 +119,22 @@ def local_text_config(paths, text_key="text", validation_fraction=0.02) -> Local
     )
 
 
+def json_objects(path: str, expected: str = "a JSON object"):
+    """Yields (lineno, dict) for the non-blank lines of a JSONL file; a line that is not JSON,
+    or not an object, is a ValueError naming the file, the line and `expected`."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: expected {expected}")
+            yield lineno, obj
+
+
 def read_local_documents(paths, text_key: str = "text"):
     """Yields (id, [paragraphs]) from .txt / .jsonl files; raises naming file and line."""
     for path in paths:
@@ -131,23 +147,17 @@ def read_local_documents(paths, text_key: str = "text"):
                 raise ValueError(f"{path}: empty document (no non-blank text)")
             yield os.path.basename(path), paras
             continue
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(obj, dict) or text_key not in obj:
-                    raise ValueError(f"{path}:{lineno}: expected an object with key {text_key!r}")
-                text = obj[text_key]
-                if not isinstance(text, str):
-                    raise ValueError(f"{path}:{lineno}: field {text_key!r} must be a string")
-                paras = [p.strip() for p in text.split("\n") if p.strip()]
-                if not paras:
-                    raise ValueError(f"{path}:{lineno}: empty document in field {text_key!r}")
-                yield f"{os.path.basename(path)}:{lineno}", paras
+        expected = f"an object with key {text_key!r}"
+        for lineno, obj in json_objects(path, expected):
+            if text_key not in obj:
+                raise ValueError(f"{path}:{lineno}: expected {expected}")
+            text = obj[text_key]
+            if not isinstance(text, str):
+                raise ValueError(f"{path}:{lineno}: field {text_key!r} must be a string")
+            paras = [p.strip() for p in text.split("\n") if p.strip()]
+            if not paras:
+                raise ValueError(f"{path}:{lineno}: empty document in field {text_key!r}")
+            yield f"{os.path.basename(path)}:{lineno}", paras
 
 
 class LocalText(tfds.core.GeneratorBasedBuilder):

@@ -24,12 +24,13 @@ examples of a split: `len(source)`, `source[i] -> TaskExample`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import string
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from metalm_jax.data.corpora import json_objects
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,23 +112,13 @@ class JsonlTask:
         self.path = path
         self.examples = []
         verbalizer = dict(verbalizer) if isinstance(verbalizer, Mapping) else list(verbalizer)
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise ValueError(f"{where}: expected a JSON object")
-                self.examples.append(
-                    self._example(
-                        obj, where, input_template, target_template, label_field, verbalizer,
-                        options,
-                    )
-                )  # fmt: skip
+        for lineno, obj in json_objects(path):
+            self.examples.append(
+                self._example(
+                    obj, f"{path}:{lineno}", input_template, target_template, label_field,
+                    verbalizer, options,
+                )
+            )  # fmt: skip
         if not self.examples:
             raise ValueError(f"task file {path}: no examples")
 

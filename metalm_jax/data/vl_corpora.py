@@ -29,7 +29,6 @@ import dataclasses
 import functools
 import hashlib
 import io
-import json
 import os
 import unicodedata
 
@@ -262,30 +261,23 @@ def _read_folder(folder: str):
 
 
 def _read_jsonl(path: str):
+    from metalm_jax.data.corpora import json_objects
+
     base = os.path.dirname(path)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected an object with keys 'image' and 'caption'")
-            for key in ("image", "caption"):
-                if key not in obj:
-                    raise ValueError(f"{where}: missing field {key!r}")
-                if not isinstance(obj[key], str):
-                    raise ValueError(f"{where}: field {key!r} must be a string")
-            caption = " ".join(obj["caption"].split())
-            if not caption:
-                raise ValueError(f"{where}: empty caption")
-            image_path = os.path.join(base, obj["image"])  # an absolute "image" wins
-            if not os.path.isfile(image_path):
-                raise FileNotFoundError(f"{where}: image file {image_path!r} does not exist")
-            yield f"{os.path.basename(path)}:{lineno}", image_path, caption
+    for lineno, obj in json_objects(path, "an object with keys 'image' and 'caption'"):
+        where = f"{path}:{lineno}"
+        for key in ("image", "caption"):
+            if key not in obj:
+                raise ValueError(f"{where}: missing field {key!r}")
+            if not isinstance(obj[key], str):
+                raise ValueError(f"{where}: field {key!r} must be a string")
+        caption = " ".join(obj["caption"].split())
+        if not caption:
+            raise ValueError(f"{where}: empty caption")
+        image_path = os.path.join(base, obj["image"])  # an absolute "image" wins
+        if not os.path.isfile(image_path):
+            raise FileNotFoundError(f"{where}: image file {image_path!r} does not exist")
+        yield f"{os.path.basename(path)}:{lineno}", image_path, caption
 
 
 def read_local_pairs(paths):
