@@ -169,12 +169,15 @@ class Study:
                         float(m[TASKS[task][0]])
                     )
         self.results["finetune"] = table
+        self.write_report()  # after every stage group: a stopped study still has its tables
         icl = {"before": self.icl("icl/before", pre["metalm"], "configs/tiny.py")}
-        a = os.path.join(self.out, "finetune", "kjv_books", "a", f"seed{self.seeds[0]}")
-        icl["after"] = self.icl(
-            "icl/after", a, "configs/tiny.py", ["--config.spans.enc_length=256"]
-        )
+        if "a" in self.variants and "kjv_books" in self.tasks:  # the decoder of (a), after
+            a = os.path.join(self.out, "finetune", "kjv_books", "a", f"seed{self.seeds[0]}")
+            icl["after"] = self.icl(
+                "icl/after", a, "configs/tiny.py", ["--config.spans.enc_length=256"]
+            )
         self.results["icl"] = icl
+        self.write_report()
         self.results["multitask"] = {}
         for name, config in (("multitask", "configs/multitask_kjv.py"),
                              ("instruct", "configs/instruct_kjv.py")):  # fmt: skip
@@ -200,7 +203,7 @@ class Study:
         r = self.results
         lines = [f"Seeds {self.seeds}; pretraining {self.pre_steps} steps, finetuning "
                  f"{self.ft_steps} steps per run.", ""]  # fmt: skip
-        for task, by_variant in r["finetune"].items():
+        for task, by_variant in r.get("finetune", {}).items():
             lines += [f"**{task}** ({TASKS[task][0]}, validation)", "",
                       "| variant | what | mean | min | max | seeds |",
                       "|---|---|---|---|---|---|"]  # fmt: skip
@@ -213,11 +216,11 @@ class Study:
         lines += ["**In-context testament (k-shot accuracy by option scoring)**", "",
                   "| decoder of (a) | " + " | ".join(f"k={k}" for k in (0, 1, 4)) + " |",
                   "|---|---|---|---|"]  # fmt: skip
-        for when, m in r["icl"].items():
+        for when, m in r.get("icl", {}).items():
             cells = [f"{m.get(f'{k}shot/accuracy_mean', float('nan')):.3f}" for k in (0, 1, 4)]
             lines.append(f"| {when} encoder finetuning | " + " | ".join(cells) + " |")
         lines.append("")
-        for name, evals in r["multitask"].items():
+        for name, evals in r.get("multitask", {}).items():
             for e, m in evals.items():
                 lines += [f"**{name}: {e}**", "", m.get("table", ""), ""]
         lines += ["Commands (wall time):", ""]
