@@ -200,6 +200,7 @@ class Study:
         self.write_report()
 
     def write_report(self) -> None:
+        self._save()
         r = self.results
         lines = [f"Seeds {self.seeds}; pretraining {self.pre_steps} steps, finetuning "
                  f"{self.ft_steps} steps per run.", ""]  # fmt: skip
