@@ -64,14 +64,28 @@ def orbax_checkpoint_dir(source: str) -> str:
     )
 
 
+def orbax_param_metadata(step_dir: str) -> dict:
+    """{top-level module: array metadata tree} of an Orbax TrainState checkpoint (nothing read)."""
+    import orbax.checkpoint as ocp
+
+    meta = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state"))
+    tree = getattr(meta, "item_metadata", meta)
+    return tree["params"] if isinstance(tree, dict) else tree.tree["params"]
+
+
+def orbax_saved_config(step_dir: str) -> dict:
+    """The run config saved with an Orbax checkpoint step, as a dict."""
+    import orbax.checkpoint as ocp
+
+    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, "config"))
+
+
 def _orbax_params(step_dir: str, key: str) -> dict:
     """params/<key> of an Orbax TrainState checkpoint, as numpy (only that sub-tree is read)."""
     import orbax.checkpoint as ocp
 
     path = os.path.join(step_dir, "state")
-    meta = ocp.StandardCheckpointer().metadata(path)
-    tree = getattr(meta, "item_metadata", meta)
-    params = tree["params"] if isinstance(tree, dict) else tree.tree["params"]
+    params = orbax_param_metadata(step_dir)
     if key not in params:
         raise ConversionError(f"{path}: no params/{key} (it has {sorted(params)})")
     device = jax.local_devices()[0]
@@ -95,11 +109,7 @@ def _check_orbax_arch(cfg, step_dir: str, target: str, source_key: str) -> None:
     section = SECTIONS.get(target)
     if section is None or SECTIONS.get(source_key) != section:
         return
-    import orbax.checkpoint as ocp
-
-    saved = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, "config"))[
-        "model"
-    ][section]
+    saved = orbax_saved_config(step_dir)["model"][section]
     mine = cfg.model[section]
     diffs = [
         f"model.{section}.{k}: source {saved[k]!r}, config {mine[k]!r}"

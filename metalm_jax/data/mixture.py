@@ -61,8 +61,8 @@ def cluster_and_kind(task_cfg) -> tuple[str, str]:
         spec = TFDS_TASKS[name]
         cluster, kind = spec.cluster, spec.kind
     else:
-        cluster = getattr(offline_tasks, "CLUSTERS", {}).get(name, name)
-        kind = getattr(offline_tasks, "KINDS", {}).get(name, "")
+        cluster = offline_tasks.CLUSTERS.get(name, name)  # a JSONL task: its own name
+        kind = offline_tasks.KINDS.get(name, "")
     return task_cfg.get("cluster", cluster), task_cfg.get("kind", kind)
 
 

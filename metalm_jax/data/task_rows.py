@@ -17,7 +17,6 @@ task.max_target_tokens.
 from __future__ import annotations
 
 import grain
-import numpy as np
 
 from metalm_jax.data import images as imlib
 from metalm_jax.data.rows import DoesNotFit, Enc, Image, RowBuilder, Target, Text
@@ -182,7 +181,3 @@ def task_rows(cfg, source, encoder: ExampleEncoder, encoding, layout, shard, see
     shuffled and repeated forever when `seed` is given, else one pass in order."""
     stream = example_stream(source, encoder, shard, seed, cfg.task.name)
     return TaskPackIterDataset(stream, row_builder_fn(cfg, encoding, layout), bool(cfg.task.pack))
-
-
-def stack_rows(rows: list[dict]) -> dict:
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

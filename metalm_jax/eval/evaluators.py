@@ -230,30 +230,27 @@ _VQA_TASKS = ("emoji_vqa",)
 def _vqa_file(path: str, layout) -> list[tuple]:
     """[(id "path:line", pixels float32[H, W, 3], question, answers)] of a JSONL of
     {"image": path relative to the file, "question": str, "answers": [str, ...]}."""
+    from metalm_jax.data.corpora import json_objects
     from metalm_jax.data.images import preprocess
 
     items = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                x = json.loads(line)
-                image = os.path.join(os.path.dirname(os.path.abspath(path)), x["image"])
-                with open(image, "rb") as img:
-                    pixels = preprocess(
-                        img.read(),
-                        layout.image_size,
-                        record_id=image,
-                        mean=layout.mean,
-                        std=layout.std,
-                    )
-                items.append((f"{path}:{lineno}", pixels, str(x["question"]), list(x["answers"])))
-            except (KeyError, json.JSONDecodeError, OSError) as e:
-                raise ValueError(
-                    f"{path}:{lineno}: expected {{image, question, answers}} "
-                    f"with a readable image ({type(e).__name__}: {e})"
-                ) from None
+    for lineno, x in json_objects(path, "an object {image, question, answers}"):
+        try:
+            image = os.path.join(os.path.dirname(os.path.abspath(path)), x["image"])
+            with open(image, "rb") as img:
+                pixels = preprocess(
+                    img.read(),
+                    layout.image_size,
+                    record_id=image,
+                    mean=layout.mean,
+                    std=layout.std,
+                )
+            items.append((f"{path}:{lineno}", pixels, str(x["question"]), list(x["answers"])))
+        except (KeyError, OSError) as e:
+            raise ValueError(
+                f"{path}:{lineno}: expected {{image, question, answers}} "
+                f"with a readable image ({type(e).__name__}: {e})"
+            ) from None
     return items
 
 

@@ -29,12 +29,10 @@ def eval_template_indices(task_cfg, n: int) -> list[int]:
     name = task_cfg.name
     if name in TFDS_TASKS:
         return list(range(min(n, len(TFDS_TASKS[name].templates))))
-    templates = getattr(offline_tasks, "TEMPLATES", {}).get(name)
-    if templates is None:
+    if name not in offline_tasks.TEMPLATES:  # one template (JSONL, emoji tasks)
         return [0]
-    evaluable = getattr(offline_tasks, "eval_templates", None)
-    chosen = evaluable(name) if evaluable else templates
-    return [list(templates).index(t) for t in chosen][:n]
+    templates = list(offline_tasks.TEMPLATES[name])
+    return [templates.index(t) for t in offline_tasks.eval_templates(name)][:n]
 
 
 def evaluate_multitask(ev, trainer, params, tok, cfg):

@@ -73,11 +73,8 @@ def evaluate_task(ev, trainer, params, tok, cfg, task=None):
     n = min(int(ev.examples), len(source))
     examples = [source[int(i)] for i in shuffled_indices(len(source), int(ev.seed))[:n]]
     metric = _metric(ev, task, examples)
-    cfg_task = cfg.copy_and_resolve_references()
-    with cfg_task.unlocked():
-        cfg_task.task = task
     layout = image_layout(cfg)
-    encoder = example_encoder(cfg_task, tok, layout)
+    encoder = example_encoder(cfg, tok, layout, task=task)
     encoding = span_encoding(cfg, tok)
     seq_len = int(ev.seq_len or cfg.data.seq_len)
     priming = [Text(encode_prompt(tok, ev.answer_prefix))] if ev.answer_prefix else []

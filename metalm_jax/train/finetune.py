@@ -50,21 +50,6 @@ INIT_TARGETS = {
 }
 
 
-def _saved_config(step_dir: str) -> dict:
-    import orbax.checkpoint as ocp
-
-    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, "config"))
-
-
-def _source_modules(step_dir: str) -> list[str]:
-    import orbax.checkpoint as ocp
-
-    meta = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state"))
-    tree = getattr(meta, "item_metadata", meta)
-    params = tree["params"] if isinstance(tree, dict) else tree.tree["params"]
-    return sorted(params)
-
-
 def _run_dir(step_dir: str) -> str:
     """checkpoints/<step> -> the run's workdir."""
     return os.path.dirname(os.path.dirname(os.path.abspath(step_dir)))
@@ -79,11 +64,15 @@ def prepare_config(cfg, workdir: str, log=print):
         if ft.preset not in ("decoder_frozen", "none") and cfg.task.name:
             log(f"note: finetune.preset={ft.preset} has no effect without finetune.from_run")
         return cfg
-    from metalm_jax.convert.init_from import orbax_checkpoint_dir
+    from metalm_jax.convert.init_from import (
+        orbax_checkpoint_dir,
+        orbax_param_metadata,
+        orbax_saved_config,
+    )
     from metalm_jax.eval.load import with_defaults
 
     step_dir = orbax_checkpoint_dir(ft.from_run)
-    saved = with_defaults(_saved_config(step_dir))
+    saved = with_defaults(orbax_saved_config(step_dir))
     out = cfg.copy_and_resolve_references()
     with out.unlocked():
         out.model = saved.model
@@ -92,7 +81,7 @@ def prepare_config(cfg, workdir: str, log=print):
         out.images.mean, out.images.std = saved.images.mean, saved.images.std
         out.spans.enc_bos = saved.spans.enc_bos
         _copy_tokenizer(saved, _run_dir(step_dir), workdir, out)
-        have = _source_modules(step_dir)
+        have = sorted(orbax_param_metadata(step_dir))
         wanted = have if "all" in ft.restore else list(ft.restore)
         missing = [m for m in wanted if m not in have]
         if missing:
