@@ -32,6 +32,14 @@ def _arch_keys(section, **defaults) -> None:
     section.update(defaults)
 
 
+def _paths() -> ml_collections.FieldReference:
+    """A key holding paths (data.files, images.files), typed `object` so that every command-line
+    form parses: `'["/d/a.jsonl", "/d/b.txt"]'`, `/d/*.jsonl` and `/d/a.jsonl,/d/b.txt`. A list
+    field rejects every override and a tuple field the comma form; `corpora.expand_paths` reads
+    the value (a list, tuple or comma-separated string of paths and globs)."""
+    return ml_collections.FieldReference((), field_type=object)
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "base"  # run name; the default workdir is runs/<name>
@@ -39,7 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = d = ml_collections.ConfigDict()
     d.name = "kjv"  # kjv (bundled King James Bible) | files (your .txt/.jsonl files)
-    d.files = []  # with name=files: paths of .txt (one document each) or .jsonl files
+    d.files = _paths()  # with name=files: .txt (one document each) / .jsonl files or globs,
+    #   a list or "a.jsonl,b.txt"; an empty file is an error (corpora.py)
     d.text_key = "text"  # with name=files: JSONL field holding the document text
     d.validation_fraction = 0.02  # with name=files: share of documents held out
     d.tfds_data_dir = ""  # where TFDS writes prepared corpora ("" = ~/tensorflow_datasets)
@@ -61,7 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
     im.train_split = "train"  # standard sets: their split names
     im.validation_split = "val"
     im.captions_per_image = 5  # standard sets: captions cycled per image
-    im.files = []  # with name=files: image folders (x.png + x.txt) or .jsonl {image, caption}
+    im.files = _paths()  # with name=files: image folders (x.png + x.txt) or .jsonl {image,
+    #   caption}, or globs; a list or "pics/,pairs.jsonl"
     im.render_size = 64  # openmoji: rendered resolution of the stored images (64 | 224)
     im.validation_fraction = 0.05  # with name=files
     im.images_per_row = 2  # Ni: image-text pairs packed into one decoder row

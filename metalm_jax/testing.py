@@ -43,6 +43,27 @@ def micro_config(corpus_files=(), data_dir: str = ""):
     return c
 
 
+# micro_config's sizes, as command-line overrides (micro_flags)
+_MICRO_KEYS = (
+    "data.vocab_size data.seq_len spans.min_len spans.max_len spans.enc_length "
+    "model.decoder.num_layers model.decoder.d_model model.decoder.num_heads model.decoder.d_ff "
+    "model.decoder.max_len model.text_encoder.num_layers model.text_encoder.d_model "
+    "model.text_encoder.num_heads model.text_encoder.d_ff model.text_encoder.max_len "
+    "model.text_encoder.dropout optim.warmup_steps train.batch_size train.eval_batches"
+).split()
+
+
+def micro_flags(steps: int = 2) -> list[str]:
+    """`--config.*` overrides that shrink a language config (configs/tiny.py) to micro_config's
+    sizes and a `steps`-step run with one log, eval and checkpoint at the end: for tests that
+    run README's commands as written."""
+    c = micro_config()
+    flags = [f"--config.{key}={c[key]}" for key in _MICRO_KEYS]
+    flags += [f"--config.train.{k}={steps}" for k in ("steps", "log_every", "eval_every")]
+    flags += [f"--config.train.checkpoint_every={steps}", "--config.train.sample_tokens=4"]
+    return flags
+
+
 def write_kjv_jsonl(path: str, n_chapters: int = 60) -> str:
     """A JSONL corpus of the first KJV chapters (one document per line)."""
     with open(path, "w", encoding="utf-8") as f:

@@ -116,3 +116,32 @@ def test_task_configs_name_known_tasks(path):
     unknown = [n for n in names if n not in OFFLINE_TASKS and n not in TFDS_TASKS and n != "jsonl"]
     assert not unknown, unknown
     assert cfg.finetune.from_run  # downstream configs start from a pretraining run
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '["{d}/a.jsonl", "{d}/b.txt"]',
+        "{d}/a.jsonl,{d}/b.txt",
+        "{d}/*",
+        '("{d}/a.jsonl", "{d}/b.txt")',
+    ],
+)
+@pytest.mark.parametrize("key", ["data.files", "images.files"])
+def test_paths_keys_take_every_command_line_form(tmp_path, key, value):
+    """A list literal, comma-separated paths and a glob each parse as a command-line override
+    (a list-typed key took none of them) and name the same files."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from metalm_jax.data.corpora import expand_paths
+
+    for name in ["a.jsonl", "b.txt"]:
+        (tmp_path / name).write_text("x")
+    argv = ["prog", f"--config.{key}={value.format(d=tmp_path)}"]
+    fv = flags.FlagValues()
+    cfg = load(os.path.join(ROOT, "configs", "tiny.py"))
+    config_flags.DEFINE_config_dict("config", cfg, flag_values=fv, lock_config=True, sys_argv=argv)
+    fv(argv)
+    got = fv.config.data.files if key == "data.files" else fv.config.images.files
+    assert expand_paths(got, key) == (str(tmp_path / "a.jsonl"), str(tmp_path / "b.txt"))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -86,17 +87,54 @@ def test_bad_jsonl_is_named(tmp_path, content, key, message):
         list(corpora.read_local_documents([str(p)], key))
 
 
-def test_missing_or_empty_corpus_files_are_named(tmp_path):
+def test_missing_corpus_files_and_unknown_corpora_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt' does not exist"):
         corpora.local_text_config([str(tmp_path / "nope.txt")])
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n\n  \n")
-    with pytest.raises(ValueError, match="empty.txt: empty document"):
-        list(corpora.read_local_documents([str(empty)]))
     with pytest.raises(ValueError, match="unknown corpus 'pile'"):
         cfg = testing.micro_config()
         cfg.data.name = "pile"
         corpora.make_builder(cfg.data, None)
+
+
+@pytest.mark.parametrize("name", ["empty.txt", "empty.jsonl"])
+def test_an_empty_corpus_file_is_an_error_naming_it(tmp_path, name):
+    """One rule for .txt and .jsonl: a listed file without a document stops the run, whether
+    alone or among good files (it used to be skipped silently, or an empty split unnamed)."""
+    good = testing.write_kjv_jsonl(str(tmp_path / "good.jsonl"), 3)
+    empty = tmp_path / name
+    empty.write_text("\n\n  \n")
+    for paths in ([str(empty)], [good, str(empty)]):
+        with pytest.raises(ValueError, match=re.escape(f"{empty}: empty file; expected ")):
+            list(corpora.read_local_documents(paths))
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "docs.jsonl"])
+def test_invalid_utf8_names_file_and_line(tmp_path, name):
+    p = tmp_path / name
+    lines = [json.dumps({"text": f"line {i}"}).encode() for i in (1, 2)]
+    p.write_bytes(b"\n".join([*lines, b'{"text": "caf\xe9"}', b""]))  # Latin-1 e-acute
+    where = r":3: not UTF-8 \(byte 0xe9 at line 3, column 14\)"
+    with pytest.raises(ValueError, match=re.escape(str(p)) + where):
+        list(corpora.read_local_documents([str(p)]))
+
+
+def test_expand_paths_reads_lists_commas_and_globs(tmp_path):
+    for name in ["b.jsonl", "a.jsonl", "c.txt"]:
+        (tmp_path / name).write_text("x")
+    a, b, c = (str(tmp_path / n) for n in ["a.jsonl", "b.jsonl", "c.txt"])
+    expand = corpora.expand_paths
+    assert expand([c, a], "data.files") == (c, a)
+    assert expand(f"{tmp_path}/*.jsonl, {c}", "data.files") == (a, b, c)  # globs sorted
+    assert expand((f"{tmp_path}/*.jsonl",), "k") == (a, b)
+    assert expand("", "k") == () and expand([], "k") == ()
+    with pytest.raises(FileNotFoundError, match=r"data.files: pattern '.*/\*.csv' matches no"):
+        expand(f"{c},{tmp_path}/*.csv", "data.files")
+    with pytest.raises(FileNotFoundError, match=r"images.files: '.*/d.txt' does not exist"):
+        expand([a, str(tmp_path / "d.txt")], "images.files")
+    with pytest.raises(ValueError, match=r"data.files: '.*/a.jsonl' is named twice"):
+        expand(f"{a},{tmp_path}/*.jsonl", "data.files")
+    with pytest.raises(TypeError, match=r"data.files: expected paths"):
+        expand(5, "data.files")
 
 
 def test_train_iterator_batches_follow_the_contract(corpus):

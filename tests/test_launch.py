@@ -18,7 +18,11 @@ TPU = LAUNCH / "tpu_vm.sh"
 GKE = LAUNCH / "gke.sh"
 SLURM = LAUNCH / "slurm_gpu.sh"
 BASE = ["--name", "pod", "--zone", "us-east5-a", "--project", "proj"]
-OVERRIDES = ['--config.data.files=["/d/a b.jsonl"]', "--config.x='q'", "--config.train.steps=7"]
+OVERRIDES = [
+    "--config.data.files=/d/a b/*.jsonl,/d/c.txt",
+    "--config.x='q'",
+    "--config.train.steps=7",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)

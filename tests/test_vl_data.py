@@ -243,6 +243,7 @@ def test_local_image_text_from_a_folder_and_a_jsonl(tmp_path):
             r"p.jsonl:1: image file .*y.png",
         ),
         (['["x.png", "c"]'], ValueError, r"p.jsonl:1: expected an object"),
+        ([" "], ValueError, r"p.jsonl: empty file; expected one JSON object per line"),
     ],
 )
 def test_bad_jsonl_pairs_are_named(tmp_path, lines, error, message):

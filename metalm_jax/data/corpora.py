@@ -10,16 +10,20 @@ Every corpus yields documents with the same features:
 hold several 64-128 token spans), one paragraph per verse. Every 25th chapter (index 12 mod 25)
 goes to `validation` (48 chapters), the rest to `train`: deterministic, and no chapter is split.
 
-`LocalText`: a user's own files, chosen in the config (`data.files`): `.txt` files are one
-document each, paragraphs separated by blank lines; `.jsonl` files hold one document per line
-in the field `data.text_key`, paragraphs separated by "\n". Documents whose id hashes into the
-first `validation_fraction` go to `validation`. Bad input raises an error naming the file and
-line.
+`LocalText`: a user's own files, chosen in the config (`data.files`: paths and globs, as a list
+or one comma-separated string; see `expand_paths`): `.txt` files are one document each,
+paragraphs separated by blank lines; `.jsonl` files hold one document per line in the field
+`data.text_key`, paragraphs separated by "\n". Files are UTF-8. Documents whose id hashes into
+the first `validation_fraction` go to `validation`. Nothing is skipped: every file listed must
+hold at least one document (an empty or blank file, .txt or .jsonl, is an error naming it),
+and bad input (invalid UTF-8, a line that is not a JSON object, an empty document) raises an
+error naming the file and line. Only blank lines between JSONL documents are passed over.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import importlib.util
 import json
@@ -98,16 +102,52 @@ class LocalTextConfig(tfds.core.BuilderConfig):
     validation_fraction: float = 0.02
 
 
+def expand_paths(value, key: str) -> tuple[str, ...]:
+    """The absolute paths that config key `key` (data.files, images.files) names, in order.
+
+    `value` is a list or tuple of paths and glob patterns, or one string of them separated by
+    commas, as typed on the command line (`--config.data.files=/data/*.jsonl,/more/b.txt`).
+    `~` is expanded and a pattern becomes its matches, sorted. Errors name `key` and the entry:
+    a pattern that matches nothing, a path that does not exist, a path named twice.
+    """
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"{key}: expected paths (a list, or 'a.jsonl,b.txt'), got {value!r}")
+    out: list[str] = []
+    for entry in value:
+        for path in _expand_entry(entry, key):
+            if path in out:
+                raise ValueError(f"{key}: {path!r} is named twice (overlapping globs?)")
+            out.append(path)
+    return tuple(out)
+
+
+def _expand_entry(entry, key: str) -> list[str]:
+    if not isinstance(entry, str) or not entry:
+        raise TypeError(f"{key}: expected a path or glob pattern, got {entry!r}")
+    path = os.path.expanduser(entry)
+    if any(c in path for c in "*?["):
+        matches = sorted(glob.glob(path))
+        if not matches:
+            raise FileNotFoundError(f"{key}: pattern {entry!r} matches no files")
+        return [os.path.abspath(m) for m in matches]
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{key}: {entry!r} does not exist")
+    return [os.path.abspath(path)]
+
+
 def local_text_config(paths, text_key="text", validation_fraction=0.02) -> LocalTextConfig:
-    paths = tuple(os.path.abspath(p) for p in paths)
+    """The builder config for `paths` (a value `expand_paths` reads)."""
+    paths = expand_paths(paths, "data.files")
     if not paths:
         raise ValueError("data.files is empty: give one or more .txt or .jsonl files")
     h = hashlib.sha1()
     for p in paths:
-        if not os.path.isfile(p):
-            raise FileNotFoundError(f"data.files: corpus file {p!r} does not exist")
         if not p.endswith((".txt", ".jsonl")):
             raise ValueError(f"data.files: {p!r} must end in .txt or .jsonl")
+        if not os.path.isfile(p):
+            raise ValueError(f"data.files: {p!r} is not a file")
         st = os.stat(p)
         h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     h.update(f"{text_key}|{validation_fraction}".encode())
@@ -119,45 +159,93 @@ def local_text_config(paths, text_key="text", validation_fraction=0.02) -> Local
     )
 
 
+def _not_utf8(path: str) -> ValueError:
+    """The error for a file that is not UTF-8, naming the line and column of the first bad byte."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        return ValueError(
+            f"{path}:{line}: not UTF-8 (byte {data[e.start]:#04x} at line {line}, column "
+            f"{column}); expected a UTF-8 text file"
+        )
+    return ValueError(f"{path}: not UTF-8; expected a UTF-8 text file")
+
+
+def read_utf8(path: str) -> str:
+    """The text of a UTF-8 file; invalid bytes are a ValueError naming the file and line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
 def json_objects(path: str, expected: str = "a JSON object"):
-    """Yields (lineno, dict) for the non-blank lines of a JSONL file; a line that is not JSON,
-    or not an object, is a ValueError naming the file, the line and `expected`."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected {expected}")
-            yield lineno, obj
+    """Yields (lineno, dict) for the non-blank lines of a UTF-8 JSONL file; a line that is not
+    UTF-8, not JSON, or not an object is a ValueError naming the file, the line and `expected`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            yield from _json_lines(path, f, expected)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _json_lines(path: str, lines, expected: str):
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{lineno}: expected {expected}")
+        yield lineno, obj
 
 
 def read_local_documents(paths, text_key: str = "text"):
-    """Yields (id, [paragraphs]) from .txt / .jsonl files; raises naming file and line."""
+    """Yields (id, [paragraphs]) from .txt / .jsonl files; errors name the file (and line)."""
+    seen: dict[str, str] = {}
     for path in paths:
-        if path.endswith(".txt"):
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-            paras = [" ".join(p.split()) for p in text.split("\n\n")]
-            paras = [p for p in paras if p]
-            if not paras:
-                raise ValueError(f"{path}: empty document (no non-blank text)")
-            yield os.path.basename(path), paras
-            continue
-        expected = f"an object with key {text_key!r}"
-        for lineno, obj in json_objects(path, expected):
-            if text_key not in obj:
-                raise ValueError(f"{path}:{lineno}: expected {expected}")
-            text = obj[text_key]
-            if not isinstance(text, str):
-                raise ValueError(f"{path}:{lineno}: field {text_key!r} must be a string")
-            paras = [p.strip() for p in text.split("\n") if p.strip()]
-            if not paras:
-                raise ValueError(f"{path}:{lineno}: empty document in field {text_key!r}")
-            yield f"{os.path.basename(path)}:{lineno}", paras
+        docs = _txt_document(path) if path.endswith(".txt") else _jsonl_documents(path, text_key)
+        for doc_id, paras in docs:
+            if doc_id in seen:
+                raise ValueError(
+                    f"{path}: document id {doc_id!r} is also that of a document in "
+                    f"{seen[doc_id]!r} (two corpus files with the same name)"
+                )
+            seen[doc_id] = path
+            yield doc_id, paras
+
+
+def _txt_document(path: str):
+    paras = [" ".join(p.split()) for p in read_utf8(path).split("\n\n")]
+    paras = [p for p in paras if p]
+    if not paras:
+        raise ValueError(f"{path}: empty file; expected text (one document, blank-line paragraphs)")
+    yield os.path.basename(path), paras
+
+
+def _jsonl_documents(path: str, text_key: str):
+    expected = f"an object with key {text_key!r}"
+    count = 0
+    for lineno, obj in json_objects(path, expected):
+        if text_key not in obj:
+            raise ValueError(f"{path}:{lineno}: expected {expected}")
+        text = obj[text_key]
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{lineno}: field {text_key!r} must be a string")
+        paras = [p.strip() for p in text.split("\n") if p.strip()]
+        if not paras:
+            raise ValueError(f"{path}:{lineno}: empty document in field {text_key!r}")
+        count += 1
+        yield f"{os.path.basename(path)}:{lineno}", paras
+    if not count:
+        raise ValueError(f"{path}: empty file; expected one JSON object per line ({expected})")
 
 
 class LocalText(tfds.core.GeneratorBasedBuilder):
@@ -197,9 +285,7 @@ def make_builder(data_cfg, data_dir: str | None):
     if data_cfg.name == "kjv":
         return KjvBible(data_dir=data_dir, file_format="array_record")
     if data_cfg.name == "files":
-        cfg = local_text_config(
-            list(data_cfg.files), data_cfg.text_key, data_cfg.validation_fraction
-        )
+        cfg = local_text_config(data_cfg.files, data_cfg.text_key, data_cfg.validation_fraction)
         return LocalText(config=cfg, data_dir=data_dir, file_format="array_record")
     raise ValueError(f"data.name: unknown corpus {data_cfg.name!r}; expected 'kjv' or 'files'")
 

@@ -12,12 +12,14 @@ private-use or (for this Python's `unicodedata`) unnamed code point are skipped:
 remain with Python 3.11 (Unicode 14); a newer Python names more. Configs `64` and `224` give the
 image size. The split is a hash of the id: ~90% train, 5% validation, 5% test.
 
-`LocalImageText`: a user's pairs, chosen by `local_image_text_config(paths)`: a folder holds
-`x.png` / `x.jpg` / `x.jpeg` images each with a caption file `x.txt` beside it (not recursive);
-a `.jsonl` file holds lines `{"image": "<path, relative to the .jsonl or absolute>", "caption":
-"..."}`. Images are checked while preparing (a corrupt file is an error naming it); RGB JPEG/PNG
-files are stored as they are, anything else as RGB PNG. Ids hashing below `validation_fraction`
-go to `validation`.
+`LocalImageText`: a user's pairs, chosen by `local_image_text_config(paths)` (`images.files`:
+folders, .jsonl files and globs, read by `corpora.expand_paths`): a folder holds `x.png` /
+`x.jpg` / `x.jpeg` images each with a UTF-8 caption file `x.txt` beside it (not recursive); a
+`.jsonl` file holds lines `{"image": "<path, relative to the .jsonl or absolute>", "caption":
+"..."}`. As for text corpora, an empty folder or .jsonl file is an error naming it. Images are
+checked while preparing (a corrupt file is an error naming it, or skipped and counted with
+`images.skip_bad_images`); RGB JPEG/PNG files are stored as they are, anything else as RGB PNG.
+Ids hashing below `validation_fraction` go to `validation`.
 
 `STANDARD_SETS` / `standard_examples`: real-scale sets that users prepare themselves with TFDS on
 a machine with network access, read here as `{id, image, caption}` dicts.
@@ -41,6 +43,7 @@ import PIL.ImageFont
 import tensorflow_datasets as tfds
 
 from metalm_jax.data import images
+from metalm_jax.data.corpora import expand_paths, json_objects, read_utf8
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _SKIPPED_CODEPOINTS = (0xFE0F, 0x200D)  # emoji presentation selector, zero-width joiner
@@ -212,7 +215,8 @@ class LocalImageTextConfig(tfds.core.BuilderConfig):
 
 
 def local_image_text_config(paths, validation_fraction: float = 0.05) -> LocalImageTextConfig:
-    paths = tuple(os.path.abspath(p) for p in paths)
+    """The builder config for `paths` (folders and .jsonl files: a value `expand_paths` reads)."""
+    paths = expand_paths(paths, "images.files")
     if not paths:
         raise ValueError("image-text paths are empty: give folders or .jsonl files")
     h = hashlib.sha1()
@@ -229,7 +233,7 @@ def local_image_text_config(paths, validation_fraction: float = 0.05) -> LocalIm
             st = os.stat(p)
             h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         else:
-            raise FileNotFoundError(f"image-text path {p!r} does not exist")
+            raise ValueError(f"image-text path {p!r} must be a folder or a .jsonl file")
     h.update(f"{validation_fraction}".encode())
     return LocalImageTextConfig(
         name="images_" + h.hexdigest()[:12],
@@ -253,18 +257,17 @@ def _read_folder(folder: str):
             raise ValueError(
                 f"{image_path}: missing caption file {os.path.basename(caption_path)!r} beside it"
             )
-        with open(caption_path, encoding="utf-8") as f:
-            caption = " ".join(f.read().split())
+        caption = " ".join(read_utf8(caption_path).split())
         if not caption:
             raise ValueError(f"{caption_path}: empty caption")
         yield f"{os.path.basename(folder)}/{name}", image_path, caption
 
 
 def _read_jsonl(path: str):
-    from metalm_jax.data.corpora import json_objects
-
     base = os.path.dirname(path)
-    for lineno, obj in json_objects(path, "an object with keys 'image' and 'caption'"):
+    expected = "an object with keys 'image' and 'caption'"
+    count = 0
+    for lineno, obj in json_objects(path, expected):
         where = f"{path}:{lineno}"
         for key in ("image", "caption"):
             if key not in obj:
@@ -277,7 +280,10 @@ def _read_jsonl(path: str):
         image_path = os.path.join(base, obj["image"])  # an absolute "image" wins
         if not os.path.isfile(image_path):
             raise FileNotFoundError(f"{where}: image file {image_path!r} does not exist")
+        count += 1
         yield f"{os.path.basename(path)}:{lineno}", image_path, caption
+    if not count:
+        raise ValueError(f"{path}: empty file; expected one JSON object per line ({expected})")
 
 
 def read_local_pairs(paths):

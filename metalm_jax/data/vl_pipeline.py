@@ -38,9 +38,7 @@ def make_image_builder(images_cfg, data_dir: str | None):
             config=str(images_cfg.render_size), data_dir=data_dir, file_format="array_record"
         )
     if images_cfg.name == "files":
-        cfg = vl_corpora.local_image_text_config(
-            list(images_cfg.files), images_cfg.validation_fraction
-        )
+        cfg = vl_corpora.local_image_text_config(images_cfg.files, images_cfg.validation_fraction)
         return vl_corpora.LocalImageText(config=cfg, data_dir=data_dir, file_format="array_record")
     raise ValueError(
         f"images.name: unknown {images_cfg.name!r}; expected 'openmoji', 'files' or one of "

@@ -1,0 +1,51 @@
+"""README's commands run as written, end to end, shrunk to micro sizes by `testing.micro_flags`
+(paths under /data/ are moved to a temporary folder)."""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from metalm_jax import testing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def readme_command(section: str) -> str:
+    """The first indented command of README's `## section`, continuation lines joined."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"\n((?:    .*\n)+)", body)
+    assert block, f"README.md: no indented command under '## {section}'"
+    return " ".join(line.strip() for line in block.group(1).replace("\\\n", " ").splitlines())
+
+
+def run_cli(argv: list[str], tmp_path) -> subprocess.CompletedProcess:
+    assert argv[:3] == ["python", "-m", "metalm_jax.train"], argv
+    argv = [sys.executable, *argv[1:], *testing.micro_flags(steps=2)]
+    argv += [f"--config.data.tfds_data_dir={tmp_path / 'tfds'}", f"--workdir={tmp_path / 'run'}"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.mark.slow
+def test_own_corpus_command(tmp_path):
+    """`## Your own corpus`: .jsonl files by a glob plus a .txt file, two training steps."""
+    data = tmp_path / "data"
+    data.mkdir()
+    testing.write_kjv_jsonl(str(data / "a.jsonl"), 30)
+    with open(data / "c.jsonl", "w", encoding="utf-8") as f:  # a second match of the glob
+        f.write(json.dumps({"text": "Second file.\nTwo paragraphs."}) + "\n")
+    (data / "b.txt").write_text("A text file.\n\nIts second paragraph.\n", encoding="utf-8")
+    command = readme_command("Your own corpus").replace("/data/", f"{data}/")
+    # A micro corpus needs a larger held-out share than the default 2% to fill validation.
+    out = run_cli([*shlex.split(command), "--config.data.validation_fraction=0.3"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "step      2/2" in out.stdout, out.stdout[-2000:]
+    [info] = (tmp_path / "tfds").glob("local_text/files_*/1.0.0/dataset_info.json")
+    description = json.loads(info.read_text())["description"]
+    assert all(str(data / n) in description for n in ["a.jsonl", "b.txt", "c.jsonl"])
