@@ -17,10 +17,11 @@ TOL = 1e-5  # max |ours - HF| / max |HF|
 NEED_TORCH = "needs the convert extra: pip install -e '.[convert]'"
 
 
-def _torch():
+def _hf():
+    """(torch, transformers), or the test skips naming the install command: every use of the
+    convert extra goes through here, so a run without it skips instead of failing."""
     torch = pytest.importorskip("torch", reason=NEED_TORCH)
-    pytest.importorskip("transformers", reason=NEED_TORCH)
-    return torch
+    return torch, pytest.importorskip("transformers", reason=NEED_TORCH)
 
 
 def _minilm_dir():
@@ -33,8 +34,7 @@ def _minilm_dir():
 def _save_tiny(model, path):
     """save_pretrained with every parameter perturbed (LayerNorms, biases, the dropped key bias
     all non-trivial)."""
-    import torch
-
+    torch, _ = _hf()
     torch.manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -82,7 +82,7 @@ def _rows(lengths, vocab, lo=5, seed=0):
 
 
 def _compare(enc, params, hf, ids, seg, pos, pad_id=0):
-    torch = _torch()
+    torch, _ = _hf()
     ours = np.asarray(enc.apply({"params": params}, ids, seg, pos))
     with torch.no_grad():
         ref = hf(
@@ -95,8 +95,7 @@ def _compare(enc, params, hf, ids, seg, pos, pad_id=0):
 
 @pytest.mark.parametrize("kind", ["bert", "roberta", "electra"])
 def test_bert_family_parity(kind, tmp_path):
-    _torch()
-    import transformers as tf
+    _, tf = _hf()
 
     common = dict(
         vocab_size=99,
@@ -127,9 +126,8 @@ def test_bert_family_parity(kind, tmp_path):
 
 
 def test_real_minilm_matches_transformers_on_sentences():
-    torch = _torch()
+    torch, tf = _hf()
     from tokenizers import Tokenizer
-    from transformers import BertModel
 
     path = _minilm_dir()
     enc, params, conv = _encoder(path)
@@ -146,14 +144,13 @@ def test_real_minilm_matches_transformers_on_sentences():
     for i, e in enumerate(encs):
         ids[i, : len(e)], seg[i, : len(e)] = e, 1
     pos = np.where(seg > 0, np.arange(L)[None], 0).astype(np.int32)
-    hf = BertModel.from_pretrained(path).eval()
+    hf = tf.BertModel.from_pretrained(path).eval()
     torch.manual_seed(0)
     assert _compare(enc, params, hf, ids, seg, pos) <= TOL
 
 
 def _small_bert(path):
-    _torch()
-    import transformers as tf
+    _, tf = _hf()
 
     cfg = tf.BertConfig(
         vocab_size=50,
@@ -292,9 +289,7 @@ def _char_wordpiece(path):
 
 def _micro_with_bert(corpus, tmp_path):
     """A micro run whose text encoder is a tiny random BERT (converted at init)."""
-    import transformers as tf
-
-    torch = _torch()
+    torch, tf = _hf()
     torch.manual_seed(0)  # the same BERT on every call
     bert_dir = tmp_path / "bert"
     _save_tiny(
@@ -354,7 +349,7 @@ def test_init_from_hf_and_from_orbax(corpus, tmp_path, capsys):
 
     # a second run: a GPT-2 decoder converted from transformers, the first run's connector from
     # its Orbax checkpoint, the BERT again
-    import transformers as tf
+    _, tf = _hf()
 
     gpt2_dir = tmp_path / "gpt2"
     _save_tiny(
