@@ -31,6 +31,8 @@ import subprocess
 import sys
 import time
 
+from metalm_jax.data.offline_tasks import KJV_BOOKS_WORDS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {  # name -> (pretrained run, preset, what it is)
     "a": ("metalm", "decoder_frozen", "MetaLM, decoder frozen (encoder + connector trained)"),
@@ -38,10 +40,21 @@ VARIANTS = {  # name -> (pretrained run, preset, what it is)
     "c": ("minilm", "decoder_frozen", "MetaLM with MiniLM docked, decoder frozen"),
     "d": ("metalm", "connector_only", "MetaLM, connector only"),
 }
+WORDS = "(" + ",".join(f"'{w}'" for w in KJV_BOOKS_WORDS) + ")"
 TASKS = {  # task -> (its figure in the task evaluator, extra overrides)
-    "kjv_books": ("generation_accuracy", []),
-    "kjv_completion": ("token_f1", ["--config.task.max_target_tokens=24"]),
+    # label words the tiny decoder already spells (offline_tasks.KJV_BOOKS_WORDS): one piece
+    # each, where "Major Prophets" is ten
+    "kjv_books": (
+        "generation_accuracy",
+        [f"--config.task.verbalizer={WORDS}", "--config.evals.kjv_books.max_tokens=4"],
+    ),  # fmt: skip
+    "kjv_completion": (
+        "token_f1",
+        ["--config.task.max_target_tokens=24", "--config.evals.kjv_books.max_tokens=26"],
+    ),  # fmt: skip
 }
+# every finetuning run: 200 validation examples by free generation every eval_every steps
+FINETUNE_EVAL = ["--config.evals.kjv_books.examples=200", "--config.evals.kjv_books.scoring=False"]
 
 
 def _run(args: list[str], workdir: str, log: str) -> float:
@@ -58,11 +71,13 @@ def _run(args: list[str], workdir: str, log: str) -> float:
 class Study:
     def __init__(
         self, out: str, smoke: bool, seeds: list[int], pre_steps: int, ft_steps: int,
-        variants=tuple(VARIANTS), tasks=tuple(TASKS),
+        variants=tuple(VARIANTS), tasks=tuple(TASKS), ft_batch: int = 8, multitask_steps: int = 150,
     ):  # fmt: skip
         self.out, self.smoke, self.seeds = os.path.abspath(out), smoke, seeds
         self.variants, self.tasks = list(variants), list(tasks)
         self.pre_steps, self.ft_steps = (2, 2) if smoke else (pre_steps, ft_steps)
+        self.eval_every = max(1, self.ft_steps // 3)  # three points per curve
+        self.ft_batch, self.multitask_steps = ft_batch, (2 if smoke else multitask_steps)
         self.results = self._load()
 
     def _load(self) -> dict:
@@ -141,7 +156,10 @@ class Study:
             "-m", "metalm_jax.train", f"--config=configs/finetune_kjv_books.py:{pre[source]}",
             f"--workdir={wd}", f"--config.task.name={task}", f"--config.finetune.preset={preset}",
             f"--config.seed={seed}", f"--config.data.seed={seed}",
-            f"--config.train.steps={self.ft_steps}", *TASKS[task][1], *self.small(),
+            f"--config.train.steps={self.ft_steps}", f"--config.train.eval_every={self.eval_every}",
+            f"--config.train.checkpoint_every={self.ft_steps}",
+            f"--config.train.batch_size={self.ft_batch}", *FINETUNE_EVAL, *TASKS[task][1],
+            *self.small(),
         ]  # fmt: skip
         if self.smoke:
             args += ["--config.evals.kjv_books.examples=4", "--config.task.eval_examples=4"]
@@ -158,18 +176,26 @@ class Study:
         return json.load(open(os.path.join(workdir, "evals", "kjv_testament", "metrics.json")))
 
     def run(self) -> None:
+        """The first task's grid, then in-context learning and the multitask runs, then the other
+        tasks: a study stopped early has one complete comparison first."""
         pre = self.pretrain()
-        table: dict = {}
-        for task in self.tasks:
+        self.finetune_grid(pre, self.tasks[:1])
+        self.run_icl(pre)
+        self.run_multitask(pre)
+        self.finetune_grid(pre, self.tasks[1:])
+
+    def finetune_grid(self, pre: dict[str, str], tasks: list[str]) -> None:
+        table = self.results.setdefault("finetune", {})
+        for task in tasks:
+            table[task] = {}
             for variant in self.variants:
                 for seed in self.seeds:
                     wd = self.finetune(pre, task, variant, seed)
                     m = json.load(open(os.path.join(wd, "evals", "kjv_books", "metrics.json")))
-                    table.setdefault(task, {}).setdefault(variant, []).append(
-                        float(m[TASKS[task][0]])
-                    )
-        self.results["finetune"] = table
-        self.write_report()  # after every stage group: a stopped study still has its tables
+                    table[task].setdefault(variant, []).append(float(m[TASKS[task][0]]))
+                    self.write_report()  # after every run: a stopped study keeps its tables
+
+    def run_icl(self, pre: dict[str, str]) -> None:
         icl = {"before": self.icl("icl/before", pre["metalm"], "configs/tiny.py")}
         if "a" in self.variants and "kjv_books" in self.tasks:  # the decoder of (a), after
             a = os.path.join(self.out, "finetune", "kjv_books", "a", f"seed{self.seeds[0]}")
@@ -178,13 +204,18 @@ class Study:
             )
         self.results["icl"] = icl
         self.write_report()
+
+    def run_multitask(self, pre: dict[str, str]) -> None:
         self.results["multitask"] = {}
         for name, config in (("multitask", "configs/multitask_kjv.py"),
                              ("instruct", "configs/instruct_kjv.py")):  # fmt: skip
             wd = os.path.join(self.out, name)
             args = ["-m", "metalm_jax.train", f"--config={config}", f"--workdir={wd}",
                     f"--config.finetune.from_run={pre['metalm']}",
-                    f"--config.train.steps={self.ft_steps}", *self.small()]  # fmt: skip
+                    f"--config.train.steps={self.multitask_steps}",
+                    f"--config.train.eval_every={self.multitask_steps}",
+                    f"--config.train.checkpoint_every={self.multitask_steps}",
+                    *self.small()]  # fmt: skip
             if self.smoke:
                 args += ["--config.task.eval_examples=4"] + [
                     f"--config.evals.{e}.examples=2"
@@ -196,14 +227,14 @@ class Study:
                 e: json.load(open(os.path.join(evals, e, "metrics.json")))
                 for e in sorted(os.listdir(evals))
             }
-        self._save()
-        self.write_report()
+            self.write_report()
 
     def write_report(self) -> None:
         self._save()
         r = self.results
         lines = [f"Seeds {self.seeds}; pretraining {self.pre_steps} steps, finetuning "
-                 f"{self.ft_steps} steps per run.", ""]  # fmt: skip
+                 f"{self.ft_steps} steps of {self.ft_batch} rows per run, multitask / instruct "
+                 f"{self.multitask_steps} steps.", ""]  # fmt: skip
         for task, by_variant in r.get("finetune", {}).items():
             lines += [f"**{task}** ({TASKS[task][0]}, validation)", "",
                       "| variant | what | mean | min | max | seeds |",
@@ -245,12 +276,16 @@ class Study:
                 for seed in self.seeds:
                     path = os.path.join(self.out, "finetune", task, v, f"seed{seed}",
                                         "metrics.jsonl")  # fmt: skip
+                    if not os.path.exists(os.path.join(os.path.dirname(path), "study_done.json")):
+                        continue  # not run yet
                     pts = {}
                     for line in open(path):
                         rec = json.loads(line)
                         if f"evals/kjv_books/{figure}" in rec:
                             pts[rec["step"]] = rec[f"evals/kjv_books/{figure}"]
                     curves.append(pts)
+                if not curves:
+                    continue
                 steps = sorted(set.intersection(*(set(c) for c in curves)))
                 if not steps:
                     continue
@@ -269,7 +304,9 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="2 steps per run, tiny evals (CI)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--pretrain_steps", type=int, default=400)
-    p.add_argument("--finetune_steps", type=int, default=300)
+    p.add_argument("--finetune_steps", type=int, default=120)
+    p.add_argument("--finetune_batch", type=int, default=8, help="rows per finetuning step")
+    p.add_argument("--multitask_steps", type=int, default=150, help="multitask / instruct runs")
     p.add_argument("--variants", default=",".join(VARIANTS), help="a subset of a,b,c,d")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"a subset of {','.join(TASKS)}")
     a = p.parse_args()
@@ -278,7 +315,10 @@ def main() -> None:
     bad = [v for v in variants if v not in VARIANTS] + [t for t in tasks if t not in TASKS]
     if bad:
         p.error(f"unknown variants / tasks {bad}: variants {list(VARIANTS)}, tasks {list(TASKS)}")
-    Study(a.out, a.smoke, seeds, a.pretrain_steps, a.finetune_steps, variants, tasks).run()
+    Study(
+        a.out, a.smoke, seeds, a.pretrain_steps, a.finetune_steps, variants, tasks,
+        a.finetune_batch, a.multitask_steps,
+    ).run()  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -15,12 +15,21 @@ argument is the held-out cluster (default reference); the run starts from runs/t
 import os
 
 from metalm_jax.config import load_config_file, multitask_eval
+from metalm_jax.data.offline_tasks import KJV_BOOKS_WORDS
 
 CLUSTERS = {  # cluster -> its offline tasks (data/offline_tasks.py CLUSTERS)
     "topic": ("kjv_books", "kjv_testament"),
     "reference": ("kjv_book",),
     "completion": ("kjv_completion", "kjv_next_verse"),
 }
+# kjv_books with one-piece label words the tiny decoder can say ("law", "kings", ...)
+WORDS = {"kjv_books": dict(verbalizer=KJV_BOOKS_WORDS)}
+
+
+def _entry(task: str) -> dict:
+    return dict(name=task, **WORDS.get(task, {}))
+
+
 EXCLUDE_TOGETHER = {"topic": "reference", "reference": "topic"}
 
 
@@ -35,13 +44,13 @@ def get_config(arg=None):
     c.name = "instruct_kjv"
     skip = {held_out, EXCLUDE_TOGETHER.get(held_out)}
     c.task.name = "mixture"
-    c.task.mixture = [dict(name=t) for cl, ts in CLUSTERS.items() if cl not in skip for t in ts]
+    c.task.mixture = [_entry(t) for cl, ts in CLUSTERS.items() if cl not in skip for t in ts]
     c.task.template_index = -1  # one of the task's templates per example
     c.task.max_target_tokens = 32  # turned templates ask for verses
     c.train.steps = 400
     c.evals = {}
     c.evals.held_out = multitask_eval(
-        tasks=[dict(name=t) for t in CLUSTERS[held_out]], templates=5, examples=100,
+        tasks=[_entry(t) for t in CLUSTERS[held_out]], templates=5, examples=100,
         max_tokens=24,
     )  # fmt: skip
     c.evals.tuned = multitask_eval(examples=100, max_tokens=24)  # the tuning tasks, template 0

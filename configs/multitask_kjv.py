@@ -15,9 +15,11 @@ decoder frozen. Evaluation in the paper's way per task and per cluster (evals/mu
 import os
 
 from metalm_jax.config import load_config_file, multitask_eval
+from metalm_jax.data.offline_tasks import KJV_BOOKS_WORDS
 
 TASKS = [
-    dict(name="kjv_books", template_index=1),
+    # one-piece label words the tiny decoder can say ("law", "kings", ...), not "Major Prophets"
+    dict(name="kjv_books", template_index=1, verbalizer=KJV_BOOKS_WORDS),
     dict(name="kjv_testament", template_index=1),
     dict(name="kjv_book", template_index=0),
     dict(name="kjv_completion", template_index=0),

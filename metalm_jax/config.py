@@ -159,7 +159,8 @@ def base_config() -> ml_collections.ConfigDict:
     tk.input_template = ""  # jsonl: "Premise: {premise} </s> Hypothesis: {hypothesis} </s> Label:"
     tk.target_template = ""  # jsonl: the target from fields ("" = field "target" or label_field)
     tk.label_field = ""  # jsonl: a label field mapped by `verbalizer` (options = its words)
-    tk.verbalizer = ()  # jsonl: label words, by label index (or {"label": "word"})
+    tk.verbalizer = ()  # jsonl: label words, by label index (or {"label": "word"}); KJV
+    #   classification tasks: other label words by index (offline_tasks.KJV_BOOKS_WORDS)
     tk.template = ""  # offline / TFDS tasks: a template string instead of the task's own
     tk.template_index = 0  # offline / TFDS tasks: which of the task's templates (0 = paper form;
     #   -1 = one drawn per example: instruction tuning)

@@ -266,6 +266,31 @@ def test_kjv_task_errors_name_the_problem():
         ot.kjv_task("kjv_book", "test", template=[])
 
 
+def test_kjv_label_words_replace_labels_everywhere():
+    """task.verbalizer on a KJV classification task: targets, options, the listed options and
+    the turned templates' labels all use the words; one piece each in the tiny tokenizer's
+    vocabulary is why they exist, so they must stay one word each and distinct."""
+    words = ot.KJV_BOOKS_WORDS
+    plain = ot.kjv_task("kjv_books", "validation")
+    worded = ot.kjv_task("kjv_books", "validation", words=words)
+    to_word = dict(zip(ot.BOOK_GROUPS, words, strict=True))
+    assert [to_word[e.target] for e in plain] == [e.target for e in worded]
+    assert worded[0].options == words and len(set(words)) == 10
+    assert all(" " not in w for w in words)
+    listed = ot.kjv_task("kjv_books", "validation", template=ot.TEMPLATES["kjv_books"][1],
+                         words=words)  # fmt: skip
+    assert (
+        " </s> ".join(words) in listed[0].inputs[0] and "Major Prophets" not in listed[0].inputs[0]
+    )
+    turned = [t for t in ot.TEMPLATES["kjv_books"] if getattr(t, "turned", False)]
+    ex = ot.kjv_task("kjv_books", "validation", template=turned[0], words=words)[0]
+    assert to_word[plain[0].target] in ex.inputs[0] and not ex.options
+    with pytest.raises(ValueError, match="10 distinct non-empty words"):
+        ot.kjv_task("kjv_books", "validation", words=words[:9])
+    with pytest.raises(ValueError, match="has no labels"):
+        ot.kjv_task("kjv_completion", "validation", words=words)
+
+
 def test_label_counts_keeps_option_order_and_zeros():
     examples = ot.kjv_task("kjv_testament", "validation")
     counts = ot.label_counts([ex for ex in examples if ex.target == "New"])

@@ -70,6 +70,13 @@ BOOK_GROUPS: dict[str, tuple[str, ...]] = {
     "Revelation": ("Revelation",),
 }  # fmt: skip
 BOOKS = tuple(book for books in BOOK_GROUPS.values() for book in books)
+# One word per group that a decoder pretrained on the KJV alone has seen and keeps as one
+# SentencePiece piece (4k-piece tokenizer of configs/tiny.py): `task.verbalizer` for kjv_books
+# at small scale, where "Major Prophets" (10 pieces) is beyond what a frozen 5M decoder can say.
+KJV_BOOKS_WORDS = (
+    "law", "kings", "wisdom", "Isaiah", "prophets", "gospel", "acts", "Paul", "epistle",
+    "revelation",
+)  # fmt: skip
 _OLD_TESTAMENT_GROUPS = ("Law", "History", "Wisdom", "Major Prophets", "Minor Prophets")
 TESTAMENTS = ("Old", "New")
 TURNED_WORDS = 24  # a turned classification template asks for this many words of a verse
@@ -311,6 +318,7 @@ def kjv_task(
     split: str,
     template: str | Template | Sequence[str | Template] | None = None,
     seed: int = 0,
+    words: Sequence[str] = (),
 ) -> list[TaskExample]:
     """The examples of a KJV task's split, in canonical verse order.
 
@@ -324,6 +332,9 @@ def kjv_task(
                       last; the example is in the split of its first verse)
     `template`: a template string or `Template` (default: the task's first in `TEMPLATES`), or
     a sequence of them, one drawn per example with `seed` (instruction tuning, §3.5).
+    `words`: classification tasks only, other label words by label index (as the verbalizer of a
+    JSONL task), e.g. `KJV_BOOKS_WORDS`, single words a small KJV-trained decoder already
+    spells, instead of "Major Prophets".
 
     Each example: inputs = (rendered template,), id = the (first) verse's id ("Genesis 1:3").
     Classification: target = the label word, options = every label word in order. Completion
@@ -369,6 +380,8 @@ def kjv_task(
         raise ValueError(f"KJV task {name}: the template list is empty")
     options = _KJV_LABELS.get(name, ())
     items = _kjv_items(name, split)
+    if words:
+        items, options = _relabel(name, items, tuple(words)), tuple(words)
     choice = np.random.default_rng(seed).integers(len(templates), size=len(items))
     examples = []
     for item, k in zip(items, choice, strict=True):
@@ -385,6 +398,31 @@ def kjv_task(
             TaskExample(id=item.id, inputs=(prompt,), target=target, options=opts, answers=answers)
         )
     return examples
+
+
+def _relabel(name: str, items: list[_Item], words: tuple[str, ...]) -> list[_Item]:
+    labels = _KJV_LABELS.get(name)
+    if labels is None:
+        raise ValueError(
+            f"KJV task {name}: label words (task.verbalizer) are for the classification tasks "
+            f"{list(_KJV_LABELS)}; {name} has no labels"
+        )
+    if len(words) != len(labels) or len(set(words)) != len(words) or not all(words):
+        raise ValueError(
+            f"KJV task {name}: task.verbalizer needs {len(labels)} distinct non-empty words, one "
+            f"per label {list(labels)}; got {list(words)}"
+        )
+    word = dict(zip(labels, words, strict=True))
+    options = " </s> ".join(words)
+    return [
+        dataclasses.replace(
+            it,
+            fields={**it.fields, "options": options},
+            target=word[it.target],
+            turned_fields={"label": word[it.turned_fields["label"]]},
+        )
+        for it in items
+    ]
 
 
 def label_counts(examples: Sequence[TaskExample]) -> dict[str, int]:

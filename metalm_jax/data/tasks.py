@@ -217,7 +217,9 @@ def open_task(
             template = templates
         else:
             template = _nth_template(templates, task_cfg.template_index, name)
-        return offline_tasks.kjv_task(name, split, template=template, seed=seed)
+        return offline_tasks.kjv_task(
+            name, split, template=template, seed=seed, words=tuple(task_cfg.verbalizer)
+        )
     if name == "emoji_vqa":
         from metalm_jax.data import offline_tasks
 
