@@ -21,14 +21,7 @@ import jax
 import numpy as np
 
 from metalm_jax.model.build import dummy_batch, image_layout, step_flops
-
-# generation -> (compiler name, counts cores (2 per chip)?, 3-D torus?, HBM bytes/chip, bf16 FLOP/s)
-TPUS = {
-    "v4": ("v4", True, True, 32 * 2**30, 275e12),
-    "v5p": ("v5p", True, True, 95 * 2**30, 459e12),
-    "v5e": ("v5e", False, False, 16 * 2**30, 197e12),
-    "v6e": ("v6e", False, False, 32 * 2**30, 918e12),
-}
+from metalm_jax.parallel.chips import CHIPS, TPU_GENERATIONS
 
 
 def _grid(chips: int, dims: int) -> str:
@@ -43,13 +36,14 @@ def _grid(chips: int, dims: int) -> str:
 
 def parse_topology(name: str) -> tuple[str, str, int]:
     """'v5p-128' -> ('v5p:4x4x4', 'v5p', 64 chips); 'v5p:4x4x4' is taken as it is."""
-    m = re.fullmatch(r"(v4|v5p|v5e|v6e)-(\d+)", name)
+    gens = "|".join(TPU_GENERATIONS)
+    m = re.fullmatch(rf"({gens})-(\d+)", name)
     if m:
         gen, n = m.group(1), int(m.group(2))
-        compiler_name, per_core, three_d, _, _ = TPUS[gen]
-        chips = n // 2 if per_core else n
-        return f"{compiler_name}:{_grid(chips, 3 if three_d else 2)}", gen, chips
-    m = re.fullmatch(r"(v4|v5p|v5e|v6e):([0-9x]+)", name)
+        chip = CHIPS[gen]
+        chips = n // chip.cores_per_chip
+        return f"{gen}:{_grid(chips, chip.torus_dims)}", gen, chips
+    m = re.fullmatch(rf"({gens}):([0-9x]+)", name)
     if m:
         return name, m.group(1), int(np.prod([int(x) for x in m.group(2).split("x")]))
     raise ValueError(f"--topology {name!r}: use e.g. v5p-128, v5e-64, v6e-64, v4-128 or v5p:4x4x4")
@@ -82,7 +76,7 @@ def compile_for_topology(cfg, topology: str) -> dict:
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    _, _, _, hbm, peak = TPUS[gen]
+    hbm, peak = CHIPS[gen].hbm_bytes, CHIPS[gen].peak_flops
     n_dev = len(devices)
     flops = step_flops(cfg)
     peak_mem = getattr(mem, "peak_memory_in_bytes", 0) or (

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 def caption_image(workdir: str, image_path: str, max_tokens: int = 32, step=None) -> str:
     """Greedy (KV-cache) caption: generation from the row <s> [image slots] up to </s>."""
-    from metalm_jax.generate import generate_text
+    from metalm_jax.eval.generation import generate_text
 
     return generate_text(workdir, [""], image=image_path, max_tokens=max_tokens, step=step)[0]
 

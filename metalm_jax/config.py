@@ -22,6 +22,23 @@ def load_config_file(path: str, arg=None) -> ml_collections.ConfigDict:
     return module.get_config(arg)
 
 
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+    """A saved config (a checkpoint's, as a dict) on top of base_config(): keys added to the code
+    after the run was saved take their defaults (which reproduce the older behaviour)."""
+
+    def merge(node, values):
+        for k, v in values.items():
+            if isinstance(v, dict) and isinstance(node.get(k), ml_collections.ConfigDict):
+                merge(node[k], v)
+            else:
+                node[k] = v
+
+    cfg = base_config()
+    with cfg.unlocked():
+        merge(cfg, saved)
+    return cfg
+
+
 def _arch_keys(section, **defaults) -> None:
     """Architecture details that converted pretrained models need (see model/layers.py)."""
     section.activation = "gelu"  # gelu (tanh approx.) | gelu_exact (BERT, ViT) | quick_gelu (CLIP)

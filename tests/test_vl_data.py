@@ -321,57 +321,40 @@ with tfds.core.registered.skip_registration():
                     },
                 )
 
-    class _TinyVqa(tfds.core.GeneratorBasedBuilder):
-        """A VQAv2-shaped set (TFDS 4.9.10 has no VQAv2 builder) for the question code path."""
-
-        name = "tiny_vqa"
-        VERSION = tfds.core.Version("1.0.0")
-
-        def _info(self):
-            features = {
-                "image": tfds.features.Image(encoding_format="jpeg"),
-                "question_id": np.int64,
-                "question": tfds.features.Text(),
-                "answers": tfds.features.Sequence(tfds.features.Text()),
-            }
-            return tfds.core.DatasetInfo(
-                builder=self, features=tfds.features.FeaturesDict(features)
-            )
-
-        def _split_generators(self, dl_manager):
-            return {"validation": self._generate_examples()}
-
-        def _generate_examples(self):
-            yield (
-                0,
-                {
-                    "image": _jpeg(_noise(4, 4)),
-                    "question_id": 5,
-                    "question": "what color?",
-                    "answers": ["red", "dark red"],
-                },
-            )
-
 
 @pytest.fixture(scope="module")
 def prepared_standard_sets(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("standard"))
     tfds.disable_progress_bar()
-    for cls in (_CocoCaptionsFiles, _TinyVqa):
-        cls(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    _CocoCaptionsFiles(data_dir=data_dir, file_format="array_record").download_and_prepare()
     return data_dir
 
 
+def _coco_split(data_dir: str, split: str = "validation", captions_per_image: int = 2):
+    """The configured image-text source the pipeline and the captioning evaluator read."""
+    from metalm_jax.config import base_config
+    from metalm_jax.data import vl_pipeline
+
+    cfg = base_config()
+    cfg.images.name = "coco_captions"
+    cfg.images.validation_split = "val"
+    cfg.images.captions_per_image = captions_per_image
+    cfg.data.tfds_data_dir = data_dir
+    return vl_pipeline.image_split(cfg, split)
+
+
 def test_coco_captions_are_read_from_prepared_files_without_tensorflow(prepared_standard_sets):
-    got = list(vl_corpora.standard_examples("coco_captions", "val", prepared_standard_sets))
+    src = _coco_split(prepared_standard_sets)
+    got = [src[j] for j in range(len(src))]
+    # every caption of an image, then cycled up to captions_per_image (2)
     assert [(g["id"], g["caption"]) for g in got] == [
         ("100#0", "a cat"),
         ("100#1", "a small cat"),
         ("101#0", "two dogs"),
+        ("101#1", "two dogs"),
     ]
     assert got[0]["image"].shape == (6, 5, 3) and got[2]["image"].shape == (7, 5, 3)
-    with pytest.raises(ValueError, match="unknown standard set 'vqa'"):
-        list(vl_corpora.standard_examples("vqa", "val", prepared_standard_sets))
+    assert got[0]["image"].dtype == np.uint8
 
 
 def test_coco_captions_with_mock_data(prepared_standard_sets):
@@ -379,39 +362,21 @@ def test_coco_captions_with_mock_data(prepared_standard_sets):
     # USE_CODE cannot work here: COCO's builder code needs TensorFlow to describe its features.
     policy = tfds.testing.MockPolicy.USE_FILES
     with tfds.testing.mock_data(num_examples=4, policy=policy, data_dir=prepared_standard_sets):
-        got = list(vl_corpora.standard_examples("coco_captions", "val", "/unused"))
-    assert len({g["id"].split("#")[0] for g in got}) == 4  # 4 images, each with its captions
+        src = _coco_split("/unused", captions_per_image=3)
+        got = [src[j] for j in range(len(src))]
+    assert len(got) == 12 and len({g["id"].split("#")[0] for g in got}) == 4  # 4 images x 3
     for g in got:
         assert set(g) == {"id", "image", "caption"} and isinstance(g["caption"], str)
         assert g["image"].ndim == 3 and g["image"].shape[-1] == 3 and g["image"].dtype == np.uint8
-
-
-def test_question_sets_yield_question_and_answers(prepared_standard_sets, monkeypatch):
-    spec = vl_corpora.StandardSet(
-        tfds_name="tiny_vqa:1.0.0",
-        image_key=("image",),
-        id_key=("question_id",),
-        question_key=("question",),
-        answers_key=("answers",),
-    )
-    monkeypatch.setitem(vl_corpora.STANDARD_SETS, "tiny_vqa", spec)
-    (got,) = vl_corpora.standard_examples("tiny_vqa", "validation", prepared_standard_sets)
-    assert (got["id"], got["question"], got["answers"]) == ("5", "what color?", ["red", "dark red"])
-    assert got["image"].shape == (4, 4, 3)
 
 
 def test_unprepared_standard_set_says_how_to_prepare_it(tmp_path):
     with pytest.raises(
         FileNotFoundError, match=r"tfds build coco_captions --file_format=array_record"
     ):
-        list(vl_corpora.standard_examples("coco_captions", "val", str(tmp_path)))
+        _coco_split(str(tmp_path))
 
 
-def test_standard_caption_source_for_the_pipeline(prepared_standard_sets):
-    src = vl_corpora.StandardCaptionSource("coco_captions", "val", prepared_standard_sets, 2)
-    assert len(src) == 4
-    got = [src[j] for j in range(4)]
-    assert [g["caption"] for g in got] == ["a cat", "a small cat", "two dogs", "two dogs"]
-    assert got[1]["id"] == "100#1" and got[1]["image"].dtype == np.uint8
-    with pytest.raises(ValueError, match="not a caption set"):
-        vl_corpora.StandardCaptionSource("tiny_vqa", "val", prepared_standard_sets)
+def test_unknown_standard_set_is_named(prepared_standard_sets):
+    with pytest.raises(ValueError, match="images.name='vqa' is not a caption set"):
+        vl_corpora.StandardCaptionSource("vqa", "val", prepared_standard_sets)

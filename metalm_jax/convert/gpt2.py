@@ -1,7 +1,8 @@
 """Hugging Face GPT-2 <-> our decoder (token embedding, learned positions, pre-LN stack).
 
 Import (load_hf("hf_gpt2", path)) maps a GPT2LMHeadModel or GPT2Model checkpoint onto MetaLM's
-`embed`, `pos_embed` and `decoder`; export writes those back as a GPT2LMHeadModel directory:
+`embed`, `pos_embed` and `decoder`; export writes those back as a GPT2LMHeadModel directory
+(the command, which loads a run, is metalm_jax/export.py; this name runs it too):
 
     python -m metalm_jax.convert.gpt2 --workdir RUN_DIR --out DIR [--step N]
 
@@ -81,16 +82,6 @@ def arch(config: dict, where: str) -> dict:
     }
 
 
-def _checked(ckpt: HFCheckpoint, key: str, shape: tuple) -> np.ndarray:
-    """A tensor that is split or reshaped below, so its shape is checked first."""
-    x = ckpt.get(key)
-    if x.shape != tuple(shape):
-        raise ConversionError(
-            f"{ckpt.path}: {key}: source shape {x.shape}, expected {tuple(shape)} from config.json"
-        )
-    return x
-
-
 def convert(ckpt: HFCheckpoint) -> tuple[dict, dict]:
     """(our config keys, {"embed", "pos_embed", "decoder": TreeBuilder}); pos_embed's tree is
     the position table itself (MetaLM's top-level `pos_embed` parameter is one array)."""
@@ -106,8 +97,8 @@ def convert(ckpt: HFCheckpoint) -> tuple[dict, dict]:
     for i in range(L):
         k, t = f"{p}h.{i}.", f"layers_{i}/"
         dec.norm(t + "ln_attention", k + "ln_1")
-        w = _checked(ckpt, k + "attn.c_attn.weight", (D, 3 * D))
-        b = _checked(ckpt, k + "attn.c_attn.bias", (3 * D,))
+        w = ckpt.get(k + "attn.c_attn.weight", (D, 3 * D))
+        b = ckpt.get(k + "attn.c_attn.bias", (3 * D,))
         for j, name in enumerate(("query", "key", "value")):
             cols = f"[:, {j * D}:{(j + 1) * D}]"
             dec.put(
@@ -125,7 +116,7 @@ def convert(ckpt: HFCheckpoint) -> tuple[dict, dict]:
             k + "attn.c_attn.bias",
             f"key part [{D}:{2 * D}] softmax-invariant (exact); query and value parts used",
         )
-        wo = _checked(ckpt, k + "attn.c_proj.weight", (D, D))
+        wo = ckpt.get(k + "attn.c_proj.weight", (D, D))
         dec.put(t + "attention/out", wo.reshape(N, H, D), k + "attn.c_proj.weight")
         dec.put(t + "attention/out_bias", ckpt.get(k + "attn.c_proj.bias"), k + "attn.c_proj.bias")
         dec.norm(t + "ln_mlp", k + "ln_2")
@@ -316,39 +307,7 @@ def export(params: dict, cfg, out_dir: str) -> str:
     return note
 
 
-def export_run(workdir: str, out_dir: str, step: int | None = None) -> str:
-    """Exports the run in `workdir` (latest checkpoint, or `step`); returns the note."""
-    from metalm_jax.eval.load import load_run
+if __name__ == "__main__":  # the export command, kept under this name (metalm_jax/export.py)
+    from metalm_jax import export as export_command
 
-    if not os.path.isdir(workdir):  # load_run would create checkpoints/ there
-        raise FileNotFoundError(f"{workdir}: no such run directory")
-    cfg, tok, _, params = load_run(workdir, step)
-    note = export(params, cfg, out_dir)
-    return (
-        f"{note}\ntokenizer: the run's SentencePiece model {tok.source} (not GPT-2's BPE, and not "
-        "exported): encode with it and pass the ids"
-    )
-
-
-def main(argv):
-    import sys
-
-    from absl import flags
-
-    del argv
-    f = flags.FLAGS
-    try:
-        print(export_run(f.workdir, f.out, f.step))
-    except (ConversionError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-
-
-if __name__ == "__main__":
-    from absl import app, flags, logging
-
-    flags.DEFINE_string("workdir", None, "run directory with checkpoints/")
-    flags.DEFINE_string("out", None, "output directory for config.json + model.safetensors")
-    flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
-    flags.mark_flags_as_required(["workdir", "out"])
-    logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    export_command.run()

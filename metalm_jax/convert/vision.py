@@ -135,37 +135,27 @@ def _tower(c: dict, clip: bool, where: str) -> dict:
     )
 
 
-def _take(ckpt: HFCheckpoint, key: str, shape: tuple) -> np.ndarray:
-    """The tensor `key`, which must have `shape` (else ConversionError naming both)."""
-    value = ckpt.get(key)
-    if value.shape != tuple(shape):
-        raise ConversionError(
-            f"{ckpt.path}: {key} has shape {value.shape}, the config.json implies {tuple(shape)}"
-        )
-    return value
-
-
 def _embeddings(ckpt: HFCheckpoint, out: TreeBuilder, a: dict, p: str, clip: bool) -> None:
     D, patch = a["d_model"], a["patch_size"]
     n = 1 + (a["image_size"] // patch) ** 2  # class token + patches
     e = p + "embeddings."
     conv = e + ("patch_embedding" if clip else "patch_embeddings.projection")
-    w = _take(ckpt, conv + ".weight", (D, 3, patch, patch))
+    w = ckpt.get(conv + ".weight", (D, 3, patch, patch))
     # [D, C, kh, kw] -> [kh, kw, C, D]: rows of our kernel follow patchify's (row, col, channel)
     out.put("patch_embed", w.transpose(2, 3, 1, 0).reshape(patch * patch * 3, D), conv + ".weight")
     if clip:
         out.put("patch_bias", np.zeros(D, np.float32), "zeros (CLIP's patch conv has no bias)")
         key = e + "class_embedding"
-        out.put("cls", _take(ckpt, key, (D,))[None], key)
+        out.put("cls", ckpt.get(key, (D,))[None], key)
         key = e + "position_embedding.weight"
-        out.put("pos_embed", _take(ckpt, key, (n, D)), key)
+        out.put("pos_embed", ckpt.get(key, (n, D)), key)
         out.norm("embed_norm", p + "pre_layrnorm")
     else:
-        out.put("patch_bias", _take(ckpt, conv + ".bias", (D,)), conv + ".bias")
+        out.put("patch_bias", ckpt.get(conv + ".bias", (D,)), conv + ".bias")
         key = e + "cls_token"
-        out.put("cls", _take(ckpt, key, (1, 1, D))[0], key)
+        out.put("cls", ckpt.get(key, (1, 1, D))[0], key)
         key = e + "position_embeddings"
-        out.put("pos_embed", _take(ckpt, key, (1, n, D))[0], key)
+        out.put("pos_embed", ckpt.get(key, (1, n, D))[0], key)
 
 
 def _clip_layer(ckpt, out, k: str, t: str, a: dict, qkv_bias: bool) -> None:

@@ -85,12 +85,15 @@ def encoder_tokenizer_path(cfg) -> str:
     """The text encoder's own tokenizer.json ("" when it shares the decoder's SentencePiece)."""
     import os
 
-    from metalm_jax.convert import resolve_path
+    from metalm_jax.resources import resolve_path
 
     path = cfg.model.text_encoder.tokenizer
     if not path:
         return ""
-    path = resolve_path(path)
+    try:
+        path = resolve_path(path)
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        raise ValueError(f"model.text_encoder.tokenizer: {e}") from None
     if os.path.isdir(path):
         path = os.path.join(path, "tokenizer.json")
     if not os.path.isfile(path):

@@ -21,8 +21,10 @@ checked while preparing (a corrupt file is an error naming it, or skipped and co
 `images.skip_bad_images`); RGB JPEG/PNG files are stored as they are, anything else as RGB PNG.
 Ids hashing below `validation_fraction` go to `validation`.
 
-`STANDARD_SETS` / `standard_examples`: real-scale sets that users prepare themselves with TFDS on
-a machine with network access, read here as `{id, image, caption}` dicts.
+`STANDARD_SETS` / `StandardCaptionSource`: real-scale caption sets that users prepare themselves
+with TFDS on a machine with network access (`tfds build coco_captions --file_format=array_record
+--data_dir=DIR`, with TensorFlow, which COCO's builder code needs), read here without TensorFlow
+as `{id, image, caption}` records (`images.name=coco_captions`).
 """
 
 from __future__ import annotations
@@ -342,23 +344,18 @@ class LocalImageText(tfds.core.GeneratorBasedBuilder):
 
 @dataclasses.dataclass(frozen=True)
 class StandardSet:
-    """Where a TFDS dataset keeps its fields. A key is a path into the example: ("a", "b") is
-    field b of the (sequence) feature a. Captions yield one example per caption; questions yield
-    {id, image, question, answers}.
-    """
+    """Where a TFDS caption dataset keeps its fields. A key is a path into the example:
+    ("a", "b") is field b of the (sequence) feature a."""
 
     tfds_name: str
     image_key: tuple[str, ...]
     id_key: tuple[str, ...]
-    caption_key: tuple[str, ...] | None = None
-    question_key: tuple[str, ...] | None = None
-    answers_key: tuple[str, ...] | None = None
+    caption_key: tuple[str, ...]
 
 
 # The name carries config and version so TFDS reads the prepared files without the builder's
 # code: COCO's builder code imports TensorFlow (its `_info` uses tf.int64), reading does not.
-# TFDS 4.9.10 has no VQAv2 builder; add one here (with question/answers keys) if a later TFDS or
-# your own registered builder provides it.
+# Caption sets only: VQA sets are read by the vqa evaluator (a JSONL file, or an offline task).
 STANDARD_SETS: dict[str, StandardSet] = {
     "coco_captions": StandardSet(
         tfds_name="coco_captions/2014:1.1.0",
@@ -375,7 +372,8 @@ def _get(example, key: tuple[str, ...]):
     return example
 
 
-def _text(x) -> str:
+def as_text(x) -> str:
+    """A TFDS Text value as str (records read back hold UTF-8 bytes)."""
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
@@ -397,34 +395,7 @@ def _open_standard(name: str, split: str, data_dir: str | None):
 def _captions(example, spec: StandardSet) -> list[str]:
     captions = _get(example, spec.caption_key)
     captions = [captions] if isinstance(captions, str | bytes) else list(captions)
-    return [_text(c) for c in captions]
-
-
-def standard_examples(name: str, split: str, data_dir: str | None):
-    """Yields `{id, image, caption}` (or `{id, image, question, answers}`) from a prepared set.
-
-    `image` is uint8[H, W, 3]. The data must already be prepared under `data_dir` in
-    array_record format, e.g. on a machine with network access (and TensorFlow, which COCO's
-    builder code needs):
-        tfds build coco_captions --file_format=array_record --data_dir=DIR
-    """
-    if name not in STANDARD_SETS:
-        raise ValueError(f"unknown standard set {name!r}; expected one of {sorted(STANDARD_SETS)}")
-    spec, source = _open_standard(name, split, data_dir)
-    for i in range(len(source)):
-        ex = source[i]
-        record_id = _text(_get(ex, spec.id_key))
-        image = np.asarray(_get(ex, spec.image_key))
-        if spec.caption_key is not None:
-            for k, caption in enumerate(_captions(ex, spec)):
-                yield {"id": f"{record_id}#{k}", "image": image, "caption": caption}
-        else:
-            yield {
-                "id": record_id,
-                "image": image,
-                "question": _text(_get(ex, spec.question_key)),
-                "answers": [_text(a) for a in _get(ex, spec.answers_key)],
-            }
+    return [as_text(c) for c in captions]
 
 
 class StandardCaptionSource:
@@ -436,10 +407,10 @@ class StandardCaptionSource:
     """
 
     def __init__(self, name: str, split: str, data_dir: str | None, captions_per_image: int = 5):
-        if name not in STANDARD_SETS or STANDARD_SETS[name].caption_key is None:
+        if name not in STANDARD_SETS:
             raise ValueError(
                 f"images.name={name!r} is not a caption set; expected one of "
-                f"{sorted(k for k, v in STANDARD_SETS.items() if v.caption_key)}"
+                f"{sorted(STANDARD_SETS)}"
             )
         self.spec, self.source = _open_standard(name, split, data_dir)
         self.k = captions_per_image
@@ -450,7 +421,7 @@ class StandardCaptionSource:
     def __getitem__(self, j: int) -> dict:
         ex = self.source[j // self.k]
         captions = _captions(ex, self.spec)
-        rid = _text(_get(ex, self.spec.id_key))
+        rid = as_text(_get(ex, self.spec.id_key))
         return {
             "id": f"{rid}#{j % self.k}",
             "image": np.asarray(_get(ex, self.spec.image_key)),

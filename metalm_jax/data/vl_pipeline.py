@@ -63,11 +63,7 @@ def captions(cfg, split: str = "train"):
     """Caption strings of a split (added to the tokenizer's training text)."""
     src = image_split(cfg, split)
     for i in range(len(src)):
-        yield _text(src[i]["caption"])
-
-
-def _text(x) -> str:
-    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+        yield vl_corpora.as_text(src[i]["caption"])
 
 
 def _pair_fn(cfg, tok: Tokenizer, layout: ImageLayout):
@@ -75,7 +71,7 @@ def _pair_fn(cfg, tok: Tokenizer, layout: ImageLayout):
     skip = bool(cfg.images.skip_bad_images)
 
     def fn(ex, rng):
-        rid = _text(ex["id"])
+        rid = vl_corpora.as_text(ex["id"])
         try:
             image = imlib.preprocess(
                 ex["image"],
@@ -93,7 +89,7 @@ def _pair_fn(cfg, tok: Tokenizer, layout: ImageLayout):
                 _skipped["count"] += 1
             logging.warning("skipping image record %s: %s", rid, e)
             return None
-        return image, np.asarray(tok.encode(_text(ex["caption"])) + [EOS_ID], np.int32)
+        return image, np.asarray(tok.encode(vl_corpora.as_text(ex["caption"])) + [EOS_ID], np.int32)
 
     return fn
 

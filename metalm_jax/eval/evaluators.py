@@ -173,7 +173,7 @@ def captioning(ev, trainer, params, tok, cfg):
     the old default: prompt "", beam 4, length_penalty 0.6."""
     import dataclasses
 
-    from metalm_jax.data import vl_pipeline
+    from metalm_jax.data import vl_corpora, vl_pipeline
     from metalm_jax.data.images import preprocess
     from metalm_jax.data.task_rows import encode_prompt
     from metalm_jax.eval import decode
@@ -197,7 +197,7 @@ def captioning(ev, trainer, params, tok, cfg):
             pixels = preprocess(
                 ex["image"],
                 layout.image_size,
-                record_id=vl_pipeline._text(ex["id"]),
+                record_id=vl_corpora.as_text(ex["id"]),
                 mean=layout.mean,
                 std=layout.std,
             )
@@ -214,9 +214,9 @@ def captioning(ev, trainer, params, tok, cfg):
             )
         )
         for ex, o in zip(exs, out, strict=True):
-            rid = vl_pipeline._text(ex["id"])
+            rid = vl_corpora.as_text(ex["id"])
             text = tok.decode([t for t in o if t != EOS_ID])
-            refs[rid] = [vl_pipeline._text(ex["caption"])]
+            refs[rid] = [vl_corpora.as_text(ex["caption"])]
             hyps[rid] = text
             preds.append({"id": rid, "caption": text, "reference": refs[rid][0]})
     metrics = caption_metrics(hyps, refs, meteor=ev.meteor)
@@ -395,8 +395,8 @@ def vqa(ev, trainer, params, tok, cfg):
 def completion(ev, trainer, params, tok, cfg):
     """Verse completion on held-out KJV chapters: the first half of a verse as the prompt, the
     greedy continuation scored by token F1 and exact match against the second half."""
+    from metalm_jax.eval.generation import generate_with
     from metalm_jax.eval.metrics import exact_match, token_f1
-    from metalm_jax.generate import generate_with
 
     _, items, _ = kjv_testament_task(ev.examples, ev.seed)
     prompts, refs = [], []
@@ -430,11 +430,11 @@ def completion(ev, trainer, params, tok, cfg):
 
 def perplexity(ev, trainer, params, tok, cfg):
     from metalm_jax.data import pipeline
+    from metalm_jax.eval.scoring import heldout_loss
     from metalm_jax.model.build import image_layout
-    from metalm_jax.train.loop import evaluate
 
     sets = pipeline.eval_sets(cfg, tok, ev.batch_size, (0, 1), image_layout(cfg))
-    m = evaluate(trainer, params, sets)
+    m = heldout_loss(trainer, params, sets)
     return m, [{"set": k, "batches": len(v)} for k, v in sets.items()]
 
 

@@ -5,26 +5,6 @@ from __future__ import annotations
 
 import os
 
-import ml_collections
-
-
-def with_defaults(saved: dict) -> ml_collections.ConfigDict:
-    """A checkpoint's saved config on top of base_config(): keys added to the code after the
-    run was saved take their defaults (which reproduce the older behaviour)."""
-    from metalm_jax.config import base_config
-
-    def merge(node, values):
-        for k, v in values.items():
-            if isinstance(v, dict) and isinstance(node.get(k), ml_collections.ConfigDict):
-                merge(node[k], v)
-            else:
-                node[k] = v
-
-    cfg = base_config()
-    with cfg.unlocked():
-        merge(cfg, saved)
-    return cfg
-
 
 def load_run(workdir: str, step: int | None = None, cfg=None):
     """(config, tokenizer, trainer, params) of the run in `workdir` at `step` (latest if None).
@@ -34,6 +14,7 @@ def load_run(workdir: str, step: int | None = None, cfg=None):
     task."""
     import jax
 
+    from metalm_jax.config import with_defaults
     from metalm_jax.data.tokenizer import Tokenizer
     from metalm_jax.parallel.mesh import make_mesh
     from metalm_jax.train.checkpoint import Checkpointer

@@ -4,8 +4,8 @@ open-ended generations, and this module owns the string-level metrics.
 - VQA accuracy (VQAv2 val/test, OK-VQA): the official VQA evaluation script's answer
   normalization (`normalize_vqa_answer`) and its accuracy against the 10 human answers
   (`vqa_accuracy`: the official average over the 10 leave-one-out subsets of
-  min(#matches / 3, 1); `vqa_accuracy_simple`: the common shortcut min(#matches / 3, 1)).
-  Evaluators use `vqa_accuracy`.
+  min(#matches / 3, 1)). Evaluators report `vqa_score`: `vqa_accuracy` for 10-answer sets,
+  any answer matched for sets with fewer.
 - Exact match and SQuAD-style token F1 (multiple choice, SQuAD, DROP, closed-book QA):
   `exact_match`, `token_f1`, each the max over several references.
 - Captioning (COCO Karpathy test, NoCaps, Flickr30k): `caption_metrics` runs pycocoevalcap the
@@ -249,14 +249,6 @@ def vqa_score(pred: str, answers: Sequence[str]) -> float:
         return vqa_accuracy(pred, answers)
     p, gts = _vqa_matches(pred, answers)
     return float(any(g == p for g in gts))
-
-
-def vqa_accuracy_simple(pred: str, answers: Sequence[str]) -> float:
-    """The common shortcut min(#matching human answers / 3, 1) (same normalization as
-    `vqa_accuracy`); it differs from the official value only when 1-3 answers match (for 10
-    answers: 1/3, 2/3, 1 instead of 0.3, 0.6, 0.9). Not what the evaluators use."""
-    p, gts = _vqa_matches(pred, answers)
-    return min(1.0, sum(g == p for g in gts) / 3.0)
 
 
 # ---------------------------------------------------------------------------------------------

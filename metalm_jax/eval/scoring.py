@@ -1,13 +1,15 @@
-"""Option scoring: the log-likelihood of candidate completions (rank classification).
+"""Scoring by likelihood: held-out loss and perplexity on fixed eval sets, and option scoring,
+the log-likelihood of candidate completions (rank classification).
 
-Rows come from eval/prompts.py (or any Batch row whose loss weights mark the completion); the
-score of a row is minus its weighted NLL, so zero- and few-shot multiple choice picks the option
-with the highest score. Rows are scored in fixed-size batches (one compile).
+For option scoring, rows come from eval/prompts.py (or any Batch row whose loss weights mark the
+completion); the score of a row is minus its weighted NLL, so zero- and few-shot multiple choice
+picks the option with the highest score. Rows are scored in fixed-size batches (one compile).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,21 @@ import numpy as np
 
 from metalm_jax.train.step import token_nll
 from metalm_jax.types import Batch
+
+
+def heldout_loss(trainer, params, sets: dict) -> dict:
+    """Held-out loss and perplexity per fixed eval set (sums divided once): eval/loss and
+    eval/perplexity for 'text' and 'task', eval/<name>_loss and eval/<name>_perplexity for the
+    others. `sets`: {name: [local batch, ...]} as data/pipeline.eval_sets builds them."""
+    out = {}
+    for name, batches in sets.items():
+        sums = jax.device_get([trainer.eval(params, trainer.global_batch(b)) for b in batches])
+        weight = max(sum(float(s["weight"]) for s in sums), 1)
+        loss = sum(float(s["loss_sum"]) for s in sums) / weight
+        prefix = "eval/" if name in ("text", "task") else f"eval/{name}_"
+        out[prefix + "loss"] = loss
+        out[prefix + "perplexity"] = math.exp(min(loss, 50.0))
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

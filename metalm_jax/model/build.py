@@ -1,7 +1,7 @@
 """From the experiment config to the model: ModelConfig, abstract init, parameter and FLOP counts.
 
-The only place that reads the `model` section of the training config; layers get the small frozen
-ModelConfig / TransformerConfig it builds.
+The model package reads the experiment config only here: the modules (layers, metalm, vision,
+connector) get the small frozen ModelConfig / TransformerConfig / VisionConfig built from it.
 """
 
 from __future__ import annotations

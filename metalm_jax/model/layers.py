@@ -1,4 +1,5 @@
-"""Transformer building blocks in reading order: config, embeddings, attention, MLP, block.
+"""Transformer building blocks in reading order: config; parameter, activation and LayerNorm
+helpers; embeddings; positions (sinusoidal, T5 relative bias); attention; MLP; block; stack.
 
 Einsum legend:
   B batch   L query length   S key length   D model width   N heads   H head dim
@@ -33,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metalm_jax.model.masks import MASK_VALUE
+from metalm_jax.model.masks import MASK_VALUE, cache_attention_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +127,44 @@ def layer_norm(name: str | None = None, eps: float = 1e-5) -> nn.LayerNorm:
     )
 
 
+def constrain(x):
+    """Pins activations [B, L, D] to the logical layout (batch, length, act_embed); a no-op
+    outside an `nn.logical_axis_rules` context (the trainer sets one while tracing)."""
+    return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+
+
+def embedding(vocab: int, width: int, name: str) -> nn.Embed:
+    """A token embedding table, initialised with std width^-1/2 (fairseq)."""
+    return nn.Embed(
+        vocab,
+        width,
+        embedding_init=param(nn.initializers.normal(width**-0.5), "vocab", "embed"),
+        name=name,
+    )
+
+
+def embed_tokens(cfg: TransformerConfig, vocab: int, tokens, name: str = "token_embed"):
+    """Token embeddings [B, L, width] (width = embed_dim or d_model), times sqrt(width) when
+    `cfg.embed_scale`."""
+    width = cfg.embed_dim or cfg.d_model
+    x = embedding(vocab, width, name)(tokens)
+    return x * jnp.sqrt(float(width)) if cfg.embed_scale else x
+
+
+def finish_embeddings(module: nn.Module, cfg: TransformerConfig, x):
+    """After the summed embeddings: `embed_norm` LayerNorm, then the `embed_dim` -> d_model
+    projection (ELECTRA order); call inside a compact method of `module`."""
+    if cfg.embed_norm:
+        x = layer_norm("embed_norm", cfg.ln_eps)(x)
+    if cfg.embed_dim and cfg.embed_dim != cfg.d_model:
+        w = module.param(
+            "embed_proj", param(xavier(), "embed_in", "embed"), (cfg.embed_dim, cfg.d_model)
+        )
+        b = module.param("embed_proj_bias", param(nn.initializers.zeros, "embed"), (cfg.d_model,))
+        x = jnp.einsum("BLE,ED->BLD", x, w) + b
+    return x
+
+
 def sinusoidal(positions, d_model: int):
     """float32[B, L, D] sinusoidal embedding (Vaswani et al.) of int32[B, L] positions."""
     half = d_model // 2
@@ -174,7 +213,7 @@ class Attention(nn.Module):
     With `decode`, keys and values are kept in the "cache" collection (initialised at the full
     decoding length by `model.init`) and each call appends its T new positions at the cache
     index; `mask` is then bool[B, T], which new positions are real (left padding is not), and
-    the causal mask over the cache is built here from grid indices.
+    the mask over the cache is masks.cache_attention_mask.
     """
 
     cfg: TransformerConfig
@@ -221,16 +260,13 @@ class Attention(nn.Module):
         cvalid = self.variable("cache", "valid", jnp.zeros, k.shape[:2], jnp.bool_)
         cidx = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
         if init:  # model.init: the cache is only being shaped
-            return k, v, (valid[:, :, None] & valid[:, None, :])[:, None]
+            return k, v, cache_attention_mask(valid, valid, 0)
         i, T = cidx.value, k.shape[1]
         ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, i, 0, 0))
         cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, i, 0, 0))
         cvalid.value = jax.lax.dynamic_update_slice(cvalid.value, valid, (0, i))
         cidx.value = i + T
-        S = ck.value.shape[1]
-        causal = jnp.arange(S)[None, :] <= (i + jnp.arange(T))[:, None]  # [T, S]
-        mask = causal[None, None] & cvalid.value[:, None, None, :] & valid[:, None, :, None]
-        return ck.value, cv.value, mask
+        return ck.value, cv.value, cache_attention_mask(valid, cvalid.value, i)
 
 
 class Mlp(nn.Module):
@@ -287,12 +323,6 @@ class Block(nn.Module):
         )
 
 
-def constrain(x):
-    """Pins activations [B, L, D] to the logical layout (batch, length, act_embed); a no-op
-    outside an `nn.logical_axis_rules` context (the trainer sets one while tracing)."""
-    return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-
-
 class _ScannedBlock(Block):
     """Block with the (carry, output) signature nn.scan needs."""
 
@@ -318,38 +348,6 @@ def remat_policy(name: str):
             "jax.checkpoint_policies"
         )
     return policy
-
-
-def embedding(vocab: int, width: int, name: str) -> nn.Embed:
-    """A token embedding table, initialised with std width^-1/2 (fairseq)."""
-    return nn.Embed(
-        vocab,
-        width,
-        embedding_init=param(nn.initializers.normal(width**-0.5), "vocab", "embed"),
-        name=name,
-    )
-
-
-def embed_tokens(cfg: TransformerConfig, vocab: int, tokens, name: str = "token_embed"):
-    """Token embeddings [B, L, width] (width = embed_dim or d_model), times sqrt(width) when
-    `cfg.embed_scale`."""
-    width = cfg.embed_dim or cfg.d_model
-    x = embedding(vocab, width, name)(tokens)
-    return x * jnp.sqrt(float(width)) if cfg.embed_scale else x
-
-
-def finish_embeddings(module: nn.Module, cfg: TransformerConfig, x):
-    """After the summed embeddings: `embed_norm` LayerNorm, then the `embed_dim` -> d_model
-    projection (ELECTRA order); call inside a compact method of `module`."""
-    if cfg.embed_norm:
-        x = layer_norm("embed_norm", cfg.ln_eps)(x)
-    if cfg.embed_dim and cfg.embed_dim != cfg.d_model:
-        w = module.param(
-            "embed_proj", param(xavier(), "embed_in", "embed"), (cfg.embed_dim, cfg.d_model)
-        )
-        b = module.param("embed_proj_bias", param(nn.initializers.zeros, "embed"), (cfg.d_model,))
-        x = jnp.einsum("BLE,ED->BLD", x, w) + b
-    return x
 
 
 class Stack(nn.Module):

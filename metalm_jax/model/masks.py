@@ -1,8 +1,11 @@
 """Attention masks from per-token annotations, built inside jit. The only place masks are made.
 
-Both MetaLM masks reduce to (segment ids, causal flag):
+Every mask of a full sequence reduces to (segment ids, causal flag), `make_attention_mask`:
   * decoder: causal AND same segment (packing; encoder slots are ordinary positions);
-  * encoder: same segment (each span is its own segment, bidirectional inside).
+  * text encoder: same segment (each span is its own segment, bidirectional inside);
+  * vision encoder: same segment, with segment 1 = the image and its real prefix tokens.
+Decoding with a KV cache appends new positions to the cached ones; `cache_attention_mask` gives
+their mask over the whole cache (causal over cache indices, both sides real).
 Segment 0 is padding and attends to nothing (its rows are fully masked; their outputs carry no
 loss). Worked example, segment_ids = [1 1 2 2 0], causal=True (1 = may attend):
 
@@ -36,3 +39,24 @@ def make_attention_mask(q_segment_ids, kv_segment_ids, causal: bool):
         length, s = q_segment_ids.shape[1], kv_segment_ids.shape[1]
         mask &= jnp.arange(length)[:, None] >= jnp.arange(s)[None, :]
     return mask[:, None, :, :]
+
+
+def cache_attention_mask(new_valid, cache_valid, index):
+    """bool[B, 1, T, S]: True where new position t, written at cache index `index` + t, may attend
+    to cache slot s: s <= index + t, and both are real (left padding and unwritten slots are not).
+
+    new_valid bool[B, T]; cache_valid bool[B, S], the cache's validity with the new positions
+    already written; index int32[] (traced). Worked example: a prompt left-padded to 3 (one pad)
+    is prefilled into a cache of length 5 (index 0, T = 3), then one token is appended (index 3):
+
+        prefill: new_valid [0 1 1], cache_valid [0 1 1 0 0]
+              s: 0 1 2 3 4
+        t 0:     . . . . .      (padding attends to nothing)
+        t 1:     . 1 . . .
+        t 2:     . 1 1 . .
+        append: new_valid [1], cache_valid [0 1 1 1 0]
+        t 0:     . 1 1 1 .
+    """
+    T, S = new_valid.shape[1], cache_valid.shape[1]
+    causal = jnp.arange(S)[None, :] <= (index + jnp.arange(T))[:, None]  # [T, S]
+    return causal[None, None] & cache_valid[:, None, None, :] & new_valid[:, None, :, None]

@@ -11,10 +11,12 @@
                     then + sinusoidal(positions) (or a learned table, GPT-2 style)
         --Decoder (causal AND same segment)--> [B, L, D] --embed^T--> logits float32[B, L, V]
 
-The slot bank is a gather, not a scatter: any number of encoders (later: images, k-shot
-demonstrations) can concatenate their connected outputs into one bank per row and the decoder
-reads it by index. Token embeddings are scaled by sqrt(D) (fairseq convention, embeddings are
-initialised with std D^-1/2); connector outputs are not scaled, the connector learns their size.
+The slot bank is a gather, not a scatter: every docked encoder (the text encoder's spans, each
+image with its text prefix) concatenates its connected outputs into one bank per row and the
+decoder reads it by index, so interleaved images and k-shot demonstrations (each encoded on its
+own, eval/prompts.py) are only rows whose slot_index points further into the bank. Token
+embeddings are scaled by sqrt(D) (fairseq convention, embeddings are initialised with std
+D^-1/2); connector outputs are not scaled, the connector learns their size.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from metalm_jax.model.layers import (
     param,
     xavier,
 )
+from metalm_jax.model.masks import make_attention_mask
 
 VIT_SIZES = {  # name -> (layers, width, heads, mlp)
     "Ti": (12, 192, 3, 768),
@@ -137,5 +138,5 @@ class VisionEncoder(nn.Module):
             modality = jnp.concatenate([modality, jnp.zeros_like(prefix)], axis=1)
         x = nn.Dropout(st.dropout)(x, deterministic=deterministic)
         seg = valid.astype(jnp.int32)  # one segment: the image and its prefix
-        mask = (seg[:, :, None] * seg[:, None, :] > 0)[:, None]
+        mask = make_attention_mask(seg, seg, causal=False)
         return Stack(st, name="stack")(x, mask, None, modality, deterministic=deterministic)

@@ -1,1 +1,2 @@
-"""Parallelism: the device mesh and logical-axis sharding rules."""
+"""Parallelism: the device mesh, logical-axis sharding rules, multi-process start-up, and the
+accelerators known by name (chips.py)."""

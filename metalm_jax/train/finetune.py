@@ -64,12 +64,12 @@ def prepare_config(cfg, workdir: str, log=print):
         if ft.preset not in ("decoder_frozen", "none") and cfg.task.name:
             log(f"note: finetune.preset={ft.preset} has no effect without finetune.from_run")
         return cfg
+    from metalm_jax.config import with_defaults
     from metalm_jax.convert.init_from import (
         orbax_checkpoint_dir,
         orbax_param_metadata,
         orbax_saved_config,
     )
-    from metalm_jax.eval.load import with_defaults
 
     step_dir = orbax_checkpoint_dir(ft.from_run)
     saved = with_defaults(orbax_saved_config(step_dir))

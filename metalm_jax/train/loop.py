@@ -18,7 +18,7 @@ import jax
 from metalm_jax.convert.init_from import apply_init
 from metalm_jax.data import pipeline, vl_pipeline
 from metalm_jax.eval.evaluators import run_evals
-from metalm_jax.generate import generate_with
+from metalm_jax.eval.generation import generate_with
 from metalm_jax.model.build import (
     count_params,
     image_layout,

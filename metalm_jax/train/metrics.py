@@ -10,29 +10,20 @@ import time
 
 import jax
 
-# Dense peak FLOP/s per device (bf16) for MFU; CPU: the whole host (simulated devices share it).
-PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5": 459e12,
-    "TPU v6 lite": 918e12,
-    "NVIDIA H100": 989e12,
-    "cpu": 1.7e11,  # ~2-core host matmul peak measured for DESIGN.md
-}
+from metalm_jax.parallel.chips import CHIPS, chip_for
 
 
 def peak_flops(override: float) -> float:
-    """Peak FLOP/s of the whole job: override per device, else the table by device kind."""
+    """Peak FLOP/s of the whole job: `override` per device, else the chip table
+    (parallel/chips.py) by device kind; CPU: the whole host's (simulated devices share it); NaN
+    for an unknown chip."""
     devices = jax.devices()
     if override > 0:
         return override * len(devices)
-    kind = devices[0].device_kind
     if devices[0].platform == "cpu":
-        return PEAK_FLOPS["cpu"] * jax.process_count()
-    for name, flops in PEAK_FLOPS.items():
-        if kind.startswith(name):
-            return flops * len(devices)
-    return float("nan")
+        return CHIPS["cpu"].peak_flops * jax.process_count()
+    chip = chip_for(devices[0].device_kind)
+    return chip.peak_flops * len(devices) if chip is not None else float("nan")
 
 
 def fmt_duration(seconds: float) -> str:

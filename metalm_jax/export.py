@@ -1,0 +1,59 @@
+"""Export a trained run's decoder as a Hugging Face GPT-2 directory (config.json +
+model.safetensors):
+
+    python -m metalm_jax.export --workdir RUN_DIR --out DIR [--step N]
+    python -m metalm_jax.convert.gpt2 --workdir RUN_DIR --out DIR [--step N]   (the same command)
+
+Loads the run's parameters (eval/load.py) and writes them with convert/gpt2.export; a decoder a
+GPT-2 cannot express (DeepNorm, sinusoidal positions, ...) is an error naming the config keys.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def export_run(workdir: str, out_dir: str, step: int | None = None) -> str:
+    """Exports the run in `workdir` (latest checkpoint, or `step`); returns the note."""
+    from metalm_jax.convert.gpt2 import export
+    from metalm_jax.eval import load
+
+    if not os.path.isdir(workdir):  # load_run would create checkpoints/ there
+        raise FileNotFoundError(f"{workdir}: no such run directory")
+    cfg, tok, _, params = load.load_run(workdir, step)
+    note = export(params, cfg, out_dir)
+    return (
+        f"{note}\ntokenizer: the run's SentencePiece model {tok.source} (not GPT-2's BPE, and not "
+        "exported): encode with it and pass the ids"
+    )
+
+
+def main(argv):
+    import sys
+
+    from absl import flags
+
+    from metalm_jax.convert.common import ConversionError
+
+    del argv
+    f = flags.FLAGS
+    try:
+        print(export_run(f.workdir, f.out, f.step))
+    except (ConversionError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+def run() -> None:
+    """Defines the flags and runs `main` (both commands above)."""
+    from absl import app, flags, logging
+
+    flags.DEFINE_string("workdir", None, "run directory with checkpoints/")
+    flags.DEFINE_string("out", None, "output directory for config.json + model.safetensors")
+    flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
+    flags.mark_flags_as_required(["workdir", "out"])
+    logging.set_verbosity(logging.WARNING)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

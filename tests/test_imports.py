@@ -1,0 +1,294 @@
+"""Every import in metalm_jax runs down the house: config -> data -> model -> convert -> train ->
+eval -> the training loop -> command-line modules. Read from the source with ast (nothing is
+imported), function-level imports included; a failure names the file, line and both modules.
+The moved command-line entry points keep their documented names."""
+
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = "metalm_jax"
+
+# The floors, lowest first (rank = position). A module may import its own floor and any floor of
+# a lower rank; floors of one rank (model, parallel) may import each other but not in a cycle.
+RANKS = {
+    "base": 0,
+    "data": 1,
+    "model": 2,
+    "parallel": 2,
+    "convert": 3,
+    "train": 4,
+    "eval": 5,
+    "loop": 6,
+    "top": 7,
+}
+# Module or package -> floor: the longest matching prefix decides. Every module needs an entry
+# below its package name (a new top-level module must be placed here on purpose).
+FLOORS = {
+    # small modules everything may use: the package docstring, the Batch contract, every config
+    # key with its default, bundled-resource paths
+    "metalm_jax.__init__": "base",
+    "metalm_jax.types": "base",
+    "metalm_jax.config": "base",
+    "metalm_jax.resources": "base",
+    # corpora, tokenizer, packing, spans, rows, tasks, grain pipelines: numpy, no model
+    "metalm_jax.data": "data",
+    # the Flax model, and beside it the mesh, multi-process helpers and the accelerator table
+    # (neither imports the other)
+    "metalm_jax.model": "model",
+    "metalm_jax.parallel": "parallel",
+    # weight importers (Hugging Face / Orbax -> parameter trees); they read data's special ids
+    # and pixel statistics; training applies them (init, finetuning)
+    "metalm_jax.convert": "convert",
+    # optimizer, train step, compiled trainer, checkpoints, finetuning config, metric writers
+    "metalm_jax.train": "train",
+    # loading a run, decoding, scoring, evaluators: they use the trainer's compiled steps
+    "metalm_jax.eval": "eval",
+    # the training run itself runs the evaluators and the end-of-run sample, so it sits above eval
+    "metalm_jax.train.loop": "loop",
+    # command-line modules and the tests' helpers: nothing in the package imports them
+    "metalm_jax.train.__main__": "top",
+    "metalm_jax.aot": "top",
+    "metalm_jax.caption": "top",
+    "metalm_jax.evaluate": "top",
+    "metalm_jax.export": "top",
+    "metalm_jax.generate": "top",
+    "metalm_jax.testing": "top",
+}
+
+
+def package_sources(root: str = ROOT) -> dict[str, str]:
+    """{module name: source} of every .py file of the package (`pkg.__init__` for packages)."""
+    out = {}
+    for dirpath, dirnames, files in os.walk(os.path.join(root, PACKAGE)):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for f in sorted(files):
+            if f.endswith(".py"):
+                path = os.path.join(dirpath, f)
+                name = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+                with open(path, encoding="utf-8") as fh:
+                    out[name] = fh.read()
+    return out
+
+
+def floor_of(module: str) -> str | None:
+    """The floor of a module name (`a.b.__init__` or `a.b`), by the longest FLOORS prefix."""
+    best = None
+    for prefix in FLOORS:
+        bare = prefix.removesuffix(".__init__")
+        exact = prefix.endswith(".__init__")
+        hit = (
+            module in (prefix, bare)
+            if exact
+            else module == prefix or module.startswith(prefix + ".")
+        )
+        if hit and (best is None or len(prefix) > len(best)):
+            best = prefix
+    return FLOORS[best] if best is not None else None
+
+
+def _is_main_block(node: ast.AST) -> bool:
+    """`if __name__ == "__main__":` at module level: the module run as a command."""
+    t = getattr(node, "test", None)
+    return (
+        isinstance(node, ast.If)
+        and isinstance(t, ast.Compare)
+        and isinstance(t.left, ast.Name)
+        and t.left.id == "__name__"
+        and len(t.comparators) == 1
+        and isinstance(t.comparators[0], ast.Constant)
+        and t.comparators[0].value == "__main__"
+    )
+
+
+def imports_of(module: str, source: str, known: set[str]) -> list[tuple[int, str, bool]]:
+    """[(line, imported package module, inside an `if __name__ == "__main__":` block)]: import
+    statements anywhere (functions included) and importlib.import_module("literal") calls."""
+    tree = ast.parse(source, module)
+    main_lines = set()
+    for node in tree.body:
+        if _is_main_block(node):
+            main_lines.update(range(node.lineno, node.end_lineno + 1))
+    is_package = module.endswith(".__init__")
+    here = module.removesuffix(".__init__").split(".")
+    found = []
+
+    def add(line, name):
+        if name == PACKAGE or name.startswith(PACKAGE + "."):
+            found.append((line, name, line in main_lines))
+
+    def resolve(name):  # a package's name stands for its __init__
+        return name + ".__init__" if name + ".__init__" in known else name
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                add(node.lineno, resolve(a.name))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the importer's package
+                pkg = here if is_package else here[:-1]
+                pkg = pkg[: len(pkg) - (node.level - 1)]
+                base = ".".join(pkg + ([base] if base else []))
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                add(node.lineno, resolve(sub) if resolve(sub) in known else resolve(base))
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            add(node.lineno, resolve(node.args[0].value))
+    return found
+
+
+def import_edges(sources: dict[str, str]) -> list[tuple]:
+    """[(importer, line, imported, importer's floor, imported floor, in a __main__ block)]
+    between package modules; an import inside a module's `if __name__ == "__main__":` block is
+    the command's, so on the top floor."""
+    known = set(sources)
+    edges = []
+    for module, source in sources.items():
+        for line, name, in_main in imports_of(module, source, known):
+            mine = "top" if in_main else floor_of(module)
+            edges.append((module, line, name, mine, floor_of(name), in_main))
+    return edges
+
+
+def upward_imports(sources: dict[str, str]) -> list[str]:
+    """One message per import that reaches a higher floor, or a top-floor module from anywhere
+    but a `__main__` block (a command may hand over to another command)."""
+    bad = []
+    for module, line, name, mine, theirs, in_main in import_edges(sources):
+        where = f"{module.replace('.', '/')}.py:{line}: {module} ({mine}) imports {name} ({theirs})"
+        if theirs == "top" and name != module and not in_main:
+            bad.append(f"{where}: a command-line or test-helper module; nothing imports those")
+        elif RANKS[theirs] > RANKS[mine]:
+            bad.append(f"{where}: a higher floor")
+    return bad
+
+
+def floor_cycle(sources: dict[str, str]) -> list[str] | None:
+    """A cycle in the graph of floors (each edge with one import that makes it), or None."""
+    graph: dict[str, dict[str, str]] = {}
+    for module, line, name, mine, theirs, _ in import_edges(sources):
+        if mine != theirs:
+            graph.setdefault(mine, {}).setdefault(theirs, f"{module}:{line} -> {name}")
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, {})):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt) :]
+                return [
+                    f"{a} -> {b} ({graph[a][b]})"
+                    for a, b in zip(cycle, cycle[1:] + [nxt], strict=True)
+                ]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def sources():
+    return package_sources()
+
+
+def test_every_module_has_a_floor(sources):
+    assert set(FLOORS.values()) <= set(RANKS)
+    missing = [m for m in sources if floor_of(m) is None]
+    assert not missing, f"give these modules a floor in FLOORS (tests/test_imports.py): {missing}"
+    unused = [p for p in FLOORS if not any(_matches(p, m) for m in sources)]
+    assert not unused, f"FLOORS names modules that do not exist: {unused}"
+
+
+def _matches(prefix: str, module: str) -> bool:
+    bare = prefix.removesuffix(".__init__")
+    return module in (prefix, bare) or module.startswith(bare + ".")
+
+
+def test_imports_run_down(sources):
+    bad = upward_imports(sources)
+    assert not bad, "imports that run up the house:\n" + "\n".join(bad)
+
+
+def test_no_cycles_between_floors(sources):
+    cycle = floor_cycle(sources)
+    assert cycle is None, "floors import each other in a cycle:\n" + "\n".join(cycle)
+
+
+def test_the_check_names_what_runs_up():
+    fake = {
+        "metalm_jax.__init__": "",
+        "metalm_jax.data.__init__": "",
+        "metalm_jax.data.pipeline": "def f():\n    from metalm_jax.convert import resolve_path\n",
+        "metalm_jax.convert.__init__": "from metalm_jax.data import pipeline\n",
+        "metalm_jax.eval.evaluators": "from metalm_jax.generate import generate_with\n",
+        "metalm_jax.generate": "from metalm_jax.eval import evaluators\n",
+        "metalm_jax.convert.gpt2": (
+            'if __name__ == "__main__":\n    from metalm_jax import export\n    export.run()\n'
+        ),
+        "metalm_jax.export": "import importlib\nimportlib.import_module('metalm_jax.eval.load')\n",
+        "metalm_jax.eval.load": "from metalm_jax.train.loop import evaluate\n",
+        "metalm_jax.train.loop": "",
+    }
+    bad = upward_imports(fake)
+    assert len(bad) == 3, bad
+    assert bad[0] == (
+        "metalm_jax/data/pipeline.py:2: metalm_jax.data.pipeline (data) imports "
+        "metalm_jax.convert.__init__ (convert): a higher floor"
+    )
+    assert "metalm_jax.eval.evaluators (eval) imports metalm_jax.generate (top)" in bad[1]
+    assert "metalm_jax.eval.load (eval) imports metalm_jax.train.loop (loop)" in bad[2]
+
+
+def test_the_check_finds_a_cycle_between_floors_of_one_rank():
+    fake = {
+        "metalm_jax.model.__init__": "from . import layers\n",
+        "metalm_jax.model.layers": "def f():\n    import metalm_jax.parallel.mesh\n",
+        "metalm_jax.parallel.mesh": "from ..model import layers\n",
+    }
+    assert upward_imports(fake) == []
+    assert floor_cycle(fake) == [
+        "model -> parallel (metalm_jax.model.layers:2 -> metalm_jax.parallel.mesh)",
+        "parallel -> model (metalm_jax.parallel.mesh:1 -> metalm_jax.model.layers)",
+    ]
+    del fake["metalm_jax.parallel.mesh"]
+    assert floor_cycle(fake) is None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-m", "metalm_jax.export", "--workdir={tmp}/nope", "--out={tmp}/out"], "no such run"),
+        (["-m", "metalm_jax.convert.gpt2", "--workdir={tmp}/nope", "--out={tmp}/o"], "no such run"),
+        (["-m", "metalm_jax.caption", "--workdir={tmp}", "--image={tmp}/x.png"], "does not exist"),
+        (["-m", "metalm_jax.generate", "--workdir={tmp}/run"], "no checkpoint in"),
+    ],
+)
+def test_moved_commands_keep_their_names(argv, message, tmp_path):
+    """The commands whose code moved (export out of convert/gpt2.py, generation into
+    eval/generation.py) still start under their documented names and reach that code."""
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode != 0 and message in out.stdout + out.stderr, out.stderr[-2000:]
