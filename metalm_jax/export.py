@@ -2,7 +2,7 @@
 model.safetensors):
 
     python -m metalm_jax.export --workdir RUN_DIR --out DIR [--step N]
-    python -m metalm_jax.convert.gpt2 --workdir RUN_DIR --out DIR [--step N]   (the same command)
+    (its old name, python -m metalm_jax.convert.gpt2, now says where it went)
 
 Loads the run's parameters (eval/load.py) and writes them with convert/gpt2.export; a decoder a
 GPT-2 cannot express (DeepNorm, sinusoidal positions, ...) is an error naming the config keys.

@@ -278,7 +278,10 @@ def test_the_check_finds_a_cycle_between_floors_of_one_rank():
     "argv, message",
     [
         (["-m", "metalm_jax.export", "--workdir={tmp}/nope", "--out={tmp}/out"], "no such run"),
-        (["-m", "metalm_jax.convert.gpt2", "--workdir={tmp}/nope", "--out={tmp}/o"], "no such run"),
+        (
+            ["-m", "metalm_jax.convert.gpt2", "--workdir={tmp}/nope", "--out={tmp}/o"],
+            "now `python -m metalm_jax.export",
+        ),
         (["-m", "metalm_jax.caption", "--workdir={tmp}", "--image={tmp}/x.png"], "does not exist"),
         (["-m", "metalm_jax.generate", "--workdir={tmp}/run"], "no checkpoint in"),
     ],

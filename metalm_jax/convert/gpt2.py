@@ -307,7 +307,7 @@ def export(params: dict, cfg, out_dir: str) -> str:
     return note
 
 
-if __name__ == "__main__":  # the export command, kept under this name (metalm_jax/export.py)
-    from metalm_jax import export as export_command
-
-    export_command.run()
+if __name__ == "__main__":  # the export command's old name: say where it went
+    raise SystemExit(
+        "the GPT-2 export command is now `python -m metalm_jax.export --workdir RUN --out DIR`"
+    )
