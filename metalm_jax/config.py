@@ -248,6 +248,14 @@ def base_config() -> ml_collections.ConfigDict:
     t.sample_prompt = "In the beginning"  # prompt of that sample
     t.peak_flops = 0.0  # peak FLOP/s per device for MFU (0 = known value for the device kind)
     t.run_evals = ()  # names in `evals` also run at every eval_every step and at the end
+    # Reliability (docs/ARCHITECTURE.md, "Reliability"). Every step checks on device that its
+    # loss, gradient norm and new parameters are finite; the loop reads the flags when it logs
+    # and before every save, and never saves a non-finite state.
+    t.nonfinite = "stop"  # stop: error naming the step and the latest checkpoint | skip: drop
+    #   that step's update (parameters and optimizer state unchanged) and count it
+    t.max_skipped = 10  # with nonfinite="skip": stop after this many skipped steps in a row
+    t.lock_lease_minutes = 10.0  # workdir lock: a lock from another host not refreshed for
+    #   this long is stale and taken over (same host: taken over when its process is gone)
     return c
 
 

@@ -32,8 +32,13 @@ def main(argv):
         from metalm_jax.parallel.distributed import initialize
 
         initialize(f.coordinator_address, f.num_processes, f.process_id)
+    from metalm_jax.train.preemption import Stopped
+
     cfg = f.config
-    train_and_evaluate(cfg, flags.FLAGS.workdir or os.path.join("runs", cfg.name))
+    try:
+        train_and_evaluate(cfg, flags.FLAGS.workdir or os.path.join("runs", cfg.name))
+    except Stopped as e:  # the checkpoint is saved: a clean exit, 0 on SIGTERM, 130 on Ctrl-C
+        raise SystemExit(e.exit_code) from None
 
 
 if __name__ == "__main__":

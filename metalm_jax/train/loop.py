@@ -1,16 +1,17 @@
 """The trainer, as a narrative: mesh -> data -> abstract state -> shardings -> jit(init) ->
 restore -> loop with periodic actions (log, eval, checkpoint) -> final eval and sample.
 
-Interrupting a run (Ctrl-C / SIGTERM on preemption) saves a checkpoint at the current step;
-running the same command again resumes from the latest checkpoint in the workdir, data iterator
-included.
+Reliability (docs/ARCHITECTURE.md): the run holds the workdir lock (train/workdir_lock.py); a
+signal (Ctrl-C, SIGTERM on preemption) finishes the step, saves and stops cleanly
+(train/preemption.py); every step's finite flag is read when logging and before every eval and
+save, so a non-finite state is never saved (train/guard.py). Running the same command again
+resumes from the latest checkpoint in the workdir, data iterator included.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import signal
 import time
 
 import jax
@@ -29,8 +30,12 @@ from metalm_jax.parallel.distributed import first_process_then_others
 from metalm_jax.train import metrics as mlib
 from metalm_jax.train.checkpoint import Checkpointer
 from metalm_jax.train.finetune import check_frozen_loaded, prepare_config
+from metalm_jax.train.guard import NonFiniteError, NonFiniteGuard
 from metalm_jax.train.optimizer import schedule
+from metalm_jax.train.preemption import Stopped, StopSignals
+from metalm_jax.train.step import all_finite
 from metalm_jax.train.trainer import build_trainer
+from metalm_jax.train.workdir_lock import hold_workdir
 
 
 class Periodic:
@@ -64,9 +69,17 @@ def evaluate(trainer, params, sets: dict) -> dict:
 
 
 def train_and_evaluate(cfg, workdir: str) -> dict:
-    """Runs (or resumes) training as configured; returns the final metrics."""
+    """Runs (or resumes) training as configured; returns the final metrics.
+
+    Raises WorkdirBusyError if another run holds the workdir, NonFiniteError on a non-finite
+    step (train.nonfinite) and Stopped after a signal's checkpoint is saved."""
     t_start = time.time()
     mlib.console(f"== metalm_jax: {cfg.name} -> {os.path.abspath(workdir)}")
+    with hold_workdir(workdir, cfg.train.lock_lease_minutes, mlib.console):
+        return _train(cfg, workdir, t_start)
+
+
+def _train(cfg, workdir: str, t_start: float) -> dict:
     cfg = prepare_config(cfg, workdir, mlib.console)
     cfg_dict = cfg.to_dict()
 
@@ -117,6 +130,13 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
             state = apply_init(cfg, state, trainer, mlib.console)
         else:
             state = ckpt.restore(latest, trainer.abstract_state, train_iter, cfg_dict)
+            if not jax.jit(all_finite)((state.params, state.opt_state)):
+                ckpt.close()
+                raise NonFiniteError(
+                    f"checkpoint {ckpt.directory}/{latest} holds non-finite parameters or "
+                    "optimizer state (saved before saves were checked): move it out of "
+                    "checkpoints/ to resume from an earlier one"
+                )
             mlib.console(f"== resumed from {ckpt.directory}/{latest}")
         return _loop(
             cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ckpt, t_start
@@ -133,28 +153,33 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
     pending: list = []
     last = {"time": time.time(), "step": step}
     final: dict = {}
+    guard = NonFiniteGuard(
+        cfg.train.nonfinite,
+        cfg.train.max_skipped,
+        lambda: "none" if ckpt.latest_step() is None else f"{ckpt.directory}/{ckpt.latest_step()}",
+    )
 
     def log_train(s):
         nonlocal pending
-        got = jax.device_get(pending)
+        guard.check()
+        got = [m for m in jax.device_get(pending) if m["finite"]]  # skipped steps left out
         pending = []
-        loss = sum(float(m["loss_sum"]) for m in got) / max(sum(float(m["weight"]) for m in got), 1)
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"train loss is {loss} at step {s}: lower optim.lr or check data"
-            )
+        weight = sum(float(m["weight"]) for m in got)
+        loss = sum(float(m["loss_sum"]) for m in got) / max(weight, 1) if got else math.nan
         dt = (time.time() - last["time"]) / max(s - last["step"], 1)
         last.update(time=time.time(), step=s)
         tokens_s = cfg.train.batch_size * cfg.data.seq_len / dt
         mfu = flops["total"] / dt / peak
         m = {
             "train/loss": loss,
-            "train/grad_norm": float(got[-1]["grad_norm"]),
+            "train/grad_norm": float(got[-1]["grad_norm"]) if got else math.nan,
             "train/lr": float(lr_fn(s)),
             "perf/tokens_per_s": tokens_s,
             "perf/mfu": mfu,
             "perf/step_s": dt,
         }
+        if cfg.train.nonfinite == "skip":
+            m["train/skipped_steps"] = guard.skipped
         if cfg.images.enabled:  # bad images skipped by this process (images.skip_bad_images)
             m["data/skipped_images"] = vl_pipeline.skipped_images()
         writer.write(s, m)
@@ -166,6 +191,7 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
         )
 
     def run_eval(s):
+        guard.check()
         final["eval_step"] = s
         m = evaluate(trainer, state.params, eval_data)
         if cfg.train.run_evals:  # e.g. task accuracy by generation while finetuning
@@ -186,44 +212,45 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
             + f"  perplexity {m['eval/perplexity']:.2f}"
         )
 
+    def save(s, force=False):
+        guard.check()  # a non-finite state is never saved
+        if not force or ckpt.latest_step() != s:
+            ckpt.save(s, state, train_iter, cfg_dict, force=force)
+
     periodic = Periodic()
     periodic.add(cfg.train.log_every, log_train)
     periodic.add(cfg.train.eval_every, run_eval)
-    periodic.add(cfg.train.checkpoint_every, lambda s: ckpt.save(s, state, train_iter, cfg_dict))
+    periodic.add(cfg.train.checkpoint_every, save)
 
-    # SIGTERM (preemption) behaves like Ctrl-C: checkpoint, then stop.
-    previous = (
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        if jax.process_index() == 0 and _main_thread()
-        else None
-    )
     if step == 0:
         mlib.console(
             f"== training {total} steps; model FLOPs/step {flops['total']:.3e} "
             f"(decoder {flops['decoder']:.3e}, encoder {flops['encoder']:.3e})"
         )
     try:
-        while step < total:
-            state, m = trainer.step(state, trainer.global_batch(next(train_iter)))
-            step += 1
-            pending.append(m)
-            periodic(step)
-    except KeyboardInterrupt:
-        mlib.console(f"== interrupted at step {step}: saving a checkpoint")
-        ckpt.save(step, state, train_iter, cfg_dict, force=True)
+        # Signals only request a stop: the step, its periodic actions and the save complete.
+        with StopSignals(sync_every=cfg.train.log_every) as stop:
+            while step < total and not stop.requested(step):
+                state, m = trainer.step(state, trainer.global_batch(next(train_iter)))
+                step += 1
+                pending.append(m)
+                guard.add(step, m)
+                periodic(step)
+            stop.doing = f"saving the checkpoint of step {step}"
+            if pending:
+                log_train(step)
+            if stop.signum is not None:
+                mlib.console(f"== stopping at step {step}: saving a checkpoint")
+            save(step, force=True)
+            ckpt.manager.wait_until_finished()
+        if stop.signum is not None:
+            mlib.console(f"== saved {ckpt.directory}/{step}; run the same command again to resume")
+            raise Stopped(stop.signum, step)
+        if final.get("eval_step") != step:
+            run_eval(step)
+    finally:  # also on errors: a save in flight completes, nothing is left half-written
         ckpt.close()
         writer.close()
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    if pending:
-        log_train(step)
-    if ckpt.latest_step() != step:
-        ckpt.save(step, state, train_iter, cfg_dict, force=True)
-    if final.get("eval_step") != step:
-        run_eval(step)
-    ckpt.close()
     if cfg.train.sample_tokens > 0:
         text = generate_with(
             cfg,
@@ -235,7 +262,6 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
         )[0]
         mlib.console(f"== sample: {cfg.train.sample_prompt!r} -> {text!r}")
         final["sample"] = text
-    writer.close()
     mlib.console(f"== done in {mlib.fmt_duration(time.time() - t_start)}")
     final["step"] = step
     return final
@@ -243,9 +269,3 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
 
 def _is_number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()

@@ -38,8 +38,22 @@ def loss_sums(model, params, batch: Batch, *, rng=None):
     return jnp.sum(nll * w), jnp.sum(w), aux
 
 
+def all_finite(tree) -> jax.Array:
+    """bool[]: every element of every leaf is finite (a reduction, no host sync)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
 def train_step(
-    state: TrainState, batch: Batch, *, model, tx, seed: int, accum: int = 1, frozen=None
+    state: TrainState,
+    batch: Batch,
+    *,
+    model,
+    tx,
+    seed: int,
+    accum: int = 1,
+    frozen=None,
+    skip_nonfinite: bool = False,
 ):
     """One optimizer step over `accum` microbatches (lax.scan).
 
@@ -50,6 +64,11 @@ def train_step(
     `frozen` (a tree of bools like the params, from optim.frozen) marks parameters behind a
     stop_gradient: their gradients are zeros without any backward work, and layers below the
     lowest trained one (a frozen pretrained encoder's bottom) get no backward pass at all.
+
+    metrics["finite"] (bool[]) says the loss, the gradient norm and the updated parameters are
+    all finite; the loop reads it with the other metrics (train/guard.py). With
+    `skip_nonfinite` (train.nonfinite="skip") a step that is not finite keeps the parameters and
+    optimizer state it started from; the step counter still advances.
     """
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
@@ -82,11 +101,18 @@ def train_step(
     grads = jax.tree.map(lambda x: x / jnp.maximum(w, 1.0), g)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(s) & jnp.isfinite(grad_norm) & all_finite(params)
+    if skip_nonfinite:
+        keep = lambda new, old: jnp.where(finite, new, old)
+        params = jax.tree.map(keep, params, state.params)
+        opt_state = jax.tree.map(keep, opt_state, state.opt_state)
     metrics = {
         "loss_sum": s,
         "weight": w,
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
         "param_norm": optax.tree.norm(params),
+        "finite": finite,
     }
     return TrainState(state.step + 1, params, opt_state), metrics
 

@@ -67,6 +67,8 @@ def build_trainer(cfg, mesh) -> Trainer:
             f"train.grad_accum_steps={cfg.train.grad_accum_steps} microbatches split over the "
             f"{rows} data x fsdp devices of mesh {dict(mesh.shape)}"
         )
+    if cfg.train.nonfinite not in ("stop", "skip"):
+        raise ValueError(f'train.nonfinite={cfg.train.nonfinite!r}: use "stop" or "skip"')
     model = MetaLM(model_config(cfg))
     example = dummy_batch(1, cfg.data.seq_len, cfg.spans.enc_length, image_layout(cfg))
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), example)["params"])
@@ -101,6 +103,7 @@ def build_trainer(cfg, mesh) -> Trainer:
         seed=cfg.seed,
         accum=cfg.train.grad_accum_steps,
         frozen=frozen if any(jax.tree.leaves(frozen)) else None,
+        skip_nonfinite=cfg.train.nonfinite == "skip",
     )
     return Trainer(
         model=model,

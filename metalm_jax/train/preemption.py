@@ -1,0 +1,81 @@
+"""Clean stops on SIGTERM (preemption, `launch/tpu_vm.sh stop`, Slurm's time limit) and Ctrl-C.
+
+While the training loop runs, the first SIGTERM or SIGINT only records a request: the loop
+finishes its current step (and that step's log / eval / save), waits for any save in flight,
+saves a checkpoint at that step and raises `Stopped`, which the command line turns into exit
+status 0 (SIGTERM) or 130 (SIGINT) without a traceback. Later signals interrupt nothing; they
+print that the run is still stopping. The handlers write with os.write: a handler that printed
+could re-enter a `print` it interrupted.
+
+Multi-host: every process records its own signals and the processes agree on the step to stop
+at when they next log (an all-gather of the requests every `sync_every` steps), so they all
+save the same step; a stop on one process stops all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import jax
+import numpy as np
+
+EXIT_CODES = {signal.SIGTERM: 0, signal.SIGINT: 130}
+
+
+class Stopped(Exception):
+    """Training stopped on a signal after saving; `exit_code` is what the process should
+    return (0 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step = signum, step
+        self.exit_code = EXIT_CODES.get(signum, 1)
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+
+
+def _say(msg: str) -> None:
+    if jax.process_index() == 0:
+        os.write(1, (msg + "\n").encode())
+
+
+class StopSignals:
+    """Context manager: SIGTERM and SIGINT handlers that request a stop (main thread only)."""
+
+    def __init__(self, sync_every: int = 1):
+        self.signum: int | None = None
+        self.doing = "finishing the current step"  # what a repeated signal is told
+        self.sync_every = max(int(sync_every), 1)
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is None:
+            self.signum = signum
+            _say(f"== {name}: finishing the current step, then saving a checkpoint and exiting")
+        else:
+            _say(f"== {name} again: still {self.doing}; not stopping before that is done")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+    def requested(self, step: int) -> bool:
+        """Whether to stop before the next step; the same answer on every process."""
+        if jax.process_count() == 1:
+            return self.signum is not None
+        if step % self.sync_every:
+            return False
+        from jax.experimental import multihost_utils
+
+        got = multihost_utils.process_allgather(np.int32(self.signum or 0))
+        if self.signum is None and np.any(got):
+            self.signum = int(np.max(got))
+        return self.signum is not None

@@ -1,0 +1,275 @@
+"""Reliability (issue 13): the workdir lock, the non-finite guard, clean stops on signals.
+
+The lock's rules are tested on the lock itself (no JAX); the guard on the jitted step and on
+whole micro runs with a huge learning rate; signals on real training processes.
+"""
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from metalm_jax import testing
+from metalm_jax.train import workdir_lock
+from metalm_jax.train.workdir_lock import WorkdirBusyError, WorkdirLock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- workdir lock -------------------------------------------------------------------------
+
+
+def _write_lock(workdir, **record):
+    os.makedirs(workdir, exist_ok=True)
+    now = time.time()
+    rec = {"host": socket.gethostname(), "started": now, "refreshed": now, "token": "x"}
+    rec.update(record)
+    with open(os.path.join(workdir, workdir_lock.LOCK_NAME), "w", encoding="utf-8") as f:
+        json.dump(rec, f)
+
+
+def test_lock_refuses_a_live_holder_and_names_it(tmp_path):
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        _write_lock(tmp_path, pid=holder.pid, started=0.0)
+        with pytest.raises(WorkdirBusyError) as e:
+            WorkdirLock(str(tmp_path)).acquire()
+        msg = str(e.value)
+        assert f"pid {holder.pid} on host {socket.gethostname()}" in msg
+        assert "started 1970-01-0" in msg and "\n" not in msg
+    finally:
+        holder.kill()
+        holder.wait()
+    logs = []  # now the holder is gone: taken over, with a message
+    lock = WorkdirLock(str(tmp_path), log=logs.append)
+    lock.acquire()
+    assert "took over" in logs[0] and f"pid {holder.pid}" in logs[0] and "gone" in logs[0]
+    path = tmp_path / workdir_lock.LOCK_NAME
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    with pytest.raises(WorkdirBusyError):  # held by this process: busy, not a reused pid
+        WorkdirLock(str(tmp_path)).acquire()
+    lock.release()
+    assert not path.exists()
+
+
+def test_lock_of_another_host_is_stale_when_its_lease_expires(tmp_path):
+    _write_lock(tmp_path, host="elsewhere", pid=1, refreshed=time.time() - 60)
+    with pytest.raises(WorkdirBusyError, match="pid 1 on host elsewhere"):
+        WorkdirLock(str(tmp_path), lease_minutes=2).acquire()
+    logs = []
+    lock = WorkdirLock(str(tmp_path), lease_minutes=0.5, log=logs.append)
+    lock.acquire()
+    assert "host elsewhere" in logs[0] and "lease" in logs[0]
+    before = lock.record["refreshed"]
+    time.sleep(0.01)
+    assert lock.refresh() and lock.record["refreshed"] > before
+    path = tmp_path / workdir_lock.LOCK_NAME
+    assert json.loads(path.read_text())["refreshed"] == lock.record["refreshed"]
+    lock.release()
+    assert not path.exists()
+
+
+def test_lock_of_this_pid_not_held_here_is_a_reused_pid(tmp_path):
+    """A container restart can give the new run its predecessor's pid."""
+    _write_lock(tmp_path, pid=os.getpid(), token="a predecessor's")
+    logs = []
+    lock = WorkdirLock(str(tmp_path), log=logs.append)
+    lock.acquire()
+    assert "now this process's" in logs[0]
+    lock.release()
+
+
+# -- non-finite guard ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_skip_policy_step_keeps_params_and_optimizer_state():
+    from metalm_jax.data.spans import SpanConfig
+    from metalm_jax.parallel.mesh import make_mesh
+    from metalm_jax.train.trainer import build_trainer
+
+    cfg = testing.micro_config()
+    cfg.train.nonfinite = "skip"
+    cfg.optim.warmup_steps = 0  # the skipped step did not advance the schedule: lr 0 at count 0
+    mesh = make_mesh(cfg.mesh.shape)
+    trainer = build_trainer(cfg, mesh)
+    batch = testing.random_batch(4, 64, cfg.data.vocab_size, SpanConfig(4, 8, 0.25, 24))
+    bad = dict(batch, loss_weights=np.full_like(batch["loss_weights"], np.nan))
+    with jax.set_mesh(mesh):
+        state = trainer.init(jax.random.key(0))
+        before = jax.device_get((state.params, state.opt_state))
+        state, m = trainer.step(state, trainer.global_batch(bad))  # donates the old state
+        assert not bool(m["finite"]) and int(state.step) == 1
+        after = jax.device_get((state.params, state.opt_state))
+        jax.tree.map(np.testing.assert_array_equal, after, before)
+        state, m = trainer.step(state, trainer.global_batch(batch))
+        assert bool(m["finite"]) and int(state.step) == 2
+        moved = jax.device_get(state.params)
+    pairs = zip(jax.tree.leaves(moved), jax.tree.leaves(before[0]), strict=True)
+    assert any(not np.array_equal(a, b) for a, b in pairs)
+
+
+def _checkpoint_steps(workdir) -> list[int]:
+    d = os.path.join(workdir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def _saved_state_finite(workdir, step) -> bool:
+    import orbax.checkpoint as ocp
+
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    state = ocp.StandardCheckpointer().restore(path)
+    return all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state))
+
+
+def _huge_lr(corpus, policy):
+    cfg, _ = corpus
+    cfg = cfg.copy_and_resolve_references()
+    cfg.optim.lr = 1e6  # the issue's repro: NaN within a few steps
+    cfg.train.nonfinite, cfg.train.max_skipped = policy, 3
+    cfg.train.steps, cfg.train.checkpoint_every, cfg.train.eval_every = 10, 1, 0
+    cfg.train.sample_tokens = 0
+    return cfg
+
+
+@pytest.mark.slow
+def test_nonfinite_stop_names_the_step_and_saves_nothing_non_finite(corpus, tmp_path):
+    from metalm_jax.train.guard import NonFiniteError
+    from metalm_jax.train.loop import train_and_evaluate
+
+    cfg = _huge_lr(corpus, "stop")
+    cfg.train.log_every = 20  # the flags are read before each save, not only when logging
+    workdir = str(tmp_path / "run")
+    with pytest.raises(NonFiniteError) as e:
+        train_and_evaluate(cfg, workdir)
+    msg = str(e.value)
+    assert re.match(r"step (\d+) is not finite \(loss nan", msg) and "\n" not in msg, msg
+    bad = int(re.match(r"step (\d+)", msg).group(1))
+    steps = _checkpoint_steps(workdir)
+    assert steps and steps[-1] == bad - 1  # checkpoint_every=1: every finite step was saved
+    assert f"latest checkpoint is {workdir}/checkpoints/{bad - 1} " in msg
+    assert all(_saved_state_finite(workdir, s) for s in steps)
+    assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_NAME))  # released
+
+
+@pytest.mark.slow
+def test_nonfinite_skip_counts_steps_and_keeps_params_finite(corpus, tmp_path):
+    from metalm_jax.train.guard import NonFiniteError
+    from metalm_jax.train.loop import train_and_evaluate
+
+    cfg = _huge_lr(corpus, "skip")
+    cfg.train.log_every = 1
+    workdir = str(tmp_path / "run")
+    with pytest.raises(NonFiniteError, match=r"^step (\d+) is not finite, 3 steps in a row"):
+        train_and_evaluate(cfg, workdir)
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    skipped = [r["train/skipped_steps"] for r in records if "train/skipped_steps" in r]
+    assert skipped[-2:] == [1, 2], skipped  # the 3rd raised before its log line
+    steps = _checkpoint_steps(workdir)
+    assert steps and all(_saved_state_finite(workdir, s) for s in steps)
+
+
+# -- signals: real training processes -------------------------------------------------------
+
+
+class _Run:
+    """A training process on the micro config whose stdout lines are read as they come."""
+
+    def __init__(self, corpus, workdir, *flags):
+        cfg, _ = corpus
+        config = f"{ROOT}/tests/micro_config.py:{cfg.data.files[0]},{cfg.data.tfds_data_dir}"
+        argv = [sys.executable, "-m", "metalm_jax.train", "--config", config]
+        argv += [f"--workdir={workdir}", "--config.train.steps=100000"]
+        argv += [f"--config.train.{k}" for k in ("log_every=1", "eval_every=0", "sample_tokens=0")]
+        self.stderr_path = f"{workdir}.{time.monotonic_ns()}.stderr"
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        with open(self.stderr_path, "w") as err:
+            self.proc = subprocess.Popen(
+                [*argv, *flags], stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT
+            )
+        self.lines: queue.Queue = queue.Queue()
+        self.stdout: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> re.Match:
+        deadline = time.time() + timeout
+        while True:
+            line = self.lines.get(timeout=max(deadline - time.time(), 0.01))
+            assert line is not None, f"exited before {pattern!r}:\n{self.finish()[1][-3000:]}"
+            self.stdout.append(line)
+            if m := re.search(pattern, line):
+                return m
+
+    def finish(self, timeout: float = 300) -> tuple[str, str]:
+        """Waits for the exit; (whole stdout, stderr)."""
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        while not self.lines.empty():
+            line = self.lines.get_nowait()
+            if line is not None:
+                self.stdout.append(line)
+        return "".join(self.stdout), open(self.stderr_path).read()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_exits_0_and_resumes_and_the_workdir_is_locked_meanwhile(corpus, tmp_path):
+    workdir = str(tmp_path / "run")
+    run = _Run(corpus, workdir, "--config.train.checkpoint_every=2")
+    run.wait_for(r"^step +3/")
+    other = _Run(corpus, workdir)  # a second run on the busy workdir refuses to start
+    out, err = other.finish()
+    assert other.proc.returncode != 0
+    assert f"in use by another run (pid {run.proc.pid} on host {socket.gethostname()}" in err
+    assert "step " not in out and run.proc.poll() is None
+
+    run.proc.send_signal(signal.SIGTERM)
+    reached = int(run.wait_for(r"^== stopping at step (\d+)").group(1))
+    out, err = run.finish()
+    assert run.proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert _checkpoint_steps(workdir)[-1] == reached
+    assert f"== saved {workdir}/checkpoints/{reached}; run the same command" in out
+    assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_NAME))
+
+    again = _Run(corpus, workdir, "--config.train.checkpoint_every=0")  # resumes; Ctrl-C: 130
+    again.wait_for(rf"^== resumed from {re.escape(workdir)}/checkpoints/{reached}$")
+    again.wait_for(rf"^step +{reached + 2}/")
+    again.proc.send_signal(signal.SIGINT)
+    stopped = int(again.wait_for(r"^== stopping at step (\d+)").group(1))
+    out, err = again.finish()
+    assert again.proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert stopped > reached and _checkpoint_steps(workdir)[-1] == stopped
+
+
+@pytest.mark.slow
+def test_double_sigterm_does_not_abort_the_save(corpus, tmp_path):
+    workdir = str(tmp_path / "run")
+    run = _Run(corpus, workdir, "--config.train.checkpoint_every=1")  # a save always in flight
+    run.wait_for(r"^step +4/")
+    run.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    run.proc.send_signal(signal.SIGTERM)
+    out, err = run.finish()
+    assert run.proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    reached = int(re.search(r"^== stopping at step (\d+)", out, re.M).group(1))
+    assert "SIGTERM again: still " in out
+    assert _checkpoint_steps(workdir)[-1] == reached
+    assert _saved_state_finite(workdir, reached)
