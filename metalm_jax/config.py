@@ -243,7 +243,9 @@ def base_config() -> ml_collections.ConfigDict:
     t.eval_every = 200  # held-out loss and perplexity (0 = only at the end)
     t.eval_batches = 8  # validation batches per evaluation
     t.checkpoint_every = 200  # Orbax save interval (always saved at the end)
-    t.keep_checkpoints = 3  # how many to keep
+    t.keep_checkpoints = 3  # how many to keep (at least 2: a damaged newest step falls back)
+    t.restore_step = 0  # resume from this checkpoint step (0 or -1 = the newest that verifies);
+    #   steps after it are moved to <workdir>/checkpoints_set_aside/, not deleted
     t.sample_tokens = 32  # greedy sample length printed at the end (0 = none)
     t.sample_prompt = "In the beginning"  # prompt of that sample
     t.peak_flops = 0.0  # peak FLOP/s per device for MFU (0 = known value for the device kind)

@@ -273,3 +273,104 @@ def test_double_sigterm_does_not_abort_the_save(corpus, tmp_path):
     assert "SIGTERM again: still " in out
     assert _checkpoint_steps(workdir)[-1] == reached
     assert _saved_state_finite(workdir, reached)
+
+
+# -- verified checkpoints: damage the newest step, the resume falls back -----------------------
+
+
+def _flip_16_bytes(step_dir):
+    """16 bytes inverted in the middle of the largest array data file of the step's state."""
+    d = os.path.join(step_dir, "state", "ocdbt.process_0", "d")
+    path = max((os.path.join(d, n) for n in os.listdir(d)), key=os.path.getsize)
+    data = bytearray(open(path, "rb").read())
+    mid = len(data) // 2
+    data[mid : mid + 16] = bytes(b ^ 0xFF for b in data[mid : mid + 16])
+    open(path, "wb").write(bytes(data))
+    return path
+
+
+def _truncate_a_data_file(step_dir):
+    d = os.path.join(step_dir, "state", "ocdbt.process_0", "d")
+    path = max((os.path.join(d, n) for n in os.listdir(d)), key=os.path.getsize)
+    os.truncate(path, os.path.getsize(path) // 2)
+    return path
+
+
+DAMAGE = {
+    "flipped_bytes": _flip_16_bytes,
+    "manifest_deleted": lambda d: os.remove(os.path.join(d, "state", "manifest.ocdbt")),
+    "data_file_truncated": _truncate_a_data_file,
+    "metadata_emptied": lambda d: open(os.path.join(d, "state", "_METADATA"), "w").close(),
+    "iterator_file_deleted": lambda d: os.remove(os.path.join(d, "data", "process_0-of-1.json")),
+}
+
+
+def _resume_cfg(corpus, steps):
+    cfg, _ = corpus
+    cfg = cfg.copy_and_resolve_references()
+    cfg.train.steps, cfg.train.checkpoint_every, cfg.train.eval_every = steps, 3, 0
+    cfg.train.log_every, cfg.train.sample_tokens = 1, 0
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(corpus, tmp_path_factory):
+    """A micro run's workdir with checkpoints at steps 3 and 6."""
+    from metalm_jax.train.loop import train_and_evaluate
+
+    workdir = str(tmp_path_factory.mktemp("two_checkpoints") / "run")
+    train_and_evaluate(_resume_cfg(corpus, 6), workdir)
+    assert _checkpoint_steps(workdir) == [3, 6]
+    return workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(
+    corpus, two_checkpoints, tmp_path, capsys, damage
+):
+    import shutil
+
+    from metalm_jax.train.loop import train_and_evaluate
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(two_checkpoints, workdir)
+    step_dir = os.path.join(workdir, "checkpoints", "6")
+    DAMAGE[damage](step_dir)
+    capsys.readouterr()
+    train_and_evaluate(_resume_cfg(corpus, 7), workdir)
+    out = capsys.readouterr().out
+    said = [line for line in out.splitlines() if "checkpoint step 6: " in line]
+    assert len(said) == 1, out
+    assert re.match(rf"== checkpoint step 6: {re.escape(step_dir)}/\S+: \S", said[0]), said[0]
+    assert said[0].endswith("; trying the previous step") and len(said[0]) < 400, said[0]
+    assert f"== resumed from {workdir}/checkpoints/3\n" in out
+    assert re.search(r"^step +4/7 ", out, re.M)  # trained on from step 3
+    assert _checkpoint_steps(workdir) == [3, 6, 7]  # 6 and 7 written by this run
+    assert _saved_state_finite(workdir, 7)
+    aside = os.path.join(workdir, "checkpoints_set_aside", "6")
+    assert os.path.isdir(aside)  # the damaged step is kept, out of the way
+
+
+@pytest.mark.slow
+def test_restore_step_picks_a_step_by_hand_and_names_the_steps_there_are(
+    corpus, two_checkpoints, tmp_path, capsys
+):
+    import shutil
+
+    from metalm_jax.errors import CheckpointError
+    from metalm_jax.train.loop import train_and_evaluate
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(two_checkpoints, workdir)
+    cfg = _resume_cfg(corpus, 4)
+    cfg.train.restore_step = 5
+    want = r"train.restore_step=5: no such checkpoint .*\(have \[3, 6\]"
+    with pytest.raises(CheckpointError, match=want):
+        train_and_evaluate(cfg, workdir)
+    cfg.train.restore_step = 3
+    capsys.readouterr()
+    train_and_evaluate(cfg, workdir)
+    out = capsys.readouterr().out
+    assert f"== resumed from {workdir}/checkpoints/3\n" in out
+    assert _checkpoint_steps(workdir) == [3, 4]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny.py")
@@ -22,6 +22,8 @@ flags.DEFINE_integer("process_id", None, "with --coordinator_address")
 
 def main(argv):
     if len(argv) > 1:
+        from absl import app
+
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from metalm_jax.train.loop import train_and_evaluate
 
@@ -42,4 +44,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from metalm_jax.errors import run_cli
+
+    run_cli(main)  # user errors: one line, exit 2 (metalm_jax/errors.py)

@@ -1,19 +1,33 @@
-"""Orbax checkpoints: train state + data-iterator state + config, async, keep-N, auto-resume.
+"""Orbax checkpoints: train state + data-iterator state + config + digests, async, keep-N,
+auto-resume from the newest step that verifies.
 
-Layout: <workdir>/checkpoints/<step>/{state, data, config}. `state` is the sharded TrainState
-(restored straight into the target shardings), `data` the grain iterator state per process (a
-snapshot taken at save time, so an async save never sees a later position), `config` the run's
-config as JSON, compared on resume so a changed model shape fails with a clear message.
+Layout: <workdir>/checkpoints/<step>/{state, data, config, digest}. `state` is the sharded
+TrainState (restored straight into the target shardings), `data` the grain iterator state per
+process (a snapshot taken at save time, so an async save never sees a later position), `config`
+the run's config as JSON, compared on resume so a changed model shape or optimizer structure
+fails with a clear message, `digest` two 32-bit sums per array of `state` (checkpoint_digest.py),
+computed on device before the save and compared after every restore.
+
+A step that cannot be read or does not verify is reported in one line (step, file, reason) and
+the resume falls back to the newest step that does; steps newer than the one resumed from are
+moved to <workdir>/checkpoints_set_aside/ so that neither their step numbers nor keep-N
+deletion touch the steps the resumed run writes. At least two steps are kept, so a damaged
+newest step always has a predecessor.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from metalm_jax.errors import CheckpointError
+from metalm_jax.train.checkpoint_digest import compare, digests
 
 
 class _FrozenIteratorState:
@@ -26,8 +40,19 @@ class _FrozenIteratorState:
         return self._state
 
 
-# Config keys that must match between a checkpoint and the run resuming from it.
+# Config keys that must match between a checkpoint and the run resuming from it: the shapes,
+# and what decides the optimizer state's structure (which groups exist and what they hold).
 SHAPE_KEYS = ("model", "data.vocab_size", "data.seq_len", "spans.enc_length")
+OPTIMIZER_KEYS = ("optim.name", "optim.frozen", "optim.lr_multipliers", "optim.clip_norm")
+
+
+def _structure(key: str, value):
+    """The part of an optimizer key's value that decides the state's structure."""
+    if key == "optim.lr_multipliers":
+        return [list(pair)[0] for pair in value]  # the patterns; factors may change
+    if key == "optim.clip_norm":
+        return value > 0
+    return value
 
 
 def _diff(old, new, key: str) -> list:
@@ -44,6 +69,22 @@ def _get(d: dict, dotted: str):
     return d
 
 
+class Unreadable(CheckpointError):
+    """A step that cannot be read or does not verify; str() is the one line that says so."""
+
+    def __init__(self, step: int, file: str, reason: str):
+        self.step, self.file, self.reason = step, file, reason
+        super().__init__(f"checkpoint step {step}: {file}: {reason}")
+
+
+def _reason(e: BaseException, step_dir: str) -> tuple[str | None, str]:
+    """(a file under step_dir the error names, a short reason) for a read error."""
+    msg = " ".join(str(e).split())
+    m = re.search(re.escape(step_dir) + r"/[^\s'\",}]*", msg)
+    short = msg if len(msg) <= 160 else msg[:157] + "..."
+    return (m.group(0) if m else None), f"{type(e).__name__}: {short}"
+
+
 class Checkpointer:
     def __init__(self, workdir: str, every: int, keep: int):
         self.directory = os.path.join(workdir, "checkpoints")
@@ -52,7 +93,7 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=True
+                max_to_keep=max(keep, 2), create=True, enable_async_checkpointing=True
             ),
         )
         self.every = every
@@ -69,39 +110,121 @@ class Checkpointer:
                 state=ocp.args.StandardSave(state),
                 data=grain.checkpoint.CheckpointSave(_FrozenIteratorState(data_iterator)),
                 config=ocp.args.JsonSave(config),
+                digest=ocp.args.JsonSave(digests(state)),
             ),
             force=force,
         )
 
+    def _read(self, step: int, item: str, args):
+        """One item of a step; Unreadable (naming the file) if it cannot be read."""
+        step_dir = f"{self.directory}/{step}"
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+        except Exception as e:  # noqa: BLE001 -- any read failure means: fall back
+            file, reason = _reason(e, step_dir)
+            raise Unreadable(step, file or f"{step_dir}/{item}", reason) from e
+
     def check_config(self, step: int, config: dict) -> None:
-        """Raises naming every shape-relevant key whose value differs from the checkpoint's.
+        """Raises naming every shape- or optimizer-relevant key whose value differs from the
+        checkpoint's; Unreadable if its config cannot be read.
 
         Keys the checkpoint's config does not have (added to the code later) are not compared.
         """
-        saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        saved = saved["config"]
+        saved = self._read(step, "config", ocp.args.JsonRestore())
+        if not isinstance(saved, dict):
+            raise Unreadable(step, f"{self.directory}/{step}/config", "not a JSON object")
         diffs = []
-        for key in SHAPE_KEYS:
+        for key in SHAPE_KEYS + OPTIMIZER_KEYS:
             try:
                 old, new = _get(saved, key), _get(config, key)
             except KeyError:
                 continue
+            if key in OPTIMIZER_KEYS:
+                old, new = _structure(key, old), _structure(key, new)
             diffs += _diff(old, new, key)
         if diffs:
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint {self.directory}/{step} does not match this config: "
                 + "; ".join(f"{k}: checkpoint {o!r}, config {n!r}" for k, o, n in diffs[:8])
                 + " (use another --workdir or the checkpoint's config)"
             )
 
     def restore(self, step: int, abstract_state, data_iterator, config: dict):
-        """Restores state into `abstract_state`'s shardings, and the data iterator in place
-        unless it is None (e.g. to read a run's parameters with another process count)."""
+        """Restores state into `abstract_state`'s shardings and verifies its digests, and
+        restores the data iterator in place unless it is None (e.g. to read a run's parameters
+        with another process count). Raises Unreadable if the step cannot be read or does not
+        verify, CheckpointError if it does not match the config."""
         self.check_config(step, config)
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        step_dir = f"{self.directory}/{step}"
+        saved_digests = None  # steps saved before digests existed are not verified
+        if (epath.Path(step_dir) / "digest").exists():
+            saved_digests = self._read(step, "digest", ocp.args.JsonRestore())
+        state = self._read(step, "state", ocp.args.StandardRestore(abstract_state))
+        if jax.tree.structure(state) != jax.tree.structure(abstract_state):
+            raise CheckpointError(
+                f"checkpoint {step_dir}: the saved train state's structure differs from this "
+                "config's (an optimizer or model key changed): use the checkpoint's config"
+            )
+        if saved_digests is not None:
+            bad = compare(saved_digests, digests(state))
+            if bad:
+                raise Unreadable(step, f"{step_dir}/state", bad)
         if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+            name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+            try:
+                self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)),
+                )
+            except Exception as e:  # noqa: BLE001
+                raise Unreadable(step, f"{step_dir}/data/{name}", _reason(e, step_dir)[1]) from e
+        return state
+
+    def restore_good(self, abstract_state, data_iterator, config: dict, want: int, log):
+        """(state, step): step `want` (> 0), or else the newest step that reads and verifies,
+        each failure logged in one line. Steps newer than the one restored are set aside."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if want > 0 and want not in steps:
+            raise CheckpointError(
+                f"train.restore_step={want}: no such checkpoint in {self.directory} "
+                f"(have {sorted(steps)}; 0 = the latest)"
+            )
+        failed = []
+        for step in [want] if want > 0 else steps:
+            try:
+                state = self.restore(step, abstract_state, data_iterator, config)
+            except Unreadable as e:
+                if want > 0:
+                    raise CheckpointError(f"train.restore_step={want}: {e}") from e
+                failed.append(str(e))
+                log(f"== {e}; trying the previous step")
+                continue
+            self._set_aside([s for s in steps if s > step], log)
+            return state, step
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} reads and verifies ({'; '.join(failed)}): "
+            "move checkpoints/ away to start afresh"
+        )
+
+    def _set_aside(self, steps: list, log) -> None:
+        """Moves `steps` out of checkpoints/ (nothing is deleted): the resumed run saves its own
+        steps with these numbers, and keep-N would delete its steps before these."""
+        if not steps:
+            return
+        aside = epath.Path(self.directory).parent / "checkpoints_set_aside"
+        if jax.process_index() == 0:
+            aside.mkdir(parents=True, exist_ok=True)
+            for s in steps:
+                dst, n = aside / str(s), 1
+                while dst.exists():
+                    dst, n = aside / f"{s}.{n}", n + 1
+                (epath.Path(self.directory) / str(s)).rename(dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("checkpoints set aside")
+        self.manager.reload()
+        log(f"== moved newer steps {sorted(steps)} to {aside}/ (kept, not resumed from)")
 
     def close(self) -> None:
         self.manager.wait_until_finished()

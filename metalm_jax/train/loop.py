@@ -18,6 +18,7 @@ import jax
 
 from metalm_jax.convert.init_from import apply_init
 from metalm_jax.data import pipeline, vl_pipeline
+from metalm_jax.errors import CheckpointError
 from metalm_jax.eval.evaluators import run_evals
 from metalm_jax.eval.generation import generate_with
 from metalm_jax.model.build import (
@@ -123,13 +124,20 @@ def _train(cfg, workdir: str, t_start: float) -> dict:
     ckpt = Checkpointer(workdir, cfg.train.checkpoint_every, cfg.train.keep_checkpoints)
     with jax.set_mesh(mesh):
         latest = ckpt.latest_step()
+        if latest is None and cfg.train.restore_step > 0:
+            ckpt.close()
+            raise CheckpointError(
+                f"train.restore_step={cfg.train.restore_step}: no checkpoint in {ckpt.directory}"
+            )
         if latest is None:
             check_frozen_loaded(cfg, trainer.abstract_state.params)
             state = trainer.init(jax.random.key(cfg.seed))
             mlib.console("== initialised a new state")
             state = apply_init(cfg, state, trainer, mlib.console)
         else:
-            state = ckpt.restore(latest, trainer.abstract_state, train_iter, cfg_dict)
+            state, latest = ckpt.restore_good(
+                trainer.abstract_state, train_iter, cfg_dict, cfg.train.restore_step, mlib.console
+            )
             if not jax.jit(all_finite)((state.params, state.opt_state)):
                 ckpt.close()
                 raise NonFiniteError(
