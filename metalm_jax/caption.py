@@ -26,7 +26,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags, logging
+    from absl import flags, logging
 
     flags.DEFINE_string("workdir", None, "run directory with checkpoints/ and tokenizer.model")
     flags.DEFINE_string("image", None, "image file to caption")
@@ -34,4 +34,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
     flags.mark_flags_as_required(["workdir", "image"])
     logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    from metalm_jax.errors import run_cli
+
+    run_cli(main)  # user errors: one line, exit 2

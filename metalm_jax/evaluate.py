@@ -30,7 +30,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags, logging
+    from absl import flags, logging
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "experiment config", lock_config=True)
@@ -39,4 +39,6 @@ if __name__ == "__main__":
     flags.DEFINE_list("only", None, "run only these evaluators")
     flags.mark_flags_as_required(["config", "workdir"])
     logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    from metalm_jax.errors import run_cli
+
+    run_cli(main)  # user errors: one line, exit 2

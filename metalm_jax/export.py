@@ -29,30 +29,25 @@ def export_run(workdir: str, out_dir: str, step: int | None = None) -> str:
 
 
 def main(argv):
-    import sys
-
     from absl import flags
-
-    from metalm_jax.convert.common import ConversionError
 
     del argv
     f = flags.FLAGS
-    try:
-        print(export_run(f.workdir, f.out, f.step))
-    except (ConversionError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    print(export_run(f.workdir, f.out, f.step))  # user errors: one line, exit 2 (run_cli)
 
 
 def run() -> None:
     """Defines the flags and runs `main` (both commands above)."""
-    from absl import app, flags, logging
+    from absl import flags, logging
+
+    from metalm_jax.errors import run_cli
 
     flags.DEFINE_string("workdir", None, "run directory with checkpoints/")
     flags.DEFINE_string("out", None, "output directory for config.json + model.safetensors")
     flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
     flags.mark_flags_as_required(["workdir", "out"])
     logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    run_cli(main)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags, logging
+    from absl import flags, logging
 
     flags.DEFINE_string("workdir", None, "run directory with checkpoints/ and tokenizer.model")
     flags.DEFINE_multi_string("prompt", [""], "prompt text (repeatable)")
@@ -51,4 +51,6 @@ if __name__ == "__main__":
     flags.DEFINE_float("length_penalty", 0.6, "beam search length penalty alpha")
     flags.mark_flags_as_required(["workdir"])
     logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    from metalm_jax.errors import run_cli
+
+    run_cli(main)  # user errors: one line, exit 2

@@ -374,3 +374,53 @@ def test_restore_step_picks_a_step_by_hand_and_names_the_steps_there_are(
     out = capsys.readouterr().out
     assert f"== resumed from {workdir}/checkpoints/3\n" in out
     assert _checkpoint_steps(workdir) == [3, 4]
+
+
+# -- errors for people: one line, exit 2, no traceback ------------------------------------------
+
+
+def _train_cli(config: str, workdir, *flags) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "metalm_jax.train", "--config", config, f"--workdir={workdir}"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [*argv, *flags], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def _last_line(proc) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_user_errors_end_with_one_line_and_exit_2(corpus, two_checkpoints, tmp_path):
+    import shutil
+
+    cfg, _ = corpus
+    micro = f"{ROOT}/tests/micro_config.py:{cfg.data.files[0]},{cfg.data.tfds_data_dir}"
+    line = _last_line(_train_cli(micro, tmp_path / "a", "--config.train.stepz=5"))
+    assert (
+        line.startswith("error: --config.train.stepz: ") and 'did you mean "steps"' in line.lower()
+    )
+
+    missing = tmp_path / "missing.jsonl"
+    config = f"{ROOT}/tests/micro_config.py:{missing},{cfg.data.tfds_data_dir}"
+    line = _last_line(_train_cli(config, tmp_path / "b"))
+    assert line == f"error: data.files: {str(missing)!r} does not exist", line
+    verbose = _train_cli(config, tmp_path / "b", "--verbose")  # the traceback on request
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+    # optim.frozen changed on an existing workdir (the TypeError in the first step)
+    workdir = tmp_path / "run"
+    shutil.copytree(two_checkpoints, workdir)
+    unfrozen = tmp_path / "unfrozen_config.py"
+    unfrozen.write_text(
+        "from metalm_jax import testing\n\n\ndef get_config(arg=None):\n"
+        f"    c = testing.micro_config([{cfg.data.files[0]!r}], "
+        f"data_dir={cfg.data.tfds_data_dir!r})\n"
+        "    c.optim.frozen = []\n    return c\n"
+    )
+    line = _last_line(_train_cli(str(unfrozen), workdir, "--config.train.steps=8"))
+    assert line.startswith(f"error: checkpoint {workdir}/checkpoints/6 does not match this config")
+    assert "optim.frozen: checkpoint ['^text_encoder/stack/layers_0/'], config []" in line, line

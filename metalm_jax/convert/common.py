@@ -20,6 +20,8 @@ import re
 
 import numpy as np
 
+from metalm_jax.errors import UserError
+
 # Buffers some checkpoints store that are not weights (position id ranges, attention masks).
 BUFFER_PATTERNS = (
     r"(^|\.)position_ids$",
@@ -29,7 +31,7 @@ BUFFER_PATTERNS = (
 )
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A checkpoint that does not fit the target: names the key(s) and the shapes."""
 
 

@@ -32,6 +32,8 @@ import pathlib
 
 import tensorflow_datasets as tfds
 
+from metalm_jax.errors import ConfigError, DataError
+
 _FEATURES = dict(id=tfds.features.Text(), paragraphs=tfds.features.Text())
 
 
@@ -118,7 +120,7 @@ def expand_paths(value, key: str) -> tuple[str, ...]:
     for entry in value:
         for path in _expand_entry(entry, key):
             if path in out:
-                raise ValueError(f"{key}: {path!r} is named twice (overlapping globs?)")
+                raise ConfigError(f"{key}: {path!r} is named twice (overlapping globs?)")
             out.append(path)
     return tuple(out)
 
@@ -141,13 +143,13 @@ def local_text_config(paths, text_key="text", validation_fraction=0.02) -> Local
     """The builder config for `paths` (a value `expand_paths` reads)."""
     paths = expand_paths(paths, "data.files")
     if not paths:
-        raise ValueError("data.files is empty: give one or more .txt or .jsonl files")
+        raise ConfigError("data.files is empty: give one or more .txt or .jsonl files")
     h = hashlib.sha1()
     for p in paths:
         if not p.endswith((".txt", ".jsonl")):
-            raise ValueError(f"data.files: {p!r} must end in .txt or .jsonl")
+            raise ConfigError(f"data.files: {p!r} must end in .txt or .jsonl")
         if not os.path.isfile(p):
-            raise ValueError(f"data.files: {p!r} is not a file")
+            raise ConfigError(f"data.files: {p!r} is not a file")
         st = os.stat(p)
         h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     h.update(f"{text_key}|{validation_fraction}".encode())
@@ -201,9 +203,9 @@ def _json_lines(path: str, lines, expected: str):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict):
-            raise ValueError(f"{path}:{lineno}: expected {expected}")
+            raise DataError(f"{path}:{lineno}: expected {expected}")
         yield lineno, obj
 
 
@@ -214,7 +216,7 @@ def read_local_documents(paths, text_key: str = "text"):
         docs = _txt_document(path) if path.endswith(".txt") else _jsonl_documents(path, text_key)
         for doc_id, paras in docs:
             if doc_id in seen:
-                raise ValueError(
+                raise DataError(
                     f"{path}: document id {doc_id!r} is also that of a document in "
                     f"{seen[doc_id]!r} (two corpus files with the same name)"
                 )
@@ -226,7 +228,7 @@ def _txt_document(path: str):
     paras = [" ".join(p.split()) for p in read_utf8(path).split("\n\n")]
     paras = [p for p in paras if p]
     if not paras:
-        raise ValueError(f"{path}: empty file; expected text (one document, blank-line paragraphs)")
+        raise DataError(f"{path}: empty file; expected text (one document, blank-line paragraphs)")
     yield os.path.basename(path), paras
 
 
@@ -235,17 +237,17 @@ def _jsonl_documents(path: str, text_key: str):
     count = 0
     for lineno, obj in json_objects(path, expected):
         if text_key not in obj:
-            raise ValueError(f"{path}:{lineno}: expected {expected}")
+            raise DataError(f"{path}:{lineno}: expected {expected}")
         text = obj[text_key]
         if not isinstance(text, str):
-            raise ValueError(f"{path}:{lineno}: field {text_key!r} must be a string")
+            raise DataError(f"{path}:{lineno}: field {text_key!r} must be a string")
         paras = [p.strip() for p in text.split("\n") if p.strip()]
         if not paras:
-            raise ValueError(f"{path}:{lineno}: empty document in field {text_key!r}")
+            raise DataError(f"{path}:{lineno}: empty document in field {text_key!r}")
         count += 1
         yield f"{os.path.basename(path)}:{lineno}", paras
     if not count:
-        raise ValueError(f"{path}: empty file; expected one JSON object per line ({expected})")
+        raise DataError(f"{path}: empty file; expected one JSON object per line ({expected})")
 
 
 class LocalText(tfds.core.GeneratorBasedBuilder):
@@ -269,7 +271,7 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
         train = [d for d in docs if not is_val(d[0])]
         for split, part in (("validation", val), ("train", train)):
             if not part:
-                raise ValueError(
+                raise ConfigError(
                     f"data.files: the {split} split would be empty ({len(docs)} documents, "
                     f"data.validation_fraction={frac}): add documents or change the fraction"
                 )
@@ -287,7 +289,7 @@ def make_builder(data_cfg, data_dir: str | None):
     if data_cfg.name == "files":
         cfg = local_text_config(data_cfg.files, data_cfg.text_key, data_cfg.validation_fraction)
         return LocalText(config=cfg, data_dir=data_dir, file_format="array_record")
-    raise ValueError(f"data.name: unknown corpus {data_cfg.name!r}; expected 'kjv' or 'files'")
+    raise ConfigError(f"data.name: unknown corpus {data_cfg.name!r}; expected 'kjv' or 'files'")
 
 
 def load_split(builder, split: str):
@@ -296,9 +298,9 @@ def load_split(builder, split: str):
         tfds.disable_progress_bar()
         builder.download_and_prepare()
     if split not in builder.info.splits:
-        raise ValueError(f"corpus {builder.name} has no split {split!r}")
+        raise ConfigError(f"corpus {builder.name} has no split {split!r}")
     if builder.info.splits[split].num_examples == 0:
-        raise ValueError(
+        raise DataError(
             f"corpus {builder.name}: split {split!r} is empty (for local files, raise "
             "data.validation_fraction or add documents)"
         )

@@ -39,6 +39,7 @@ import dataclasses
 import numpy as np
 
 from metalm_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from metalm_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,18 +53,18 @@ class SpanConfig:
 
     def __post_init__(self):
         if not 1 <= self.min_len <= self.max_len:
-            raise ValueError(
+            raise ConfigError(
                 f"spans: need 1 <= min_len <= max_len, got min_len={self.min_len}, "
                 f"max_len={self.max_len}"
             )
         if self.max_len + int(self.enc_bos) > self.enc_length:
-            raise ValueError(
+            raise ConfigError(
                 f"spans.max_len={self.max_len} (+{int(self.enc_bos)} for <s>) is longer than the "
                 f"encoder grid enc_length={self.enc_length}: lower spans.max_len or raise "
                 "spans.enc_length"
             )
         if not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"spans.ratio must be in [0, 1), got {self.ratio}")
+            raise ConfigError(f"spans.ratio must be in [0, 1), got {self.ratio}")
 
 
 def segment_bounds(segment_ids: np.ndarray) -> list[tuple[int, int]]:
@@ -156,7 +157,7 @@ class RetokenizedEncoding:
         try:
             self.tokenizer = HFTokenizer.from_file(path)
         except Exception as e:  # noqa: BLE001 - the library raises plain Exceptions
-            raise ValueError(
+            raise ConfigError(
                 f"model.text_encoder.tokenizer: cannot read {path} as a Hugging Face "
                 f"tokenizer.json ({e})"
             ) from None
@@ -223,7 +224,7 @@ def build_example(row: dict, spans, cfg: SpanConfig, encoding=None) -> dict:
         n, m = len(piece), len(piece) - first  # encoder positions, decoder slots
         if off + n > cfg.enc_length or used + (s - prev) + m > L:
             if encoding.exact:
-                raise ValueError(
+                raise ConfigError(
                     f"spans need {off + n} encoder positions, enc_length={cfg.enc_length}"
                 )
             continue  # this span stays text

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import sentencepiece as spm
 
+from metalm_jax.errors import ConfigError
+
 PAD_ID, BOS_ID, EOS_ID, UNK_ID, EOD_ID = 0, 1, 2, 3, 4
 EOD_PIECE = "</d>"
 
@@ -29,7 +31,7 @@ class Tokenizer:
         for i, piece in expected.items():
             got = self.sp.id_to_piece(i) if i < self.sp.get_piece_size() else None
             if got != piece:
-                raise ValueError(
+                raise ConfigError(
                     f"tokenizer {source}: id {i} must be {piece!r} (got {got!r}); train it with "
                     "metalm_jax.data.tokenizer.train_tokenizer or give pad=0,<s>=1,</s>=2,<unk>=3,"
                     "</d>=4"
@@ -97,7 +99,7 @@ def load_or_train(
         with open(cache_path, "rb") as f:
             tok = Tokenizer(f.read(), cache_path)
         if tok.vocab_size != vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"cached tokenizer {cache_path} has vocab {tok.vocab_size}, config asks for "
                 f"{vocab_size}: delete the file or use a fresh workdir"
             )

@@ -46,6 +46,7 @@ import tensorflow_datasets as tfds
 
 from metalm_jax.data import images
 from metalm_jax.data.corpora import expand_paths, json_objects, read_utf8
+from metalm_jax.errors import ConfigError, DataError
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _SKIPPED_CODEPOINTS = (0xFE0F, 0x200D)  # emoji presentation selector, zero-width joiner
@@ -220,7 +221,7 @@ def local_image_text_config(paths, validation_fraction: float = 0.05) -> LocalIm
     """The builder config for `paths` (folders and .jsonl files: a value `expand_paths` reads)."""
     paths = expand_paths(paths, "images.files")
     if not paths:
-        raise ValueError("image-text paths are empty: give folders or .jsonl files")
+        raise ConfigError("image-text paths are empty: give folders or .jsonl files")
     h = hashlib.sha1()
     for p in paths:
         if os.path.isdir(p):
@@ -231,11 +232,11 @@ def local_image_text_config(paths, validation_fraction: float = 0.05) -> LocalIm
             h.update(f"{p}/\n{chr(10).join(listing)}\n".encode())
         elif os.path.isfile(p):
             if not p.endswith(".jsonl"):
-                raise ValueError(f"image-text path {p!r} must be a folder or a .jsonl file")
+                raise ConfigError(f"image-text path {p!r} must be a folder or a .jsonl file")
             st = os.stat(p)
             h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         else:
-            raise ValueError(f"image-text path {p!r} must be a folder or a .jsonl file")
+            raise ConfigError(f"image-text path {p!r} must be a folder or a .jsonl file")
     h.update(f"{validation_fraction}".encode())
     return LocalImageTextConfig(
         name="images_" + h.hexdigest()[:12],
@@ -251,17 +252,17 @@ def _read_folder(folder: str):
         if n.lower().endswith(_IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, n))
     )
     if not names:
-        raise ValueError(f"{folder}: no .png / .jpg / .jpeg images in this folder")
+        raise DataError(f"{folder}: no .png / .jpg / .jpeg images in this folder")
     for name in names:
         image_path = os.path.join(folder, name)
         caption_path = os.path.splitext(image_path)[0] + ".txt"
         if not os.path.isfile(caption_path):
-            raise ValueError(
+            raise DataError(
                 f"{image_path}: missing caption file {os.path.basename(caption_path)!r} beside it"
             )
         caption = " ".join(read_utf8(caption_path).split())
         if not caption:
-            raise ValueError(f"{caption_path}: empty caption")
+            raise DataError(f"{caption_path}: empty caption")
         yield f"{os.path.basename(folder)}/{name}", image_path, caption
 
 
@@ -273,19 +274,19 @@ def _read_jsonl(path: str):
         where = f"{path}:{lineno}"
         for key in ("image", "caption"):
             if key not in obj:
-                raise ValueError(f"{where}: missing field {key!r}")
+                raise DataError(f"{where}: missing field {key!r}")
             if not isinstance(obj[key], str):
-                raise ValueError(f"{where}: field {key!r} must be a string")
+                raise DataError(f"{where}: field {key!r} must be a string")
         caption = " ".join(obj["caption"].split())
         if not caption:
-            raise ValueError(f"{where}: empty caption")
+            raise DataError(f"{where}: empty caption")
         image_path = os.path.join(base, obj["image"])  # an absolute "image" wins
         if not os.path.isfile(image_path):
             raise FileNotFoundError(f"{where}: image file {image_path!r} does not exist")
         count += 1
         yield f"{os.path.basename(path)}:{lineno}", image_path, caption
     if not count:
-        raise ValueError(f"{path}: empty file; expected one JSON object per line ({expected})")
+        raise DataError(f"{path}: empty file; expected one JSON object per line ({expected})")
 
 
 def read_local_pairs(paths):
@@ -295,7 +296,7 @@ def read_local_pairs(paths):
         rows = _read_folder(path) if os.path.isdir(path) else _read_jsonl(path)
         for record_id, image_path, caption in rows:
             if record_id in seen:
-                raise ValueError(
+                raise DataError(
                     f"{image_path}: id {record_id!r} is also the id of {seen[record_id]!r} "
                     "(two folders or .jsonl files with the same name)"
                 )
@@ -325,7 +326,7 @@ class LocalImageText(tfds.core.GeneratorBasedBuilder):
         train = [p for p in pairs if _hash_fraction(p[0]) >= frac]
         for split, part in (("validation", val), ("train", train)):
             if not part:
-                raise ValueError(
+                raise ConfigError(
                     f"image-text data: the {split} split would be empty ({len(pairs)} pairs, "
                     f"validation_fraction={frac}): add pairs or change the fraction"
                 )
@@ -408,7 +409,7 @@ class StandardCaptionSource:
 
     def __init__(self, name: str, split: str, data_dir: str | None, captions_per_image: int = 5):
         if name not in STANDARD_SETS:
-            raise ValueError(
+            raise ConfigError(
                 f"images.name={name!r} is not a caption set; expected one of "
                 f"{sorted(STANDARD_SETS)}"
             )

@@ -9,6 +9,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from metalm_jax.errors import ConfigError
+
 AXES = ("data", "fsdp", "tensor")
 
 
@@ -16,16 +18,16 @@ def resolve_shape(shape, n_devices: int) -> tuple[int, ...]:
     """Fills the one -1 in `shape` so the product is n_devices; raises naming mesh.shape."""
     shape = [int(s) for s in shape]
     if len(shape) != len(AXES):
-        raise ValueError(f"mesh.shape must have {len(AXES)} sizes for {AXES}, got {shape}")
+        raise ConfigError(f"mesh.shape must have {len(AXES)} sizes for {AXES}, got {shape}")
     if shape.count(-1) > 1:
-        raise ValueError(f"mesh.shape may hold at most one -1, got {shape}")
+        raise ConfigError(f"mesh.shape may hold at most one -1, got {shape}")
     known = math.prod(s for s in shape if s != -1)
     if -1 in shape:
         if n_devices % known:
-            raise ValueError(f"mesh.shape {shape}: {n_devices} devices not divisible by {known}")
+            raise ConfigError(f"mesh.shape {shape}: {n_devices} devices not divisible by {known}")
         shape[shape.index(-1)] = n_devices // known
     if math.prod(shape) != n_devices:
-        raise ValueError(f"mesh.shape {shape} needs {math.prod(shape)} devices, have {n_devices}")
+        raise ConfigError(f"mesh.shape {shape} needs {math.prod(shape)} devices, have {n_devices}")
     return tuple(shape)
 
 

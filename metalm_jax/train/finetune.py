@@ -31,6 +31,7 @@ import shutil
 
 import jax
 
+from metalm_jax.errors import ConfigError
 from metalm_jax.train.optimizer import param_path
 
 PRESETS = {
@@ -59,7 +60,7 @@ def prepare_config(cfg, workdir: str, log=print):
     """The resolved finetuning config (a new ConfigDict); `cfg` itself when not finetuning."""
     ft = cfg.finetune
     if ft.preset not in PRESETS:
-        raise ValueError(f"finetune.preset={ft.preset!r}: expected one of {sorted(PRESETS)}")
+        raise ConfigError(f"finetune.preset={ft.preset!r}: expected one of {sorted(PRESETS)}")
     if not ft.from_run:
         if ft.preset not in ("decoder_frozen", "none") and cfg.task.name:
             log(f"note: finetune.preset={ft.preset} has no effect without finetune.from_run")
@@ -85,7 +86,7 @@ def prepare_config(cfg, workdir: str, log=print):
         wanted = have if "all" in ft.restore else list(ft.restore)
         missing = [m for m in wanted if m not in have]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"finetune.restore: {step_dir} has no params/{missing} (it has {have})"
             )
         init = [dict(format="orbax", source=step_dir, target=m) for m in wanted]
@@ -133,7 +134,7 @@ def check_frozen_loaded(cfg, abstract_params) -> None:
             bad.append(name)
     if bad:
         shown = ", ".join(bad[:6]) + (f", ... ({len(bad)} in all)" if len(bad) > 6 else "")
-        raise ValueError(
+        raise ConfigError(
             f"optim.frozen freezes parameters that nothing loaded, so they would stay at their "
             f"random init for the whole run: {shown}. Load them with an `init` entry (e.g. "
             "dict(format='hf_bert', source=...) or finetune.from_run), drop the pattern from "

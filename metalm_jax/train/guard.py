@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import jax
 
+from metalm_jax.errors import UserError
 
-class NonFiniteError(FloatingPointError):
+
+class NonFiniteError(UserError, FloatingPointError):
     """Training produced a non-finite loss, gradient norm or parameters."""
 
 

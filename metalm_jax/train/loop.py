@@ -18,7 +18,7 @@ import jax
 
 from metalm_jax.convert.init_from import apply_init
 from metalm_jax.data import pipeline, vl_pipeline
-from metalm_jax.errors import CheckpointError
+from metalm_jax.errors import CheckpointError, ConfigError
 from metalm_jax.eval.evaluators import run_evals
 from metalm_jax.eval.generation import generate_with
 from metalm_jax.model.build import (
@@ -94,13 +94,13 @@ def _train(cfg, workdir: str, t_start: float) -> dict:
     # -- data -----------------------------------------------------------------------------
     tok = first_process_then_others("tokenizer", lambda: pipeline.build_tokenizer(cfg, workdir))
     if tok.vocab_size != cfg.data.vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer {tok.source} has {tok.vocab_size} pieces, "
             f"data.vocab_size={cfg.data.vocab_size}"
         )
     global_batch, procs = cfg.train.batch_size, jax.process_count()
     if global_batch % procs:
-        raise ValueError(f"train.batch_size={global_batch} not divisible by {procs} processes")
+        raise ConfigError(f"train.batch_size={global_batch} not divisible by {procs} processes")
     local_batch = global_batch // procs
     shard = (jax.process_index(), procs)
     layout = image_layout(cfg)

@@ -16,6 +16,8 @@ import re
 import jax
 import optax
 
+from metalm_jax.errors import ConfigError
+
 
 def param_path(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
@@ -32,7 +34,7 @@ def schedule(o, total_steps: int) -> optax.Schedule:
     elif o.schedule == "constant":
         after = optax.constant_schedule(o.lr)
     else:
-        raise ValueError(f"optim.schedule: unknown {o.schedule!r}; use cosine|linear|constant")
+        raise ConfigError(f"optim.schedule: unknown {o.schedule!r}; use cosine|linear|constant")
     return optax.join_schedules([warm, after], [o.warmup_steps])
 
 
@@ -58,7 +60,7 @@ def group_labels(params, frozen, multipliers) -> tuple[dict, dict]:
     labels = jax.tree_util.tree_map_with_path(label, params)
     unused = [p for p, n in hits.items() if n == 0]
     if unused:
-        raise ValueError(f"optim.frozen patterns match no parameter: {unused}")
+        raise ConfigError(f"optim.frozen patterns match no parameter: {unused}")
     return labels, counts
 
 
@@ -70,7 +72,7 @@ def make_optimizer(o, total_steps: int, params) -> tuple[optax.GradientTransform
     elif o.name == "adam":
         base = optax.adam(lr, o.b1, o.b2, o.eps)
     else:
-        raise ValueError(f"optim.name: unknown optimizer {o.name!r}; use adam|adamw")
+        raise ConfigError(f"optim.name: unknown optimizer {o.name!r}; use adam|adamw")
     mults = [tuple(x) for x in o.lr_multipliers]
     labels, counts = group_labels(params, list(o.frozen), mults)
     transforms = {"train": base, "frozen": optax.set_to_zero()}

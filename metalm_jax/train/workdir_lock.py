@@ -26,11 +26,13 @@ import threading
 import time
 import uuid
 
+from metalm_jax.errors import UserError
+
 LOCK_NAME = ".lock"
 _HELD: set[str] = set()  # tokens of the locks this process holds
 
 
-class WorkdirBusyError(RuntimeError):
+class WorkdirBusyError(UserError, RuntimeError):
     """Another live run holds the workdir."""
 
 
