@@ -66,7 +66,10 @@ def compile_for_topology(cfg, topology: str) -> dict:
     mesh = make_mesh(cfg.mesh.shape, devices)
     trainer = build_trainer(cfg, mesh)
     example = dummy_batch(
-        cfg.train.batch_size, cfg.data.seq_len, cfg.spans.enc_length, image_layout(cfg)
+        cfg.train.batch_size,
+        cfg.data.seq_len,
+        cfg.spans.enc_length,
+        image_layout(cfg, trainer.model.cfg),
     )
     abstract_batch = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=trainer.batch_sharding), example
@@ -78,7 +81,7 @@ def compile_for_topology(cfg, topology: str) -> dict:
     cost = cost[0] if isinstance(cost, list) else cost
     hbm, peak = CHIPS[gen].hbm_bytes, CHIPS[gen].peak_flops
     n_dev = len(devices)
-    flops = step_flops(cfg)
+    flops = step_flops(cfg, trainer.model.cfg)
     peak_mem = getattr(mem, "peak_memory_in_bytes", 0) or (
         mem.argument_size_in_bytes
         + mem.temp_size_in_bytes

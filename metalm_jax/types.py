@@ -23,9 +23,11 @@ Image grid (only with a vision encoder; None otherwise), Ni images per row:
   vl_prefix        int32[B, Ni, Lp]          the text prefix a joint VL encoder reads with it
   vl_prefix_mask   int32[B, Ni, Lp]          1 = a real prefix token
 
-Slot bank layout (what slot_index points into): the text-encoder grid first (Le entries, when
-there is a text encoder), then S' entries per image: image i's outputs at Le + i*S' + j
-(image tokens first, then its prefix positions).
+Slot bank layout (what slot_index points into; `SlotBank` below is its one definition): the
+text-encoder grid first (Le entries, when there is a text encoder), then S' entries per image:
+image i's outputs at Le + i*S' + j (image tokens first, then its prefix positions). The model's
+gather cannot raise inside jit (it clips), so an index past the bank is an error on the host:
+in `SlotBank.check`, which `Batch.validate`, the row builder and the trainer's batches use.
 """
 
 from __future__ import annotations
@@ -53,6 +55,60 @@ FIELD_DTYPES = {
     "vl_prefix": np.int32,
     "vl_prefix_mask": np.int32,
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotBank:
+    """The slot bank of one row: `text` entries of the text-encoder grid (Le, or 0 without a
+    text encoder), then `per_image` (S' = S + Lp) entries for each of `images` images.
+
+        text = 4, per_image = 3, images = 2:
+        bank index   0  1  2  3 | 4  5  6 | 7  8  9
+        holds        text grid  | image 0 | image 1     size 10; slot_index in -1 .. 9
+    """
+
+    text: int
+    per_image: int = 0
+    images: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.text + self.images * self.per_image
+
+    def text_slots(self, start: int, n: int) -> np.ndarray:
+        """int32[n]: the bank indices of encoder grid positions start .. start + n - 1."""
+        if not 0 <= start <= start + n <= self.text:
+            raise ValueError(
+                f"encoder grid positions {start}..{start + n - 1}: the slot bank holds "
+                f"{self.text} text-encoder positions (none without a text encoder)"
+            )
+        return np.arange(start, start + n, dtype=np.int32)
+
+    def image_slots(self, image: int, n: int) -> np.ndarray:
+        """int32[n]: the bank indices of the first `n` outputs of the row's `image`-th image
+        (its S image tokens, then its prefix positions)."""
+        if not 0 <= image < self.images or not 0 <= n <= self.per_image:
+            raise ValueError(
+                f"image {image}, {n} slots: the slot bank has {self.images} images of "
+                f"{self.per_image} slots"
+            )
+        base = self.text + image * self.per_image
+        return np.arange(base, base + n, dtype=np.int32)
+
+    def check(self, slot_index: np.ndarray) -> None:
+        """Raises ValueError naming the first row and position of `slot_index` (int32[L] or
+        [B, L]) that is neither -1 (text) nor an index into this bank."""
+        idx = np.asarray(slot_index)
+        bad = (idx < -1) | (idx >= self.size)
+        if not bad.any():
+            return
+        where = np.argwhere(bad.reshape(-1, idx.shape[-1]))[0]
+        row, pos = int(where[0]), int(where[1])
+        raise ValueError(
+            f"slot_index {int(idx.reshape(-1, idx.shape[-1])[row, pos])} at row {row}, "
+            f"position {pos} is past the slot bank ({self.text} text-encoder positions + "
+            f"{self.images} images x {self.per_image} slots = {self.size} entries)"
+        )
 
 
 @flax.struct.dataclass
@@ -89,8 +145,11 @@ class Batch:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {k: v for k, v in out.items() if v is not None}
 
-    def validate(self) -> None:
-        """Checks shapes and dtypes against the contract; raises ValueError naming the field."""
+    def validate(self, bank: SlotBank | None = None) -> None:
+        """Checks shapes and dtypes against the contract, and every slot_index against `bank`
+        (default for a batch without images: its text-encoder grid; with images S' is the
+        model's, so only a given bank is checked); raises ValueError naming the field (and for
+        a slot index, the row and position)."""
         b, length = self.tokens.shape
         for name in DECODER_FIELDS:
             arr = getattr(self, name)
@@ -113,3 +172,10 @@ class Batch:
                 continue
             if arr.dtype != dtype:
                 raise ValueError(f"Batch.{name}: expected dtype {np.dtype(dtype)}, got {arr.dtype}")
+        if bank is None and self.images is None:
+            bank = SlotBank(le)
+        if bank is not None:
+            try:
+                bank.check(np.asarray(self.slot_index))
+            except ValueError as e:
+                raise ValueError(f"Batch.slot_index: {e}") from None

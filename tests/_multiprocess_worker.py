@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from metalm_jax.data import pipeline
+from metalm_jax.model.build import derive
 from metalm_jax.parallel.mesh import make_mesh
 from metalm_jax.train.checkpoint import Checkpointer
 from metalm_jax.train.trainer import build_trainer
@@ -24,7 +25,8 @@ def main(config_arg, workdir, steps):
     cfg.optim.schedule = "constant"
     tok = pipeline.build_tokenizer(cfg, workdir)  # the file process 0 trained
     local = cfg.train.batch_size // 2
-    iters = [pipeline.train_iterator(cfg, tok, local, (i, 2)) for i in range(2)]
+    fmt = derive(cfg, tok).rows
+    iters = [pipeline.train_iterator(cfg, tok, local, fmt, (i, 2)) for i in range(2)]
     mesh = make_mesh(cfg.mesh.shape)
     trainer = build_trainer(cfg, mesh)
     with jax.set_mesh(mesh):

@@ -10,6 +10,7 @@ import pytest
 from metalm_jax import testing
 from metalm_jax.data import corpora, pipeline
 from metalm_jax.data.tokenizer import BOS_ID, EOD_ID, EOS_ID, PAD_ID, Tokenizer
+from metalm_jax.model.build import derive
 from metalm_jax.types import Batch
 
 
@@ -139,7 +140,7 @@ def test_expand_paths_reads_lists_commas_and_globs(tmp_path):
 
 def test_train_iterator_batches_follow_the_contract(corpus):
     cfg, tok = corpus
-    it = pipeline.train_iterator(cfg, tok, 4)
+    it = pipeline.train_iterator(cfg, tok, 4, derive(cfg, tok).rows)
     batches = [Batch.from_dict(next(it)) for _ in range(3)]
     for b in batches:
         b.validate()
@@ -148,7 +149,7 @@ def test_train_iterator_batches_follow_the_contract(corpus):
         assert np.any(b.slot_index >= 0)
         assert np.all((b.segment_ids > 0) | (b.tokens == PAD_ID))
     # deterministic: the same seed gives the same stream
-    again = pipeline.train_iterator(cfg, tok, 4)
+    again = pipeline.train_iterator(cfg, tok, 4, derive(cfg, tok).rows)
     np.testing.assert_array_equal(next(again)["tokens"], batches[0].tokens)
 
 
@@ -163,8 +164,8 @@ def test_process_shards_are_disjoint(corpus):
 
 def test_eval_batches_are_fixed_and_padded(corpus):
     cfg, tok = corpus
-    a = pipeline.eval_batches(cfg, tok, 4, 3)
-    b = pipeline.eval_batches(cfg, tok, 4, 3)
+    a = pipeline.eval_batches(cfg, tok, 4, 3, derive(cfg, tok).rows)
+    b = pipeline.eval_batches(cfg, tok, 4, 3, derive(cfg, tok).rows)
     assert 1 <= len(a) <= 3
     for x, y in zip(a, b, strict=True):
         for k in x:

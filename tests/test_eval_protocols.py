@@ -11,6 +11,7 @@ from metalm_jax.config import captioning_eval, vqa_eval
 from metalm_jax.data.tokenizer import BOS_ID, PAD_ID
 from metalm_jax.data.vl import ImageLayout
 from metalm_jax.eval import decode, evaluators
+from metalm_jax.model.build import derive
 
 
 class WordTok:
@@ -77,8 +78,8 @@ def _run_captioning(monkeypatch, ev, cfg=None):
     monkeypatch.setattr(vl_pipeline, "image_split", lambda cfg, split: records)
     monkeypatch.setattr(decode, "generate", generate)
     monkeypatch.setattr(metrics, "caption_metrics", lambda h, r, meteor: {"CIDEr": 0.0})
-    tok = WordTok()
-    m, preds = evaluators.captioning(ev, _Trainer(), {}, tok, cfg or testing.micro_vl_config())
+    tok, cfg = WordTok(), cfg or testing.micro_vl_config()
+    m, preds = evaluators.captioning(ev, _Trainer(), {}, tok, cfg, derive(cfg, tok))
     assert m["examples"] == 3 and len(preds) == 3
     return calls, tok
 
@@ -146,7 +147,8 @@ def _run_vqa(monkeypatch, ev, tok=None):
         return ["red"] * len(rows)
 
     monkeypatch.setattr(evaluators, "_generate_labels", generate_labels)
-    m, preds = evaluators.vqa(ev, _Trainer(), {}, tok or WordTok(), testing.micro_vl_config())
+    tok, cfg = tok or WordTok(), testing.micro_vl_config()
+    m, preds = evaluators.vqa(ev, _Trainer(), {}, tok, cfg, derive(cfg, tok))
     return m, preds, seen
 
 
@@ -261,7 +263,7 @@ def test_captioning_prompt_rows_run_through_the_micro_model(monkeypatch):
     with jax.set_mesh(mesh):
         params = trainer.init(jax.random.key(0)).params
     ev = captioning_eval(examples=3, batch_size=2, max_tokens=3, answer_prefix="a")
-    m, preds = evaluators.captioning(ev, trainer, params, WordTok(), cfg)
+    m, preds = evaluators.captioning(ev, trainer, params, WordTok(), cfg, derive(cfg, WordTok()))
     assert m["examples"] == 3 and m["prompt"] == "Summarize this image:" and m["beam"] == 1
     assert [p["id"] for p in preds] == ["e0", "e1", "e2"]
     assert all(isinstance(p["caption"], str) for p in preds)

@@ -199,6 +199,7 @@ def test_mixture_entries_caps_and_sampling(corpus):
     rows pack examples of both tasks."""
     from metalm_jax.data import pipeline
     from metalm_jax.data.mixture import capped_source, entries
+    from metalm_jax.model.build import derive
 
     cfg, tok = corpus
     cfg = testing.micro_finetune_config("unused", cfg.data.tfds_data_dir)
@@ -211,7 +212,7 @@ def test_mixture_entries_caps_and_sampling(corpus):
     b = capped_source(got[0], "train", None, 64, seed=3, cap=50)
     assert len(a) == 50 and [a[i].id for i in range(50)] == [b[i].id for i in range(50)]
     cfg.task.cap = 200
-    batch = next(pipeline.train_iterator(cfg, tok, 4))
+    batch = next(pipeline.train_iterator(cfg, tok, 4, derive(cfg, tok).rows))
     assert batch["segment_ids"].max() >= 2
     text = " ".join(tok.decode(r[r > 4]) for r in batch["targets"])
     assert any(w in text for w in ("Old", "New")) or any(

@@ -1,6 +1,7 @@
 """The one row builder (data/rows.py), task examples and templates (data/tasks.py), and task
 rows (data/task_rows.py): layouts written out by hand, pure numpy."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,6 +11,8 @@ from metalm_jax.data.rows import DoesNotFit, Enc, Image, RowBuilder, Target, Tex
 from metalm_jax.data.task_rows import cut_middle
 from metalm_jax.data.tasks import JsonlTask, render, verbalize
 from metalm_jax.data.vl import ImageLayout
+from metalm_jax.model.build import derive
+from metalm_jax.types import Batch, SlotBank
 
 A, B, C, X, P, Q = 11, 12, 13, 14, 21, 22  # token ids
 S, E = 1, 2  # <s>, </s>
@@ -72,6 +75,57 @@ def test_row_builder_stops_at_what_does_not_fit():
         RowBuilder(16, 4, layout=lay).add([Image(np.zeros((2, 2, 3)), [A, B])])
     with pytest.raises(ValueError, match="vision encoder"):
         RowBuilder(16, 4).add([Image(np.zeros((2, 2, 3)), [A])])
+
+
+def test_the_slot_bank_has_one_layout_and_a_slot_past_it_is_an_error():
+    """types.SlotBank: the text grid, then S' entries per image. An index past the bank (the
+    model's gather would clip it silently) fails Batch.validate naming the row and position,
+    and the row builder refuses to make one."""
+    lay = ImageLayout(
+        seq_len=16, images_per_row=2, image_slots=2, prefix_len=3, text_bank=4, image_size=2,
+        enc_length=4,
+    )  # fmt: skip
+    bank = lay.bank
+    assert bank == SlotBank(4, 5, 2) and bank.size == 14
+    np.testing.assert_array_equal(bank.image_slots(1, 3), [9, 10, 11])
+    np.testing.assert_array_equal(bank.text_slots(1, 2), [1, 2])
+    with pytest.raises(ValueError, match="2 images of 5 slots"):
+        bank.image_slots(2, 1)
+    # a vision-only model's bank holds no text grid: an encoder input is an error, not a slot
+    # that points into the first image
+    vision_only = dataclasses.replace(lay, text_bank=0)
+    with pytest.raises(ValueError, match="none without a text encoder"):
+        RowBuilder(16, 4, layout=vision_only).add([Enc([A]), Target([P, E])])
+
+    rows = [build_row([[Enc([A, B]), Target([P, E])]], 16, 8) for _ in range(2)]
+    batch = Batch.from_dict({k: np.stack([r[k] for r in rows]) for k in rows[0]})
+    batch.validate()  # without images the default bank is the text grid (8)
+    batch.slot_index[1, 2] = 8
+    with pytest.raises(
+        ValueError, match=r"Batch.slot_index: slot_index 8 at row 1, position 2 is past the slot"
+    ):
+        batch.validate()
+    batch.validate(SlotBank(8, 1, 1))  # a bank with one image slot after the grid holds 8
+    batch.slot_index[0, 5] = -2
+    with pytest.raises(ValueError, match="slot_index -2 at row 0, position 5"):
+        batch.validate(SlotBank(8, 1, 1))
+
+    img = np.zeros((2, 2, 3), np.float32)
+    row = build_row([[Image(img, [A]), Target([P, E])]], 16, 4, layout=lay)
+    batch = Batch.from_dict({k: v[None] for k, v in row.items()})
+    batch.validate(lay.bank)
+    batch.slot_index[0, 3] = 14
+    with pytest.raises(
+        ValueError,
+        match=r"row 0, position 3 .*\(4 text-encoder positions \+ 2 images x 5 slots = 14",
+    ):
+        batch.validate(lay.bank)
+
+    b = RowBuilder(16, 4, layout=lay)  # the builder checks every row it makes
+    b.add([Image(img, [A]), Target([P, E])])
+    b.examples[0][0].slots[-1] = 14
+    with pytest.raises(ValueError, match="slot_index 14 at row 0, position 3"):
+        b.row()
 
 
 def test_templates_verbalizers_and_cuts():
@@ -144,12 +198,12 @@ def test_task_iterator_resumes_exactly(corpus):
 
     cfg, tok = corpus
     cfg = micro_finetune_config("unused", cfg.data.tfds_data_dir)
-    it = pipeline.train_iterator(cfg, tok, 2)
+    it = pipeline.train_iterator(cfg, tok, 2, derive(cfg, tok).rows)
     for _ in range(3):
         next(it)
     state = it.get_state()
     want = [next(it) for _ in range(2)]
-    again = pipeline.train_iterator(cfg, tok, 2)
+    again = pipeline.train_iterator(cfg, tok, 2, derive(cfg, tok).rows)
     again.set_state(state)
     for w in want:
         g = next(again)

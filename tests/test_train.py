@@ -11,7 +11,7 @@ import pytest
 from metalm_jax import testing
 from metalm_jax.data import pipeline
 from metalm_jax.data.spans import SpanConfig
-from metalm_jax.model.build import model_config
+from metalm_jax.model.build import derive, model_config
 from metalm_jax.model.metalm import MetaLM
 from metalm_jax.train.checkpoint import Checkpointer
 from metalm_jax.train.optimizer import make_optimizer, param_path
@@ -76,7 +76,7 @@ def test_lr_multiplier_zero_keeps_its_group():
 def test_checkpoint_restores_identical_state_and_next_batch(corpus, tmp_path):
     cfg, tok = corpus
     _, _, state, step, _ = _setup(cfg)
-    it = pipeline.train_iterator(cfg, tok, 4)
+    it = pipeline.train_iterator(cfg, tok, 4, derive(cfg, tok).rows)
     for _ in range(3):
         state, _ = step(state, Batch.from_dict(next(it)))
     ckpt = Checkpointer(str(tmp_path), every=1, keep=2)
@@ -84,7 +84,7 @@ def test_checkpoint_restores_identical_state_and_next_batch(corpus, tmp_path):
     ckpt.close()
     expected_next = next(it)
 
-    fresh = pipeline.train_iterator(cfg, tok, 4)
+    fresh = pipeline.train_iterator(cfg, tok, 4, derive(cfg, tok).rows)
     assert not np.array_equal(next(fresh)["tokens"], expected_next["tokens"])
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state

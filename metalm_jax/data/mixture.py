@@ -87,10 +87,11 @@ def capped_source(task_cfg, split: str, data_dir, render_size: int, seed: int, c
     return source
 
 
-def mixture_train_rows(cfg, tok, shard, layout, encoding, make_encoder):
-    """Infinite IterDataset of packed rows mixing the tasks of `cfg.task` (see the module
-    docstring); `make_encoder(task_cfg)` gives each task's ExampleEncoder."""
-    from metalm_jax.data.task_rows import TaskPackIterDataset, example_stream, row_builder_fn
+def mixture_train_rows(cfg, tok, shard, fmt, make_encoder):
+    """Infinite IterDataset of packed rows (data/rows.RowFormat `fmt`) mixing the tasks of
+    `cfg.task` (see the module docstring); `make_encoder(task_cfg)` gives each task's
+    ExampleEncoder."""
+    from metalm_jax.data.task_rows import TaskPackIterDataset, example_stream
 
     seed = int(cfg.data.seed)
     cap = int(cfg.task.cap) if cfg.task.name == "mixture" else 0  # a single task: all of it
@@ -106,7 +107,7 @@ def mixture_train_rows(cfg, tok, shard, layout, encoding, make_encoder):
     mixed = streams[0] if len(streams) == 1 else grain.IterDataset.mix(
         streams, weights=[n / total for n in sizes]
     )  # fmt: skip
-    return TaskPackIterDataset(mixed, row_builder_fn(cfg, encoding, layout), bool(cfg.task.pack))
+    return TaskPackIterDataset(mixed, fmt.builder, bool(cfg.task.pack))
 
 
 def mixture_eval_examples(cfg) -> list:

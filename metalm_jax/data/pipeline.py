@@ -9,6 +9,10 @@ exactly the batch the interrupted run would have yielded next.
 Evaluation (`eval_batches`): the validation split in file order, packed once, spans sampled with
 a fixed seed, the last batch padded with empty rows (loss weight 0); cached in memory so every
 evaluation scores exactly the same tokens.
+
+What the rows look like for the model (span config, span encoding, image layout) comes in as a
+data/rows.RowFormat derived once at the top of the run (model/build.derive): this module reads
+the data sections of the config, never the model section.
 """
 
 from __future__ import annotations
@@ -18,12 +22,8 @@ import numpy as np
 
 from metalm_jax.data import corpora, vl_pipeline
 from metalm_jax.data.packing import SentencePacker
-from metalm_jax.data.spans import (
-    RetokenizedEncoding,
-    SharedEncoding,
-    SpanConfig,
-    semi_causal_example,
-)
+from metalm_jax.data.rows import RowFormat
+from metalm_jax.data.spans import semi_causal_example
 from metalm_jax.data.tokenizer import Tokenizer, load_or_train
 from metalm_jax.data.vl import ImageLayout, empty_image_fields
 
@@ -68,53 +68,6 @@ class PackIterDataset(grain.IterDataset):
 
     def __iter__(self):
         return _PackDatasetIterator(self._parent.__iter__(), self._length)
-
-
-def span_config(cfg) -> SpanConfig:
-    """Without a text encoder there is nothing to encode spans with: plain LM rows."""
-    return SpanConfig(
-        min_len=cfg.spans.min_len,
-        max_len=cfg.spans.max_len,
-        ratio=cfg.spans.ratio if cfg.model.text_encoder.enabled else 0.0,
-        enc_length=cfg.spans.enc_length,
-        enc_bos=cfg.spans.enc_bos,
-    )
-
-
-def encoder_tokenizer_path(cfg) -> str:
-    """The text encoder's own tokenizer.json ("" when it shares the decoder's SentencePiece)."""
-    import os
-
-    from metalm_jax.resources import resolve_path
-
-    path = cfg.model.text_encoder.tokenizer
-    if not path:
-        return ""
-    try:
-        path = resolve_path(path)
-    except (ModuleNotFoundError, FileNotFoundError) as e:
-        raise ValueError(f"model.text_encoder.tokenizer: {e}") from None
-    if os.path.isdir(path):
-        path = os.path.join(path, "tokenizer.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"model.text_encoder.tokenizer: {path} is not a tokenizer.json file")
-    return path
-
-
-def span_encoding(cfg, tok: Tokenizer):
-    """How spans become encoder ids: the shared SentencePiece ids, or re-tokenized with the
-    encoder's own tokenizer (model.text_encoder.tokenizer)."""
-    path = encoder_tokenizer_path(cfg) if cfg.model.text_encoder.enabled else ""
-    if not path:
-        return SharedEncoding(cfg.spans.enc_bos)
-    enc = RetokenizedEncoding(path, tok, cfg.model.text_encoder.max_len)
-    want = cfg.model.text_encoder.vocab_size
-    if want != enc.vocab_size:
-        raise ValueError(
-            f"model.text_encoder.tokenizer {path} has {enc.vocab_size} tokens but "
-            f"model.text_encoder.vocab_size={want}"
-        )
-    return enc
 
 
 def build_tokenizer(cfg, workdir: str) -> Tokenizer:
@@ -162,19 +115,18 @@ def _with_images(layout: ImageLayout | None):
     return lambda row: {**row, **empty}
 
 
-def text_rows(cfg, tok: Tokenizer, shard, layout: ImageLayout | None = None):
+def text_rows(cfg, tok: Tokenizer, shard, fmt: RowFormat):
     """Infinite IterDataset of semi-causal text Batch rows."""
     seed = int(cfg.data.seed)
-    spans = span_config(cfg)
+    spans, encoding = fmt.spans, fmt.encoding
     docs = _documents(cfg, "train", tok, shard, seed).to_iter_dataset(
         grain.ReadOptions(num_threads=2, prefetch_buffer_size=64)
     )
     ds = PackIterDataset(docs, cfg.data.seq_len)
-    encoding = span_encoding(cfg, tok)
     ds = ds.random_map(
         lambda row, rng: semi_causal_example(row, rng, spans, encoding), seed=seed + 1
     )
-    return ds.map(_with_images(layout))
+    return ds.map(_with_images(fmt.layout))
 
 
 def task_source(cfg, split: str):
@@ -187,54 +139,55 @@ def task_source(cfg, split: str):
     )
 
 
-def example_encoder(cfg, tok: Tokenizer, layout=None, augment: bool = False, task=None):
+def example_encoder(cfg, tok: Tokenizer, fmt: RowFormat, augment: bool = False, task=None):
     """The ExampleEncoder of this model for `task` (a task section; default cfg.task)."""
     from metalm_jax.data.task_rows import ExampleEncoder
 
     return ExampleEncoder(
         tok,
         task if task is not None else cfg.task,
-        text_encoder=bool(cfg.model.text_encoder.enabled),
-        layout=layout,
+        text_encoder=fmt.text_encoder,
+        layout=fmt.layout,
         augment=augment,
     )
 
 
-def task_train_rows(cfg, tok: Tokenizer, shard, layout=None):
+def task_train_rows(cfg, tok: Tokenizer, shard, fmt: RowFormat):
     """Infinite IterDataset of packed supervised task rows (finetuning; a mixture of tasks
     with task.name=mixture, data/mixture.py)."""
     from metalm_jax.data.mixture import mixture_train_rows
 
     augment = bool(cfg.images.augment)
-    make = lambda t: example_encoder(cfg, tok, layout, augment, task=t)
-    return mixture_train_rows(cfg, tok, shard, layout, span_encoding(cfg, tok), make)
+    make = lambda t: example_encoder(cfg, tok, fmt, augment, task=t)
+    return mixture_train_rows(cfg, tok, shard, fmt, make)
 
 
-def task_eval_rows(cfg, tok: Tokenizer, shard=(0, 1), layout=None) -> list[dict]:
+def task_eval_rows(cfg, tok: Tokenizer, fmt: RowFormat, shard=(0, 1)) -> list[dict]:
     """Fixed validation rows: task.eval_examples examples (a fixed random sample, shared by
     the tasks of a mixture), packed."""
     from metalm_jax.data.mixture import mixture_eval_examples
-    from metalm_jax.data.task_rows import TaskPackIterDataset, row_builder_fn
+    from metalm_jax.data.task_rows import TaskPackIterDataset
 
     pairs = [
-        (ex.id, example_encoder(cfg, tok, layout, task=t).pieces(ex))
+        (ex.id, example_encoder(cfg, tok, fmt, task=t).pieces(ex))
         for t, ex in mixture_eval_examples(cfg)
     ]
     ds = grain.MapDataset.source(pairs)[shard[0] :: shard[1]].to_iter_dataset()
-    make = row_builder_fn(cfg, span_encoding(cfg, tok), layout)
-    return list(TaskPackIterDataset(ds, make, bool(cfg.task.pack)))
+    return list(TaskPackIterDataset(ds, fmt.builder, bool(cfg.task.pack)))
 
 
-def train_iterator(cfg, tok: Tokenizer, batch_size: int, shard=(0, 1), layout=None):
+def train_iterator(cfg, tok: Tokenizer, batch_size: int, fmt: RowFormat, shard=(0, 1)):
     """Infinite, checkpointable iterator of per-process batches (dicts of numpy arrays).
 
     With `task.name` set: supervised task rows (finetuning). Otherwise semi-causal text rows;
-    with an ImageLayout, text rows and image-text rows are mixed at images.text_ratio.
+    with an ImageLayout (fmt.layout), text rows and image-text rows are mixed at
+    images.text_ratio.
     """
     if cfg.task.name:
-        ds = task_train_rows(cfg, tok, shard, layout)
+        ds = task_train_rows(cfg, tok, shard, fmt)
         return iter(ds.batch(batch_size, drop_remainder=True, batch_fn=_stack))
-    ds = text_rows(cfg, tok, shard, layout)
+    ds = text_rows(cfg, tok, shard, fmt)
+    layout = fmt.layout
     if layout is not None:
         ratio = float(cfg.images.text_ratio)
         pairs = vl_pipeline.image_rows(cfg, tok, layout, shard, int(cfg.data.seed))
@@ -253,14 +206,15 @@ def _pad_batches(rows, batch_size):
     return [_stack(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
 
 
-def eval_batches(cfg, tok: Tokenizer, batch_size: int, max_batches: int, shard=(0, 1), layout=None):
+def eval_batches(
+    cfg, tok: Tokenizer, batch_size: int, max_batches: int, fmt: RowFormat, shard=(0, 1)
+):
     """The fixed text validation batches (list of dicts), padded to full batches."""
-    spans = span_config(cfg)
+    spans, encoding = fmt.spans, fmt.encoding
     docs = _documents(cfg, "validation", tok, shard, None).to_iter_dataset()
     rng = np.random.default_rng(int(cfg.data.seed) + 2)
-    encoding = span_encoding(cfg, tok)
     rows = []
-    add_images = _with_images(layout)
+    add_images = _with_images(fmt.layout)
     for row in PackIterDataset(docs, cfg.data.seq_len):
         rows.append(add_images(semi_causal_example(row, rng, spans, encoding)))
         if len(rows) == batch_size * max_batches:
@@ -270,19 +224,19 @@ def eval_batches(cfg, tok: Tokenizer, batch_size: int, max_batches: int, shard=(
     return _pad_batches(rows, batch_size)
 
 
-def eval_sets(cfg, tok: Tokenizer, batch_size: int, shard=(0, 1), layout=None) -> dict:
+def eval_sets(cfg, tok: Tokenizer, batch_size: int, fmt: RowFormat, shard=(0, 1)) -> dict:
     """Named fixed evaluation sets: 'text' (held-out documents) and, with images, 'caption'
     (held-out image-text pairs: the loss covers the caption tokens after the prefix); when
     finetuning, 'task' (the validation examples' targets)."""
     if cfg.task.name:  # finetuning: the loss on the task's validation targets
-        rows = task_eval_rows(cfg, tok, shard, layout)
+        rows = task_eval_rows(cfg, tok, fmt, shard)
         if not rows:
             raise ValueError(f"task {cfg.task.name}: the validation split produced no rows")
         return {"task": _pad_batches(rows, batch_size)}
-    sets = {"text": eval_batches(cfg, tok, batch_size, cfg.train.eval_batches, shard, layout)}
-    if layout is not None:
+    sets = {"text": eval_batches(cfg, tok, batch_size, cfg.train.eval_batches, fmt, shard)}
+    if fmt.layout is not None:
         rows = vl_pipeline.eval_image_rows(
-            cfg, tok, layout, batch_size * cfg.images.eval_batches, shard
+            cfg, tok, fmt.layout, batch_size * cfg.images.eval_batches, shard
         )
         if not rows:
             raise ValueError("the image validation split produced no rows")

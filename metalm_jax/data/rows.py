@@ -13,8 +13,9 @@ A piece is one of
 An example is a list of pieces and becomes one segment of a row: `<s>` then its pieces, attention
 isolated from the row's other examples (segment ids), positions restarting at 0. `RowBuilder`
 packs examples into one row until the next does not fit (decoder row, encoder grid or images);
-it owns the slot-bank layout (types.py): the text-encoder grid first, then S' = S + Lp entries
-per image.
+its slot indices come from the row's types.SlotBank (the text-encoder grid first, then S' = S + Lp
+entries per image) and every finished row is checked against it. `RowFormat` is what a model asks
+of its rows, derived once from the config (model/build.derive) and handed to the data code.
 
 Worked example: two packed examples, L = 16, text encoder with SharedEncoding (<s> + ids):
 
@@ -42,8 +43,9 @@ import dataclasses
 
 import numpy as np
 
-from metalm_jax.data.spans import SharedEncoding
+from metalm_jax.data.spans import SharedEncoding, SpanConfig
 from metalm_jax.data.tokenizer import BOS_ID, PAD_ID
+from metalm_jax.types import SlotBank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +80,25 @@ class _Piece:
     is_target: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class RowFormat:
+    """The rows one model reads: derived once from the config at the top of a run
+    (model/build.derive) and passed down, so the data code never reads the model section."""
+
+    seq_len: int  # decoder row length L (data.seq_len)
+    spans: SpanConfig  # spans.enc_length is the encoder grid Le; ratio 0 without a text encoder
+    encoding: object = None  # how text becomes encoder ids (data/spans.py; None: SharedEncoding)
+    layout: object = None  # data/vl.ImageLayout with a vision encoder and images, else None
+    text_encoder: bool = True  # False: inputs are decoder text (the GPT baseline)
+
+    def builder(self, seq_len: int | None = None) -> RowBuilder:
+        """An empty RowBuilder for these rows (`seq_len`: another decoder length, e.g. an
+        evaluation's)."""
+        return RowBuilder(
+            seq_len or self.seq_len, self.spans.enc_length, self.encoding, self.layout
+        )
+
+
 class RowBuilder:
     """Packs examples (lists of pieces) into one Batch row of `seq_len` decoder positions, an
     encoder grid of `enc_length`, and (with an ImageLayout) up to layout.images_per_row images.
@@ -90,6 +111,7 @@ class RowBuilder:
         self.enc_length = enc_length
         self.encoding = encoding or SharedEncoding(True)
         self.layout = layout
+        self.bank = layout.bank if layout is not None else SlotBank(enc_length)
         self.examples: list[list[_Piece]] = []
         self.enc: list[np.ndarray] = []  # encoder segments, in grid order
         self.images: list[Image] = []
@@ -118,7 +140,9 @@ class RowBuilder:
                 enc_off += len(piece)
                 enc.append(piece)
                 tokens = ids if self.encoding.exact else np.full(m, PAD_ID, np.int32)
-                out.append(_Piece(tokens, np.arange(start, start + m, dtype=np.int32), False))
+                fits = enc_off <= self.enc_length  # else DoesNotFit below names the overrun
+                slots = self.bank.text_slots(start, m) if fits else np.full(m, -1, np.int32)
+                out.append(_Piece(tokens, slots, False))
             elif isinstance(p, Image):
                 lay = self.layout
                 if lay is None:
@@ -134,7 +158,7 @@ class RowBuilder:
                         f"the example needs image {len(images) + 1}; a row holds "
                         f"{lay.images_per_row} (images.images_per_row)"
                     )
-                slots = lay.bank_slots(n_images + len(images), lay.image_slots + len(prefix))
+                slots = self.bank.image_slots(n_images + len(images), lay.image_slots + len(prefix))
                 tokens = np.concatenate([np.full(lay.image_slots, PAD_ID, np.int32), prefix])
                 out.append(_Piece(tokens, slots, False))
                 images.append(p)
@@ -192,6 +216,7 @@ class RowBuilder:
                 off += n
             seg[start:off] = k
             pos[start:off] = np.arange(off - start)
+        self.bank.check(slots)  # cheap, and the model's gather would clip silently
         enc_tokens = np.full(Le, PAD_ID, np.int32)
         enc_seg = np.zeros(Le, np.int32)
         enc_pos = np.zeros(Le, np.int32)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import grain
 
 from metalm_jax.data import images as imlib
-from metalm_jax.data.rows import DoesNotFit, Enc, Image, RowBuilder, Target, Text
+from metalm_jax.data.rows import DoesNotFit, Enc, Image, Target, Text
 from metalm_jax.data.tasks import ImageInput, TaskExample
 from metalm_jax.data.tokenizer import EOS_ID, Tokenizer
 
@@ -155,11 +155,6 @@ class TaskPackIterDataset(grain.IterDataset):
         return _TaskPackIterator(self._parent.__iter__(), self._make, self._pack)
 
 
-def row_builder_fn(cfg, encoding, layout):
-    """A factory of empty RowBuilders for this config's rows."""
-    return lambda: RowBuilder(cfg.data.seq_len, cfg.spans.enc_length, encoding, layout)
-
-
 def example_stream(source, encoder: ExampleEncoder, shard, seed, name: str = "task"):
     """IterDataset of (example id, pieces) from a random-access `source` of TaskExamples, this
     process's share: shuffled and repeated forever when `seed` is given, else one pass."""
@@ -174,10 +169,3 @@ def example_stream(source, encoder: ExampleEncoder, shard, seed, name: str = "ta
     else:
         ds = ds.map(lambda ex: (ex.id, encoder.pieces(ex)))
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=32))
-
-
-def task_rows(cfg, source, encoder: ExampleEncoder, encoding, layout, shard, seed):
-    """IterDataset of packed task rows from a random-access `source` of TaskExamples:
-    shuffled and repeated forever when `seed` is given, else one pass in order."""
-    stream = example_stream(source, encoder, shard, seed, cfg.task.name)
-    return TaskPackIterDataset(stream, row_builder_fn(cfg, encoding, layout), bool(cfg.task.pack))

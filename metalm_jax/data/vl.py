@@ -15,7 +15,7 @@ One pair in the decoder row (S image slots, prefix x0 x1, caption x0 .. x4 </s>)
 The last slot (the last prefix slot, or the last image slot when k = 0) predicts the first
 caption token after the prefix; the loss covers exactly the caption tokens after the prefix.
 `b` is the image's base in the slot bank: text-encoder grid length + image index * S', with S'
-= S + Lp (image tokens then prefix positions; types.py).
+= S + Lp (image tokens then prefix positions; `ImageLayout.bank`, types.SlotBank).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import dataclasses
 import numpy as np
 
 from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
+from metalm_jax.types import SlotBank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,8 @@ class ImageLayout:
     images_per_row: int  # Ni
     image_slots: int  # S: decoder slots for the image itself
     prefix_len: int  # Lp: prefix positions the encoder reads (0 = vision-only encoder)
+    # The bank's text part and the Batch's encoder grid are one length Le with a text encoder;
+    # without one the grid keeps its Le (every row of a batch has one shape) and the bank none.
     text_bank: int  # Le when a text encoder precedes the images in the bank, else 0
     image_size: int
     enc_length: int  # text-encoder grid length Le of the Batch (empty for image rows)
@@ -43,16 +46,10 @@ class ImageLayout:
     def slots_per_image(self) -> int:
         return self.image_slots + self.prefix_len
 
-    def bank_slots(self, image: int, n: int) -> np.ndarray:
-        """int32[n]: slot-bank indices of the first `n` outputs of the row's `image`-th image
-        (its S image tokens, then its prefix positions; types.py)."""
-        if not 0 <= image < self.images_per_row or not 0 <= n <= self.slots_per_image:
-            raise ValueError(
-                f"image {image}, {n} slots: the layout has {self.images_per_row} images of "
-                f"{self.slots_per_image} slots"
-            )
-        base = self.text_bank + image * self.slots_per_image
-        return np.arange(base, base + n, dtype=np.int32)
+    @property
+    def bank(self) -> SlotBank:
+        """The slot bank of a row (types.py): the text grid, then S' slots per image."""
+        return SlotBank(self.text_bank, self.slots_per_image, self.images_per_row)
 
     def pair_length(self, caption_len: int) -> int:
         """Decoder positions one pair takes: <s>, image slots, then every caption token."""

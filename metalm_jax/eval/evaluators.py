@@ -60,8 +60,7 @@ def kjv_testament_task(n_items: int, seed: int):
     return pool, items, ["Old", "New"]
 
 
-def icl_classification(ev, trainer, params, tok, cfg):
-    from metalm_jax.data.pipeline import span_encoding
+def icl_classification(ev, trainer, params, tok, cfg, derived):
     from metalm_jax.eval.prompts import build_icl_row
     from metalm_jax.eval.scoring import row_logliks
 
@@ -70,7 +69,7 @@ def icl_classification(ev, trainer, params, tok, cfg):
     pool, items, options = kjv_testament_task(ev.examples, ev.seed)
     opt_ids = [tok.encode(o) for o in options]
     cut = lambda text: tok.encode(text)[: ev.max_input_tokens]
-    encoding = span_encoding(cfg, tok)  # inputs are encoded as spans are in training
+    encoding = derived.rows.encoding  # inputs are encoded as spans are in training
     metrics, preds = {}, []
     for k in ev.shots:
         accs = []
@@ -163,7 +162,7 @@ def _caption_prompt_row(pixels, prompt, priming, layout) -> dict:
     return build_row([pieces], layout.seq_len, layout.enc_length, layout=layout)
 
 
-def captioning(ev, trainer, params, tok, cfg):
+def captioning(ev, trainer, params, tok, cfg, derived):
     """Captions for the configured image set's validation split, COCO caption metrics.
 
     The encoder reads each image with `ev.prompt` as its text prefix; `ev.answer_prefix` (zero-shot
@@ -178,9 +177,8 @@ def captioning(ev, trainer, params, tok, cfg):
     from metalm_jax.data.task_rows import encode_prompt
     from metalm_jax.eval import decode
     from metalm_jax.eval.metrics import caption_metrics
-    from metalm_jax.model.build import image_layout
 
-    layout = image_layout(cfg)
+    layout = derived.layout
     if layout is None:
         raise ValueError("evals: captioning needs a config with images.enabled")
     layout = dataclasses.replace(layout, images_per_row=1)
@@ -328,7 +326,7 @@ def _vqa_sets(ev, cfg, layout):
     return items, _vqa_file(ev.train_file, layout)
 
 
-def vqa(ev, trainer, params, tok, cfg):
+def vqa(ev, trainer, params, tok, cfg, derived):
     """k-shot VQA by generation: each image encoded with its rendered question as the joint VL
     encoder's prefix, answers as decoder tokens (eval/prompts.build_vqa_row), then the query's
     image + question and `answer_prefix` (zero-shot priming, decoder tokens); VQA accuracy
@@ -346,9 +344,8 @@ def vqa(ev, trainer, params, tok, cfg):
     from metalm_jax.data.tasks import render
     from metalm_jax.eval.metrics import vqa_score
     from metalm_jax.eval.prompts import build_vqa_row
-    from metalm_jax.model.build import image_layout
 
-    base_layout = image_layout(cfg)
+    base_layout = derived.layout
     if base_layout is None or base_layout.prefix_len == 0:
         raise ValueError("evals: vqa needs a joint vision-language encoder (images.enabled)")
     render(ev.template, {"question": ""}, where="evals: vqa template")  # fail early
@@ -392,7 +389,7 @@ def vqa(ev, trainer, params, tok, cfg):
     return metrics, preds
 
 
-def completion(ev, trainer, params, tok, cfg):
+def completion(ev, trainer, params, tok, cfg, derived):
     """Verse completion on held-out KJV chapters: the first half of a verse as the prompt, the
     greedy continuation scored by token F1 and exact match against the second half."""
     from metalm_jax.eval.generation import generate_with
@@ -413,6 +410,7 @@ def completion(ev, trainer, params, tok, cfg):
             trainer.model,
             params,
             prompts[i : i + ev.batch_size],
+            layout=derived.layout,
             max_tokens=ev.max_tokens,
         )
     f1 = [token_f1(o, [r]) for o, r in zip(outs, refs, strict=True)]
@@ -428,12 +426,11 @@ def completion(ev, trainer, params, tok, cfg):
     }, preds
 
 
-def perplexity(ev, trainer, params, tok, cfg):
+def perplexity(ev, trainer, params, tok, cfg, derived):
     from metalm_jax.data import pipeline
     from metalm_jax.eval.scoring import heldout_loss
-    from metalm_jax.model.build import image_layout
 
-    sets = pipeline.eval_sets(cfg, tok, ev.batch_size, (0, 1), image_layout(cfg))
+    sets = pipeline.eval_sets(cfg, tok, ev.batch_size, derived.rows, (0, 1))
     m = heldout_loss(trainer, params, sets)
     return m, [{"set": k, "batches": len(v)} for k, v in sets.items()]
 
@@ -444,16 +441,16 @@ def _key():
     return jax.random.key(0)
 
 
-def task(ev, trainer, params, tok, cfg):
+def task(ev, trainer, params, tok, cfg, derived):
     from metalm_jax.eval.task_eval import evaluate_task
 
-    return evaluate_task(ev, trainer, params, tok, cfg)
+    return evaluate_task(ev, trainer, params, tok, cfg, derived)
 
 
-def multitask(ev, trainer, params, tok, cfg):
+def multitask(ev, trainer, params, tok, cfg, derived):
     from metalm_jax.eval.multitask_eval import evaluate_multitask
 
-    return evaluate_multitask(ev, trainer, params, tok, cfg)
+    return evaluate_multitask(ev, trainer, params, tok, cfg, derived)
 
 
 EVALUATORS = {
@@ -468,14 +465,18 @@ EVALUATORS = {
 
 
 def run_evals(cfg, workdir: str, trainer, params, tok, names=None) -> dict:
-    """Runs the configured evaluators (all, or `names`); returns {name: metrics}."""
+    """Runs the configured evaluators (all, or `names`); returns {name: metrics}. Each gets the
+    run's derived configs (model/build.derive): the trainer's, else derived here once."""
+    from metalm_jax.model.build import derive
+
+    derived = trainer.derived or derive(cfg, tok)
     results = {}
     for name, ev in cfg.evals.items():
         if names and name not in names:
             continue
         if ev.type not in EVALUATORS:
             raise ValueError(f"evals.{name}.type={ev.type!r}: expected one of {sorted(EVALUATORS)}")
-        metrics, preds = EVALUATORS[ev.type](ev, trainer, params, tok, cfg)
+        metrics, preds = EVALUATORS[ev.type](ev, trainer, params, tok, cfg, derived)
         _write(workdir, name, metrics, preds)
         results[name] = metrics
     return results

@@ -25,6 +25,7 @@ def generate_text(workdir, prompts, *, image=None, max_tokens=48, step=None, see
         trainer.model,
         params,
         prompts,
+        layout=trainer.derived.layout,
         image=image,
         max_tokens=max_tokens,
         seed=seed,
@@ -33,25 +34,24 @@ def generate_text(workdir, prompts, *, image=None, max_tokens=48, step=None, see
 
 
 def generate_with(
-    cfg, tok, model, params, prompts, *, image=None, max_tokens=48, seed=0, **sampling
+    cfg, tok, model, params, prompts, *, layout, image=None, max_tokens=48, seed=0, **sampling
 ):
     """KV-cache generations for text prompts, each after an image's slots if `image` (a path)
-    is given; stops at </d> (and at </s> after an image). `sampling`: decode.SamplingConfig's
-    fields (temperature, top_k, top_p, beam, length_penalty); greedy by default."""
+    is given; stops at </d> (and at </s> after an image). `layout`: the run's ImageLayout (None
+    without images; model/build.derive). `sampling`: decode.SamplingConfig's fields
+    (temperature, top_k, top_p, beam, length_penalty); greedy by default."""
     import jax
 
     from metalm_jax.data.images import preprocess
     from metalm_jax.data.tokenizer import BOS_ID, EOD_ID, EOS_ID
     from metalm_jax.eval import decode
-    from metalm_jax.model.build import dummy_batch, image_layout
+    from metalm_jax.model.build import dummy_batch
 
-    layout = image_layout(cfg)
     slots_before = []
     if image is not None:
         if layout is None:
             raise ValueError(f"the run ({cfg.name}) has no vision encoder: drop --image")
-        S = layout.image_slots
-        slots_before = list(layout.text_bank + np.arange(S))
+        slots_before = layout.bank.image_slots(0, layout.image_slots).tolist()
     ids, slot_rows = [], []
     for p in prompts:
         text = tok.encode(p)

@@ -8,6 +8,8 @@ import os
 
 def load_run(workdir: str, step: int | None = None, cfg=None):
     """(config, tokenizer, trainer, params) of the run in `workdir` at `step` (latest if None).
+    The trainer carries what was derived from the config once (trainer.derived: model/build.py's
+    ModelConfig and RowFormat), which the evaluators and generation use.
 
     The config is the checkpoint's own, or `cfg` (checked against the checkpoint's model); for a
     finetuning config (finetune.from_run) the checkpoint's resolved model with `cfg`'s evals and
@@ -16,6 +18,7 @@ def load_run(workdir: str, step: int | None = None, cfg=None):
 
     from metalm_jax.config import with_defaults
     from metalm_jax.data.tokenizer import Tokenizer
+    from metalm_jax.model.build import derive
     from metalm_jax.parallel.mesh import make_mesh
     from metalm_jax.train.checkpoint import Checkpointer
     from metalm_jax.train.trainer import build_trainer
@@ -45,7 +48,7 @@ def load_run(workdir: str, step: int | None = None, cfg=None):
     with open(tok_path, "rb") as f:
         tok = Tokenizer(f.read(), tok_path)
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
-    trainer = build_trainer(cfg, mesh)
+    trainer = build_trainer(cfg, mesh, derive(cfg, tok))
     with jax.set_mesh(mesh):
         state = ckpt.restore(step, trainer.abstract_state, None, cfg.to_dict())
     ckpt.close()

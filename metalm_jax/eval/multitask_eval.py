@@ -35,7 +35,7 @@ def eval_template_indices(task_cfg, n: int) -> list[int]:
     return [templates.index(t) for t in offline_tasks.eval_templates(name)][:n]
 
 
-def evaluate_multitask(ev, trainer, params, tok, cfg):
+def evaluate_multitask(ev, trainer, params, tok, cfg, derived):
     from metalm_jax.data.mixture import cluster_and_kind, entries
     from metalm_jax.eval.task_eval import MAIN_METRIC, evaluate_task
 
@@ -65,7 +65,7 @@ def evaluate_multitask(ev, trainer, params, tok, cfg):
                 sub.beam = int(ev.generation_beam) if kind == "generation" else 1
                 sub.answer_prefix = ""
                 sub.meteor = False
-            m, p = evaluate_task(sub, trainer, params, tok, cfg, task=tk)
+            m, p = evaluate_task(sub, trainer, params, tok, cfg, derived, task=tk)
             figure = MAIN_METRIC[m["metric"]]
             figure_scores.append(float(m[figure]))
             preds += [{**x, "task": t.name, "template": k} for x in p]

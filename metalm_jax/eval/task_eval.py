@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from metalm_jax.data.rows import RowBuilder, Target, Text
+from metalm_jax.data.rows import Target, Text
 from metalm_jax.data.tasks import ImageInput, shuffled_indices
 
 
@@ -58,29 +58,27 @@ MAIN_METRIC = {  # metric -> the figure a task reports
 }
 
 
-def evaluate_task(ev, trainer, params, tok, cfg, task=None):
+def evaluate_task(ev, trainer, params, tok, cfg, derived, task=None):
     """(metrics, predictions) of the task `task` (a task section; default: the run's task with
-    `ev.task` overrides) on `ev.split`."""
-    from metalm_jax.data.pipeline import example_encoder, span_encoding
+    `ev.task` overrides) on `ev.split`; `derived`: the run's model/build.derive."""
+    from metalm_jax.data.pipeline import example_encoder
     from metalm_jax.data.task_rows import encode_prompt
     from metalm_jax.data.tasks import open_task
     from metalm_jax.eval.evaluators import _generate_labels
     from metalm_jax.eval.scoring import row_logliks
-    from metalm_jax.model.build import image_layout
 
     task = task_config(cfg, ev) if task is None else task
     source = open_task(task, ev.split, cfg.data.tfds_data_dir or None, cfg.images.render_size)
     n = min(int(ev.examples), len(source))
     examples = [source[int(i)] for i in shuffled_indices(len(source), int(ev.seed))[:n]]
     metric = _metric(ev, task, examples)
-    layout = image_layout(cfg)
-    encoder = example_encoder(cfg, tok, layout, task=task)
-    encoding = span_encoding(cfg, tok)
+    fmt = derived.rows
+    encoder = example_encoder(cfg, tok, fmt, task=task)
     seq_len = int(ev.seq_len or cfg.data.seq_len)
     priming = [Text(encode_prompt(tok, ev.answer_prefix))] if ev.answer_prefix else []
 
     def row(pieces):
-        b = RowBuilder(seq_len, cfg.spans.enc_length, encoding, layout)
+        b = fmt.builder(seq_len)
         b.add(pieces)
         return b.row()
 

@@ -2,14 +2,21 @@
 
 The model package reads the experiment config only here: the modules (layers, metalm, vision,
 connector) get the small frozen ModelConfig / TransformerConfig / VisionConfig built from it.
+`derive` is what a run derives once at its top (train/loop.py, eval/load.py) and passes down:
+the ModelConfig, and the RowFormat the data code builds rows in (span config, span encoding,
+image layout), so the data code need not read the model section.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metalm_jax.data.rows import RowFormat
+from metalm_jax.data.spans import RetokenizedEncoding, SharedEncoding, SpanConfig
 from metalm_jax.data.vl import ImageLayout, empty_image_fields
 from metalm_jax.model.layers import TransformerConfig
 from metalm_jax.model.metalm import MetaLM, ModelConfig
@@ -134,9 +141,10 @@ def model_config(cfg) -> ModelConfig:
     )
 
 
-def image_layout(cfg) -> ImageLayout | None:
-    """Where images sit in rows and in the slot bank (data/vl.py), or None without images."""
-    mc = model_config(cfg)
+def image_layout(cfg, mc: ModelConfig | None = None) -> ImageLayout | None:
+    """Where images sit in rows and in the slot bank (data/vl.py), or None without images;
+    `mc`: the config's ModelConfig, when derived already."""
+    mc = mc or model_config(cfg)
     if not cfg.images.enabled:
         return None
     image_tokens = mc.image_slots - mc.vision.text_prefix
@@ -151,6 +159,79 @@ def image_layout(cfg) -> ImageLayout | None:
         mean=tuple(cfg.images.mean),
         std=tuple(cfg.images.std),
     )
+
+
+def span_config(cfg) -> SpanConfig:
+    """Without a text encoder there is nothing to encode spans with: plain LM rows."""
+    return SpanConfig(
+        min_len=cfg.spans.min_len,
+        max_len=cfg.spans.max_len,
+        ratio=cfg.spans.ratio if cfg.model.text_encoder.enabled else 0.0,
+        enc_length=cfg.spans.enc_length,
+        enc_bos=cfg.spans.enc_bos,
+    )
+
+
+def encoder_tokenizer_path(cfg) -> str:
+    """The text encoder's own tokenizer.json ("" when it shares the decoder's SentencePiece)."""
+    import os
+
+    from metalm_jax.resources import resolve_path
+
+    path = cfg.model.text_encoder.tokenizer
+    if not path:
+        return ""
+    try:
+        path = resolve_path(path)
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        raise ValueError(f"model.text_encoder.tokenizer: {e}") from None
+    if os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"model.text_encoder.tokenizer: {path} is not a tokenizer.json file")
+    return path
+
+
+def span_encoding(cfg, tok):
+    """How spans become encoder ids: the shared SentencePiece ids, or re-tokenized with the
+    encoder's own tokenizer (model.text_encoder.tokenizer)."""
+    path = encoder_tokenizer_path(cfg) if cfg.model.text_encoder.enabled else ""
+    if not path:
+        return SharedEncoding(cfg.spans.enc_bos)
+    enc = RetokenizedEncoding(path, tok, cfg.model.text_encoder.max_len)
+    want = cfg.model.text_encoder.vocab_size
+    if want != enc.vocab_size:
+        raise ValueError(
+            f"model.text_encoder.tokenizer {path} has {enc.vocab_size} tokens but "
+            f"model.text_encoder.vocab_size={want}"
+        )
+    return enc
+
+
+@dataclasses.dataclass(frozen=True)
+class Derived:
+    """What a run derives from its config once and passes down (see the module docstring)."""
+
+    model: ModelConfig
+    rows: RowFormat
+
+    @property
+    def layout(self) -> ImageLayout | None:
+        return self.rows.layout
+
+
+def derive(cfg, tok) -> Derived:
+    """The ModelConfig and RowFormat of `cfg`; `tok`: the run's decoder tokenizer (data/
+    tokenizer.py), which an encoder with its own tokenizer re-tokenizes from."""
+    mc = model_config(cfg)
+    rows = RowFormat(
+        seq_len=cfg.data.seq_len,
+        spans=span_config(cfg),
+        encoding=span_encoding(cfg, tok),
+        layout=image_layout(cfg, mc),
+        text_encoder=mc.text_encoder is not None,
+    )
+    return Derived(mc, rows)
 
 
 def dummy_batch(batch_size: int, seq_len: int, enc_len: int, layout=None) -> Batch:
@@ -231,10 +312,11 @@ def train_flops_per_step(
     return out
 
 
-def step_flops(cfg) -> dict:
-    """train_flops_per_step for an experiment config (global batch, images if enabled)."""
+def step_flops(cfg, mc: ModelConfig | None = None) -> dict:
+    """train_flops_per_step for an experiment config (global batch, images if enabled); `mc`:
+    its ModelConfig, when derived already."""
     return train_flops_per_step(
-        model_config(cfg),
+        mc or model_config(cfg),
         cfg.train.batch_size,
         cfg.data.seq_len,
         cfg.spans.enc_length,

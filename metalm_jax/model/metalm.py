@@ -98,6 +98,8 @@ def gather_slots(token_embeddings, bank, slot_index):
     """Decoder input: bank[b, slot_index[b, l]] where slot_index >= 0, else the embedding.
 
     token_embeddings [B, L, D], bank [B, M, D], slot_index int32[B, L] -> [B, L, D].
+    Inside jit an index past the bank cannot raise and is clipped: the host checks every row
+    against its types.SlotBank (the row builder, Batch.validate, Trainer.global_batch).
     """
     idx = jnp.clip(slot_index, 0, bank.shape[1] - 1)
     slots = jnp.take_along_axis(bank, idx[:, :, None], axis=1)

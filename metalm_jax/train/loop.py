@@ -21,11 +21,7 @@ from metalm_jax.data import pipeline, vl_pipeline
 from metalm_jax.errors import CheckpointError, ConfigError
 from metalm_jax.eval.evaluators import run_evals
 from metalm_jax.eval.generation import generate_with
-from metalm_jax.model.build import (
-    count_params,
-    image_layout,
-    step_flops,
-)
+from metalm_jax.model.build import count_params, derive, step_flops
 from metalm_jax.parallel import mesh as meshlib
 from metalm_jax.parallel.distributed import first_process_then_others
 from metalm_jax.train import metrics as mlib
@@ -103,9 +99,9 @@ def _train(cfg, workdir: str, t_start: float) -> dict:
         raise ConfigError(f"train.batch_size={global_batch} not divisible by {procs} processes")
     local_batch = global_batch // procs
     shard = (jax.process_index(), procs)
-    layout = image_layout(cfg)
-    train_iter = pipeline.train_iterator(cfg, tok, local_batch, shard, layout)
-    eval_data = pipeline.eval_sets(cfg, tok, local_batch, shard, layout)
+    derived = derive(cfg, tok)  # ModelConfig and row format, passed down from here
+    train_iter = pipeline.train_iterator(cfg, tok, local_batch, derived.rows, shard)
+    eval_data = pipeline.eval_sets(cfg, tok, local_batch, derived.rows, shard)
     mlib.console(
         f"== data {'task ' + cfg.task.name if cfg.task.name else cfg.data.name}: "
         f"tokenizer {tok.source} ({tok.vocab_size} pieces), "
@@ -114,7 +110,7 @@ def _train(cfg, workdir: str, t_start: float) -> dict:
     )
 
     # -- model, optimizer, shardings; state created already sharded ---------------------------
-    trainer = build_trainer(cfg, mesh)
+    trainer = build_trainer(cfg, mesh, derived)
     counts = count_params(trainer.abstract_state.params)
     mlib.console(
         "== params "
@@ -153,7 +149,7 @@ def _train(cfg, workdir: str, t_start: float) -> dict:
 
 def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ckpt, t_start):
     writer = mlib.MetricWriter(workdir, enabled=jax.process_index() == 0)
-    flops = step_flops(cfg)
+    flops = step_flops(cfg, trainer.model.cfg)
     peak = mlib.peak_flops(cfg.train.peak_flops)
     lr_fn = schedule(cfg.optim, cfg.train.steps)
     total = cfg.train.steps
@@ -266,6 +262,7 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
             trainer.model,
             state.params,
             [cfg.train.sample_prompt],
+            layout=trainer.derived.layout,
             max_tokens=cfg.train.sample_tokens,
         )[0]
         mlib.console(f"== sample: {cfg.train.sample_prompt!r} -> {text!r}")

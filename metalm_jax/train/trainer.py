@@ -17,13 +17,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metalm_jax.model.build import dummy_batch, image_layout, model_config
+from metalm_jax.model.build import Derived, dummy_batch, image_layout, model_config
 from metalm_jax.model.metalm import MetaLM
 from metalm_jax.parallel import mesh as meshlib
 from metalm_jax.train.checkpoint import abstract_with_shardings
 from metalm_jax.train.optimizer import group_labels, make_optimizer
 from metalm_jax.train.step import TrainState, eval_step, train_step
-from metalm_jax.types import Batch
+from metalm_jax.types import Batch, SlotBank
 
 
 @dataclasses.dataclass
@@ -38,9 +38,15 @@ class Trainer:
     step: Any  # jitted: (state, Batch) -> (state, metrics); donates the state
     eval: Any  # jitted: (params, Batch) -> {loss_sum, weight}
     groups: dict
+    bank: SlotBank | None = None  # what slot_index points into (None: no encoder reads slots)
+    derived: Derived | None = None  # the run's derived configs, when built from them
 
     def global_batch(self, local: dict) -> Batch:
-        """This process's rows (dict of numpy) -> one global, sharded Batch."""
+        """This process's rows (dict of numpy) -> one global, sharded Batch; raises ValueError
+        naming the row and position of a slot index past the slot bank (the model's gather
+        would clip it)."""
+        if self.bank is not None:
+            self.bank.check(local["slot_index"])
         sh = self.batch_sharding
         return Batch.from_dict(
             {k: jax.make_array_from_process_local_data(sh, v) for k, v in local.items()}
@@ -58,7 +64,9 @@ def _with_rules(fn, rules):
     return wrapped
 
 
-def build_trainer(cfg, mesh) -> Trainer:
+def build_trainer(cfg, mesh, derived: Derived | None = None) -> Trainer:
+    """The Trainer of `cfg` on `mesh`; `derived`: model/build.derive(cfg, tok), when the caller
+    derived it already (it is kept on the Trainer for the evaluators)."""
     rules = cfg.mesh.rules
     rows = meshlib.batch_sharding(mesh, rules).num_devices // int(mesh.shape["tensor"])
     if cfg.train.batch_size % (rows * cfg.train.grad_accum_steps):
@@ -69,8 +77,15 @@ def build_trainer(cfg, mesh) -> Trainer:
         )
     if cfg.train.nonfinite not in ("stop", "skip"):
         raise ValueError(f'train.nonfinite={cfg.train.nonfinite!r}: use "stop" or "skip"')
-    model = MetaLM(model_config(cfg))
-    example = dummy_batch(1, cfg.data.seq_len, cfg.spans.enc_length, image_layout(cfg))
+    mc = derived.model if derived is not None else model_config(cfg)
+    layout = derived.layout if derived is not None else image_layout(cfg, mc)
+    model = MetaLM(mc)
+    example = dummy_batch(1, cfg.data.seq_len, cfg.spans.enc_length, layout)
+    bank = None
+    if layout is not None:
+        bank = layout.bank
+    elif mc.text_encoder is not None:
+        bank = SlotBank(cfg.spans.enc_length)
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), example)["params"])
     abs_params = nn.unbox(boxed)
     tx, groups = make_optimizer(cfg.optim, cfg.train.steps, abs_params)
@@ -125,4 +140,6 @@ def build_trainer(cfg, mesh) -> Trainer:
             out_shardings=repl,
         ),
         groups=groups,
+        bank=bank,
+        derived=derived,
     )
