@@ -34,6 +34,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
     flags.mark_flags_as_required(["workdir", "image"])
     logging.set_verbosity(logging.WARNING)
-    from metalm_jax.errors import run_cli
+    from metalm_jax.cli import run_cli
 
     run_cli(main)  # user errors: one line, exit 2

@@ -258,6 +258,11 @@ def base_config() -> ml_collections.ConfigDict:
     t.max_skipped = 10  # with nonfinite="skip": stop after this many skipped steps in a row
     t.lock_lease_minutes = 10.0  # workdir lock: a lock from another host not refreshed for
     #   this long is stale and taken over (same host: taken over when its process is gone)
+    t.watchdog_s = 1800.0  # a training step (dispatch, and on log steps the host sync) that
+    #   makes no progress for this long dumps every thread's stack and exits 124, so a hung
+    #   collective or device fails the job instead of holding it for hours (0 = off). Not armed
+    #   before the first step is dispatched (compilation) nor during evals and saves; 30 minutes is
+    #   far above any step here and far below the hours a hang would burn
     return c
 
 

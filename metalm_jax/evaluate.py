@@ -39,6 +39,6 @@ if __name__ == "__main__":
     flags.DEFINE_list("only", None, "run only these evaluators")
     flags.mark_flags_as_required(["config", "workdir"])
     logging.set_verbosity(logging.WARNING)
-    from metalm_jax.errors import run_cli
+    from metalm_jax.cli import run_cli
 
     run_cli(main)  # user errors: one line, exit 2

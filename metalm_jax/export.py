@@ -40,7 +40,7 @@ def run() -> None:
     """Defines the flags and runs `main` (both commands above)."""
     from absl import flags, logging
 
-    from metalm_jax.errors import run_cli
+    from metalm_jax.cli import run_cli
 
     flags.DEFINE_string("workdir", None, "run directory with checkpoints/")
     flags.DEFINE_string("out", None, "output directory for config.json + model.safetensors")

@@ -51,6 +51,6 @@ if __name__ == "__main__":
     flags.DEFINE_float("length_penalty", 0.6, "beam search length penalty alpha")
     flags.mark_flags_as_required(["workdir"])
     logging.set_verbosity(logging.WARNING)
-    from metalm_jax.errors import run_cli
+    from metalm_jax.cli import run_cli
 
     run_cli(main)  # user errors: one line, exit 2

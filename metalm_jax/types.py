@@ -179,3 +179,28 @@ class Batch:
                 bank.check(np.asarray(self.slot_index))
             except ValueError as e:
                 raise ValueError(f"Batch.slot_index: {e}") from None
+
+
+# -- errors a person fixes ------------------------------------------------------------------
+# Raised by validation throughout the package; the command lines (metalm_jax/cli.py) end with
+# their one-line message and exit 2, and keep the traceback for every other exception. Each also
+# derives from the builtin type raised before, so callers catching those keep working.
+
+
+class UserError(Exception):
+    """Something the user can fix; the message names what and where, on one line."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work (names the key and the fix)."""
+
+
+class DataError(UserError, ValueError):
+    """Input data that cannot be read or used (names the file, and the line where known)."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that does not match the config, or no usable checkpoint."""
+
+
+USER_ERRORS = (UserError, FileNotFoundError)  # a missing file: its message names the path

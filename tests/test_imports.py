@@ -35,6 +35,8 @@ FLOORS = {
     "metalm_jax.types": "base",
     "metalm_jax.config": "base",
     "metalm_jax.resources": "base",
+    # run_cli: how every command line ends on a user error (the types are in types.py)
+    "metalm_jax.cli": "base",
     # corpora, tokenizer, packing, spans, rows, tasks, grain pipelines: numpy, no model
     "metalm_jax.data": "data",
     # the Flax model, and beside it the mesh, multi-process helpers and the accelerator table

@@ -358,8 +358,8 @@ def test_restore_step_picks_a_step_by_hand_and_names_the_steps_there_are(
 ):
     import shutil
 
-    from metalm_jax.errors import CheckpointError
     from metalm_jax.train.loop import train_and_evaluate
+    from metalm_jax.types import CheckpointError
 
     workdir = str(tmp_path / "run")
     shutil.copytree(two_checkpoints, workdir)
@@ -424,3 +424,79 @@ def test_user_errors_end_with_one_line_and_exit_2(corpus, two_checkpoints, tmp_p
     line = _last_line(_train_cli(str(unfrozen), workdir, "--config.train.steps=8"))
     assert line.startswith(f"error: checkpoint {workdir}/checkpoints/6 does not match this config")
     assert "optim.frozen: checkpoint ['^text_encoder/stack/layers_0/'], config []" in line, line
+
+
+# -- watchdog -----------------------------------------------------------------------------------
+
+
+def test_watchdog_fires_only_when_armed_and_not_paused():
+    from metalm_jax.train.watchdog import Watchdog
+
+    fired = []
+    dog = Watchdog(0.2, on_timeout=fired.append, poll_s=0.01)
+    time.sleep(0.4)
+    assert not fired  # not armed before the first beat (the first step compiles)
+    dog.beat(1)
+    with dog.paused():  # an eval or a save
+        time.sleep(0.4)
+    assert not fired
+    for step in range(2, 8):  # steady progress
+        time.sleep(0.05)
+        dog.beat(step)
+    assert not fired
+    time.sleep(0.5)
+    dog.close()
+    assert len(fired) == 1 and fired[0].startswith("watchdog: no progress for 0 s after step 7 ")
+
+
+_HANG_AT_STEP_4 = """
+import sys, time
+from metalm_jax import testing
+from metalm_jax.train import loop
+
+build = loop.build_trainer
+
+def hanging_trainer(*args, **kwargs):
+    trainer = build(*args, **kwargs)
+    step, calls = trainer.step, []
+
+    def hanging_step(state, batch):
+        calls.append(1)
+        if len(calls) == 4:
+            time.sleep(600)
+        return step(state, batch)
+
+    trainer.step = hanging_step
+    return trainer
+
+loop.build_trainer = hanging_trainer
+cfg = testing.micro_config([sys.argv[1]], data_dir=sys.argv[2])
+cfg.train.steps, cfg.train.log_every, cfg.train.eval_every = 10, 1, 2
+cfg.train.checkpoint_every, cfg.train.sample_tokens, cfg.train.watchdog_s = 2, 0, 5
+loop.train_and_evaluate(cfg, sys.argv[3])
+"""
+
+
+@pytest.mark.slow
+def test_watchdog_dumps_stacks_and_exits_when_a_step_hangs(corpus, tmp_path):
+    """A step that never returns (step 4 sleeps) ends the process with status 124 and every
+    thread's stack; the first step's compilation (unarmed) and the evals and saves of step 2
+    (paused), each of which compiles, do not fire it."""
+    cfg, _ = corpus
+    argv = [sys.executable, "-c", _HANG_AT_STEP_4, cfg.data.files[0], cfg.data.tfds_data_dir]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    t0 = time.time()
+    proc = subprocess.run(
+        [*argv, str(tmp_path / "run")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 124, proc.stderr[-3000:]
+    assert re.search(r"^step +3/10 ", proc.stdout, re.M), proc.stdout  # compile did not fire it
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.match(r"watchdog: no progress for \d+ s after step 3 \(train.watchdog_s=5\)", last)
+    assert "Current thread" in proc.stderr and "in hanging_step" in proc.stderr
+    assert time.time() - t0 < 280

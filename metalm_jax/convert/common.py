@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from metalm_jax.errors import UserError
+from metalm_jax.types import UserError
 
 # Buffers some checkpoints store that are not weights (position id ranges, attention masks).
 BUFFER_PATTERNS = (

@@ -32,7 +32,7 @@ import pathlib
 
 import tensorflow_datasets as tfds
 
-from metalm_jax.errors import ConfigError, DataError
+from metalm_jax.types import ConfigError, DataError
 
 _FEATURES = dict(id=tfds.features.Text(), paragraphs=tfds.features.Text())
 

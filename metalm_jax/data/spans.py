@@ -39,7 +39,7 @@ import dataclasses
 import numpy as np
 
 from metalm_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from metalm_jax.errors import ConfigError
+from metalm_jax.types import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import sentencepiece as spm
 
-from metalm_jax.errors import ConfigError
+from metalm_jax.types import ConfigError
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID, EOD_ID = 0, 1, 2, 3, 4
 EOD_PIECE = "</d>"

@@ -46,7 +46,7 @@ import tensorflow_datasets as tfds
 
 from metalm_jax.data import images
 from metalm_jax.data.corpora import expand_paths, json_objects, read_utf8
-from metalm_jax.errors import ConfigError, DataError
+from metalm_jax.types import ConfigError, DataError
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _SKIPPED_CODEPOINTS = (0xFE0F, 0x200D)  # emoji presentation selector, zero-width joiner

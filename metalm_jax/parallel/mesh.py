@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from metalm_jax.errors import ConfigError
+from metalm_jax.types import ConfigError
 
 AXES = ("data", "fsdp", "tensor")
 

@@ -44,6 +44,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from metalm_jax.errors import run_cli
+    from metalm_jax.cli import run_cli
 
-    run_cli(main)  # user errors: one line, exit 2 (metalm_jax/errors.py)
+    run_cli(main)  # user errors: one line, exit 2 (metalm_jax/cli.py)

@@ -26,8 +26,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from metalm_jax.errors import CheckpointError
 from metalm_jax.train.checkpoint_digest import compare, digests
+from metalm_jax.types import CheckpointError
 
 
 class _FrozenIteratorState:

@@ -31,8 +31,8 @@ import shutil
 
 import jax
 
-from metalm_jax.errors import ConfigError
 from metalm_jax.train.optimizer import param_path
+from metalm_jax.types import ConfigError
 
 PRESETS = {
     "decoder_frozen": [r"^(embed|pos_embed|decoder)(/|$)"],

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import jax
 
-from metalm_jax.errors import UserError
+from metalm_jax.types import UserError
 
 
 class NonFiniteError(UserError, FloatingPointError):

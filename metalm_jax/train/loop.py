@@ -18,7 +18,6 @@ import jax
 
 from metalm_jax.convert.init_from import apply_init
 from metalm_jax.data import pipeline, vl_pipeline
-from metalm_jax.errors import CheckpointError, ConfigError
 from metalm_jax.eval.evaluators import run_evals
 from metalm_jax.eval.generation import generate_with
 from metalm_jax.model.build import count_params, derive, step_flops
@@ -32,7 +31,9 @@ from metalm_jax.train.optimizer import schedule
 from metalm_jax.train.preemption import Stopped, StopSignals
 from metalm_jax.train.step import all_finite
 from metalm_jax.train.trainer import build_trainer
+from metalm_jax.train.watchdog import Watchdog
 from metalm_jax.train.workdir_lock import hold_workdir
+from metalm_jax.types import CheckpointError, ConfigError
 
 
 class Periodic:
@@ -221,10 +222,11 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
         if not force or ckpt.latest_step() != s:
             ckpt.save(s, state, train_iter, cfg_dict, force=force)
 
+    watchdog = Watchdog(cfg.train.watchdog_s)  # armed by the first step's beat, after compiling
     periodic = Periodic()
     periodic.add(cfg.train.log_every, log_train)
-    periodic.add(cfg.train.eval_every, run_eval)
-    periodic.add(cfg.train.checkpoint_every, save)
+    periodic.add(cfg.train.eval_every, watchdog.pausing(run_eval))
+    periodic.add(cfg.train.checkpoint_every, watchdog.pausing(save))
 
     if step == 0:
         mlib.console(
@@ -237,9 +239,11 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
             while step < total and not stop.requested(step):
                 state, m = trainer.step(state, trainer.global_batch(next(train_iter)))
                 step += 1
+                watchdog.beat(step)
                 pending.append(m)
                 guard.add(step, m)
                 periodic(step)
+            watchdog.close()
             stop.doing = f"saving the checkpoint of step {step}"
             if pending:
                 log_train(step)
@@ -253,6 +257,7 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
         if final.get("eval_step") != step:
             run_eval(step)
     finally:  # also on errors: a save in flight completes, nothing is left half-written
+        watchdog.close()
         ckpt.close()
         writer.close()
     if cfg.train.sample_tokens > 0:

@@ -16,7 +16,7 @@ import re
 import jax
 import optax
 
-from metalm_jax.errors import ConfigError
+from metalm_jax.types import ConfigError
 
 
 def param_path(path) -> str:

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 
-from metalm_jax.errors import UserError
+from metalm_jax.types import UserError
 
 LOCK_NAME = ".lock"
 _HELD: set[str] = set()  # tokens of the locks this process holds

@@ -1,11 +1,9 @@
-"""Errors a person fixes (a config key, a data file, a checkpoint, a busy workdir, a run that went
-non-finite) and how the command lines show them.
+"""How the command lines end on an error a person fixes (types.UserError: a config key, a data
+file, a checkpoint, a busy workdir, a run that went non-finite; or a missing file).
 
-A `UserError` (or a FileNotFoundError, which names its path) ends a command with one line,
-`error: <what and where>`, on stderr and exit status 2; `--verbose` (or absl's `-v 1`) shows the
-traceback too. Every other exception is an internal error and keeps its traceback. The
-subclasses also derive from the builtin type the code raised before (ValueError, ...), so
-callers that catch those keep working.
+Such an error ends a command with one line, `error: <what and where>`, on stderr and exit
+status 2; `--verbose` (or absl's `-v 1`) shows the traceback too. Every other exception is an
+internal error and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,24 +11,8 @@ from __future__ import annotations
 import re
 import sys
 
+from metalm_jax.types import USER_ERRORS, UserError
 
-class UserError(Exception):
-    """Something the user can fix; the message names what and where, on one line."""
-
-
-class ConfigError(UserError, ValueError):
-    """A config value that cannot work (names the key and the fix)."""
-
-
-class DataError(UserError, ValueError):
-    """Input data that cannot be read or used (names the file, and the line where known)."""
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that does not match the config, or no usable checkpoint."""
-
-
-USER_ERRORS = (UserError, FileNotFoundError)
 EXIT_USER_ERROR = 2
 
 
