@@ -26,12 +26,13 @@ def main():
     from metalm_jax.data import pipeline
     from metalm_jax.data.spans import build_example, sample_spans
     from metalm_jax.data.tokenizer import Tokenizer
+    from metalm_jax.model.build import span_config, span_encoding
 
     cfg = load_config_file(args.config)
     with open(os.path.join(args.workdir, "tokenizer.model"), "rb") as f:
         tok = Tokenizer(f.read())
-    spans_cfg = pipeline.span_config(cfg)
-    enc = pipeline.span_encoding(cfg, tok)
+    spans_cfg = span_config(cfg)
+    enc = span_encoding(cfg, tok)
     rng = np.random.default_rng(0)
     docs = pipeline._documents(cfg, "validation", tok, (0, 1), None).to_iter_dataset()
     s = dict(rows=0, sampled=0, encoded=0, span_tokens=0, slots=0, enc=0, text_in=0, text_out=0)
