@@ -134,7 +134,7 @@ def test_expand_paths_reads_lists_commas_and_globs(tmp_path):
         expand([a, str(tmp_path / "d.txt")], "images.files")
     with pytest.raises(ValueError, match=r"data.files: '.*/a.jsonl' is named twice"):
         expand(f"{a},{tmp_path}/*.jsonl", "data.files")
-    with pytest.raises(TypeError, match=r"data.files: expected paths"):
+    with pytest.raises(ValueError, match=r"data.files: expected paths"):
         expand(5, "data.files")
 
 

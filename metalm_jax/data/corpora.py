@@ -115,7 +115,7 @@ def expand_paths(value, key: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list | tuple):
-        raise TypeError(f"{key}: expected paths (a list, or 'a.jsonl,b.txt'), got {value!r}")
+        raise ConfigError(f"{key}: expected paths (a list, or 'a.jsonl,b.txt'), got {value!r}")
     out: list[str] = []
     for entry in value:
         for path in _expand_entry(entry, key):
@@ -127,7 +127,7 @@ def expand_paths(value, key: str) -> tuple[str, ...]:
 
 def _expand_entry(entry, key: str) -> list[str]:
     if not isinstance(entry, str) or not entry:
-        raise TypeError(f"{key}: expected a path or glob pattern, got {entry!r}")
+        raise ConfigError(f"{key}: expected a path or glob pattern, got {entry!r}")
     path = os.path.expanduser(entry)
     if any(c in path for c in "*?["):
         matches = sorted(glob.glob(path))
@@ -161,7 +161,7 @@ def local_text_config(paths, text_key="text", validation_fraction=0.02) -> Local
     )
 
 
-def _not_utf8(path: str) -> ValueError:
+def _not_utf8(path: str) -> DataError:
     """The error for a file that is not UTF-8, naming the line and column of the first bad byte."""
     with open(path, "rb") as f:
         data = f.read()
@@ -170,11 +170,11 @@ def _not_utf8(path: str) -> ValueError:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        return ValueError(
+        return DataError(
             f"{path}:{line}: not UTF-8 (byte {data[e.start]:#04x} at line {line}, column "
             f"{column}); expected a UTF-8 text file"
         )
-    return ValueError(f"{path}: not UTF-8; expected a UTF-8 text file")
+    return DataError(f"{path}: not UTF-8; expected a UTF-8 text file")
 
 
 def read_utf8(path: str) -> str:
