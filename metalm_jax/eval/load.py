@@ -32,15 +32,18 @@ def load_run(workdir: str, step: int | None = None, cfg=None):
         raise FileNotFoundError(f"no checkpoint for step {step} in {ckpt.directory} (have {steps})")
     import orbax.checkpoint as ocp
 
+    saved = ckpt.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    saved = with_defaults(saved["config"])
     if cfg is None or cfg.finetune.from_run:
-        saved = ckpt.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        saved = with_defaults(saved["config"])
         if cfg is not None:  # a finetuning config: the run's resolved model, this config's evals
             with saved.unlocked():
                 saved.evals = cfg.evals
                 saved.task = cfg.task
         cfg = saved
-    else:
+    else:  # the optimizer only shapes the restored state (evaluation ignores it): the run's
+        cfg = cfg.copy_and_resolve_references()  # own, so a run finetuned with a frozen
+        with cfg.unlocked():  # decoder evaluates under its pretraining config
+            cfg.optim = saved.optim
         ckpt.check_config(step, cfg.to_dict())
     tok_path = os.path.join(workdir, "tokenizer.model")
     if cfg.data.tokenizer_path:
