@@ -185,11 +185,11 @@ def test_nonfinite_skip_counts_steps_and_keeps_params_finite(corpus, tmp_path):
 class _Run:
     """A training process on the micro config whose stdout lines are read as they come."""
 
-    def __init__(self, corpus, workdir, *flags):
+    def __init__(self, corpus, workdir, *flags, steps: int = 100000):
         cfg, _ = corpus
         config = f"{ROOT}/tests/micro_config.py:{cfg.data.files[0]},{cfg.data.tfds_data_dir}"
         argv = [sys.executable, "-m", "metalm_jax.train", "--config", config]
-        argv += [f"--workdir={workdir}", "--config.train.steps=100000"]
+        argv += [f"--workdir={workdir}", f"--config.train.steps={steps}"]
         argv += [f"--config.train.{k}" for k in ("log_every=1", "eval_every=0", "sample_tokens=0")]
         self.stderr_path = f"{workdir}.{time.monotonic_ns()}.stderr"
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -273,6 +273,104 @@ def test_double_sigterm_does_not_abort_the_save(corpus, tmp_path):
     assert "SIGTERM again: still " in out
     assert _checkpoint_steps(workdir)[-1] == reached
     assert _saved_state_finite(workdir, reached)
+
+
+def _losses(workdir) -> dict:
+    """{step: [train/loss of every log line of that step]}; a line cut by a kill is skipped."""
+    out: dict = {}
+    for line in open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8"):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "train/loss" in rec:
+            out.setdefault(rec["step"], []).append(rec["train/loss"])
+    return out
+
+
+def _saved(workdir, step):
+    """(every array of the step's state as numpy, in tree order; its data-iterator JSON)."""
+    import orbax.checkpoint as ocp
+
+    step_dir = os.path.join(workdir, "checkpoints", str(step))
+    state = ocp.StandardCheckpointer().restore(os.path.join(step_dir, "state"))
+    data = open(os.path.join(step_dir, "data", "process_0-of-1.json")).read()
+    return [np.asarray(x) for x in jax.tree.leaves(state)], json.loads(data)
+
+
+KILLS = 12
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_resumes_bitwise_equal(corpus, tmp_path):
+    """SIGKILL at 12 random moments (while starting, while restoring or compiling, and while
+    training with an async save in flight at every step), each time started again until the
+    run ends: the final state and data position are bitwise those of an uninterrupted run,
+    every step's loss as logged by any of the runs is the uninterrupted run's (no batch
+    repeated or skipped), each start after a kill takes over the dead run's workdir lock."""
+    steps, flags = 16, ("--config.train.checkpoint_every=1",)
+    ref_dir, workdir = str(tmp_path / "ref"), str(tmp_path / "run")
+    ref = _Run(corpus, ref_dir, *flags, steps=steps)  # alongside: only the kills are timed
+    rng = np.random.default_rng(13)
+    lock = os.path.join(workdir, workdir_lock.LOCK_NAME)
+    kills, during_saves, found_locks, took_over, unfinished = 0, 0, 0, 0, set()
+    while True:
+        had_lock = os.path.exists(lock)  # a killed run's: its pid is dead
+        latest = max(_checkpoint_steps(workdir), default=0)  # where this start resumes
+        run = _Run(corpus, workdir, *flags, steps=steps)
+        mode = ("starting", "compiling", "training", "training")[kills % 4]
+        if mode == "training" and latest + 1 > steps - 3:
+            mode = "compiling"  # no kill after the run could have ended
+        if kills == KILLS:  # the last start runs to the end
+            out, err = run.finish()
+            assert run.proc.returncode == 0, err[-3000:]
+        else:
+            if mode == "starting":
+                time.sleep(rng.uniform(0.5, 4.0))
+            elif mode == "compiling":  # built the model; restores, initialises or compiles
+                run.wait_for(r"^== params ")
+                time.sleep(rng.uniform(0.0, 1.5))
+            else:  # the step line is printed after the step's save started (async)
+                target = min(latest + 1 + int(rng.integers(0, 2)), steps - 3)
+                run.wait_for(rf"^step +{target}/")
+                time.sleep(rng.uniform(0.0, 0.4))
+            assert run.proc.poll() is None, "the run ended before its kill"
+            run.proc.send_signal(signal.SIGKILL)
+            kills += 1
+            out, _ = run.finish()
+            ckpt_dir = os.path.join(workdir, "checkpoints")
+            tmp = (
+                {n for n in os.listdir(ckpt_dir) if "tmp" in n}
+                if os.path.isdir(ckpt_dir)
+                else set()
+            )
+            during_saves += bool(tmp - unfinished)  # this kill left an unfinished save behind
+            unfinished |= tmp
+        if m := re.search(r"^== resumed from .*/checkpoints/(\d+)$", out, re.M):
+            assert int(m.group(1)) == latest, out[-3000:]  # the newest step, not an older one
+        first = re.search(r"^step +(\d+)/", out, re.M)
+        assert first is None or int(first.group(1)) == latest + 1, out[-3000:]
+        if had_lock and "\n== mesh " in out:  # got past the lock
+            found_locks += 1
+            took_over += "\n== took over the workdir lock of " in out
+        if kills == KILLS and run.proc.returncode == 0:
+            break
+    out, err = ref.finish()
+    assert ref.proc.returncode == 0, err[-3000:]
+
+    want, got = _losses(ref_dir), _losses(workdir)
+    assert sorted(want) == list(range(1, steps + 1)) and sorted(got) == sorted(want)
+    for s, losses in got.items():  # logged once per run that reached the step
+        assert losses == want[s] * len(losses), (s, losses, want[s])
+    assert _checkpoint_steps(workdir)[-1] == steps
+    ref_arrays, ref_data = _saved(ref_dir, steps)
+    arrays, data = _saved(workdir, steps)
+    assert data == ref_data
+    assert len(arrays) == len(ref_arrays)
+    for a, b in zip(arrays, ref_arrays, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    assert kills >= 10 and during_saves >= 1, (kills, during_saves)
+    assert took_over == found_locks >= 5, (took_over, found_locks)  # every one taken over
 
 
 # -- verified checkpoints: damage the newest step, the resume falls back -----------------------

@@ -4,7 +4,8 @@ Training (`train_iterator`): the split is sharded per process (`process_index::p
 shuffled with the config seed and re-shuffled every epoch, repeated forever; packing and span
 sampling are deterministic functions of that order and of the seed. The iterator's state is a
 small JSON dict (saved in every checkpoint by grain's Orbax handler), so a resumed run yields
-exactly the batch the interrupted run would have yielded next.
+exactly the batch the interrupted run would have yielded next, on any number of devices; with
+another number of processes the shards differ and the iterators start afresh (checkpoint.py).
 
 Evaluation (`eval_batches`): the validation split in file order, packed once, spans sampled with
 a fixed seed, the last batch padded with empty rows (loss weight 0); cached in memory so every

@@ -13,6 +13,10 @@ the resume falls back to the newest step that does; steps newer than the one res
 moved to <workdir>/checkpoints_set_aside/ so that neither their step numbers nor keep-N
 deletion touch the steps the resumed run writes. At least two steps are kept, so a damaged
 newest step always has a predecessor.
+
+Elastic: the state restores onto any mesh and device count (Orbax reads each array into the
+target sharding). The data positions are per process; with the same process count they resume
+exactly, with another one the iterators start afresh, said in one line.
 """
 
 from __future__ import annotations
@@ -149,11 +153,39 @@ class Checkpointer:
                 + " (use another --workdir or the checkpoint's config)"
             )
 
-    def restore(self, step: int, abstract_state, data_iterator, config: dict):
-        """Restores state into `abstract_state`'s shardings and verifies its digests, and
-        restores the data iterator in place unless it is None (e.g. to read a run's parameters
-        with another process count). Raises Unreadable if the step cannot be read or does not
-        verify, CheckpointError if it does not match the config."""
+    def _data_saved_elsewhere(self, step: int, log) -> bool:
+        """True (after saying so in one line) if the step's data positions were saved by another
+        number of processes than this run has: each process's documents are `index::count` of
+        the split, shuffled per shard, so no position of the old shards is a position of the new
+        ones, and the iterators start afresh. A step with no data files at all is not this case
+        (it is damaged: Unreadable, and the resume falls back)."""
+        data_dir = epath.Path(self.directory) / str(step) / "data"
+        ours = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if ours.exists() or not data_dir.exists():
+            return False
+        counts = {
+            int(m.group(1))
+            for p in data_dir.iterdir()
+            if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", p.name))
+        }
+        if not counts or jax.process_count() in counts:
+            return False
+        log(
+            f"== data: checkpoint step {step} holds the data positions of "
+            f"{'/'.join(map(str, sorted(counts)))} process(es), this run has "
+            f"{jax.process_count()}: the training data is re-sharded and every process's "
+            "iterator starts from the beginning of its new shard (documents trained on before "
+            "are seen again; parameters and optimizer state are restored exactly)"
+        )
+        return True
+
+    def restore(self, step: int, abstract_state, data_iterator, config: dict, log=print):
+        """Restores state into `abstract_state`'s shardings (any mesh: a step saved on 8
+        devices restores on 4 or 1) and verifies its digests, and restores the data iterator in
+        place unless it is None (e.g. to read a run's parameters). With another process count
+        than the one that saved the step, the iterator starts afresh (_data_saved_elsewhere).
+        Raises Unreadable if the step cannot be read or does not verify, CheckpointError if it
+        does not match the config."""
         self.check_config(step, config)
         step_dir = f"{self.directory}/{step}"
         saved_digests = None  # steps saved before digests existed are not verified
@@ -169,7 +201,7 @@ class Checkpointer:
             bad = compare(saved_digests, digests(state))
             if bad:
                 raise Unreadable(step, f"{step_dir}/state", bad)
-        if data_iterator is not None:
+        if data_iterator is not None and not self._data_saved_elsewhere(step, log):
             name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
             try:
                 self.manager.restore(
@@ -192,7 +224,7 @@ class Checkpointer:
         failed = []
         for step in [want] if want > 0 else steps:
             try:
-                state = self.restore(step, abstract_state, data_iterator, config)
+                state = self.restore(step, abstract_state, data_iterator, config, log)
             except Unreadable as e:
                 if want > 0:
                     raise CheckpointError(f"train.restore_step={want}: {e}") from e
