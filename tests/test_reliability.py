@@ -314,49 +314,57 @@ def test_kill_9_at_random_moments_resumes_bitwise_equal(corpus, tmp_path):
     rng = np.random.default_rng(13)
     lock = os.path.join(workdir, workdir_lock.LOCK_NAME)
     kills, during_saves, found_locks, took_over, unfinished = 0, 0, 0, 0, set()
-    while True:
-        had_lock = os.path.exists(lock)  # a killed run's: its pid is dead
-        latest = max(_checkpoint_steps(workdir), default=0)  # where this start resumes
-        run = _Run(corpus, workdir, *flags, steps=steps)
-        mode = ("starting", "compiling", "training", "training")[kills % 4]
-        if mode == "training" and latest + 1 > steps - 3:
-            mode = "compiling"  # no kill after the run could have ended
-        if kills == KILLS:  # the last start runs to the end
-            out, err = run.finish()
-            assert run.proc.returncode == 0, err[-3000:]
-        else:
-            if mode == "starting":
-                time.sleep(rng.uniform(0.5, 4.0))
-            elif mode == "compiling":  # built the model; restores, initialises or compiles
-                run.wait_for(r"^== params ")
-                time.sleep(rng.uniform(0.0, 1.5))
-            else:  # the step line is printed after the step's save started (async)
-                target = min(latest + 1 + int(rng.integers(0, 2)), steps - 3)
-                run.wait_for(rf"^step +{target}/")
-                time.sleep(rng.uniform(0.0, 0.4))
-            assert run.proc.poll() is None, "the run ended before its kill"
-            run.proc.send_signal(signal.SIGKILL)
-            kills += 1
-            out, _ = run.finish()
-            ckpt_dir = os.path.join(workdir, "checkpoints")
-            tmp = (
-                {n for n in os.listdir(ckpt_dir) if "tmp" in n}
-                if os.path.isdir(ckpt_dir)
-                else set()
-            )
-            during_saves += bool(tmp - unfinished)  # this kill left an unfinished save behind
-            unfinished |= tmp
-        if m := re.search(r"^== resumed from .*/checkpoints/(\d+)$", out, re.M):
-            assert int(m.group(1)) == latest, out[-3000:]  # the newest step, not an older one
-        first = re.search(r"^step +(\d+)/", out, re.M)
-        assert first is None or int(first.group(1)) == latest + 1, out[-3000:]
-        if had_lock and "\n== mesh " in out:  # got past the lock
-            found_locks += 1
-            took_over += "\n== took over the workdir lock of " in out
-        if kills == KILLS and run.proc.returncode == 0:
-            break
-    out, err = ref.finish()
-    assert ref.proc.returncode == 0, err[-3000:]
+    procs = [ref.proc]
+    try:
+        while True:
+            had_lock = os.path.exists(lock)  # a killed run's: its pid is dead
+            latest = max(_checkpoint_steps(workdir), default=0)  # where this start resumes
+            run = _Run(corpus, workdir, *flags, steps=steps)
+            procs.append(run.proc)
+            mode = ("starting", "compiling", "training", "training")[kills % 4]
+            if mode == "training" and latest + 1 > steps - 3:
+                mode = "compiling"  # no kill after the run could have ended
+            if kills == KILLS:  # the last start runs to the end
+                out, err = run.finish(timeout=900)
+                assert run.proc.returncode == 0, err[-3000:]
+            else:
+                if mode == "starting":
+                    time.sleep(rng.uniform(0.5, 4.0))
+                elif mode == "compiling":  # built the model; restores, initialises or compiles
+                    run.wait_for(r"^== params ", timeout=900)
+                    time.sleep(rng.uniform(0.0, 1.5))
+                else:  # the step line is printed after the step's save started (async)
+                    target = min(latest + 1 + int(rng.integers(0, 2)), steps - 3)
+                    run.wait_for(rf"^step +{target}/", timeout=900)
+                    time.sleep(rng.uniform(0.0, 0.4))
+                if run.proc.poll() is not None:
+                    pytest.fail(f"the run ended before its kill:\n{run.finish()[1][-3000:]}")
+                run.proc.send_signal(signal.SIGKILL)
+                kills += 1
+                out, _ = run.finish()
+                ckpt_dir = os.path.join(workdir, "checkpoints")
+                tmp = (
+                    {n for n in os.listdir(ckpt_dir) if "tmp" in n}
+                    if os.path.isdir(ckpt_dir)
+                    else set()
+                )
+                during_saves += bool(tmp - unfinished)  # this kill left an unfinished save behind
+                unfinished |= tmp
+            if m := re.search(r"^== resumed from .*/checkpoints/(\d+)$", out, re.M):
+                assert int(m.group(1)) == latest, out[-3000:]  # the newest step, not an older one
+            first = re.search(r"^step +(\d+)/", out, re.M)
+            assert first is None or int(first.group(1)) == latest + 1, out[-3000:]
+            if had_lock and "\n== mesh " in out:  # got past the lock
+                found_locks += 1
+                took_over += "\n== took over the workdir lock of " in out
+            if kills == KILLS and run.proc.returncode == 0:
+                break
+        out, err = ref.finish(timeout=900)
+        assert ref.proc.returncode == 0, err[-3000:]
+    finally:  # nothing left running if an assertion failed
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
 
     want, got = _losses(ref_dir), _losses(workdir)
     assert sorted(want) == list(range(1, steps + 1)) and sorted(got) == sorted(want)
