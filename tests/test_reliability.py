@@ -298,6 +298,15 @@ def _saved(workdir, step):
     return [np.asarray(x) for x in jax.tree.leaves(state)], json.loads(data)
 
 
+def _unfinished_saves(workdir) -> dict:
+    """{name: mtime} of Orbax's temporary step directories (renamed when a save completes)."""
+    d = os.path.join(workdir, "checkpoints")
+    names = os.listdir(d) if os.path.isdir(d) else []
+    return {
+        n: os.stat(os.path.join(d, n)).st_mtime_ns for n in names if ".orbax-checkpoint-tmp" in n
+    }
+
+
 KILLS = 12
 
 
@@ -313,12 +322,13 @@ def test_kill_9_at_random_moments_resumes_bitwise_equal(corpus, tmp_path):
     ref = _Run(corpus, ref_dir, *flags, steps=steps)  # alongside: only the kills are timed
     rng = np.random.default_rng(13)
     lock = os.path.join(workdir, workdir_lock.LOCK_NAME)
-    kills, during_saves, found_locks, took_over, unfinished = 0, 0, 0, 0, set()
+    kills, during_saves, found_locks, took_over = 0, 0, 0, 0
     procs = [ref.proc]
     try:
         while True:
             had_lock = os.path.exists(lock)  # a killed run's: its pid is dead
             latest = max(_checkpoint_steps(workdir), default=0)  # where this start resumes
+            left_before = _unfinished_saves(workdir)
             run = _Run(corpus, workdir, *flags, steps=steps)
             procs.append(run.proc)
             mode = ("starting", "compiling", "training", "training")[kills % 4]
@@ -342,14 +352,8 @@ def test_kill_9_at_random_moments_resumes_bitwise_equal(corpus, tmp_path):
                 run.proc.send_signal(signal.SIGKILL)
                 kills += 1
                 out, _ = run.finish()
-                ckpt_dir = os.path.join(workdir, "checkpoints")
-                tmp = (
-                    {n for n in os.listdir(ckpt_dir) if "tmp" in n}
-                    if os.path.isdir(ckpt_dir)
-                    else set()
-                )
-                during_saves += bool(tmp - unfinished)  # this kill left an unfinished save behind
-                unfinished |= tmp
+                # this kill left an unfinished save behind (a new or rewritten temporary dir)
+                during_saves += bool(_unfinished_saves(workdir).items() - left_before.items())
             if m := re.search(r"^== resumed from .*/checkpoints/(\d+)$", out, re.M):
                 assert int(m.group(1)) == latest, out[-3000:]  # the newest step, not an older one
             first = re.search(r"^step +(\d+)/", out, re.M)
