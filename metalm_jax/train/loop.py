@@ -20,6 +20,7 @@ from metalm_jax.convert.init_from import apply_init
 from metalm_jax.data import pipeline, vl_pipeline
 from metalm_jax.eval.evaluators import run_evals
 from metalm_jax.eval.generation import generate_with
+from metalm_jax.eval.scoring import heldout_loss
 from metalm_jax.model.build import count_params, derive, step_flops
 from metalm_jax.parallel import mesh as meshlib
 from metalm_jax.parallel.distributed import first_process_then_others
@@ -50,20 +51,6 @@ class Periodic:
         for every, fn in self.actions:
             if step % every == 0:
                 fn(step)
-
-
-def evaluate(trainer, params, sets: dict) -> dict:
-    """Held-out loss and perplexity per fixed eval set (sums divided once): eval/loss and
-    eval/perplexity for 'text', eval/<name>_loss and eval/<name>_perplexity for the others."""
-    out = {}
-    for name, batches in sets.items():
-        sums = jax.device_get([trainer.eval(params, trainer.global_batch(b)) for b in batches])
-        weight = max(sum(float(s["weight"]) for s in sums), 1)
-        loss = sum(float(s["loss_sum"]) for s in sums) / weight
-        prefix = "eval/" if name in ("text", "task") else f"eval/{name}_"
-        out[prefix + "loss"] = loss
-        out[prefix + "perplexity"] = math.exp(min(loss, 50.0))
-    return out
 
 
 def train_and_evaluate(cfg, workdir: str) -> dict:
@@ -198,7 +185,7 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
     def run_eval(s):
         guard.check()
         final["eval_step"] = s
-        m = evaluate(trainer, state.params, eval_data)
+        m = heldout_loss(trainer, state.params, eval_data)
         if cfg.train.run_evals:  # e.g. task accuracy by generation while finetuning
             res = run_evals(cfg, workdir, trainer, state.params, tok, list(cfg.train.run_evals))
             for name, r in res.items():
