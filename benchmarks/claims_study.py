@@ -296,6 +296,7 @@ class Study:
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(self.out, "study.png"), dpi=110)
+        plt.close(fig)
 
 
 def main() -> None:

@@ -46,6 +46,7 @@ def _arch_keys(section, **defaults) -> None:
     section.embed_norm = False  # LayerNorm on the summed embeddings (BERT; CLIP pre_layrnorm)
     section.embed_scale = True  # token embeddings times sqrt(d_model) (off for BERT and GPT-2)
     section.final_norm = True  # pre-LN: LayerNorm after the last layer (off for CLIP vision)
+    section.qkv_gain = 1.0  # Xavier gain of the q/k/v projections (TorchScale's DeepNorm: 1/sqrt 2)
     section.update(defaults)
 
 

@@ -26,7 +26,7 @@ from metalm_jax.types import Batch
 
 def _arch(section) -> dict:
     """The architecture-detail keys of a stack's config section (config._arch_keys)."""
-    keys = ("activation", "ln_eps", "embed_norm", "embed_scale", "final_norm")
+    keys = ("activation", "ln_eps", "embed_norm", "embed_scale", "final_norm", "qkv_gain")
     return {k: section[k] for k in keys}
 
 

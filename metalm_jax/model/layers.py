@@ -57,6 +57,7 @@ class TransformerConfig:
     embed_scale: bool = True  # token embeddings times sqrt(d_model)
     embed_dim: int = 0  # > 0 and != d_model: embeddings this wide, projected to d_model
     final_norm: bool = True  # pre-LN only: the LayerNorm after the last layer
+    qkv_gain: float = 1.0  # Xavier gain of the query/key/value projections (TorchScale: 1/sqrt 2)
     dtype: str = "float32"
     experts: bool = False  # VLMo-style modality experts: separate MLPs for text / image positions
     scan: bool = False  # nn.scan over layers (one compiled block; params stacked on "layers")
@@ -233,11 +234,11 @@ class Attention(nn.Module):
                 y = y + b.astype(dt)
             return y
 
-        q = proj("query", 1.0)
+        q = proj("query", cfg.qkv_gain)
         # No key bias: softmax is invariant to it, so its gradient is identically zero (only
         # rounding noise, which Adam would amplify into different updates on different meshes).
-        k = proj("key", 1.0, bias=False)
-        v = proj("value", cfg.beta)
+        k = proj("key", cfg.qkv_gain, bias=False)
+        v = proj("value", cfg.qkv_gain * cfg.beta)
         if self.decode:
             k, v, mask = self._cached(k, v, mask)
         logits = jnp.einsum("BLNH,BSNH->BNLS", q, k).astype(jnp.float32) / math.sqrt(H)
