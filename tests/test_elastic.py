@@ -7,13 +7,12 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._procs import ROOT, cpu_env, run_processes
 
 # Restores step argv[2] of run argv[1] onto each mesh of argv[3] (over the first devices) and
 # prints a SHA-256 of every array of the state, with how many arrays are split over devices.
@@ -50,15 +49,6 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def _env(devices: int) -> dict:
-    return {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-        "PYTHONPATH": ROOT,
-    }
-
-
 def _train_argv(corpus, workdir, *flags) -> list[str]:
     cfg, _ = corpus
     config = f"{ROOT}/tests/micro_config.py:{cfg.data.files[0]},{cfg.data.tfds_data_dir}"
@@ -73,7 +63,7 @@ def _train(corpus, workdir, devices: int, *flags) -> str:
         _train_argv(corpus, workdir, *flags),
         capture_output=True,
         text=True,
-        env=_env(devices),
+        env=cpu_env(devices),
         cwd=ROOT,
         timeout=600,
     )
@@ -111,7 +101,7 @@ def test_8_device_checkpoint_restores_bitwise_on_4_and_1(run_on_8):
         [sys.executable, "-c", _STATE_HASHES, run_on_8, "4", meshes],
         capture_output=True,
         text=True,
-        env=_env(8),
+        env=cpu_env(8),
         cwd=ROOT,
         timeout=600,
     )
@@ -141,34 +131,14 @@ def test_resume_on_fewer_devices_continues_the_data_exactly(run_on_8, corpus, tm
     assert got[6] == pytest.approx(want[6], rel=1e-4)  # after one update on another mesh
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_resume_by_two_processes_says_the_data_starts_afresh(run_on_8, corpus, tmp_path):
     """The 1-process, 8-device checkpoint resumed by 2 processes of 4 devices: the state
     restores (digests verified), one line says what happens to the data, both train on."""
     workdir = str(tmp_path / "run2")
     shutil.copytree(run_on_8, workdir)
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            _train_argv(corpus, workdir, "--config.train.restore_step=4", "--multihost")
-            + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=_env(4),
-            cwd=ROOT,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outs, strict=True):
-        assert p.returncode == 0, out[-4000:]
+    argv = _train_argv(corpus, workdir, "--config.train.restore_step=4")
+    outs = run_processes(argv, 2, 4)
     said = [line for line in outs[0].splitlines() if line.startswith("== data:")]
     assert said == [
         "== data: checkpoint step 4 holds the data positions of 1 process(es), this run has 2: "

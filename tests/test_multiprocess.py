@@ -3,62 +3,29 @@ checkpoint, stop, resume, and match a single-process run on the same global batc
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(devices):
-    return {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-        "PYTHONPATH": ROOT,
-    }
+from tests._procs import ROOT, cpu_env, run_processes
 
 
 def _run_two(config_arg, workdir, steps):
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "metalm_jax.train",
-                "--config",
-                os.path.join(ROOT, "tests", "micro_config.py") + ":" + config_arg,
-                "--workdir",
-                workdir,
-                f"--config.train.steps={steps}",
-                "--config.train.sample_tokens=0",
-                "--config.train.batch_size=8",
-                "--config.optim.schedule=constant",  # same LR whatever train.steps says
-                "--multihost",
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=_env(4),
-            cwd=ROOT,
-        )
-        for i in range(2)
+    argv = [
+        sys.executable,
+        "-m",
+        "metalm_jax.train",
+        "--config",
+        os.path.join(ROOT, "tests", "micro_config.py") + ":" + config_arg,
+        "--workdir",
+        workdir,
+        f"--config.train.steps={steps}",
+        "--config.train.sample_tokens=0",
+        "--config.train.batch_size=8",
+        "--config.optim.schedule=constant",  # same LR whatever train.steps says
     ]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outs, strict=True):
-        assert p.returncode == 0, out[-4000:]
+    outs = run_processes(argv, 2, 4)
     return outs
 
 
@@ -89,7 +56,7 @@ def test_two_processes_train_resume_and_match_one(corpus, tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        env=_env(8),
+        env=cpu_env(8),
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

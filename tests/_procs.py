@@ -1,0 +1,58 @@
+"""Launching real training processes from tests: simulated CPU devices, and runs of several
+processes on localhost that form one JAX job (CPU collectives)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cpu_env(devices: int) -> dict:
+    """The environment of a child process with `devices` simulated CPU devices."""
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "PYTHONPATH": ROOT,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(argv: list[str], n: int, devices: int, timeout: float = 600) -> list[str]:
+    """Runs `argv` as processes 0..n-1 of one multi-host job (`--multihost` with a localhost
+    coordinator), `devices` CPU devices each; asserts they all exit 0; returns their outputs."""
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            argv
+            + [
+                "--multihost",
+                f"--coordinator_address=127.0.0.1:{port}",
+                f"--num_processes={n}",
+                f"--process_id={i}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=cpu_env(devices),
+            cwd=ROOT,
+        )
+        for i in range(n)
+    ]
+    try:
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+    return outs
