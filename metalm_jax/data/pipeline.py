@@ -27,6 +27,7 @@ from metalm_jax.data.rows import RowFormat
 from metalm_jax.data.spans import semi_causal_example
 from metalm_jax.data.tokenizer import Tokenizer, load_or_train
 from metalm_jax.data.vl import ImageLayout, empty_image_fields
+from metalm_jax.types import DataError
 
 
 class _PackDatasetIterator(grain.DatasetIterator):
@@ -98,7 +99,10 @@ def _documents(cfg, split: str, tok: Tokenizer, shard: tuple[int, int], seed: in
     index, count = shard
     ds = ds[index::count]
     if len(ds) == 0:
-        raise ValueError(f"{split}: process {index} of {count} gets no documents")
+        raise DataError(
+            f"{split}: process {index} of {count} gets no documents (the split has fewer "
+            f"documents than processes): add documents, or raise data.validation_fraction"
+        )
     if seed is not None:
         ds = ds.shuffle(seed=seed).repeat(None)
     return ds.map(lambda ex: tok.encode_document(corpora.decode_example(ex)))
@@ -221,7 +225,7 @@ def eval_batches(
         if len(rows) == batch_size * max_batches:
             break
     if not rows:
-        raise ValueError("validation split produced no rows")
+        raise DataError("validation split produced no rows: raise data.validation_fraction")
     return _pad_batches(rows, batch_size)
 
 
@@ -232,7 +236,7 @@ def eval_sets(cfg, tok: Tokenizer, batch_size: int, fmt: RowFormat, shard=(0, 1)
     if cfg.task.name:  # finetuning: the loss on the task's validation targets
         rows = task_eval_rows(cfg, tok, fmt, shard)
         if not rows:
-            raise ValueError(f"task {cfg.task.name}: the validation split produced no rows")
+            raise DataError(f"task {cfg.task.name}: the validation split produced no rows")
         return {"task": _pad_batches(rows, batch_size)}
     sets = {"text": eval_batches(cfg, tok, batch_size, cfg.train.eval_batches, fmt, shard)}
     if fmt.layout is not None:
@@ -240,6 +244,6 @@ def eval_sets(cfg, tok: Tokenizer, batch_size: int, fmt: RowFormat, shard=(0, 1)
             cfg, tok, fmt.layout, batch_size * cfg.images.eval_batches, shard
         )
         if not rows:
-            raise ValueError("the image validation split produced no rows")
+            raise DataError("the image validation split produced no rows")
         sets["caption"] = _pad_batches(rows, batch_size)
     return sets

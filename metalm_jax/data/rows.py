@@ -45,7 +45,7 @@ import numpy as np
 
 from metalm_jax.data.spans import SharedEncoding, SpanConfig
 from metalm_jax.data.tokenizer import BOS_ID, PAD_ID
-from metalm_jax.types import SlotBank
+from metalm_jax.types import ConfigError, SlotBank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +146,9 @@ class RowBuilder:
             elif isinstance(p, Image):
                 lay = self.layout
                 if lay is None:
-                    raise ValueError("an image input needs a model with a vision encoder")
+                    raise ConfigError(
+                        "an image input needs a model with a vision encoder (model.vision)"
+                    )
                 prefix = np.asarray(p.prefix, np.int32).reshape(-1)
                 if len(prefix) > lay.prefix_len:
                     raise DoesNotFit(

@@ -25,7 +25,7 @@ import dataclasses
 import numpy as np
 
 from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
-from metalm_jax.types import SlotBank
+from metalm_jax.types import ConfigError, SlotBank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +112,7 @@ class PairPacker:
             caption = self.pending[1]
             cap = min(len(caption), self.layout.seq_len - 1 - self.layout.image_slots)
             if cap < 1:
-                raise ValueError(
+                raise ConfigError(
                     f"model.decoder rows of {self.layout.seq_len} cannot hold "
                     f"{self.layout.image_slots} image slots and a caption"
                 )

@@ -26,6 +26,7 @@ import numpy as np
 
 from metalm_jax.data.tokenizer import EOS_ID
 from metalm_jax.eval.metrics import exact_match
+from metalm_jax.types import ConfigError, DataError
 
 
 def _write(workdir, name, metrics, predictions):
@@ -65,7 +66,7 @@ def icl_classification(ev, trainer, params, tok, cfg, derived):
     from metalm_jax.eval.scoring import row_logliks
 
     if ev.task != "kjv_testament":
-        raise ValueError(f"evals: unknown icl task {ev.task!r}; expected 'kjv_testament'")
+        raise ConfigError(f"evals: unknown icl task {ev.task!r}; expected 'kjv_testament'")
     pool, items, options = kjv_testament_task(ev.examples, ev.seed)
     opt_ids = [tok.encode(o) for o in options]
     cut = lambda text: tok.encode(text)[: ev.max_input_tokens]
@@ -142,7 +143,7 @@ def _image_prompt_ids(tok, text: str, layout, what: str) -> list[int]:
 
     ids = encode_prompt(tok, text)
     if len(ids) > layout.prefix_len:
-        raise ValueError(
+        raise ConfigError(
             f"evals: {what} {text!r} is {len(ids)} tokens; the vision encoder's text prefix holds "
             f"{layout.prefix_len} (model.vision.text_prefix): raise it, or shorten the prompt "
             '("" = none, for a vision-only encoder)'
@@ -180,7 +181,7 @@ def captioning(ev, trainer, params, tok, cfg, derived):
 
     layout = derived.layout
     if layout is None:
-        raise ValueError("evals: captioning needs a config with images.enabled")
+        raise ConfigError("evals: captioning needs a config with images.enabled")
     layout = dataclasses.replace(layout, images_per_row=1)
     prompt = _image_prompt_ids(tok, ev.prompt, layout, "captioning prompt")
     priming = encode_prompt(tok, ev.answer_prefix) if ev.answer_prefix else []
@@ -245,7 +246,7 @@ def _vqa_file(path: str, layout) -> list[tuple]:
                 )
             items.append((f"{path}:{lineno}", pixels, str(x["question"]), list(x["answers"])))
         except (KeyError, OSError) as e:
-            raise ValueError(
+            raise DataError(
                 f"{path}:{lineno}: expected {{image, question, answers}} "
                 f"with a readable image ({type(e).__name__}: {e})"
             ) from None
@@ -260,7 +261,7 @@ class _VqaTask:
         from metalm_jax.data import offline_tasks
 
         if name not in _VQA_TASKS:
-            raise ValueError(f"evals: vqa task={name!r}; expected one of {_VQA_TASKS}")
+            raise ConfigError(f"evals: vqa task={name!r}; expected one of {_VQA_TASKS}")
         # "{question}": the raw question as the prefix; the evaluator renders its own template.
         self.source = offline_tasks.emoji_vqa(
             split,
@@ -294,9 +295,9 @@ def _vqa_sets(ev, cfg, layout):
     from metalm_jax.data.tasks import shuffled_indices
 
     if bool(ev.file) == bool(ev.task):
-        raise ValueError("evals: vqa needs exactly one of `file` (a JSONL) and `task` (emoji_vqa)")
+        raise ConfigError("evals: vqa needs exactly one of `file` (a JSONL) and `task` (emoji_vqa)")
     if ev.demos not in ("train", "eval"):
-        raise ValueError(f"evals: vqa demos={ev.demos!r}; expected 'train' or 'eval'")
+        raise ConfigError(f"evals: vqa demos={ev.demos!r}; expected 'train' or 'eval'")
     needs_pool = ev.demos == "train" and any(k > 0 for k in ev.shots)
     if ev.task:
         src = _VqaTask(ev.task, ev.split, cfg, layout)
@@ -304,7 +305,7 @@ def _vqa_sets(ev, cfg, layout):
         if not needs_pool:
             return items, items
         if ev.split == "train":
-            raise ValueError(
+            raise ConfigError(
                 "evals: vqa split='train' with demos='train' would draw demonstrations from the "
                 "evaluated split: evaluate another split, or set demos='eval'"
             )
@@ -313,13 +314,13 @@ def _vqa_sets(ev, cfg, layout):
     if not needs_pool:
         return items, items
     if not ev.train_file:
-        raise ValueError(
+        raise ConfigError(
             f"evals: vqa shots={tuple(ev.shots)} with demos='train' needs `train_file` (a JSONL "
             "of the training split, demonstrations are drawn from it); or demos='eval' for "
             "demonstrations from the evaluated file"
         )
     if os.path.realpath(ev.train_file) == os.path.realpath(ev.file):
-        raise ValueError(
+        raise ConfigError(
             f"evals: vqa train_file is the evaluated file ({ev.file}): demonstrations must come "
             "from a training split"
         )
@@ -347,7 +348,7 @@ def vqa(ev, trainer, params, tok, cfg, derived):
 
     base_layout = derived.layout
     if base_layout is None or base_layout.prefix_len == 0:
-        raise ValueError("evals: vqa needs a joint vision-language encoder (images.enabled)")
+        raise ConfigError("evals: vqa needs a joint vision-language encoder (images.enabled)")
     render(ev.template, {"question": ""}, where="evals: vqa template")  # fail early
     items, pool = _vqa_sets(ev, cfg, base_layout)
     eval_ids = {it[0] for it in items}
@@ -363,7 +364,7 @@ def vqa(ev, trainer, params, tok, cfg, derived):
         rng = np.random.default_rng(ev.seed)
         rows, demo_ids = [], []
         if k and k > len(pool) - (ev.demos == "eval"):
-            raise ValueError(f"evals: vqa {k}-shot: the demonstration pool holds {len(pool)}")
+            raise ConfigError(f"evals: vqa {k}-shot: the demonstration pool holds {len(pool)}")
         for i, (_, img, q, _) in enumerate(items):
             if not k:
                 picks = []
@@ -374,7 +375,7 @@ def vqa(ev, trainer, params, tok, cfg, derived):
             demos = [pool[int(j)] for j in picks]
             leak = [d[0] for d in demos if ev.demos == "train" and d[0] in eval_ids]
             if leak:
-                raise ValueError(f"evals: vqa demonstrations {leak} are evaluated items too")
+                raise DataError(f"evals: vqa demonstrations {leak} are evaluated items too")
             d = [(dimg, question(dq), tok.encode(dans[0])) for _, dimg, dq, dans in demos]
             rows.append(build_vqa_row(d, (img, question(q)), priming, layout))
             demo_ids.append([x[0] for x in demos])
@@ -475,7 +476,9 @@ def run_evals(cfg, workdir: str, trainer, params, tok, names=None) -> dict:
         if names and name not in names:
             continue
         if ev.type not in EVALUATORS:
-            raise ValueError(f"evals.{name}.type={ev.type!r}: expected one of {sorted(EVALUATORS)}")
+            raise ConfigError(
+                f"evals.{name}.type={ev.type!r}: expected one of {sorted(EVALUATORS)}"
+            )
         metrics, preds = EVALUATORS[ev.type](ev, trainer, params, tok, cfg, derived)
         _write(workdir, name, metrics, preds)
         results[name] = metrics

@@ -21,7 +21,7 @@ from metalm_jax.data.vl import ImageLayout, empty_image_fields
 from metalm_jax.model.layers import TransformerConfig
 from metalm_jax.model.metalm import MetaLM, ModelConfig
 from metalm_jax.model.vision import VisionConfig, vit_size
-from metalm_jax.types import Batch
+from metalm_jax.types import Batch, ConfigError
 
 
 def _arch(section) -> dict:
@@ -49,7 +49,7 @@ def model_config(cfg) -> ModelConfig:
         remat=dec.remat,
     )
     if cfg.data.seq_len > dec.max_len:
-        raise ValueError(
+        raise ConfigError(
             f"data.seq_len={cfg.data.seq_len} exceeds model.decoder.max_len={dec.max_len}"
         )
     encoder = None
@@ -75,14 +75,14 @@ def model_config(cfg) -> ModelConfig:
             **_arch(e),
         )
         if e.vocab_size and e.vocab_size != cfg.data.vocab_size and not e.tokenizer:
-            raise ValueError(
+            raise ConfigError(
                 f"model.text_encoder.vocab_size={e.vocab_size} differs from data.vocab_size="
                 f"{cfg.data.vocab_size}, but spans are encoded with the decoder's tokenizer: set "
                 "model.text_encoder.tokenizer to the encoder's own tokenizer.json"
             )
         longest = cfg.spans.max_len + int(cfg.spans.enc_bos)
         if longest > e.max_len and not e.tokenizer:  # re-tokenized spans are cut to max_len
-            raise ValueError(
+            raise ConfigError(
                 f"spans.max_len={cfg.spans.max_len} (+<s>) is longer than the text encoder's "
                 f"maximum length model.text_encoder.max_len={e.max_len}"
             )
@@ -99,7 +99,7 @@ def model_config(cfg) -> ModelConfig:
         if v.size:
             (layers, width, heads, mlp), patch = vit_size(v.size)
         if v.image_size % patch:
-            raise ValueError(
+            raise ConfigError(
                 f"model.vision.image_size={v.image_size} is not a multiple of the "
                 f"patch size {patch}"
             )
@@ -128,7 +128,7 @@ def model_config(cfg) -> ModelConfig:
             vocab_size=cfg.data.vocab_size,
         )
     if cfg.images.enabled and vision is None:
-        raise ValueError("images.enabled needs model.vision.enabled")
+        raise ConfigError("images.enabled needs model.vision.enabled")
     return ModelConfig(
         vocab_size=cfg.data.vocab_size,
         decoder=decoder,
@@ -184,11 +184,11 @@ def encoder_tokenizer_path(cfg) -> str:
     try:
         path = resolve_path(path)
     except (ModuleNotFoundError, FileNotFoundError) as e:
-        raise ValueError(f"model.text_encoder.tokenizer: {e}") from None
+        raise ConfigError(f"model.text_encoder.tokenizer: {e}") from None
     if os.path.isdir(path):
         path = os.path.join(path, "tokenizer.json")
     if not os.path.isfile(path):
-        raise ValueError(f"model.text_encoder.tokenizer: {path} is not a tokenizer.json file")
+        raise ConfigError(f"model.text_encoder.tokenizer: {path} is not a tokenizer.json file")
     return path
 
 
@@ -201,7 +201,7 @@ def span_encoding(cfg, tok):
     enc = RetokenizedEncoding(path, tok, cfg.model.text_encoder.max_len)
     want = cfg.model.text_encoder.vocab_size
     if want != enc.vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"model.text_encoder.tokenizer {path} has {enc.vocab_size} tokens but "
             f"model.text_encoder.vocab_size={want}"
         )
