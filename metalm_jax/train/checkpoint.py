@@ -30,7 +30,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from metalm_jax.train.checkpoint_digest import compare, digests
+from metalm_jax.train.checkpoint_digest import compare, compare_part, digests
 from metalm_jax.types import CheckpointError
 
 
@@ -48,6 +48,9 @@ class _FrozenIteratorState:
 # and what decides the optimizer state's structure (which groups exist and what they hold).
 SHAPE_KEYS = ("model", "data.vocab_size", "data.seq_len", "spans.enc_length")
 OPTIMIZER_KEYS = ("optim.name", "optim.frozen", "optim.lr_multipliers", "optim.clip_norm")
+# Of those, the keys that decide the parameters' shapes (the others shape batches): what
+# loading parameters for inference checks, so a run evaluates on rows of another length.
+PARAM_KEYS = ("model", "data.vocab_size")
 
 
 def _structure(key: str, value):
@@ -87,6 +90,98 @@ def _reason(e: BaseException, step_dir: str) -> tuple[str | None, str]:
     m = re.search(re.escape(step_dir) + r"/[^\s'\",}]*", msg)
     short = msg if len(msg) <= 160 else msg[:157] + "..."
     return (m.group(0) if m else None), f"{type(e).__name__}: {short}"
+
+
+def check_shapes(saved: dict, config: dict, where: str, keys=SHAPE_KEYS) -> None:
+    """Raises CheckpointError naming every value under `keys` in `config` that differs from the
+    checkpoint's saved config `saved` (both dicts; keys one of them lacks are not compared)."""
+    diffs = []
+    for key in keys:
+        try:
+            diffs += _diff(_get(saved, key), _get(config, key), key)
+        except KeyError:
+            continue
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint {where} does not match this config: "
+            + "; ".join(f"{k}: checkpoint {o!r}, config {n!r}" for k, o, n in diffs[:8])
+            + " (use another --workdir or the checkpoint's config)"
+        )
+
+
+def _param_diffs(saved_meta: dict, abstract_params) -> list[str]:
+    """What keeps the saved parameters (array metadata) of the top-level modules that
+    `abstract_params` names from restoring into it: missing, extra or reshaped arrays."""
+    keystr = jax.tree_util.keystr
+    flat = jax.tree_util.tree_flatten_with_path
+    want = {keystr(p): tuple(x.shape) for p, x in flat(abstract_params)[0]}
+    mine = {k: saved_meta[k] for k in abstract_params if k in saved_meta}
+    have = {keystr(p): tuple(m.shape) for p, m in flat(mine)[0]}
+    out = [f"params{k}: not in the checkpoint" for k in want if k not in have]
+    out += [f"params{k}: in the checkpoint, not in this model" for k in have if k not in want]
+    out += [
+        f"params{k}: checkpoint {have[k]}, this model {want[k]}"
+        for k in want
+        if k in have and have[k] != want[k]
+    ]
+    return out
+
+
+def read_params(step_dir: str, abstract_params, step: int = -1):
+    """The `params` subtree of the train state saved in `step_dir` (a checkpoints/<step>
+    directory), restored into `abstract_params`' shardings; nothing else of the state is read
+    (Orbax partial restore), so the optimizer it was trained with does not matter.
+    `abstract_params` may name only some top-level modules (`init` from a run). The arrays read
+    are verified against the step's digests (when it has them).
+
+    Raises Unreadable (naming the file) if the step cannot be read or does not verify, and
+    CheckpointError naming the arrays if the saved parameters do not fit `abstract_params`."""
+    path = f"{step_dir}/state"
+    try:
+        meta = ocp.PyTreeCheckpointer().metadata(path)
+        meta = getattr(meta, "item_metadata", meta)
+        tree = meta if isinstance(meta, dict) else meta.tree
+        saved = tree["params"]
+    except Exception as e:  # noqa: BLE001 -- any read failure means: fall back
+        file, reason = _reason(e, step_dir)
+        raise Unreadable(step, file or path, reason) from e
+    bad = _param_diffs(saved, abstract_params)
+    if bad:
+        more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
+        raise CheckpointError(
+            f"checkpoint {step_dir}: its parameters do not fit this config's model: "
+            + "; ".join(bad[:6])
+            + more
+            + " (use the run's own config, or its model section)"
+        )
+    saved_digests = None  # steps saved before digests existed are not verified
+    if (epath.Path(step_dir) / "digest").exists():
+        try:
+            saved_digests = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+                f"{step_dir}/digest"
+            )
+        except Exception as e:  # noqa: BLE001
+            file, reason = _reason(e, step_dir)
+            raise Unreadable(step, file or f"{step_dir}/digest", reason) from e
+    target = {"params": abstract_params}
+    try:
+        params = ocp.PyTreeCheckpointer().restore(
+            path,
+            args=ocp.args.PyTreeRestore(
+                item=target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True,
+            ),
+        )["params"]
+    except Exception as e:  # noqa: BLE001
+        file, reason = _reason(e, step_dir)
+        raise Unreadable(step, file or path, reason) from e
+    if saved_digests is not None:
+        # the saved digests are keyed by the TrainState's paths (.params[...])
+        bad = compare_part(saved_digests, digests(params, prefix=".params"))
+        if bad:
+            raise Unreadable(step, path, bad)
+    return params
 
 
 class Checkpointer:
@@ -257,6 +352,47 @@ class Checkpointer:
             multihost_utils.sync_global_devices("checkpoints set aside")
         self.manager.reload()
         log(f"== moved newer steps {sorted(steps)} to {aside}/ (kept, not resumed from)")
+
+    def _step(self, step: int | None) -> int:
+        """`step`, or the newest if None; FileNotFoundError if there is no such step."""
+        steps = self.manager.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}: train first")
+        if step is not None and step not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint for step {step} in {self.directory} (have {sorted(steps)})"
+            )
+        return max(steps) if step is None else step
+
+    def saved_config(self, step: int | None = None) -> tuple[dict, int]:
+        """(the config saved with `step` (the newest if None), as a dict; that step).
+        FileNotFoundError if there is no such step, Unreadable if its config cannot be read."""
+        step = self._step(step)
+        saved = self._read(step, "config", ocp.args.JsonRestore())
+        if not isinstance(saved, dict):
+            raise Unreadable(step, f"{self.directory}/{step}/config", "not a JSON object")
+        return saved, step
+
+    def restore_params(self, abstract_params, step: int | None = None, log=print):
+        """(params, step): the parameters of `step` alone (read_params: no optimizer state is
+        read, any mesh), or with `step` None those of the newest step that reads and verifies,
+        each failure logged in one line (nothing is set aside: reading changes nothing).
+        FileNotFoundError if there is no such step; CheckpointError if none verifies or the
+        parameters do not fit `abstract_params`."""
+        self._step(step)
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        failed = []
+        for s in [step] if step is not None else steps:
+            try:
+                return read_params(f"{self.directory}/{s}", abstract_params, s), s
+            except Unreadable as e:
+                if step is not None:
+                    raise
+                failed.append(str(e))
+                log(f"== {e}; trying the previous step")
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} reads and verifies ({'; '.join(failed)})"
+        )
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -34,11 +34,12 @@ def _all_sums(tree):
     return jax.tree.map(_sums, tree)
 
 
-def digests(tree) -> dict:
-    """{"arrays": {path: [sum, weighted sum]}} for every array leaf of `tree` (JSON-able)."""
+def digests(tree, prefix: str = "") -> dict:
+    """{"arrays": {path: [sum, weighted sum]}} for every array leaf of `tree` (JSON-able);
+    `prefix` goes before each path (a subtree's paths as they are in the whole state's)."""
     sums = jax.device_get(_all_sums(tree))
     flat = jax.tree_util.tree_flatten_with_path(sums)[0]
-    return {"arrays": {jax.tree_util.keystr(p): [int(s[0]), int(s[1])] for p, s in flat}}
+    return {"arrays": {prefix + jax.tree_util.keystr(p): [int(s[0]), int(s[1])] for p, s in flat}}
 
 
 def compare(saved: dict, now: dict) -> str:
@@ -51,3 +52,13 @@ def compare(saved: dict, now: dict) -> str:
         return ""
     more = f" and {len(bad) - 2} more" if len(bad) > 2 else ""
     return f"digest mismatch in {len(bad)} array(s): {', '.join(bad[:2])}{more}"
+
+
+def compare_part(saved: dict, now: dict) -> str:
+    """compare() for part of a state (e.g. its parameters alone): each array of `now` against
+    the entry of `saved` under the same path; '' when all match."""
+    a = saved.get("arrays", {})
+    missing = [k for k in now["arrays"] if k not in a]
+    if missing:
+        return f"digest has no entry for {len(missing)} restored array(s): {', '.join(missing[:2])}"
+    return compare({"arrays": {k: a[k] for k in now["arrays"]}}, now)

@@ -7,7 +7,9 @@ Each entry names a source and what it provides:
   {"format": "orbax", "source": "runs/other", "target": "connector", "source_key": "connector"}
       an earlier run's workdir (latest step) or one of its checkpoints/<step> directories
 
-Applied once, to a freshly initialised state (a resumed run keeps its own weights). The
+Orbax sources are read params-only (train/checkpoint.read_params: the named sub-tree alone, its
+digests verified); this module sits in train/ because it reads checkpoints. Applied once, to a
+freshly initialised state (a resumed run keeps its own weights). The
 optimizer state needs no change (Adam's moments start at zero either way). Before anything is
 replaced every entry is converted and checked: architecture keys against the config
 (check_arch), every array against the target's shape (fit_tree). The console then lists, per
@@ -24,6 +26,7 @@ import numpy as np
 
 from metalm_jax.convert import check_arch, load_hf
 from metalm_jax.convert.common import ConversionError, fit_tree, flatten
+from metalm_jax.train.checkpoint import read_params
 
 # Config keys that define a stack's function; compared between an Orbax source run and this one.
 ARCH_KEYS = (
@@ -81,27 +84,19 @@ def orbax_saved_config(step_dir: str) -> dict:
 
 
 def _orbax_params(step_dir: str, key: str) -> dict:
-    """params/<key> of an Orbax TrainState checkpoint, as numpy (only that sub-tree is read)."""
-    import orbax.checkpoint as ocp
-
+    """params/<key> of an Orbax TrainState checkpoint, as numpy: a params-only partial restore
+    of that sub-tree alone (train/checkpoint.read_params), its digests verified."""
     path = os.path.join(step_dir, "state")
     params = orbax_param_metadata(step_dir)
     if key not in params:
         raise ConversionError(f"{path}: no params/{key} (it has {sorted(params)})")
-    device = jax.local_devices()[0]
-    sharding = jax.sharding.SingleDeviceSharding(device)
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), params[key]
     )
-    restored = ocp.PyTreeCheckpointer().restore(
-        path,
-        args=ocp.args.PyTreeRestore(
-            item={"params": {key: target}},
-            restore_args=ocp.checkpoint_utils.construct_restore_args({"params": {key: target}}),
-            partial_restore=True,
-        ),
-    )
-    return jax.tree.map(np.asarray, restored["params"][key])
+    name = os.path.basename(step_dir)
+    restored = read_params(step_dir, {key: target}, int(name) if name.isdigit() else -1)
+    return jax.tree.map(np.asarray, restored[key])
 
 
 def _check_orbax_arch(cfg, step_dir: str, target: str, source_key: str) -> None:

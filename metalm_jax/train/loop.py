@@ -16,7 +16,6 @@ import time
 
 import jax
 
-from metalm_jax.convert.init_from import apply_init
 from metalm_jax.data import pipeline, vl_pipeline
 from metalm_jax.eval.evaluators import run_evals
 from metalm_jax.eval.generation import generate_with
@@ -28,6 +27,7 @@ from metalm_jax.train import metrics as mlib
 from metalm_jax.train.checkpoint import Checkpointer
 from metalm_jax.train.finetune import check_frozen_loaded, prepare_config
 from metalm_jax.train.guard import NonFiniteError, NonFiniteGuard
+from metalm_jax.train.init_from import apply_init
 from metalm_jax.train.optimizer import schedule
 from metalm_jax.train.preemption import Stopped, StopSignals
 from metalm_jax.train.step import all_finite

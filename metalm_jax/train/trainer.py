@@ -3,7 +3,9 @@
 State is created already sharded: abstract init (`jax.eval_shape`) -> logical partition specs
 -> mesh shardings through the config's rules -> `jit(init, out_shardings=...)`. The train step
 is one `jax.jit` with in/out shardings and the state donated. Used by the loop and by tests that
-compare meshes.
+compare meshes. Inference (eval/load.py) builds only the part without an optimizer:
+`build_inference` -> `Inference` (model, parameter and batch shardings, jitted held-out loss), of
+which `Trainer` is the extension.
 """
 
 from __future__ import annotations
@@ -26,18 +28,17 @@ from metalm_jax.train.step import TrainState, eval_step, train_step
 from metalm_jax.types import Batch, SlotBank
 
 
-@dataclasses.dataclass
-class Trainer:
+@dataclasses.dataclass(kw_only=True)
+class Inference:
+    """What scoring and generation need on one mesh: the model, parameter and batch shardings,
+    the jitted held-out loss. No optimizer (eval/load.py builds this, not a Trainer)."""
+
     model: MetaLM
-    tx: optax.GradientTransformation
     mesh: Any
-    state_sharding: TrainState
+    param_sharding: Any
     batch_sharding: Any
-    abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
-    init: Any  # jitted: rng -> sharded TrainState
-    step: Any  # jitted: (state, Batch) -> (state, metrics); donates the state
+    abstract_params: Any  # ShapeDtypeStructs carrying their shardings
     eval: Any  # jitted: (params, Batch) -> {loss_sum, weight}
-    groups: dict
     bank: SlotBank | None = None  # what slot_index points into (None: no encoder reads slots)
     derived: Derived | None = None  # the run's derived configs, when built from them
 
@@ -53,6 +54,18 @@ class Trainer:
         )
 
 
+@dataclasses.dataclass(kw_only=True)
+class Trainer(Inference):
+    """An Inference plus the optimizer, the train state's shardings and the jitted steps."""
+
+    tx: optax.GradientTransformation
+    state_sharding: TrainState
+    abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
+    init: Any  # jitted: rng -> sharded TrainState
+    step: Any  # jitted: (state, Batch) -> (state, metrics); donates the state
+    groups: dict
+
+
 def _with_rules(fn, rules):
     """Traces `fn` inside the logical-axis rules, so activation constraints take effect."""
 
@@ -64,19 +77,10 @@ def _with_rules(fn, rules):
     return wrapped
 
 
-def build_trainer(cfg, mesh, derived: Derived | None = None) -> Trainer:
-    """The Trainer of `cfg` on `mesh`; `derived`: model/build.derive(cfg, tok), when the caller
-    derived it already (it is kept on the Trainer for the evaluators)."""
+def build_inference(cfg, mesh, derived: Derived | None = None) -> Inference:
+    """The Inference of `cfg` on `mesh` (no optimizer is built); `derived`:
+    model/build.derive(cfg, tok), when the caller derived it already (kept for the evaluators)."""
     rules = cfg.mesh.rules
-    rows = meshlib.batch_sharding(mesh, rules).num_devices // int(mesh.shape["tensor"])
-    if cfg.train.batch_size % (rows * cfg.train.grad_accum_steps):
-        raise ValueError(
-            f"train.batch_size={cfg.train.batch_size} must divide into "
-            f"train.grad_accum_steps={cfg.train.grad_accum_steps} microbatches split over the "
-            f"{rows} data x fsdp devices of mesh {dict(mesh.shape)}"
-        )
-    if cfg.train.nonfinite not in ("stop", "skip"):
-        raise ValueError(f'train.nonfinite={cfg.train.nonfinite!r}: use "stop" or "skip"')
     mc = derived.model if derived is not None else model_config(cfg)
     layout = derived.layout if derived is not None else image_layout(cfg, mc)
     model = MetaLM(mc)
@@ -87,10 +91,44 @@ def build_trainer(cfg, mesh, derived: Derived | None = None) -> Trainer:
     elif mc.text_encoder is not None:
         bank = SlotBank(cfg.spans.enc_length)
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), example)["params"])
-    abs_params = nn.unbox(boxed)
+    param_sh = meshlib.logical_shardings(boxed, mesh, rules)
+    batch_sh = meshlib.batch_sharding(mesh, rules)
+    return Inference(
+        model=model,
+        mesh=mesh,
+        param_sharding=param_sh,
+        batch_sharding=batch_sh,
+        abstract_params=abstract_with_shardings(nn.unbox(boxed), param_sh),
+        eval=jax.jit(
+            _with_rules(functools.partial(eval_step, model=model), meshlib.rules_tuple(rules)),
+            in_shardings=(param_sh, batch_sh),
+            out_shardings=meshlib.replicated(mesh),
+        ),
+        bank=bank,
+        derived=derived,
+    )
+
+
+def build_trainer(cfg, mesh, derived: Derived | None = None) -> Trainer:
+    """The Trainer of `cfg` on `mesh`: build_inference's parts, then the optimizer, the state's
+    shardings and the jitted init and train step."""
+    rules = cfg.mesh.rules
+    rows = meshlib.batch_sharding(mesh, rules).num_devices // int(mesh.shape["tensor"])
+    if cfg.train.batch_size % (rows * cfg.train.grad_accum_steps):
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} must divide into "
+            f"train.grad_accum_steps={cfg.train.grad_accum_steps} microbatches split over the "
+            f"{rows} data x fsdp devices of mesh {dict(mesh.shape)}"
+        )
+    if cfg.train.nonfinite not in ("stop", "skip"):
+        raise ValueError(f'train.nonfinite={cfg.train.nonfinite!r}: use "stop" or "skip"')
+    inf = build_inference(cfg, mesh, derived)
+    model, param_sh, batch_sh = inf.model, inf.param_sharding, inf.batch_sharding
+    layout = inf.derived.layout if inf.derived is not None else image_layout(cfg, model.cfg)
+    example = dummy_batch(1, cfg.data.seq_len, cfg.spans.enc_length, layout)
+    abs_params = inf.abstract_params
     tx, groups = make_optimizer(cfg.optim, cfg.train.steps, abs_params)
 
-    param_sh = meshlib.logical_shardings(boxed, mesh, rules)
     repl = meshlib.replicated(mesh)
     masked = lambda x: isinstance(x, optax.MaskedNode)  # frozen groups hold no state
     opt_sh = optax.tree_map_params(
@@ -102,7 +140,6 @@ def build_trainer(cfg, mesh, derived: Derived | None = None) -> Trainer:
         is_leaf=masked,
     )
     state_sh = TrainState(step=repl, params=param_sh, opt_state=opt_sh)
-    batch_sh = meshlib.batch_sharding(mesh, rules)
 
     def init_state(rng):
         params = nn.unbox(model.init(rng, example)["params"])
@@ -121,11 +158,9 @@ def build_trainer(cfg, mesh, derived: Derived | None = None) -> Trainer:
         skip_nonfinite=cfg.train.nonfinite == "skip",
     )
     return Trainer(
-        model=model,
+        **{f.name: getattr(inf, f.name) for f in dataclasses.fields(Inference)},
         tx=tx,
-        mesh=mesh,
         state_sharding=state_sh,
-        batch_sharding=batch_sh,
         abstract_state=abstract,
         init=jax.jit(init_state, out_shardings=state_sh),
         step=jax.jit(
@@ -134,12 +169,5 @@ def build_trainer(cfg, mesh, derived: Derived | None = None) -> Trainer:
             out_shardings=(state_sh, repl),
             donate_argnums=0,
         ),
-        eval=jax.jit(
-            _with_rules(functools.partial(eval_step, model=model), meshlib.rules_tuple(rules)),
-            in_shardings=(param_sh, batch_sh),
-            out_shardings=repl,
-        ),
         groups=groups,
-        bank=bank,
-        derived=derived,
     )
