@@ -48,6 +48,7 @@ def model_config(cfg) -> ModelConfig:
         scan=dec.scan,
         remat=dec.remat,
     )
+        attention=m.attention,
     if cfg.data.seq_len > dec.max_len:
         raise ConfigError(
             f"data.seq_len={cfg.data.seq_len} exceeds model.decoder.max_len={dec.max_len}"
@@ -72,6 +73,7 @@ def model_config(cfg) -> ModelConfig:
             scan=e.scan,
             remat=e.remat,
             embed_dim=e.embed_dim,
+            attention=m.attention,
             **_arch(e),
         )
         if e.vocab_size and e.vocab_size != cfg.data.vocab_size and not e.tokenizer:
@@ -118,6 +120,7 @@ def model_config(cfg) -> ModelConfig:
             scan=v.scan,
             remat=v.remat,
             **_arch(v),
+            attention=m.attention,
         )
         vision = VisionConfig(
             stack=stack,

@@ -34,7 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metalm_jax.model.masks import MASK_VALUE, cache_attention_mask
+from metalm_jax.model.attention import BACKENDS, attend, dense_attention, resolve
+from metalm_jax.model.masks import SegmentMask, cache_attention_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,7 @@ class TransformerConfig:
     experts: bool = False  # VLMo-style modality experts: separate MLPs for text / image positions
     scan: bool = False  # nn.scan over layers (one compiled block; params stacked on "layers")
     remat: str = "none"  # none | minimal | full | a name in jax.checkpoint_policies
+    attention: str = "auto"  # dense | blockwise | splash | cudnn | auto (model/attention.py)
 
     def __post_init__(self):
         if self.d_model % self.num_heads:
@@ -70,6 +72,10 @@ class TransformerConfig:
             raise ValueError(f"norm must be deepnorm|post|pre, got {self.norm!r}")
         if self.positions not in ("sinusoidal", "learned"):
             raise ValueError(f"positions must be sinusoidal|learned, got {self.positions!r}")
+        if self.attention not in BACKENDS:
+            raise ValueError(
+                f"model.attention={self.attention!r}: use one of {' | '.join(BACKENDS)}"
+            )
         activation_fn(self.activation)  # fails early on an unknown name
 
     @property
@@ -209,8 +215,10 @@ class RelativePositionBias(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention (dense reference path) over a boolean mask and optional bias.
+    """Multi-head self-attention over a mask and an optional float32[B, N, L, S] bias.
 
+    `mask` is a boolean [B, 1, L, S] array (the dense reference path) or a masks.SegmentMask,
+    which `backend` (model/attention.py, chosen once per stack) computes without [L, S] arrays.
     With `decode`, keys and values are kept in the "cache" collection (initialised at the full
     decoding length by `model.init`) and each call appends its T new positions at the cache
     index; `mask` is then bool[B, T], which new positions are real (left padding is not), and
@@ -219,6 +227,7 @@ class Attention(nn.Module):
 
     cfg: TransformerConfig
     decode: bool = False
+    backend: str = "dense"
 
     @nn.compact
     def __call__(self, x, mask, bias=None, *, deterministic: bool = True):
@@ -241,12 +250,10 @@ class Attention(nn.Module):
         v = proj("value", cfg.qkv_gain * cfg.beta)
         if self.decode:
             k, v, mask = self._cached(k, v, mask)
-        logits = jnp.einsum("BLNH,BSNH->BNLS", q, k).astype(jnp.float32) / math.sqrt(H)
-        if bias is not None:
-            logits = logits + bias
-        logits = jnp.where(mask, logits, MASK_VALUE)
-        probs = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("BNLS,BSNH->BLNH", probs.astype(dt), v)
+        if isinstance(mask, SegmentMask):
+            out = attend(self.backend, q, k, v, mask, bias)
+        else:
+            out = dense_attention(q, k, v, mask, bias)
         wo = self.param(
             "out", param(xavier(cfg.beta, (0, 1), 2), "heads", "kv", "embed"), (N, H, D)
         )
@@ -297,6 +304,7 @@ class Block(nn.Module):
     cfg: TransformerConfig
     deterministic: bool = True
     decode: bool = False
+    backend: str = "dense"  # attention backend (Stack resolves it)
 
     def _mlp(self, x, modality):
         cfg, det = self.cfg, self.deterministic
@@ -310,7 +318,7 @@ class Block(nn.Module):
     def __call__(self, x, mask, bias=None, modality=None):
         cfg, det = self.cfg, self.deterministic
         drop = nn.Dropout(cfg.dropout)
-        attn = Attention(cfg, self.decode, name="attention")
+        attn = Attention(cfg, self.decode, self.backend, name="attention")
         if cfg.norm == "pre":
             h = attn(layer_norm("ln_attention", cfg.ln_eps)(x), mask, bias, deterministic=det)
             x = x + drop(h, deterministic=det)
@@ -358,6 +366,10 @@ class Stack(nn.Module):
     groups can freeze single layers. With `cfg.scan` they are one nn.scan named `layers` whose
     parameters carry a leading "layers" axis: one compiled block, much faster to compile.
     `cfg.remat` wraps the block in jax.checkpoint with the chosen policy.
+
+    `mask`: a masks.SegmentMask for full sequences (the attention backend `cfg.attention`
+    is resolved here, once for all layers, and the dense one gets the boolean mask built
+    once), or while decoding the bool[B, T] validity of the new positions (dense, KV cache).
     """
 
     cfg: TransformerConfig
@@ -368,6 +380,12 @@ class Stack(nn.Module):
     ):
         cfg = self.cfg
         policy = remat_policy(cfg.remat)
+        backend = "dense"
+        if isinstance(mask, SegmentMask):
+            where = "/".join(self.scope.path) or "stack"
+            backend = resolve(cfg.attention, where, mask, bias is not None, cfg)
+            if backend == "dense":
+                mask = mask.dense()
         if cfg.scan:
             block = _ScannedBlock
             if policy is not None:
@@ -380,11 +398,15 @@ class Stack(nn.Module):
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = scanned(cfg, deterministic, decode, name="layers")(x, mask, bias, modality)
+            x, _ = scanned(cfg, deterministic, decode, backend, name="layers")(
+                x, mask, bias, modality
+            )
         else:
             block = Block if policy is None else nn.remat(Block, policy=policy)
             for i in range(cfg.num_layers):
-                x = block(cfg, deterministic, decode, name=f"layers_{i}")(x, mask, bias, modality)
+                x = block(cfg, deterministic, decode, backend, name=f"layers_{i}")(
+                    x, mask, bias, modality
+                )
         if cfg.norm == "pre" and cfg.final_norm:
             x = layer_norm("ln_final", cfg.ln_eps)(x)
         return x

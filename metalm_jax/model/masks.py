@@ -17,10 +17,16 @@ loss). Worked example, segment_ids = [1 1 2 2 0], causal=True (1 = may attend):
     q 0:     . . . . .
 
 With causal=False the two 1-rows and the two 2-rows are full inside their own block.
+
+The fast attention kernels (model/attention.py) never see that [B, 1, L, S] array: the model
+hands the stacks a `SegmentMask`, the same facts kept structural (segment ids + causal flag),
+and only the dense backend expands it with `make_attention_mask`.
 """
 
 from __future__ import annotations
 
+import flax.struct
+import jax
 import jax.numpy as jnp
 
 MASK_VALUE = -1e9  # finite, so a fully masked (padding) row gives a uniform softmax, never NaN
@@ -39,6 +45,30 @@ def make_attention_mask(q_segment_ids, kv_segment_ids, causal: bool):
         length, s = q_segment_ids.shape[1], kv_segment_ids.shape[1]
         mask &= jnp.arange(length)[:, None] >= jnp.arange(s)[None, :]
     return mask[:, None, :, :]
+
+
+@flax.struct.dataclass
+class SegmentMask:
+    """A full-sequence self-attention mask kept structural: query l may attend to key s iff
+    segment_ids[l] == segment_ids[s] > 0 (and s <= l when `causal`).
+
+    segment_ids int32[B, L] (0 = padding). `packed` is what the data promises: False only when
+    every row holds one segment with its real positions first (padding, segment 0, at the
+    end), which a length-based kernel (cuDNN's padding mask) can express; True allows any
+    number of segments per row. `dense()` is the boolean mask the dense path uses.
+    """
+
+    segment_ids: jax.Array
+    causal: bool = flax.struct.field(pytree_node=False, default=False)
+    packed: bool = flax.struct.field(pytree_node=False, default=True)
+
+    def dense(self):
+        """bool[B, 1, L, L] (make_attention_mask)."""
+        return make_attention_mask(self.segment_ids, self.segment_ids, self.causal)
+
+    def lengths(self):
+        """int32[B]: real positions per row (meaningful when not `packed`)."""
+        return jnp.sum(self.segment_ids > 0, axis=1, dtype=jnp.int32)
 
 
 def cache_attention_mask(new_valid, cache_valid, index):

@@ -37,7 +37,7 @@ from metalm_jax.model.layers import (
     param,
     sinusoidal,
 )
-from metalm_jax.model.masks import make_attention_mask
+from metalm_jax.model.masks import SegmentMask
 from metalm_jax.model.vision import VisionConfig, VisionEncoder
 
 
@@ -90,7 +90,7 @@ class TextEncoder(nn.Module):
         x = finish_embeddings(self, cfg, x)
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
         bias = RelativePositionBias(cfg, name="rel_bias")(positions) if cfg.rel_bias else None
-        mask = make_attention_mask(segment_ids, segment_ids, causal=False)
+        mask = SegmentMask(segment_ids, causal=False)  # each span its own segment
         return Stack(cfg, name="stack")(x, mask, bias, deterministic=deterministic)
 
 
@@ -193,7 +193,7 @@ class MetaLM(nn.Module):
         if decode:
             mask = batch.segment_ids > 0
         else:
-            mask = make_attention_mask(batch.segment_ids, batch.segment_ids, causal=True)
+            mask = SegmentMask(batch.segment_ids, causal=True)
         h = self.decoder(x, mask, deterministic=deterministic, decode=decode)
         logits = self.embed.attend(h.astype(jnp.float32))
         return logits, {"decoder_out": h, "slot_bank": bank}

@@ -30,7 +30,7 @@ from metalm_jax.model.layers import (
     param,
     xavier,
 )
-from metalm_jax.model.masks import make_attention_mask
+from metalm_jax.model.masks import SegmentMask
 
 VIT_SIZES = {  # name -> (layers, width, heads, mlp)
     "Ti": (12, 192, 3, 768),
@@ -137,6 +137,8 @@ class VisionEncoder(nn.Module):
             valid = jnp.concatenate([valid, (prefix_mask > 0) & (image_valid[:, None] > 0)], 1)
             modality = jnp.concatenate([modality, jnp.zeros_like(prefix)], axis=1)
         x = nn.Dropout(st.dropout)(x, deterministic=deterministic)
-        seg = valid.astype(jnp.int32)  # one segment: the image and its prefix
-        mask = make_attention_mask(seg, seg, causal=False)
+        # one segment: the image and its prefix, real positions first (the prefix is
+        # right-padded): not packed, so cuDNN's padding mask can express it
+        seg = valid.astype(jnp.int32)
+        mask = SegmentMask(seg, causal=False, packed=False)
         return Stack(st, name="stack")(x, mask, None, modality, deterministic=deterministic)
