@@ -10,7 +10,6 @@ The workdir supplies the run's SentencePiece model (trained at the run's first s
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 
@@ -23,20 +22,18 @@ def main():
     args = ap.parse_args()
 
     from metalm_jax.config import load_config_file
-    from metalm_jax.data import pipeline
+    from metalm_jax.data import pipeline, tokenizer
     from metalm_jax.data.spans import build_example, sample_spans
-    from metalm_jax.data.tokenizer import Tokenizer
     from metalm_jax.model.build import span_config, span_encoding
 
     cfg = load_config_file(args.config)
-    with open(os.path.join(args.workdir, "tokenizer.model"), "rb") as f:
-        tok = Tokenizer(f.read())
-    spans_cfg = span_config(cfg)
+    tok = tokenizer.saved(args.workdir, cfg.data.tokenizer_path)
+    spans_cfg = span_config(cfg, tok.ids)
     enc = span_encoding(cfg, tok)
     rng = np.random.default_rng(0)
     docs = pipeline._documents(cfg, "validation", tok, (0, 1), None).to_iter_dataset()
     s = dict(rows=0, sampled=0, encoded=0, span_tokens=0, slots=0, enc=0, text_in=0, text_out=0)
-    for row in pipeline.PackIterDataset(docs, cfg.data.seq_len):
+    for row in pipeline.PackIterDataset(docs, cfg.data.seq_len, tok.ids):
         if s["rows"] == args.rows:
             break
         spans = sample_spans(row["segment_ids"], rng, spans_cfg)

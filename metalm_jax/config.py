@@ -70,8 +70,11 @@ def base_config() -> ml_collections.ConfigDict:
     d.text_key = "text"  # with name=files: JSONL field holding the document text
     d.validation_fraction = 0.02  # with name=files: share of documents held out
     d.tfds_data_dir = ""  # where TFDS writes prepared corpora ("" = ~/tensorflow_datasets)
-    d.tokenizer_path = ""  # a SentencePiece .model to use ("" = train one, cached in workdir)
-    d.vocab_size = 4096  # SentencePiece vocabulary (decoder and text encoder share it)
+    # the decoder's tokenizer: a SentencePiece .model or a Hugging Face tokenizer.json (e.g.
+    # GPT-2's; copied into the workdir), or a directory holding one; "" = the tokenizer.json
+    # beside an hf_gpt2 `init` source, else a SentencePiece trained and cached in the workdir
+    d.tokenizer_path = ""
+    d.vocab_size = 4096  # the decoder's vocabulary (a text encoder without its own shares it)
     d.seq_len = 256  # decoder row length L
     d.seed = 0  # shuffling and span sampling
 

@@ -6,11 +6,13 @@ model.safetensors):
 
 Loads the run's parameters (eval/load.py) and writes them with convert/gpt2.export; a decoder a
 GPT-2 cannot express (DeepNorm, sinusoidal positions, ...) is an error naming the config keys.
+A run with a Hugging Face tokenizer.json (e.g. GPT-2's own) gets it copied beside the weights.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 
 
 def export_run(workdir: str, out_dir: str, step: int | None = None) -> str:
@@ -21,7 +23,10 @@ def export_run(workdir: str, out_dir: str, step: int | None = None) -> str:
     if not os.path.isdir(workdir):  # load_run would create checkpoints/ there
         raise FileNotFoundError(f"{workdir}: no such run directory")
     cfg, tok, _, params = load.load_run(workdir, step)
-    note = export(params, cfg, out_dir)
+    note = export(params, cfg, out_dir, tok.ids)
+    if tok.kind == "json":
+        shutil.copyfile(tok.source, os.path.join(out_dir, "tokenizer.json"))
+        return f"{note}\ntokenizer: the run's {tok.source}, copied as tokenizer.json"
     return (
         f"{note}\ntokenizer: the run's SentencePiece model {tok.source} (not GPT-2's BPE, and not "
         "exported): encode with it and pass the ids"

@@ -72,6 +72,25 @@ def write_kjv_jsonl(path: str, n_chapters: int = 60) -> str:
     return path
 
 
+def write_byte_bpe(path: str, texts, vocab_size: int = 320) -> str:
+    """A GPT-2-shaped byte-level BPE tokenizer.json trained offline on `texts` (strings): the
+    256 byte symbols and merges, then <|endoftext|> as the last id (where GPT-2 has it)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 1,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(texts, trainer)
+    tk.add_special_tokens(["<|endoftext|>"])
+    tk.save(path)
+    return path
+
+
 def random_rows(n: int, seq_len: int, vocab: int, seed: int = 0, docs_per_row: int = 2):
     """Packed-looking rows: `docs_per_row` segments per row, tokens >= 5 (no special ids)."""
     rng = np.random.default_rng(seed)

@@ -285,7 +285,9 @@ def test_export_run_exports_the_loaded_run(tmp_path, monkeypatch):
 
     cfg = _gpt2_shaped_cfg()
     _, params = _random_params(cfg)
-    tok = SimpleNamespace(source="run/tokenizer.model")
+    from metalm_jax.data.tokenizer import SENTENCEPIECE_IDS
+
+    tok = SimpleNamespace(source="run/tokenizer.model", kind="sentencepiece", ids=SENTENCEPIECE_IDS)
     calls = []
 
     def fake_load_run(workdir, step=None):

@@ -204,9 +204,12 @@ class _Taker:
             raise ConversionError(f"{self.where}: parameters a GPT-2 has no place for: {extra}")
 
 
-def gpt2_config(cfg) -> dict:
-    """The config.json of the exported GPT2LMHeadModel."""
-    from metalm_jax.data.tokenizer import BOS_ID, EOD_ID, PAD_ID
+def gpt2_config(cfg, ids=None) -> dict:
+    """The config.json of the exported GPT2LMHeadModel; `ids`: the run tokenizer's special ids
+    (data/tokenizer.SpecialIds; None: SentencePiece's)."""
+    from metalm_jax.data.tokenizer import SENTENCEPIECE_IDS
+
+    ids = ids or SENTENCEPIECE_IDS
 
     dec = cfg.model.decoder
     return {
@@ -230,16 +233,17 @@ def gpt2_config(cfg) -> dict:
         "add_cross_attention": False,
         "tie_word_embeddings": True,
         "use_cache": True,
-        "bos_token_id": BOS_ID,  # our SentencePiece ids: <s>, </d> ends a document, <pad>
-        "eos_token_id": EOD_ID,
-        "pad_token_id": PAD_ID,
+        "bos_token_id": ids.bos,  # the run tokenizer's <s>, </d> (ends a document), <pad>
+        "eos_token_id": ids.doc_end,
+        "pad_token_id": ids.pad,
         "dtype": "float32",
     }
 
 
-def export(params: dict, cfg, out_dir: str) -> str:
+def export(params: dict, cfg, out_dir: str, ids=None) -> str:
     """Writes our decoder (embed, pos_embed, decoder) as a Hugging Face GPT2LMHeadModel
     directory (config.json + model.safetensors); returns a note naming what was left out.
+    `ids`: the run tokenizer's special ids for config.json (None: SentencePiece's).
 
     `params` are MetaLM's (unboxed; decoder unrolled or scanned), `cfg` the experiment config.
     The LM head is tied to wte, as transformers saves GPT-2 (no lm_head.weight is written).
@@ -299,7 +303,7 @@ def export(params: dict, cfg, out_dir: str) -> str:
         metadata={"format": "pt"},
     )
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(gpt2_config(cfg), f, indent=2)
+        json.dump(gpt2_config(cfg, ids), f, indent=2)
     left_out = sorted(set(params) - {"embed", "pos_embed", "decoder"})
     note = f"wrote {out_dir}: GPT-2, {L} layers x {D} wide, vocabulary {V}, {P} positions"
     if left_out:

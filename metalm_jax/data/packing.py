@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from metalm_jax.data.tokenizer import BOS_ID, PAD_ID
+from metalm_jax.data.tokenizer import SENTENCEPIECE_IDS, SpecialIds
 
 
 def split_long(sentences: list[np.ndarray], max_len: int) -> list[np.ndarray]:
@@ -43,11 +43,17 @@ class SentencePacker:
     data iterator can checkpoint it exactly without saving any buffered tokens.
     """
 
-    def __init__(self, length: int, next_doc: Callable[[], list[np.ndarray]]):
+    def __init__(
+        self,
+        length: int,
+        next_doc: Callable[[], list[np.ndarray]],
+        ids: SpecialIds = SENTENCEPIECE_IDS,
+    ):
         if length < 2:
             raise ValueError(f"packing length must be >= 2, got {length}")
         self.length = length
         self._next_doc = next_doc
+        self.ids = ids  # the tokenizer's: <s> starts each segment, <pad> fills
         self.doc: list[np.ndarray] | None = None
         self.sent_idx = 0
 
@@ -60,7 +66,7 @@ class SentencePacker:
 
     def next_row(self) -> dict[str, np.ndarray]:
         L = self.length
-        tokens = np.full(L, PAD_ID, np.int32)
+        tokens = np.full(L, self.ids.pad, np.int32)
         seg = np.zeros(L, np.int32)
         pos = np.zeros(L, np.int32)
         n, seg_id, seg_start, open_segment = 0, 0, 0, False
@@ -82,7 +88,7 @@ class SentencePacker:
             if not open_segment:
                 seg_id += 1
                 seg_start = n
-                tokens[n] = BOS_ID
+                tokens[n] = self.ids.bos
                 seg[n] = seg_id
                 n += 1
                 open_segment = True

@@ -21,11 +21,11 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from metalm_jax.data import corpora, vl_pipeline
+from metalm_jax.data import corpora, tokenizer, vl_pipeline
 from metalm_jax.data.packing import SentencePacker
 from metalm_jax.data.rows import RowFormat
 from metalm_jax.data.spans import semi_causal_example
-from metalm_jax.data.tokenizer import Tokenizer, load_or_train
+from metalm_jax.data.tokenizer import JsonTokenizer, SpecialIds, Tokenizer
 from metalm_jax.data.vl import ImageLayout, empty_image_fields
 from metalm_jax.types import DataError
 
@@ -34,10 +34,10 @@ class _PackDatasetIterator(grain.DatasetIterator):
     """Packs tokenized documents into rows; state = (parent state before the current document,
     sentence index inside it), so no buffered tokens need saving."""
 
-    def __init__(self, parent: grain.DatasetIterator, length: int):
+    def __init__(self, parent: grain.DatasetIterator, length: int, ids: SpecialIds):
         super().__init__(parent)
         self._doc_state = parent.get_state()
-        self._packer = SentencePacker(length, self._fetch)
+        self._packer = SentencePacker(length, self._fetch, ids)
 
     def _fetch(self):
         self._doc_state = self._parent.get_state()
@@ -62,20 +62,22 @@ class _PackDatasetIterator(grain.DatasetIterator):
 
 
 class PackIterDataset(grain.IterDataset):
-    """grain IterDataset of packed rows {tokens, segment_ids, positions}, each int32[L]."""
+    """grain IterDataset of packed rows {tokens, segment_ids, positions}, each int32[L];
+    `ids`: the tokenizer's special ids (<s> starts a segment, <pad> fills)."""
 
-    def __init__(self, parent: grain.IterDataset, length: int):
+    def __init__(self, parent: grain.IterDataset, length: int, ids: SpecialIds):
         super().__init__(parent)
         self._length = length
+        self._ids = ids
 
     def __iter__(self):
-        return _PackDatasetIterator(self._parent.__iter__(), self._length)
+        return _PackDatasetIterator(self._parent.__iter__(), self._length, self._ids)
 
 
-def build_tokenizer(cfg, workdir: str) -> Tokenizer:
-    """Loads cfg.data.tokenizer_path, or the workdir's cached model, or trains one on `train`."""
-    import os
-
+def build_tokenizer(cfg, workdir: str) -> Tokenizer | JsonTokenizer:
+    """The run's decoder tokenizer (data/tokenizer.for_run): cfg.data.tokenizer_path or the
+    tokenizer.json of an hf_gpt2 `init` source, else the workdir's saved one, else a
+    SentencePiece trained on `train`."""
     builder = corpora.make_builder(cfg.data, cfg.data.tfds_data_dir or None)
 
     def texts():
@@ -85,12 +87,8 @@ def build_tokenizer(cfg, workdir: str) -> Tokenizer:
         if cfg.images.enabled:
             yield from vl_pipeline.captions(cfg)
 
-    return load_or_train(
-        os.path.join(workdir, "tokenizer.model"),
-        texts,
-        cfg.data.vocab_size,
-        cfg.data.tokenizer_path or None,
-    )
+    path = tokenizer.configured_path(cfg.data.tokenizer_path, cfg.init)
+    return tokenizer.for_run(workdir, path, texts, cfg.data.vocab_size)
 
 
 def _documents(cfg, split: str, tok: Tokenizer, shard: tuple[int, int], seed: int | None):
@@ -127,7 +125,7 @@ def text_rows(cfg, tok: Tokenizer, shard, fmt: RowFormat):
     docs = _documents(cfg, "train", tok, shard, seed).to_iter_dataset(
         grain.ReadOptions(num_threads=2, prefetch_buffer_size=64)
     )
-    ds = PackIterDataset(docs, cfg.data.seq_len)
+    ds = PackIterDataset(docs, cfg.data.seq_len, tok.ids)
     ds = ds.random_map(
         lambda row, rng: semi_causal_example(row, rng, spans, encoding), seed=seed + 1
     )
@@ -220,7 +218,7 @@ def eval_batches(
     rng = np.random.default_rng(int(cfg.data.seed) + 2)
     rows = []
     add_images = _with_images(fmt.layout)
-    for row in PackIterDataset(docs, cfg.data.seq_len):
+    for row in PackIterDataset(docs, cfg.data.seq_len, tok.ids):
         rows.append(add_images(semi_causal_example(row, rng, spans, encoding)))
         if len(rows) == batch_size * max_batches:
             break

@@ -44,7 +44,7 @@ import dataclasses
 import numpy as np
 
 from metalm_jax.data.spans import SharedEncoding, SpanConfig
-from metalm_jax.data.tokenizer import BOS_ID, PAD_ID
+from metalm_jax.data.tokenizer import SENTENCEPIECE_IDS, SpecialIds
 from metalm_jax.types import ConfigError, SlotBank
 
 
@@ -95,7 +95,11 @@ class RowFormat:
         """An empty RowBuilder for these rows (`seq_len`: another decoder length, e.g. an
         evaluation's)."""
         return RowBuilder(
-            seq_len or self.seq_len, self.spans.enc_length, self.encoding, self.layout
+            seq_len or self.seq_len,
+            self.spans.enc_length,
+            self.encoding,
+            self.layout,
+            ids=self.spans.ids,
         )
 
 
@@ -104,12 +108,21 @@ class RowBuilder:
     encoder grid of `enc_length`, and (with an ImageLayout) up to layout.images_per_row images.
 
     `encoding` turns an Enc piece's ids into encoder ids (data/spans.py: SharedEncoding by
-    default, RetokenizedEncoding for an encoder with its own tokenizer)."""
+    default, RetokenizedEncoding for an encoder with its own tokenizer); `ids`: the decoder
+    tokenizer's special ids (<s> starts each example, <pad> fills)."""
 
-    def __init__(self, seq_len: int, enc_length: int, encoding=None, layout=None):
+    def __init__(
+        self,
+        seq_len: int,
+        enc_length: int,
+        encoding=None,
+        layout=None,
+        ids: SpecialIds = SENTENCEPIECE_IDS,
+    ):
         self.seq_len = seq_len
         self.enc_length = enc_length
-        self.encoding = encoding or SharedEncoding(True)
+        self.ids = ids
+        self.encoding = encoding or SharedEncoding(True, ids)
         self.layout = layout
         self.bank = layout.bank if layout is not None else SlotBank(enc_length)
         self.examples: list[list[_Piece]] = []
@@ -139,7 +152,7 @@ class RowBuilder:
                 start = enc_off + first
                 enc_off += len(piece)
                 enc.append(piece)
-                tokens = ids if self.encoding.exact else np.full(m, PAD_ID, np.int32)
+                tokens = ids if self.encoding.exact else np.full(m, self.ids.pad, np.int32)
                 fits = enc_off <= self.enc_length  # else DoesNotFit below names the overrun
                 slots = self.bank.text_slots(start, m) if fits else np.full(m, -1, np.int32)
                 out.append(_Piece(tokens, slots, False))
@@ -161,7 +174,7 @@ class RowBuilder:
                         f"{lay.images_per_row} (images.images_per_row)"
                     )
                 slots = self.bank.image_slots(n_images + len(images), lay.image_slots + len(prefix))
-                tokens = np.concatenate([np.full(lay.image_slots, PAD_ID, np.int32), prefix])
+                tokens = np.concatenate([np.full(lay.image_slots, self.ids.pad, np.int32), prefix])
                 out.append(_Piece(tokens, slots, False))
                 images.append(p)
             else:
@@ -197,16 +210,16 @@ class RowBuilder:
     def row(self) -> dict:
         """The Batch row (dict of numpy arrays; image fields when there is a layout)."""
         L, Le = self.seq_len, self.enc_length
-        tokens = np.full(L, PAD_ID, np.int32)
+        tokens = np.full(L, self.ids.pad, np.int32)
         slots = np.full(L, -1, np.int32)
-        targets = np.full(L, PAD_ID, np.int32)
+        targets = np.full(L, self.ids.pad, np.int32)
         weights = np.zeros(L, np.float32)
         seg = np.zeros(L, np.int32)
         pos = np.zeros(L, np.int32)
         off = 0
         for k, pieces in enumerate(self.examples, 1):
             start = off
-            tokens[off] = BOS_ID
+            tokens[off] = self.ids.bos
             off += 1
             for p in pieces:
                 n = len(p.tokens)
@@ -219,7 +232,7 @@ class RowBuilder:
             seg[start:off] = k
             pos[start:off] = np.arange(off - start)
         self.bank.check(slots)  # cheap, and the model's gather would clip silently
-        enc_tokens = np.full(Le, PAD_ID, np.int32)
+        enc_tokens = np.full(Le, self.encoding.pad, np.int32)  # the encoder's own <pad>
         enc_seg = np.zeros(Le, np.int32)
         enc_pos = np.zeros(Le, np.int32)
         e = 0
@@ -253,9 +266,11 @@ class RowBuilder:
         return row
 
 
-def build_row(examples, seq_len: int, enc_length: int, encoding=None, layout=None) -> dict:
+def build_row(
+    examples, seq_len: int, enc_length: int, encoding=None, layout=None, ids=SENTENCEPIECE_IDS
+) -> dict:
     """All `examples` in one row, or DoesNotFit naming what runs over."""
-    b = RowBuilder(seq_len, enc_length, encoding, layout)
+    b = RowBuilder(seq_len, enc_length, encoding, layout, ids)
     for i, ex in enumerate(examples):
         if not b.add(ex):
             raise DoesNotFit(

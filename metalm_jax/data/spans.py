@@ -38,7 +38,7 @@ import dataclasses
 
 import numpy as np
 
-from metalm_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from metalm_jax.data.tokenizer import SENTENCEPIECE_IDS, SpecialIds
 from metalm_jax.types import ConfigError
 
 
@@ -50,6 +50,7 @@ class SpanConfig:
     enc_length: int = 640  # Le: encoder grid length per row (spans packed, each with its <s>)
     enc_bos: bool = True  # give each span a leading <s> in the encoder (PAPER.md §7)
     max_attempts: int = 64
+    ids: SpecialIds = SENTENCEPIECE_IDS  # the decoder tokenizer's (<pad> fills, <s> per span)
 
     def __post_init__(self):
         if not 1 <= self.min_len <= self.max_len:
@@ -115,35 +116,41 @@ def sample_spans(segment_ids: np.ndarray, rng: np.random.Generator, cfg: SpanCon
     return sorted(spans)
 
 
-def next_token_targets(tokens: np.ndarray, segment_ids: np.ndarray):
-    """Next-token targets and weights that never cross a segment; padding has weight 0."""
+def next_token_targets(
+    tokens: np.ndarray, segment_ids: np.ndarray, pad: int = SENTENCEPIECE_IDS.pad
+):
+    """Next-token targets and weights that never cross a segment; padding has weight 0 (and
+    the target `pad`, the tokenizer's <pad>)."""
     targets = np.zeros_like(tokens)
     targets[:-1] = tokens[1:]
     same = np.zeros(len(tokens), bool)
     same[:-1] = (segment_ids[1:] == segment_ids[:-1]) & (segment_ids[:-1] > 0)
-    return np.where(same, targets, PAD_ID).astype(np.int32), same.astype(np.float32)
+    return np.where(same, targets, pad).astype(np.int32), same.astype(np.float32)
 
 
 class SharedEncoding:
     """The text encoder reads the decoder's own token ids: a span x_s..x_{e-1} is encoded as
     [<s>] x_s..x_{e-1} and its slots are the encoder outputs at x_s..x_{e-1} (one per token,
-    so the decoder row keeps its length)."""
+    so the decoder row keeps its length). `ids`: the decoder tokenizer's special ids; its
+    <s> leads a span and its <pad> (`pad`) fills the encoder grid."""
 
     exact = True
 
-    def __init__(self, enc_bos: bool = True):
+    def __init__(self, enc_bos: bool = True, ids: SpecialIds = SENTENCEPIECE_IDS):
         self.enc_bos = enc_bos
+        self.bos = ids.bos
+        self.pad = ids.pad
 
     def __call__(self, ids: np.ndarray) -> tuple[np.ndarray, int]:
         """(encoder ids, index of the first slot's vector); slots = len(ids)."""
         if self.enc_bos:
-            return np.concatenate([[BOS_ID], ids]).astype(np.int32), 1
+            return np.concatenate([[self.bos], ids]).astype(np.int32), 1
         return np.asarray(ids, np.int32), 0
 
 
 class RetokenizedEncoding:
     """A pretrained encoder with its own tokenizer (a Hugging Face tokenizer.json, e.g. BERT
-    WordPiece): the span's text (decoded from the decoder's SentencePiece ids, paragraphs
+    WordPiece): the span's text (decoded from the decoder tokenizer's ids, paragraphs
     joined by the encoder's [SEP]) is tokenized again with the encoder's special tokens
     ([CLS] ... [SEP]) and every vector the encoder returns becomes a decoder slot, so a span
     of n decoder tokens may take m != n slots (DESIGN.md, slot bank). Spans longer than
@@ -169,13 +176,17 @@ class RetokenizedEncoding:
         sep_id = self.tokenizer.token_to_id("[SEP]")
         as_text = self.tokenizer.encode("[SEP]", add_special_tokens=False).ids
         self.sep = "[SEP]" if sep_id is not None and as_text == [sep_id] else ""
+        # the encoder grid's fill must be an id of the encoder's own vocabulary (the decoder's
+        # <pad> may lie past its embedding table)
+        pads = (self.tokenizer.token_to_id(t) for t in ("[PAD]", "<pad>"))
+        self.pad = next((i for i in pads if i is not None), 0)
         self.vocab_size = self.tokenizer.get_vocab_size()
 
     def text(self, ids: np.ndarray) -> str:
         """The span's text: paragraphs (split at </s>) decoded and joined by [SEP]."""
         parts, cur = [], []
         for i in ids:
-            if int(i) == EOS_ID:
+            if int(i) == self.decoder.eos:
                 parts.append(cur)
                 cur = []
             else:
@@ -203,13 +214,14 @@ def build_example(row: dict, spans, cfg: SpanConfig, encoding=None) -> dict:
     before; a span whose encoder ids do not fit the encoder grid, or whose slots would run past
     the row, stays text; what runs past the row's end is cut, a shorter row is padded.
     """
-    encoding = encoding or SharedEncoding(cfg.enc_bos)
+    pad = cfg.ids.pad
+    encoding = encoding or SharedEncoding(cfg.enc_bos, cfg.ids)
     tokens, seg = row["tokens"], row["segment_ids"]
     L = len(tokens)
-    targets, weights = next_token_targets(tokens, seg)
+    targets, weights = next_token_targets(tokens, seg, pad)
     # the rebuilt row as pieces of (tokens, slot_index, targets, loss_weights, segment_ids)
     parts: list[tuple] = []
-    enc_tokens = np.full(cfg.enc_length, PAD_ID, np.int32)
+    enc_tokens = np.full(cfg.enc_length, encoding.pad, np.int32)
     enc_seg = np.zeros(cfg.enc_length, np.int32)
     enc_pos = np.zeros(cfg.enc_length, np.int32)
 
@@ -234,11 +246,11 @@ def build_example(row: dict, spans, cfg: SpanConfig, encoding=None) -> dict:
         enc_seg[off : off + n] = k
         enc_pos[off : off + n] = np.arange(n)
         # only the last slot predicts x_e (Eq. 1); inner slots carry no loss
-        tgt = targets[s:e].copy() if encoding.exact else np.full(m, PAD_ID)
+        tgt = targets[s:e].copy() if encoding.exact else np.full(m, pad)
         tgt[-1] = targets[e - 1]
         w = np.zeros(m, np.float32)
         w[-1] = weights[e - 1]
-        slots_tok = tokens[s:e] if encoding.exact else np.full(m, PAD_ID)
+        slots_tok = tokens[s:e] if encoding.exact else np.full(m, pad)
         parts.append(
             (slots_tok, np.arange(off + first, off + first + m), tgt, w, np.full(m, seg[s]))
         )
@@ -246,7 +258,7 @@ def build_example(row: dict, spans, cfg: SpanConfig, encoding=None) -> dict:
         off += n
         prev = e
     text(prev, L)
-    fills = (PAD_ID, -1, PAD_ID, 0.0, 0)
+    fills = (pad, -1, pad, 0.0, 0)
     types = (np.int32, np.int32, np.int32, np.float32, np.int32)
     cols = []
     for i, (fill, dt) in enumerate(zip(fills, types, strict=True)):

@@ -21,19 +21,19 @@ import grain
 from metalm_jax.data import images as imlib
 from metalm_jax.data.rows import DoesNotFit, Enc, Image, Target, Text
 from metalm_jax.data.tasks import ImageInput, TaskExample
-from metalm_jax.data.tokenizer import EOS_ID, Tokenizer
+from metalm_jax.data.tokenizer import Tokenizer
 
 SEPARATOR = "</s>"
 
 
 def encode_prompt(tok: Tokenizer, text: str) -> list[int]:
-    """Text ids where each literal "</s>" is the </s> id (SentencePiece never produces control
-    ids from text)."""
+    """Text ids where each literal "</s>" is the tokenizer's </s> id (`tok.eos`: tokenizers
+    never produce control ids from text)."""
     parts = text.split(SEPARATOR)
     ids: list[int] = []
     for i, part in enumerate(parts):
         if i:
-            ids.append(EOS_ID)
+            ids.append(tok.eos)
         if part.strip():
             ids += tok.encode(part.strip())
     return ids
@@ -89,7 +89,7 @@ class ExampleEncoder:
         return pieces
 
     def target_ids(self, text: str) -> list[int]:
-        return encode_prompt(self.tok, text)[: self.max_target] + [EOS_ID]
+        return encode_prompt(self.tok, text)[: self.max_target] + [self.tok.eos]
 
     def pieces(self, ex: TaskExample, rng=None) -> list:
         """The training example: inputs, then Target(target </s>)."""

@@ -1,15 +1,28 @@
-"""SentencePiece tokenizer: trained on the training split at first use and cached, or loaded.
+"""The run's decoder tokenizer: an object the run carries, its special ids as attributes.
 
-Special ids are fixed so every stage can rely on them:
-  0 <pad>   1 <s> (start of sequence)   2 </s> (end of paragraph)   3 <unk>   4 </d> (end of doc)
+Two kinds, both with `encode`, `decode`, `encode_document`, `vocab_size`, `source`, `kind` and the
+special ids `pad`, `bos`, `eos`, `unk`, `doc_end` (`ids`: all five as a `SpecialIds`):
+
+  * `Tokenizer` (SentencePiece, trained on the training split at first use and cached in the
+    workdir as tokenizer.model, or loaded). Its special ids are fixed:
+      0 <pad>  1 <s> (start of sequence)  2 </s> (end of paragraph)  3 <unk>  4 </d> (end of doc)
+  * `JsonTokenizer` (a Hugging Face tokenizer.json, e.g. GPT-2's byte-level BPE, for a decoder
+    initialised from a pretrained model; saved in the workdir as tokenizer.json). Its special
+    ids come from its own tokens (see `JsonTokenizer`); GPT-2, whose one special token is
+    <|endoftext|>, maps all five onto it.
+
 A document becomes a list of "sentences" (paragraphs), each ending in </s>; the last one also
-ends in </d>. Packing (packing.py) never splits a sentence unless it alone exceeds a row.
+ends in </d> (unless </d> is </s>, as for GPT-2). Packing (packing.py) never splits a sentence
+unless it alone exceeds a row. Library code reads a tokenizer's ids, never the SentencePiece
+constants below (they name the SentencePiece layout, for its trainer and for tests).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -17,12 +30,53 @@ import sentencepiece as spm
 
 from metalm_jax.types import ConfigError
 
-PAD_ID, BOS_ID, EOS_ID, UNK_ID, EOD_ID = 0, 1, 2, 3, 4
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+    """A tokenizer's special token ids (hashable: usable as a static jit argument)."""
+
+    pad: int  # fills padding positions (segment 0, weight 0: never attended, never a target)
+    bos: int  # <s>: starts every decoder segment and every span in the text encoder
+    eos: int  # </s>: ends every paragraph, a task target, a caption; the prompt separator
+    unk: int  # <unk>
+    doc_end: int  # </d>: ends a document; generation of plain text stops there
+
+
+SENTENCEPIECE_IDS = SpecialIds(pad=0, bos=1, eos=2, unk=3, doc_end=4)
+PAD_ID, BOS_ID, EOS_ID, UNK_ID, EOD_ID = dataclasses.astuple(SENTENCEPIECE_IDS)
 EOD_PIECE = "</d>"
+SAVED_NAMES = ("tokenizer.json", "tokenizer.model")  # the run's copy in its workdir, by kind
 
 
-class Tokenizer:
+class _Specials:
+    """The five special ids as attributes, from `self.ids`."""
+
+    ids: SpecialIds
+
+    pad = property(lambda self: self.ids.pad)
+    bos = property(lambda self: self.ids.bos)
+    eos = property(lambda self: self.ids.eos)
+    unk = property(lambda self: self.ids.unk)
+    doc_end = property(lambda self: self.ids.doc_end)
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode_document(self, paragraphs: list[str]) -> list[np.ndarray]:
+        """Paragraph strings -> int32 sentences: each ends in </s>, the last also in </d>
+        (once: a tokenizer whose </d> is its </s> ends the document with one)."""
+        out = [np.asarray(self.encode(p) + [self.eos], np.int32) for p in paragraphs]
+        if out and self.doc_end != self.eos:
+            out[-1] = np.append(out[-1], np.int32(self.doc_end))
+        return out
+
+
+class Tokenizer(_Specials):
     """A thin wrapper over a SentencePiece model with the project's special ids."""
+
+    kind = "sentencepiece"
+    saved_name = "tokenizer.model"
+    ids = SENTENCEPIECE_IDS
 
     def __init__(self, model_proto: bytes, source: str = "<memory>"):
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
@@ -45,15 +99,138 @@ class Tokenizer:
         return self.sp.encode(text)
 
     def decode(self, ids: Iterable[int]) -> str:
-        ids = [int(i) for i in ids if int(i) not in (PAD_ID,)]
+        ids = [int(i) for i in ids if int(i) != self.pad]
         return self.sp.decode(ids)
 
-    def encode_document(self, paragraphs: list[str]) -> list[np.ndarray]:
-        """Paragraph strings -> int32 sentences: each ends in </s>, the last also in </d>."""
-        out = [np.asarray(self.sp.encode(p) + [EOS_ID], np.int32) for p in paragraphs]
-        if out:
-            out[-1] = np.append(out[-1], np.int32(EOD_ID))
-        return out
+
+class JsonTokenizer(_Specials):
+    """A Hugging Face tokenizer.json (via the `tokenizers` library), e.g. GPT-2's byte-level BPE.
+
+    Special ids by token: <s>/</s>/<pad>/<unk>/</d> when the vocabulary has them; otherwise
+    <s> and </s> are <|endoftext|> (GPT-2's only special token, its own bos and eos) and a
+    missing <pad>, <unk> or </d> is mapped onto </s> (`mapped` names them). Mapping, not adding
+    ids, keeps the pretrained embedding and the source's own ids: pad positions are never
+    attended nor targets (segment 0, weight 0), byte-level BPE never produces <unk>, and a
+    document ends with one <|endoftext|> as in GPT-2's pretraining (docs/ARCHITECTURE.md).
+    Text is encoded without the tokenizer's own special tokens (the data adds ours).
+    """
+
+    kind = "json"
+    saved_name = "tokenizer.json"
+    NAMES = {  # our special -> the tokens that can be it, in order
+        "bos": ("<s>", "<|endoftext|>"),
+        "eos": ("</s>", "<|endoftext|>"),
+        "pad": ("<pad>",),
+        "unk": ("<unk>",),
+        "doc_end": (EOD_PIECE,),
+    }
+
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            self.hf = HFTokenizer.from_file(path)
+        except Exception as e:  # noqa: BLE001 - the library raises plain Exceptions
+            raise ConfigError(
+                f"data.tokenizer_path: cannot read {path} as a Hugging Face tokenizer.json ({e})"
+            ) from None
+        self.hf.no_truncation()
+        self.hf.no_padding()
+        self.source = path
+        found = {}
+        for name, tokens in self.NAMES.items():
+            ids = [self.hf.token_to_id(t) for t in tokens]
+            found[name] = next((i for i in ids if i is not None), None)
+        if found["eos"] is None:
+            raise ConfigError(
+                f"tokenizer {path}: has neither </s> nor <|endoftext|>, so nothing can end a "
+                "paragraph or a generation"
+            )
+        self.mapped = tuple(n for n in ("bos", "pad", "unk", "doc_end") if found[n] is None)
+        self.ids = SpecialIds(
+            **{n: found[n] if found[n] is not None else found["eos"] for n in found}
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def open_tokenizer(path: str) -> Tokenizer | JsonTokenizer:
+    """A tokenizer file by kind: a Hugging Face tokenizer.json, or a SentencePiece model; a
+    directory: its tokenizer.json, else its tokenizer.model."""
+    if os.path.isdir(path):
+        found = [
+            os.path.join(path, n) for n in SAVED_NAMES if os.path.isfile(os.path.join(path, n))
+        ]
+        if not found:
+            raise FileNotFoundError(
+                f"tokenizer {path}: a directory with no {' or '.join(SAVED_NAMES)}"
+            )
+        path = found[0]
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"tokenizer model_path {path!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+    if path.endswith(".json") or head.startswith(b"{"):
+        return JsonTokenizer(path)
+    with open(path, "rb") as f:
+        return Tokenizer(f.read(), path)
+
+
+def configured_path(data_tokenizer_path: str, init_entries) -> str:
+    """The decoder's tokenizer a config names: data.tokenizer_path, else the tokenizer.json
+    beside an `init` entry's hf_gpt2 decoder (the decoder then reads its own ids), else ""."""
+    if data_tokenizer_path:
+        return data_tokenizer_path
+    from metalm_jax.resources import resolve_path
+
+    for entry in init_entries:
+        entry = dict(entry)
+        if entry.get("format") == "hf_gpt2" and entry.get("source"):
+            path = os.path.join(resolve_path(entry["source"]), "tokenizer.json")
+            if os.path.isfile(path):
+                return path
+    return ""
+
+
+def _save_copy(src: str, dst: str) -> None:
+    """`src` copied to `dst` atomically (a crash never leaves half a file), unless it is it."""
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        return
+    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+    shutil.copyfile(src, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+
+
+def for_run(workdir: str, path: str, texts_fn, vocab_size: int) -> Tokenizer | JsonTokenizer:
+    """A training run's tokenizer: `path` (configured_path) if given, a tokenizer.json being
+    saved in the workdir (so the run stays usable if the source goes); else the workdir's saved
+    tokenizer.json; else load_or_train's SentencePiece (cached as tokenizer.model)."""
+    if path:
+        tok = open_tokenizer(path)
+        if isinstance(tok, JsonTokenizer):
+            _save_copy(tok.source, os.path.join(workdir, tok.saved_name))
+        return tok
+    saved = os.path.join(workdir, JsonTokenizer.saved_name)
+    if os.path.isfile(saved):
+        return JsonTokenizer(saved)
+    return load_or_train(os.path.join(workdir, Tokenizer.saved_name), texts_fn, vocab_size)
+
+
+def saved(workdir: str, path: str = "") -> Tokenizer | JsonTokenizer:
+    """A trained run's tokenizer (for inference): the workdir's tokenizer.json, else `path`
+    (data.tokenizer_path of its config), else the workdir's tokenizer.model."""
+    json_path = os.path.join(workdir, JsonTokenizer.saved_name)
+    if os.path.isfile(json_path):
+        return JsonTokenizer(json_path)
+    return open_tokenizer(path or os.path.join(workdir, Tokenizer.saved_name))
 
 
 def train_tokenizer(texts: Iterator[str], vocab_size: int, model_type: str = "unigram") -> bytes:
@@ -91,10 +268,7 @@ def load_or_train(
     `texts_fn()` returns an iterator of training paragraphs; called only when training.
     """
     if model_path:
-        if not os.path.exists(model_path):
-            raise FileNotFoundError(f"tokenizer model_path {model_path!r} does not exist")
-        with open(model_path, "rb") as f:
-            return Tokenizer(f.read(), model_path)
+        return open_tokenizer(model_path)
     if os.path.exists(cache_path):
         with open(cache_path, "rb") as f:
             tok = Tokenizer(f.read(), cache_path)

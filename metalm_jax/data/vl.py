@@ -25,6 +25,7 @@ import dataclasses
 import numpy as np
 
 from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
+from metalm_jax.data.tokenizer import SENTENCEPIECE_IDS, SpecialIds
 from metalm_jax.types import ConfigError, SlotBank
 
 
@@ -67,18 +68,20 @@ def empty_image_fields(layout: ImageLayout, rows: int | None = None) -> dict:
     }
 
 
-def build_vl_row(pairs, rng: np.random.Generator, layout: ImageLayout) -> dict:
+def build_vl_row(
+    pairs, rng: np.random.Generator, layout: ImageLayout, ids: SpecialIds = SENTENCEPIECE_IDS
+) -> dict:
     """[(image float32[H, W, 3], caption int32[n] ending in </s>), ...] -> one Batch row.
 
     Each pair is the example [Image(image, caption[:k]), Target(caption[k:])] of data/rows.py,
     k drawn uniformly from 0 .. min(Lp, n - 1). The pairs must fit: sum of pair_length <=
-    seq_len and len(pairs) <= images_per_row.
+    seq_len and len(pairs) <= images_per_row. `ids`: the tokenizer's special ids.
     """
     from metalm_jax.data.rows import Image, RowBuilder, Target
 
     if len(pairs) > layout.images_per_row:
         raise ValueError(f"{len(pairs)} images for a row of {layout.images_per_row}")
-    builder = RowBuilder(layout.seq_len, layout.enc_length, layout=layout)
+    builder = RowBuilder(layout.seq_len, layout.enc_length, layout=layout, ids=ids)
     for image, caption in pairs:
         caption = np.asarray(caption, np.int32)
         n = len(caption)

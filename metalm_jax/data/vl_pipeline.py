@@ -20,7 +20,7 @@ from absl import logging
 
 from metalm_jax.data import images as imlib
 from metalm_jax.data import vl_corpora
-from metalm_jax.data.tokenizer import EOS_ID, Tokenizer
+from metalm_jax.data.tokenizer import Tokenizer
 from metalm_jax.data.vl import ImageLayout, PairPacker, build_vl_row
 
 _skipped = {"count": 0}
@@ -89,7 +89,9 @@ def _pair_fn(cfg, tok: Tokenizer, layout: ImageLayout):
                 _skipped["count"] += 1
             logging.warning("skipping image record %s: %s", rid, e)
             return None
-        return image, np.asarray(tok.encode(vl_corpora.as_text(ex["caption"])) + [EOS_ID], np.int32)
+        return image, np.asarray(
+            tok.encode(vl_corpora.as_text(ex["caption"])) + [tok.eos], np.int32
+        )
 
     return fn
 
@@ -148,7 +150,7 @@ def image_rows(cfg, tok, layout: ImageLayout, shard, seed: int) -> grain.IterDat
         grain.ReadOptions(num_threads=2, prefetch_buffer_size=32)
     )
     packed = PairPackIterDataset(pairs, layout)
-    return packed.random_map(lambda p, rng: build_vl_row(p, rng, layout), seed=seed + 4)
+    return packed.random_map(lambda p, rng: build_vl_row(p, rng, layout, tok.ids), seed=seed + 4)
 
 
 def eval_image_rows(cfg, tok, layout: ImageLayout, max_rows: int, shard=(0, 1)) -> list[dict]:
@@ -157,7 +159,7 @@ def eval_image_rows(cfg, tok, layout: ImageLayout, max_rows: int, shard=(0, 1)) 
     rng = np.random.default_rng(int(cfg.data.seed) + 5)
     rows = []
     for p in PairPackIterDataset(pairs, layout):
-        rows.append(build_vl_row(p, rng, layout))
+        rows.append(build_vl_row(p, rng, layout, tok.ids))
         if len(rows) == max_rows:
             break
     return rows

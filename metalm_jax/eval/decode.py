@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metalm_jax.data.tokenizer import PAD_ID
+from metalm_jax.data.tokenizer import SENTENCEPIECE_IDS
 from metalm_jax.types import IMAGE_FIELDS, Batch
 
 NEG = -1e9
@@ -61,15 +61,18 @@ def sample(logits, key, cfg: SamplingConfig):
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-def left_pad_prompts(prompts: list[list[int]], slot_rows=None) -> dict:
-    """Token lists (each starting with <s>) -> left-padded decoder grid fields [B, P].
+def left_pad_prompts(
+    prompts: list[list[int]], slot_rows=None, pad_id: int = SENTENCEPIECE_IDS.pad
+) -> dict:
+    """Token lists (each starting with <s>) -> left-padded decoder grid fields [B, P]; the
+    padding (segment 0, never attended) holds `pad_id`, the tokenizer's <pad>.
 
     `slot_rows`, if given, holds per prompt a list of slot indices (-1 for text) aligned with its
     tokens, so prompts can carry encoder slots.
     """
     P = max(len(p) for p in prompts)
     B = len(prompts)
-    tokens = np.full((B, P), PAD_ID, np.int32)
+    tokens = np.full((B, P), pad_id, np.int32)
     slots = np.full((B, P), -1, np.int32)
     seg = np.zeros((B, P), np.int32)
     pos = np.zeros((B, P), np.int32)
@@ -117,7 +120,7 @@ def _apply(model, params, cache, batch, encode):
     return logits, mut["cache"]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new", "cfg", "stop_ids"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new", "cfg", "stop_ids", "pad_id"))
 def generate(
     model,
     params,
@@ -127,10 +130,14 @@ def generate(
     max_new: int,
     cfg: SamplingConfig,
     stop_ids: tuple[int, ...] = (),
+    pad_id: int = SENTENCEPIECE_IDS.pad,
 ):
-    """int32[B, max_new] new tokens (PAD_ID after a stop token) for left-padded prompts."""
+    """int32[B, max_new] new tokens (`pad_id`, the tokenizer's <pad>, after a stop token) for
+    left-padded prompts."""
     if cfg.beam > 1:
-        return _beam_search(model, params, prompt, max_new=max_new, cfg=cfg, stop_ids=stop_ids)
+        return _beam_search(
+            model, params, prompt, max_new=max_new, cfg=cfg, stop_ids=stop_ids, pad_id=pad_id
+        )
     B, P = prompt.tokens.shape
     cache = init_cache(model, prompt, P + max_new)
     logits, cache = _apply(model, params, cache, prompt, True)
@@ -142,7 +149,7 @@ def generate(
         i, cache, logits, out, done, pos, key = state
         key, sub = jax.random.split(key)
         nxt = sample(logits, sub, cfg)
-        nxt = jnp.where(done, PAD_ID, nxt)
+        nxt = jnp.where(done, pad_id, nxt)
         out = out.at[:, i].set(nxt)
         done = done | jnp.isin(nxt, stops)
         logits, cache = _apply(model, params, cache, _step_batch(prompt, nxt, pos), False)
@@ -152,7 +159,7 @@ def generate(
         i, _, _, _, done, _, _ = state
         return (i < max_new) & ~jnp.all(done)
 
-    out = jnp.full((B, max_new), PAD_ID, jnp.int32)
+    out = jnp.full((B, max_new), pad_id, jnp.int32)
     state = (0, cache, logits, out, jnp.zeros((B,), bool), pos, key)
     return jax.lax.while_loop(cond, body, state)[3]
 
@@ -170,7 +177,9 @@ def _reorder(cache, idx):
     return jax.tree_util.tree_map_with_path(take, cache)
 
 
-def _beam_search(model, params, prompt: Batch, *, max_new, cfg, stop_ids):
+def _beam_search(
+    model, params, prompt: Batch, *, max_new, cfg, stop_ids, pad_id=SENTENCEPIECE_IDS.pad
+):
     """Beam search with finished hypotheses kept in the beam (they extend with pad at no cost);
     the best by score / ((5 + length) / 6) ** length_penalty is returned."""
     B, P = prompt.tokens.shape
@@ -189,7 +198,7 @@ def _beam_search(model, params, prompt: Batch, *, max_new, cfg, stop_ids):
     def body(state):
         i, cache, logits, out, done, lengths, scores, pos = state
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        pad_only = jnp.full((V,), NEG).at[PAD_ID].set(0.0)
+        pad_only = jnp.full((V,), NEG).at[pad_id].set(0.0)
         logp = jnp.where(done[:, None], pad_only[None], logp)
         cand = (scores[:, None] + logp).reshape(B, K * V)
         top, flat = jax.lax.top_k(cand, K)
@@ -208,7 +217,7 @@ def _beam_search(model, params, prompt: Batch, *, max_new, cfg, stop_ids):
     def cond(state):
         return (state[0] < max_new) & ~jnp.all(state[4])
 
-    out = jnp.full((B * K, max_new), PAD_ID, jnp.int32)
+    out = jnp.full((B * K, max_new), pad_id, jnp.int32)
     zeros = jnp.zeros((B * K,), jnp.int32)
     state = (0, cache, logits, out, jnp.zeros((B * K,), bool), zeros, scores, pos)
     _, _, _, out, _, lengths, scores, _ = jax.lax.while_loop(cond, body, state)
@@ -217,14 +226,16 @@ def _beam_search(model, params, prompt: Batch, *, max_new, cfg, stop_ids):
     return out.reshape(B, K, max_new)[jnp.arange(B), best]
 
 
-def left_pad_rows(rows) -> Batch:
+def left_pad_rows(rows, pad_id: int = SENTENCEPIECE_IDS.pad) -> Batch:
     """Prompt rows of one segment each (data/rows.py) -> a Batch of their used positions,
-    left-padded as decode.generate needs; encoder and image fields as they are."""
+    left-padded (tokens and targets with `pad_id`, the tokenizer's <pad>) as decode.generate
+    needs; encoder and image fields as they are."""
     n = [int((r["segment_ids"] > 0).sum()) for r in rows]
     P = max(n)
     grid = {}
     for key in ("tokens", "slot_index", "segment_ids", "positions", "targets"):
-        grid[key] = np.full((len(rows), P), -1 if key == "slot_index" else 0, np.int32)
+        fill = -1 if key == "slot_index" else pad_id if key in ("tokens", "targets") else 0
+        grid[key] = np.full((len(rows), P), fill, np.int32)
         for b, (r, m) in enumerate(zip(rows, n, strict=True)):
             grid[key][b, P - m :] = r[key][:m]
     grid["loss_weights"] = np.zeros((len(rows), P), np.float32)

@@ -24,7 +24,6 @@ import os
 
 import numpy as np
 
-from metalm_jax.data.tokenizer import EOS_ID
 from metalm_jax.eval.metrics import exact_match
 from metalm_jax.types import ConfigError, DataError
 
@@ -81,10 +80,12 @@ def icl_classification(ev, trainer, params, tok, cfg, derived):
                 demos = [pool[j] for j in rng.choice(len(pool), k, replace=False)] if k else []
                 d = [(cut(t), opt_ids[lab]) for _, t, lab in demos]
                 for o in opt_ids:
-                    rows.append(build_icl_row(d, cut(text), o, ev.seq_len, ev.enc_len, encoding))
+                    rows.append(
+                        build_icl_row(d, cut(text), o, ev.seq_len, ev.enc_len, encoding, tok.ids)
+                    )
                 if trial == 0:
                     gen_rows.append(
-                        build_icl_row(d, cut(text), [], ev.seq_len, ev.enc_len, encoding)
+                        build_icl_row(d, cut(text), [], ev.seq_len, ev.enc_len, encoding, tok.ids)
                     )
                 golds.append(label)
             scores = row_logliks(trainer.model, params, rows, ev.batch_size)
@@ -122,7 +123,7 @@ def _generate_labels(trainer, params, tok, rows, ev, max_new: int = 3, sampling=
 
     out = []
     for i in range(0, len(rows), ev.batch_size):
-        batch = decode.left_pad_rows(rows[i : i + ev.batch_size])
+        batch = decode.left_pad_rows(rows[i : i + ev.batch_size], tok.pad)
         gen = decode.generate(
             trainer.model,
             params,
@@ -130,9 +131,10 @@ def _generate_labels(trainer, params, tok, rows, ev, max_new: int = 3, sampling=
             _key(),
             max_new=max_new,
             cfg=sampling or decode.SamplingConfig(),
-            stop_ids=(EOS_ID,),
+            stop_ids=(tok.eos,),
+            pad_id=tok.pad,
         )
-        out += [tok.decode([t for t in row if t != EOS_ID]).strip() for row in np.asarray(gen)]
+        out += [tok.decode([t for t in row if t != tok.eos]).strip() for row in np.asarray(gen)]
     return out
 
 
@@ -151,16 +153,16 @@ def _image_prompt_ids(tok, text: str, layout, what: str) -> list[int]:
     return ids
 
 
-def _caption_prompt_row(pixels, prompt, priming, layout) -> dict:
+def _caption_prompt_row(pixels, prompt, priming, layout, ids) -> dict:
     """One captioning prompt row: [Image(pixels, prompt), Text(priming)] (data/rows.py), i.e.
 
         <s> [S image slots][prompt slots] priming...      (the decoder continues after it)
 
-    prompt, priming: token ids (either may be empty)."""
+    prompt, priming: token ids (either may be empty); ids: the tokenizer's special ids."""
     from metalm_jax.data.rows import Image, Text, build_row
 
     pieces = [Image(pixels, list(prompt))] + ([Text(list(priming))] if len(priming) else [])
-    return build_row([pieces], layout.seq_len, layout.enc_length, layout=layout)
+    return build_row([pieces], layout.seq_len, layout.enc_length, layout=layout, ids=ids)
 
 
 def captioning(ev, trainer, params, tok, cfg, derived):
@@ -200,21 +202,22 @@ def captioning(ev, trainer, params, tok, cfg, derived):
                 mean=layout.mean,
                 std=layout.std,
             )
-            rows.append(_caption_prompt_row(pixels, prompt, priming, layout))
+            rows.append(_caption_prompt_row(pixels, prompt, priming, layout, tok.ids))
         out = np.asarray(
             decode.generate(
                 trainer.model,
                 params,
-                decode.left_pad_rows(rows),
+                decode.left_pad_rows(rows, tok.pad),
                 _key(),
                 max_new=ev.max_tokens,
                 cfg=sc,
-                stop_ids=(EOS_ID,),
+                stop_ids=(tok.eos,),
+                pad_id=tok.pad,
             )
         )
         for ex, o in zip(exs, out, strict=True):
             rid = vl_corpora.as_text(ex["id"])
-            text = tok.decode([t for t in o if t != EOS_ID])
+            text = tok.decode([t for t in o if t != tok.eos])
             refs[rid] = [vl_corpora.as_text(ex["caption"])]
             hyps[rid] = text
             preds.append({"id": rid, "caption": text, "reference": refs[rid][0]})
@@ -377,7 +380,7 @@ def vqa(ev, trainer, params, tok, cfg, derived):
             if leak:
                 raise DataError(f"evals: vqa demonstrations {leak} are evaluated items too")
             d = [(dimg, question(dq), tok.encode(dans[0])) for _, dimg, dq, dans in demos]
-            rows.append(build_vqa_row(d, (img, question(q)), priming, layout))
+            rows.append(build_vqa_row(d, (img, question(q)), priming, layout, tok.ids))
             demo_ids.append([x[0] for x in demos])
         answers = _generate_labels(trainer, params, tok, rows, ev, max_new=ev.max_tokens)
         accs = [vqa_score(a, it[3]) for a, it in zip(answers, items, strict=True)]

@@ -37,13 +37,13 @@ def generate_with(
     cfg, tok, model, params, prompts, *, layout, image=None, max_tokens=48, seed=0, **sampling
 ):
     """KV-cache generations for text prompts, each after an image's slots if `image` (a path)
-    is given; stops at </d> (and at </s> after an image). `layout`: the run's ImageLayout (None
-    without images; model/build.derive). `sampling`: decode.SamplingConfig's fields
-    (temperature, top_k, top_p, beam, length_penalty); greedy by default."""
+    is given; stops at the tokenizer's </d> (and </s> after an image; GPT-2: both are
+    <|endoftext|>). `layout`: the run's ImageLayout (None without images; model/build.derive).
+    `sampling`: decode.SamplingConfig's fields (temperature, top_k, top_p, beam,
+    length_penalty); greedy by default."""
     import jax
 
     from metalm_jax.data.images import preprocess
-    from metalm_jax.data.tokenizer import BOS_ID, EOD_ID, EOS_ID
     from metalm_jax.eval import decode
     from metalm_jax.model.build import dummy_batch
 
@@ -55,9 +55,9 @@ def generate_with(
     ids, slot_rows = [], []
     for p in prompts:
         text = tok.encode(p)
-        ids.append([BOS_ID] + [0] * len(slots_before) + text)
+        ids.append([tok.bos] + [tok.pad] * len(slots_before) + text)
         slot_rows.append([-1] + slots_before + [-1] * len(text))
-    grid = decode.left_pad_prompts(ids, slot_rows)
+    grid = decode.left_pad_prompts(ids, slot_rows, tok.pad)
     B, P = grid["tokens"].shape
     enc_len = layout.enc_length if layout is not None else 1  # the bank offsets assume it
     batch = dummy_batch(B, P, enc_len, layout).replace(**grid)
@@ -71,7 +71,7 @@ def generate_with(
         valid = np.zeros_like(batch.image_valid)
         valid[:, 0] = 1
         batch = batch.replace(images=images, image_valid=valid)
-    stops = (EOS_ID, EOD_ID) if image is not None else (EOD_ID,)
+    stops = tuple(dict.fromkeys((tok.eos, tok.doc_end) if image is not None else (tok.doc_end,)))
     out = decode.generate(
         model,
         params,
@@ -80,5 +80,6 @@ def generate_with(
         max_new=max_tokens,
         cfg=decode.SamplingConfig(**sampling),
         stop_ids=stops,
+        pad_id=tok.pad,
     )
     return [tok.decode([t for t in row if t not in stops]) for row in np.asarray(out)]

@@ -6,8 +6,6 @@ does not constrain the config it is evaluated under."""
 
 from __future__ import annotations
 
-import os
-
 
 def load_run(workdir: str, step: int | None = None, cfg=None, mesh=None, log=print):
     """(config, tokenizer, inference, params) of the run in `workdir` at `step` (the newest that
@@ -23,7 +21,7 @@ def load_run(workdir: str, step: int | None = None, cfg=None, mesh=None, log=pri
     import jax
 
     from metalm_jax.config import with_defaults
-    from metalm_jax.data.tokenizer import Tokenizer
+    from metalm_jax.data import tokenizer
     from metalm_jax.model.build import derive
     from metalm_jax.parallel.mesh import make_mesh
     from metalm_jax.train.checkpoint import PARAM_KEYS, Checkpointer, check_shapes
@@ -41,9 +39,7 @@ def load_run(workdir: str, step: int | None = None, cfg=None, mesh=None, log=pri
             cfg = run_cfg
         else:
             check_shapes(saved, cfg.to_dict(), f"{ckpt.directory}/{at}", PARAM_KEYS)
-        tok_path = cfg.data.tokenizer_path or os.path.join(workdir, "tokenizer.model")
-        with open(tok_path, "rb") as f:
-            tok = Tokenizer(f.read(), tok_path)
+        tok = tokenizer.saved(workdir, cfg.data.tokenizer_path)  # tokenizer.json or .model
         mesh = mesh if mesh is not None else make_mesh((1, 1, 1), jax.devices()[:1])
         inference = build_inference(cfg, mesh, derive(cfg, tok))
         with jax.set_mesh(mesh):

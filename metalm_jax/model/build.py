@@ -17,6 +17,7 @@ import numpy as np
 
 from metalm_jax.data.rows import RowFormat
 from metalm_jax.data.spans import RetokenizedEncoding, SharedEncoding, SpanConfig
+from metalm_jax.data.tokenizer import SpecialIds
 from metalm_jax.data.vl import ImageLayout, empty_image_fields
 from metalm_jax.model.layers import TransformerConfig
 from metalm_jax.model.metalm import MetaLM, ModelConfig
@@ -47,8 +48,8 @@ def model_config(cfg) -> ModelConfig:
         dtype=m.dtype,
         scan=dec.scan,
         remat=dec.remat,
-    )
         attention=m.attention,
+    )
     if cfg.data.seq_len > dec.max_len:
         raise ConfigError(
             f"data.seq_len={cfg.data.seq_len} exceeds model.decoder.max_len={dec.max_len}"
@@ -72,8 +73,8 @@ def model_config(cfg) -> ModelConfig:
             dtype=m.dtype,
             scan=e.scan,
             remat=e.remat,
-            embed_dim=e.embed_dim,
             attention=m.attention,
+            embed_dim=e.embed_dim,
             **_arch(e),
         )
         if e.vocab_size and e.vocab_size != cfg.data.vocab_size and not e.tokenizer:
@@ -119,8 +120,8 @@ def model_config(cfg) -> ModelConfig:
             experts=v.experts and v.text_prefix > 0,
             scan=v.scan,
             remat=v.remat,
-            **_arch(v),
             attention=m.attention,
+            **_arch(v),
         )
         vision = VisionConfig(
             stack=stack,
@@ -164,19 +165,21 @@ def image_layout(cfg, mc: ModelConfig | None = None) -> ImageLayout | None:
     )
 
 
-def span_config(cfg) -> SpanConfig:
-    """Without a text encoder there is nothing to encode spans with: plain LM rows."""
+def span_config(cfg, ids: SpecialIds) -> SpanConfig:
+    """Without a text encoder there is nothing to encode spans with: plain LM rows. `ids`: the
+    decoder tokenizer's special ids."""
     return SpanConfig(
         min_len=cfg.spans.min_len,
         max_len=cfg.spans.max_len,
         ratio=cfg.spans.ratio if cfg.model.text_encoder.enabled else 0.0,
         enc_length=cfg.spans.enc_length,
         enc_bos=cfg.spans.enc_bos,
+        ids=ids,
     )
 
 
 def encoder_tokenizer_path(cfg) -> str:
-    """The text encoder's own tokenizer.json ("" when it shares the decoder's SentencePiece)."""
+    """The text encoder's own tokenizer.json ("" when it shares the decoder's tokenizer)."""
     import os
 
     from metalm_jax.resources import resolve_path
@@ -196,11 +199,11 @@ def encoder_tokenizer_path(cfg) -> str:
 
 
 def span_encoding(cfg, tok):
-    """How spans become encoder ids: the shared SentencePiece ids, or re-tokenized with the
+    """How spans become encoder ids: the decoder tokenizer's own ids, or re-tokenized with the
     encoder's own tokenizer (model.text_encoder.tokenizer)."""
     path = encoder_tokenizer_path(cfg) if cfg.model.text_encoder.enabled else ""
     if not path:
-        return SharedEncoding(cfg.spans.enc_bos)
+        return SharedEncoding(cfg.spans.enc_bos, tok.ids)
     enc = RetokenizedEncoding(path, tok, cfg.model.text_encoder.max_len)
     want = cfg.model.text_encoder.vocab_size
     if want != enc.vocab_size:
@@ -229,7 +232,7 @@ def derive(cfg, tok) -> Derived:
     mc = model_config(cfg)
     rows = RowFormat(
         seq_len=cfg.data.seq_len,
-        spans=span_config(cfg),
+        spans=span_config(cfg, tok.ids),
         encoding=span_encoding(cfg, tok),
         layout=image_layout(cfg, mc),
         text_encoder=mc.text_encoder is not None,

@@ -102,10 +102,16 @@ def prepare_config(cfg, workdir: str, log=print):
 
 
 def _copy_tokenizer(saved, source_dir: str, workdir: str, out) -> None:
-    src = saved.data.tokenizer_path or os.path.join(source_dir, "tokenizer.model")
+    """The source run's tokenizer (its saved tokenizer.json, its data.tokenizer_path, or its
+    tokenizer.model) copied into the new workdir under the name of its kind."""
+    from metalm_jax.data.tokenizer import open_tokenizer
+
+    src = os.path.join(source_dir, "tokenizer.json")
+    if not os.path.isfile(src):
+        src = saved.data.tokenizer_path or os.path.join(source_dir, "tokenizer.model")
     if not os.path.isfile(src):
         raise FileNotFoundError(f"finetune.from_run: the source run's tokenizer {src} is missing")
-    dst = os.path.join(workdir, "tokenizer.model")
+    dst = os.path.join(workdir, open_tokenizer(src).saved_name)
     if not os.path.exists(dst) and jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         shutil.copyfile(src, dst + ".tmp")
