@@ -275,6 +275,40 @@ def test_double_sigterm_does_not_abort_the_save(corpus, tmp_path):
     assert _saved_state_finite(workdir, reached)
 
 
+@pytest.mark.slow
+def test_preemption_notice_saves_and_stops_like_sigterm(corpus, tmp_path, monkeypatch, capsys):
+    """JAX's preemption service (TPU VMs) is replaced by a notice at step 3: the loop asks it at
+    every step (through Orbax's CheckpointManager.reached_preemption), saves step 3 and stops
+    with SIGTERM's exit status 0."""
+    from jax.experimental import multihost_utils
+
+    from metalm_jax.train.loop import train_and_evaluate
+    from metalm_jax.train.preemption import Stopped
+
+    asked = []
+
+    def notice(step):
+        asked.append(step)
+        return step == 3
+
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", notice)
+    cfg = _resume_cfg(corpus, 10)
+    cfg.train.checkpoint_every = 0  # the only save is the preemption's
+    workdir = str(tmp_path / "run")
+    capsys.readouterr()
+    with pytest.raises(Stopped) as e:
+        train_and_evaluate(cfg, workdir)
+    assert e.value.exit_code == 0 and e.value.step == 3
+    # every step, as the protocol requires (Orbax's save asks again for the step it saves)
+    assert asked[:4] == [0, 1, 2, 3] and set(asked) == {0, 1, 2, 3}, asked
+    out = capsys.readouterr().out
+    assert "== preemption notice at step 3: saving a checkpoint and exiting\n" in out
+    assert re.search(r"^step +3/10 ", out, re.M) and not re.search(r"^step +4/", out, re.M)
+    assert f"== saved {workdir}/checkpoints/3; run the same command again" in out
+    assert _checkpoint_steps(workdir) == [3] and _saved_state_finite(workdir, 3)
+    assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_NAME))
+
+
 def _losses(workdir) -> dict:
     """{step: [train/loss of every log line of that step]}; a line cut by a kill is skipped."""
     out: dict = {}
@@ -489,11 +523,11 @@ def test_restore_step_picks_a_step_by_hand_and_names_the_steps_there_are(
 # -- errors for people: one line, exit 2, no traceback ------------------------------------------
 
 
-def _train_cli(config: str, workdir, *flags) -> subprocess.CompletedProcess:
+def _train_cli(config: str, workdir, *flags, timeout=300) -> subprocess.CompletedProcess:
     argv = [sys.executable, "-m", "metalm_jax.train", "--config", config, f"--workdir={workdir}"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.run(
-        [*argv, *flags], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
+        [*argv, *flags], cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout
     )
 
 
@@ -534,6 +568,78 @@ def test_user_errors_end_with_one_line_and_exit_2(corpus, two_checkpoints, tmp_p
     line = _last_line(_train_cli(str(unfrozen), workdir, "--config.train.steps=8"))
     assert line.startswith(f"error: checkpoint {workdir}/checkpoints/6 does not match this config")
     assert "optim.frozen: checkpoint ['^text_encoder/stack/layers_0/'], config []" in line, line
+
+
+@pytest.mark.slow
+def test_bad_corpus_files_end_with_one_line_naming_file_and_line(tmp_path):
+    """The issue's table: non-UTF-8 bytes in a .txt and in a .jsonl corpus (file and line
+    named, not a bare UnicodeDecodeError), an empty .jsonl as the whole corpus (the file named,
+    not the split)."""
+    bad_txt = tmp_path / "bad.txt"
+    bad_txt.write_bytes(b"In the beginning\n\nGod created \xff the heaven.\n")
+    bad_jsonl = tmp_path / "bad.jsonl"
+    bad_jsonl.write_bytes(b'{"text": "one"}\n{"text": "two"}\n{"text": "th\xe9ree"}\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    want = {
+        bad_txt: f"error: {bad_txt}:3: not UTF-8 (byte 0xff at line 3, column 13); "
+        "expected a UTF-8 text file",
+        bad_jsonl: f"error: {bad_jsonl}:3: not UTF-8 (byte 0xe9 at line 3, column 13); "
+        "expected a UTF-8 text file",
+        empty: f"error: {empty}: empty file; expected one JSON object per line",
+    }
+    for path, line in want.items():
+        config = f"{ROOT}/tests/micro_config.py:{path},{tmp_path / ('tfds_' + path.name)}"
+        got = _last_line(_train_cli(config, tmp_path / f"run_{path.name}"))
+        assert got.startswith(line), got
+
+
+@pytest.mark.slow
+def test_nonfinite_with_a_save_in_flight_ends_with_the_error_line(corpus, tmp_path):
+    """The issue's repro through the command line: lr 1e6, log every 20, a save at every step
+    (each async save still being written while the next step runs). The NaN error is the last
+    line: the loop waits for the save in flight before the error leaves it (without that wait
+    the process exits under Orbax's writer threads: a page of 'cannot schedule new futures after
+    shutdown' tracebacks follows the error and the save is left unfinished)."""
+    cfg, _ = corpus
+    micro = f"{ROOT}/tests/micro_config.py:{cfg.data.files[0]},{cfg.data.tfds_data_dir}"
+    workdir = tmp_path / "run"
+    flags = ["--config.optim.lr=1e6", "--config.train.log_every=20", "--config.train.steps=40"]
+    flags += [f"--config.train.{k}" for k in ("checkpoint_every=1", "eval_every=0")]
+    proc = _train_cli(micro, workdir, *flags, "--config.train.sample_tokens=0", timeout=900)
+    line = _last_line(proc)
+    m = re.match(r"error: step (\d+) is not finite \(loss nan", line)
+    assert m, line
+    assert "after shutdown" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert len(proc.stderr.splitlines()) < 30, proc.stderr[-3000:]
+    bad = int(m.group(1))
+    assert _checkpoint_steps(str(workdir))[-1] == bad - 1  # the save in flight completed
+    assert not _unfinished_saves(str(workdir))
+    assert _saved_state_finite(str(workdir), bad - 1)
+
+
+@pytest.mark.slow
+def test_checkpoint_fallback_on_the_command_line_is_one_line(corpus, two_checkpoints, tmp_path):
+    """A truncated chunk in the newest step (TensorStore's read error carries a multi-KB spec):
+    one line on stdout for the fallback, nothing of the read error on stderr."""
+    import shutil
+
+    cfg, _ = corpus
+    micro = f"{ROOT}/tests/micro_config.py:{cfg.data.files[0]},{cfg.data.tfds_data_dir}"
+    workdir = tmp_path / "run"
+    shutil.copytree(two_checkpoints, workdir)
+    _truncate_a_data_file(os.path.join(workdir, "checkpoints", "6"))
+    flags = [f"--config.train.{k}" for k in ("steps=7", "log_every=1", "checkpoint_every=3")]
+    flags += ["--config.train.eval_every=0", "--config.train.sample_tokens=0"]
+    proc = _train_cli(micro, workdir, *flags, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [line for line in proc.stdout.splitlines() if "checkpoint step 6" in line]
+    assert len(said) == 1 and len(said[0]) < 400, said
+    assert said[0].endswith("; trying the previous step"), said[0]
+    assert f"== resumed from {workdir}/checkpoints/3\n" in proc.stdout
+    assert "Traceback" not in proc.stderr and "checkpoint step 6" not in proc.stderr
+    assert max(map(len, proc.stderr.splitlines()), default=0) < 400, proc.stderr[-3000:]
+    assert len(proc.stderr) < 4000, proc.stderr[-3000:]
 
 
 # -- watchdog -----------------------------------------------------------------------------------

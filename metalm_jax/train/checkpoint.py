@@ -200,6 +200,12 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def reached_preemption(self, step: int) -> bool:
+        """Whether JAX's preemption service (TPU VMs; multi-host runs) says every process is to
+        save `step` and stop; False where the service does not run (one process, CPU). Must be
+        asked at every step on every process (train/preemption.py)."""
+        return bool(self.manager.reached_preemption(step))
+
     def save(self, step: int, state, data_iterator, config: dict, force: bool = False) -> bool:
         if not force and (self.every <= 0 or step % self.every):
             return False

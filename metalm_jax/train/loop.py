@@ -3,7 +3,8 @@ restore -> loop with periodic actions (log, eval, checkpoint) -> final eval and 
 
 Reliability (docs/ARCHITECTURE.md): the run holds the workdir lock (train/workdir_lock.py); a
 signal (Ctrl-C, SIGTERM on preemption) finishes the step, saves and stops cleanly
-(train/preemption.py); every step's finite flag is read when logging and before every eval and
+(train/preemption.py), and so does a preemption notice from JAX on TPU VMs (Orbax's
+preemption-aware save); every step's finite flag is read when logging and before every eval and
 save, so a non-finite state is never saved (train/guard.py). Running the same command again
 resumes from the latest checkpoint in the workdir, data iterator included.
 """
@@ -222,7 +223,7 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
         )
     try:
         # Signals only request a stop: the step, its periodic actions and the save complete.
-        with StopSignals(sync_every=cfg.train.log_every) as stop:
+        with StopSignals(cfg.train.log_every, notice=ckpt.reached_preemption) as stop:
             while step < total and not stop.requested(step):
                 state, m = trainer.step(state, trainer.global_batch(next(train_iter)))
                 step += 1

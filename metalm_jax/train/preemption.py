@@ -10,6 +10,12 @@ could re-enter a `print` it interrupted.
 Multi-host: every process records its own signals and the processes agree on the step to stop
 at when they next log (an all-gather of the requests every `sync_every` steps), so they all
 save the same step; a stop on one process stops all.
+
+Preemption notices (TPU VMs): where JAX's preemption service runs (multi-host, after
+`jax.distributed.initialize`), a maintenance event or SIGTERM reaching any host is propagated to
+all of them and JAX picks the step they all save at. `notice(step)` (the checkpoint manager's
+`reached_preemption`, train/checkpoint.py) is asked at every step on every process, as that
+protocol requires; when it says yes the run stops there exactly as on SIGTERM (save, exit 0).
 """
 
 from __future__ import annotations
@@ -42,7 +48,10 @@ def _say(msg: str) -> None:
 class StopSignals:
     """Context manager: SIGTERM and SIGINT handlers that request a stop (main thread only)."""
 
-    def __init__(self, sync_every: int = 1):
+    def __init__(self, sync_every: int = 1, notice=None):
+        """`notice(step) -> bool`: whether a preemption notice says to save at `step` and stop
+        (the same answer on every process); None where there is no such service."""
+        self.notice = notice
         self.signum: int | None = None
         self.doing = "finishing the current step"  # what a repeated signal is told
         self.sync_every = max(int(sync_every), 1)
@@ -68,7 +77,12 @@ class StopSignals:
         self._previous = {}
 
     def requested(self, step: int) -> bool:
-        """Whether to stop before the next step; the same answer on every process."""
+        """Whether to stop before the next step (`step` steps done); the same answer on every
+        process. Asks the preemption notice first, at every step (its protocol needs that)."""
+        if self.notice is not None and self.notice(step) and self.signum is None:
+            self.signum = signal.SIGTERM  # a notice is a SIGTERM announced ahead: exit 0
+            if jax.process_index() == 0:  # not in a signal handler: print is safe
+                print(f"== preemption notice at step {step}: saving a checkpoint and exiting")
         if jax.process_count() == 1:
             return self.signum is not None
         if step % self.sync_every:
