@@ -12,6 +12,7 @@ import pytest
 from metalm_jax.config import load_config_file
 from metalm_jax.model.build import abstract_params, count_params, model_config
 from metalm_jax.model.metalm import MetaLM
+from metalm_jax.types import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -64,7 +65,7 @@ def test_minilm_config_docks_the_real_minilm():
 def test_spans_longer_than_encoder_max_len_are_rejected():
     cfg = load(os.path.join(ROOT, "configs", "tiny.py"))
     cfg.spans.max_len = 80
-    with pytest.raises(ValueError, match="model.text_encoder.max_len=64"):
+    with pytest.raises(ConfigError, match="model.text_encoder.max_len=64"):  # one CLI line
         model_config(cfg)
 
 

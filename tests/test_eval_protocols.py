@@ -12,6 +12,7 @@ from metalm_jax.data.tokenizer import BOS_ID, PAD_ID
 from metalm_jax.data.vl import ImageLayout
 from metalm_jax.eval import decode, evaluators
 from metalm_jax.model.build import derive
+from metalm_jax.types import ConfigError
 
 
 class WordTok:
@@ -175,11 +176,11 @@ def test_vqa_demonstrations_come_from_the_training_file_never_the_evaluated_one(
 
 def test_vqa_without_a_training_split_is_a_clear_error(monkeypatch, tmp_path):
     val, _ = _vqa_files(tmp_path)
-    with pytest.raises(ValueError, match="demos='train' needs `train_file`"):
+    with pytest.raises(ConfigError, match="demos='train' needs `train_file`"):
         _run_vqa(monkeypatch, vqa_eval(val, shots=(0, 1), seq_len=64))
-    with pytest.raises(ValueError, match="train_file is the evaluated file"):
+    with pytest.raises(ConfigError, match="train_file is the evaluated file"):
         _run_vqa(monkeypatch, vqa_eval(val, train_file=val, shots=(1,), seq_len=64))
-    with pytest.raises(ValueError, match="exactly one of `file`"):
+    with pytest.raises(ConfigError, match="exactly one of `file`"):
         _run_vqa(monkeypatch, vqa_eval(shots=(0,)))
     m, _, _ = _run_vqa(monkeypatch, vqa_eval(val, shots=(0,), seq_len=64))  # zero-shot: none
     assert m["examples"] == 4
