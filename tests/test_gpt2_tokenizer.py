@@ -231,6 +231,7 @@ def test_gpt2_decoder_and_bert_encoder_train(corpus, gpt2_dir, tmp_path, capsys)
     train_and_evaluate(cfg, work)
     out = capsys.readouterr().out
     assert f"init[0] embed, pos_embed, decoder <- hf_gpt2 {path}" in out
+    assert f"tokenizer: the source's own {path}/tokenizer.json" in out
     assert "init[1] text_encoder <- hf_bert" in out
     assert "freshly initialised: connector" in out
     with open(os.path.join(work, "metrics.jsonl")) as f:

@@ -140,11 +140,7 @@ def _convert(cfg, i: int, entry: dict):
         params = {entry["target"]: params[entry["target"]]}
     lines = [f"init[{i}] {', '.join(params)} <- {fmt} {conv.path}"]
     if "embed" in params:
-        lines.append(
-            "    note: the decoder reads this run's SentencePiece ids, not the source's own "
-            "tokenizer: its token embeddings meet different ids (a GPT-2 BPE tokenizer for "
-            "the decoder is not supported yet)"
-        )
+        lines.append(_tokenizer_note(cfg, conv.path))
     if conv.dropped:
         why: dict[str, list] = {}
         for k, reason in conv.dropped.items():
@@ -157,6 +153,25 @@ def _convert(cfg, i: int, entry: dict):
         else "    every other source key was used"
     )
     return params, sources, lines
+
+
+def _tokenizer_note(cfg, source: str) -> str:
+    """Which ids meet the imported token embeddings (data/tokenizer.configured_path)."""
+    from metalm_jax.data.tokenizer import configured_path
+
+    path = configured_path(cfg.data.tokenizer_path, cfg.init)
+    own = os.path.join(source, "tokenizer.json")
+    if path and os.path.isfile(own) and os.path.samefile(path, own):
+        return f"    tokenizer: the source's own {own}"
+    if path:
+        return (
+            f"    note: the decoder reads data.tokenizer_path {path}: its ids must be the "
+            "source's, which index the imported token embeddings"
+        )
+    return (
+        "    note: the decoder reads a SentencePiece tokenizer of this run, not the source's own "
+        "(it has no tokenizer.json: set data.tokenizer_path): its token embeddings meet other ids"
+    )
 
 
 def _short(keys, n: int = 4) -> str:
