@@ -78,7 +78,7 @@ def _splash_blocker(platform: str, length: int, has_bias: bool) -> str | None:
         return f"a TPU kernel, not for {platform}"
     if has_bias:
         return "the kernel takes no additive bias (relative positions)"
-    if platform == "tpu" and length % 128:
+    if length % 128:  # the kernel's key blocks are whole 128-lane tiles, interpreted or not
         return f"L={length} is not a multiple of 128"
     return None
 

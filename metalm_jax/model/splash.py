@@ -21,16 +21,13 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 from jax.sharding import PartitionSpec
 
-BLOCKS = (512, 256, 128)  # the largest that divides L (TPU tiles need multiples of 128)
-
-
-def block_size(length: int) -> int | None:
-    """The kernel's block for sequence length L, or None when L is not a multiple of 128."""
-    return next((b for b in BLOCKS if length % b == 0), None)
+BLOCKS = (512, 256, 128)  # the largest that divides L (key blocks are whole 128-lane tiles)
 
 
 def _kernel(heads: int, length: int, causal: bool, interpret: bool):
-    bs = block_size(length) or length  # lengths below 128 only in interpret mode (tests)
+    bs = next((b for b in BLOCKS if length % b == 0), None)
+    if bs is None:
+        raise ValueError(f"splash attention: L={length} is not a multiple of 128")
     one = sm.CausalMask((length, length)) if causal else sm.FullMask((length, length))
     blocks = sk.BlockSizes(
         block_q=bs,
