@@ -9,6 +9,8 @@ explicit model count (model/build.py); the compiler's own count and `optimal_sec
 too, with their caveats: XLA counts a scanned loop body once (layers, or the microbatches of
 gradient accumulation, which are multiplied back in), and on v5e / v6e optimal_seconds
 can come out negative, so the estimated MFU is only printed where it is meaningful.
+The Pallas kernels in the compiled program are listed by name (the splash attention kernels
+of model.attention = splash | auto: forward, dq and dkv per attention layer).
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ def parse_topology(name: str) -> tuple[str, str, int]:
     if m:
         return name, m.group(1), int(np.prod([int(x) for x in m.group(2).split("x")]))
     raise ValueError(f"--topology {name!r}: use e.g. v5p-128, v5e-64, v6e-64, v4-128 or v5p:4x4x4")
+
+
+def pallas_kernels(hlo: str) -> dict[str, int]:
+    """Attention kernel names in compiled HLO text -> how many tpu_custom_calls run them (each
+    call is attributed to the first splash / flash kernel name that follows it; "other" for
+    Pallas calls without one)."""
+    counts: dict[str, int] = {}
+    calls = [m.start() for m in re.finditer(r'custom_call_target="tpu_custom_call"', hlo)]
+    for i, start in enumerate(calls):
+        end = calls[i + 1] if i + 1 < len(calls) else len(hlo)
+        name = re.search(r"\b(splash_mha_\w+|splash_mqa_\w+|flash_attention\w*)", hlo[start:end])
+        key = name.group(1) if name else "other"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def compile_for_topology(cfg, topology: str) -> dict:
@@ -125,6 +141,7 @@ def compile_for_topology(cfg, topology: str) -> dict:
         "estimated_step_seconds": step_seconds if optimal > 0 and not scanned else None,
         "estimated_mfu": mfu,
         "largest_state_buffers": largest,
+        "pallas_kernels": pallas_kernels(compiled.as_text()),
     }
 
 
@@ -147,6 +164,10 @@ def format_report(r: dict) -> str:
             else "n/a (scanned layers or no positive optimal_seconds)"
         ),
     ]
+    kernels = r.get("pallas_kernels") or {}
+    lines.append(
+        "Pallas kernels: " + (", ".join(f"{n} x{c}" for n, c in sorted(kernels.items())) or "none")
+    )
     if not r["fits"]:
         lines.append("largest state buffers per device:")
         lines += [f"  {gib(b)}  {p}" for b, p in r["largest_state_buffers"]]

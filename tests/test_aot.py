@@ -59,3 +59,24 @@ def test_one_chip_table_for_topologies_and_mfu():
     # MFU's peak: the whole host on CPU, an override per device otherwise
     assert peak_flops(0.0) == CHIPS["cpu"].peak_flops * jax.process_count()
     assert peak_flops(2.0) == 2.0 * len(jax.devices())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed")
+def test_splash_attention_kernels_in_the_v5p_program(monkeypatch):
+    """model.attention=auto on a TPU topology: decoder (causal) and text encoder (bidirectional)
+    attention compile to splash kernels, forward, dq and dkv for each of their 2 + 2 layers."""
+    monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5p-8")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+    cfg = testing.micro_config()
+    cfg.train.batch_size = 8
+    cfg.data.seq_len = cfg.model.decoder.max_len = 128  # splash: L a multiple of 128
+    cfg.spans.enc_length = 128
+    cfg.model.text_encoder.rel_bias = False  # splash takes no additive bias
+    assert cfg.model.attention == "auto"
+    report = compile_for_topology(cfg, "v5p-8")
+    kernels = report["pallas_kernels"]
+    for kind in ("fwd", "dq", "dkv"):
+        names = [n for n in kernels if n.startswith(f"splash_mha_{kind}_segmented")]
+        assert sum(kernels[n] for n in names) == 4, kernels
+    assert "splash_mha_fwd_segmented" in format_report(report)
