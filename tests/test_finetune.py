@@ -31,7 +31,7 @@ def _params(workdir):
 
 
 @pytest.mark.slow
-def test_decoder_frozen_finetune_leaves_decoder_bitwise_and_evaluates(pretrained, tmp_path):
+def test_decoder_frozen_finetune_leaves_decoder_bitwise_and_evaluates(pretrained, corpus, tmp_path):
     from metalm_jax.train.loop import train_and_evaluate
 
     cfg = testing.micro_finetune_config(pretrained)
@@ -60,10 +60,25 @@ def test_decoder_frozen_finetune_leaves_decoder_bitwise_and_evaluates(pretrained
     from metalm_jax.eval.evaluators import run_evals
     from metalm_jax.eval.load import load_run
 
-    saved, tok, trainer, params = load_run(work)
+    saved, tok, inference, params = load_run(work)
     assert saved.task.name == "kjv_books" and saved.finetune.from_run == pretrained
-    res = run_evals(cfg, work, trainer, params, tok)
+    res = run_evals(cfg, work, inference, params, tok)
     assert res["books"]["examples"] == 8
+    # and under the pretraining config, whose optimizer state has another structure (nothing
+    # frozen but one encoder layer) and whose encoder grid differs: only parameters are read
+    from metalm_jax.config import perplexity_eval
+
+    pre, _ = corpus
+    pre = pre.copy_and_resolve_references()
+    pre.evals = {"ppl": perplexity_eval(batch_size=4)}
+    assert list(pre.optim.frozen) != list(saved.optim.frozen)
+    assert pre.spans.enc_length != saved.spans.enc_length
+    got_cfg, tok, inference, same = load_run(work, None, pre)
+    assert got_cfg.optim.frozen == pre.optim.frozen
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(same), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    res = run_evals(pre, work, inference, same, tok)
+    assert np.isfinite(res["ppl"]["eval/loss"])
 
 
 def test_prepare_config_takes_model_tokenizer_and_restores(pretrained, tmp_path):
