@@ -23,6 +23,7 @@ def main():
 
     from metalm_jax.config import load_config_file
     from metalm_jax.data import pipeline, tokenizer
+    from metalm_jax.data.packed_rows import PackedRows
     from metalm_jax.data.spans import build_example, sample_spans
     from metalm_jax.model.build import span_config, span_encoding
 
@@ -31,9 +32,9 @@ def main():
     spans_cfg = span_config(cfg, tok.ids)
     enc = span_encoding(cfg, tok)
     rng = np.random.default_rng(0)
-    docs = pipeline._documents(cfg, "validation", tok, (0, 1), None).to_iter_dataset()
+    docs = pipeline._documents(cfg, "validation", tok, (0, 1), None)
     s = dict(rows=0, sampled=0, encoded=0, span_tokens=0, slots=0, enc=0, text_in=0, text_out=0)
-    for row in pipeline.PackIterDataset(docs, cfg.data.seq_len, tok.ids):
+    for row in PackedRows(docs, cfg.data.seq_len, tok.ids):
         if s["rows"] == args.rows:
             break
         spans = sample_spans(row["segment_ids"], rng, spans_cfg)

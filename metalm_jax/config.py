@@ -77,6 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
     d.vocab_size = 4096  # the decoder's vocabulary (a text encoder without its own shares it)
     d.seq_len = 256  # decoder row length L
     d.seed = 0  # shuffling and span sampling
+    d.open_documents = 64  # documents packed at once, each row drawn at random among them, so
+    #   a long document's rows are spread out, not consecutive (1 = rows in document order)
 
     c.spans = s = ml_collections.ConfigDict()
     s.min_len = 64  # shortest encoded span (tokens)

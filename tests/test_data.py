@@ -153,6 +153,24 @@ def test_train_iterator_batches_follow_the_contract(corpus):
     np.testing.assert_array_equal(next(again)["tokens"], batches[0].tokens)
 
 
+def test_text_iterator_resumes_exactly_with_documents_open(corpus):
+    """The pretraining iterator's state (saved in checkpoints, as JSON) resumes on the same
+    batches, spans included, with the default data.open_documents."""
+    cfg, tok = corpus
+    assert cfg.data.open_documents > 1  # the default reaches the micro config
+    it = pipeline.train_iterator(cfg, tok, 4, derive(cfg, tok).rows)
+    for _ in range(3):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    want = [next(it) for _ in range(4)]
+    again = pipeline.train_iterator(cfg, tok, 4, derive(cfg, tok).rows)
+    again.set_state(state)
+    for w in want:
+        g = next(again)
+        for k in w:
+            np.testing.assert_array_equal(w[k], g[k], err_msg=k)
+
+
 def test_process_shards_are_disjoint(corpus):
     cfg, tok = corpus
     seen = []

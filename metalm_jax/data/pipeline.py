@@ -1,11 +1,14 @@
 """The grain pipeline: corpus documents -> tokenize -> pack -> semi-causal spans -> batches.
 
 Training (`train_iterator`): the split is sharded per process (`process_index::process_count`),
-shuffled with the config seed and re-shuffled every epoch, repeated forever; packing and span
-sampling are deterministic functions of that order and of the seed. The iterator's state is a
-small JSON dict (saved in every checkpoint by grain's Orbax handler), so a resumed run yields
-exactly the batch the interrupted run would have yielded next, on any number of devices; with
-another number of processes the shards differ and the iterators start afresh (checkpoint.py).
+shuffled with the config seed and re-shuffled every epoch, repeated forever; `data.open_documents`
+documents are packed at once and each row is drawn at random among them (data/packed_rows.py), so
+the rows of one long document are spread out instead of filling consecutive batches. Packing, the
+draws and span sampling are deterministic functions of that order and of the seed. The
+iterator's state is a small JSON dict (saved in every checkpoint by grain's Orbax handler), so a
+resumed run yields exactly the batch the interrupted run would have yielded next, on any number
+of devices; with another number of processes the shards differ and the iterators start afresh
+(checkpoint.py).
 
 Evaluation (`eval_batches`): the validation split in file order, packed once, spans sampled with
 a fixed seed, the last batch padded with empty rows (loss weight 0); cached in memory so every
@@ -22,56 +25,12 @@ import grain
 import numpy as np
 
 from metalm_jax.data import corpora, tokenizer, vl_pipeline
-from metalm_jax.data.packing import SentencePacker
+from metalm_jax.data.packed_rows import PackedRows
 from metalm_jax.data.rows import RowFormat
 from metalm_jax.data.spans import semi_causal_example
-from metalm_jax.data.tokenizer import JsonTokenizer, SpecialIds, Tokenizer
+from metalm_jax.data.tokenizer import JsonTokenizer, Tokenizer
 from metalm_jax.data.vl import ImageLayout, empty_image_fields
 from metalm_jax.types import DataError
-
-
-class _PackDatasetIterator(grain.DatasetIterator):
-    """Packs tokenized documents into rows; state = (parent state before the current document,
-    sentence index inside it), so no buffered tokens need saving."""
-
-    def __init__(self, parent: grain.DatasetIterator, length: int, ids: SpecialIds):
-        super().__init__(parent)
-        self._doc_state = parent.get_state()
-        self._packer = SentencePacker(length, self._fetch, ids)
-
-    def _fetch(self):
-        self._doc_state = self._parent.get_state()
-        return next(self._parent)
-
-    def __next__(self):
-        return self._packer.next_row()
-
-    def get_state(self):
-        return {
-            "parent": self._doc_state,
-            "sent_idx": int(self._packer.sent_idx),
-            "has_doc": self._packer.doc is not None,
-        }
-
-    def set_state(self, state):
-        self._parent.set_state(state["parent"])
-        self._doc_state = state["parent"]
-        self._packer.doc = None
-        if state["has_doc"]:
-            self._packer.load_doc(next(self._parent), int(state["sent_idx"]))
-
-
-class PackIterDataset(grain.IterDataset):
-    """grain IterDataset of packed rows {tokens, segment_ids, positions}, each int32[L];
-    `ids`: the tokenizer's special ids (<s> starts a segment, <pad> fills)."""
-
-    def __init__(self, parent: grain.IterDataset, length: int, ids: SpecialIds):
-        super().__init__(parent)
-        self._length = length
-        self._ids = ids
-
-    def __iter__(self):
-        return _PackDatasetIterator(self._parent.__iter__(), self._length, self._ids)
 
 
 def build_tokenizer(cfg, workdir: str) -> Tokenizer | JsonTokenizer:
@@ -122,10 +81,14 @@ def text_rows(cfg, tok: Tokenizer, shard, fmt: RowFormat):
     """Infinite IterDataset of semi-causal text Batch rows."""
     seed = int(cfg.data.seed)
     spans, encoding = fmt.spans, fmt.encoding
-    docs = _documents(cfg, "train", tok, shard, seed).to_iter_dataset(
-        grain.ReadOptions(num_threads=2, prefetch_buffer_size=64)
+    ds = PackedRows(
+        _documents(cfg, "train", tok, shard, seed),
+        cfg.data.seq_len,
+        tok.ids,
+        open_docs=int(cfg.data.open_documents),
+        seed=seed + 6,
+        read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=64),
     )
-    ds = PackIterDataset(docs, cfg.data.seq_len, tok.ids)
     ds = ds.random_map(
         lambda row, rng: semi_causal_example(row, rng, spans, encoding), seed=seed + 1
     )
@@ -214,11 +177,11 @@ def eval_batches(
 ):
     """The fixed text validation batches (list of dicts), padded to full batches."""
     spans, encoding = fmt.spans, fmt.encoding
-    docs = _documents(cfg, "validation", tok, shard, None).to_iter_dataset()
+    docs = _documents(cfg, "validation", tok, shard, None)
     rng = np.random.default_rng(int(cfg.data.seed) + 2)
     rows = []
     add_images = _with_images(fmt.layout)
-    for row in PackIterDataset(docs, cfg.data.seq_len, tok.ids):
+    for row in PackedRows(docs, cfg.data.seq_len, tok.ids):  # file order, one at a time
         rows.append(add_images(semi_causal_example(row, rng, spans, encoding)))
         if len(rows) == batch_size * max_batches:
             break
