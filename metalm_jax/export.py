@@ -12,7 +12,10 @@ A run with a Hugging Face tokenizer.json (e.g. GPT-2's own) gets it copied besid
 from __future__ import annotations
 
 import os
-import shutil
+
+from etils import epath
+
+from metalm_jax import paths
 
 
 def export_run(workdir: str, out_dir: str, step: int | None = None) -> str:
@@ -20,12 +23,12 @@ def export_run(workdir: str, out_dir: str, step: int | None = None) -> str:
     from metalm_jax.convert.gpt2 import export
     from metalm_jax.eval import load
 
-    if not os.path.isdir(workdir):  # load_run would create checkpoints/ there
+    if not epath.Path(workdir).is_dir():  # load_run would create checkpoints/ there
         raise FileNotFoundError(f"{workdir}: no such run directory")
     cfg, tok, _, params = load.load_run(workdir, step)
     note = export(params, cfg, out_dir, tok.ids)
     if tok.kind == "json":
-        shutil.copyfile(tok.source, os.path.join(out_dir, "tokenizer.json"))
+        paths.copy_file(tok.source, os.path.join(out_dir, "tokenizer.json"))
         return f"{note}\ntokenizer: the run's {tok.source}, copied as tokenizer.json"
     return (
         f"{note}\ntokenizer: the run's SentencePiece model {tok.source} (not GPT-2's BPE, and not "

@@ -22,12 +22,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import shutil
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 import sentencepiece as spm
+from etils import epath
 
+from metalm_jax import paths
 from metalm_jax.types import ConfigError
 
 
@@ -129,7 +130,7 @@ class JsonTokenizer(_Specials):
         from tokenizers import Tokenizer as HFTokenizer
 
         try:
-            self.hf = HFTokenizer.from_file(path)
+            self.hf = HFTokenizer.from_str(epath.Path(path).read_text(encoding="utf-8"))
         except Exception as e:  # noqa: BLE001 - the library raises plain Exceptions
             raise ConfigError(
                 f"data.tokenizer_path: cannot read {path} as a Hugging Face tokenizer.json ({e})"
@@ -164,24 +165,20 @@ class JsonTokenizer(_Specials):
 
 def open_tokenizer(path: str) -> Tokenizer | JsonTokenizer:
     """A tokenizer file by kind: a Hugging Face tokenizer.json, or a SentencePiece model; a
-    directory: its tokenizer.json, else its tokenizer.model."""
-    if os.path.isdir(path):
-        found = [
-            os.path.join(path, n) for n in SAVED_NAMES if os.path.isfile(os.path.join(path, n))
-        ]
+    directory: its tokenizer.json, else its tokenizer.model. Local or a URL (paths.py)."""
+    if epath.Path(path).is_dir():
+        found = [str(epath.Path(path) / n) for n in SAVED_NAMES if (epath.Path(path) / n).is_file()]
         if not found:
             raise FileNotFoundError(
                 f"tokenizer {path}: a directory with no {' or '.join(SAVED_NAMES)}"
             )
         path = found[0]
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
         raise FileNotFoundError(f"tokenizer model_path {path!r} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(64).lstrip()
-    if path.endswith(".json") or head.startswith(b"{"):
+    data = epath.Path(path).read_bytes()
+    if path.endswith(".json") or data[:64].lstrip().startswith(b"{"):
         return JsonTokenizer(path)
-    with open(path, "rb") as f:
-        return Tokenizer(f.read(), path)
+    return Tokenizer(data, path)
 
 
 def configured_path(data_tokenizer_path: str, init_entries) -> str:
@@ -202,11 +199,12 @@ def configured_path(data_tokenizer_path: str, init_entries) -> str:
 
 def _save_copy(src: str, dst: str) -> None:
     """`src` copied to `dst` atomically (a crash never leaves half a file), unless it is it."""
-    if os.path.exists(dst) and os.path.samefile(src, dst):
+    if paths.is_remote(src) or paths.is_remote(dst):
+        if os.fspath(src) == os.fspath(dst):
+            return
+    elif os.path.exists(dst) and os.path.samefile(src, dst):
         return
-    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
-    shutil.copyfile(src, dst + ".tmp")
-    os.replace(dst + ".tmp", dst)
+    paths.copy_file(src, dst)
 
 
 def for_run(workdir: str, path: str, texts_fn, vocab_size: int) -> Tokenizer | JsonTokenizer:
@@ -216,21 +214,26 @@ def for_run(workdir: str, path: str, texts_fn, vocab_size: int) -> Tokenizer | J
     if path:
         tok = open_tokenizer(path)
         if isinstance(tok, JsonTokenizer):
-            _save_copy(tok.source, os.path.join(workdir, tok.saved_name))
+            _save_copy(tok.source, _join(workdir, tok.saved_name))
         return tok
-    saved = os.path.join(workdir, JsonTokenizer.saved_name)
-    if os.path.isfile(saved):
+    saved = _join(workdir, JsonTokenizer.saved_name)
+    if epath.Path(saved).is_file():
         return JsonTokenizer(saved)
-    return load_or_train(os.path.join(workdir, Tokenizer.saved_name), texts_fn, vocab_size)
+    return load_or_train(_join(workdir, Tokenizer.saved_name), texts_fn, vocab_size)
 
 
 def saved(workdir: str, path: str = "") -> Tokenizer | JsonTokenizer:
     """A trained run's tokenizer (for inference): the workdir's tokenizer.json, else `path`
     (data.tokenizer_path of its config), else the workdir's tokenizer.model."""
-    json_path = os.path.join(workdir, JsonTokenizer.saved_name)
-    if os.path.isfile(json_path):
+    json_path = _join(workdir, JsonTokenizer.saved_name)
+    if epath.Path(json_path).is_file():
         return JsonTokenizer(json_path)
-    return open_tokenizer(path or os.path.join(workdir, Tokenizer.saved_name))
+    return open_tokenizer(path or _join(workdir, Tokenizer.saved_name))
+
+
+def _join(workdir: str, name: str) -> str:
+    """<workdir>/<name> as a string (a tokenizer's `source`), the workdir local or a URL."""
+    return os.fspath(epath.Path(workdir) / name)
 
 
 def train_tokenizer(texts: Iterator[str], vocab_size: int, model_type: str = "unigram") -> bytes:
@@ -269,9 +272,8 @@ def load_or_train(
     """
     if model_path:
         return open_tokenizer(model_path)
-    if os.path.exists(cache_path):
-        with open(cache_path, "rb") as f:
-            tok = Tokenizer(f.read(), cache_path)
+    if epath.Path(cache_path).exists():
+        tok = Tokenizer(epath.Path(cache_path).read_bytes(), cache_path)
         if tok.vocab_size != vocab_size:
             raise ConfigError(
                 f"cached tokenizer {cache_path} has vocab {tok.vocab_size}, config asks for "
@@ -279,9 +281,5 @@ def load_or_train(
             )
         return tok
     proto = train_tokenizer(texts_fn(), vocab_size)
-    os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
-    tmp = cache_path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(proto)
-    os.replace(tmp, cache_path)  # atomic: a crash never leaves a half-written model
+    paths.write_atomic(cache_path, proto)  # a crash never leaves a half-written model
     return Tokenizer(proto, cache_path)

@@ -23,19 +23,18 @@ import json
 import os
 
 import numpy as np
+from etils import epath
 
+from metalm_jax import paths
 from metalm_jax.eval.metrics import exact_match
 from metalm_jax.types import ConfigError, DataError
 
 
 def _write(workdir, name, metrics, predictions):
-    d = os.path.join(workdir, "evals", name)
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    with open(os.path.join(d, "predictions.jsonl"), "w") as f:
-        for p in predictions:
-            f.write(json.dumps(p) + "\n")
+    """<workdir>/evals/<name>/{metrics.json, predictions.jsonl}; the workdir local or a URL."""
+    d = epath.Path(workdir) / "evals" / name
+    paths.write_atomic(d / "metrics.json", json.dumps(metrics, indent=2))
+    paths.write_atomic(d / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
 
 
 def kjv_testament_task(n_items: int, seed: int):

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 
 import jax
+from etils import epath
 
+from metalm_jax import paths
 from metalm_jax.train.optimizer import param_path
 from metalm_jax.types import ConfigError
 
@@ -52,7 +53,9 @@ INIT_TARGETS = {
 
 
 def _run_dir(step_dir: str) -> str:
-    """checkpoints/<step> -> the run's workdir."""
+    """checkpoints/<step> -> the run's workdir (local or a URL)."""
+    if paths.is_remote(step_dir):
+        return os.fspath(epath.Path(step_dir).parent.parent)
     return os.path.dirname(os.path.dirname(os.path.abspath(step_dir)))
 
 
@@ -106,16 +109,14 @@ def _copy_tokenizer(saved, source_dir: str, workdir: str, out) -> None:
     tokenizer.model) copied into the new workdir under the name of its kind."""
     from metalm_jax.data.tokenizer import open_tokenizer
 
-    src = os.path.join(source_dir, "tokenizer.json")
-    if not os.path.isfile(src):
-        src = saved.data.tokenizer_path or os.path.join(source_dir, "tokenizer.model")
-    if not os.path.isfile(src):
+    src = os.fspath(epath.Path(source_dir) / "tokenizer.json")
+    if not epath.Path(src).is_file():
+        src = saved.data.tokenizer_path or os.fspath(epath.Path(source_dir) / "tokenizer.model")
+    if not epath.Path(src).is_file():
         raise FileNotFoundError(f"finetune.from_run: the source run's tokenizer {src} is missing")
-    dst = os.path.join(workdir, open_tokenizer(src).saved_name)
-    if not os.path.exists(dst) and jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        shutil.copyfile(src, dst + ".tmp")
-        os.replace(dst + ".tmp", dst)
+    dst = epath.Path(workdir) / open_tokenizer(src).saved_name
+    if not dst.exists() and jax.process_index() == 0:
+        paths.copy_file(src, dst)
     out.data.tokenizer_path = ""  # the workdir's copy
 
 

@@ -23,7 +23,9 @@ import os
 
 import jax
 import numpy as np
+from etils import epath
 
+from metalm_jax import paths
 from metalm_jax.convert import check_arch, load_hf
 from metalm_jax.convert.common import ConversionError, fit_tree, flatten
 from metalm_jax.train.checkpoint import read_params
@@ -53,14 +55,14 @@ def _entries(cfg) -> list[dict]:
 
 def orbax_checkpoint_dir(source: str) -> str:
     """A run's workdir (latest step) or a checkpoints/<step> directory -> the step directory."""
-    source = os.path.abspath(source)
-    ckpts = os.path.join(source, "checkpoints")
-    if os.path.isdir(ckpts):
-        steps = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())
+    source = paths.shown(source)  # absolute if local; a URL (gs://...) as it is
+    ckpts = epath.Path(source) / "checkpoints"
+    if ckpts.is_dir():
+        steps = sorted(int(d.name) for d in ckpts.iterdir() if d.name.isdigit())
         if not steps:
             raise ConversionError(f"{ckpts}: no checkpoints")
-        return os.path.join(ckpts, str(steps[-1]))
-    if os.path.isdir(os.path.join(source, "state")):
+        return os.fspath(ckpts / str(steps[-1]))
+    if (epath.Path(source) / "state").is_dir():
         return source
     raise ConversionError(
         f"{source}: neither a run workdir with checkpoints/ nor a checkpoint step directory"

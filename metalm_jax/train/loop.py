@@ -12,11 +12,11 @@ resumes from the latest checkpoint in the workdir, data iterator included.
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import jax
 
+from metalm_jax import paths
 from metalm_jax.data import pipeline, vl_pipeline
 from metalm_jax.eval.evaluators import run_evals
 from metalm_jax.eval.generation import generate_with
@@ -60,7 +60,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     Raises WorkdirBusyError if another run holds the workdir, NonFiniteError on a non-finite
     step (train.nonfinite) and Stopped after a signal's checkpoint is saved."""
     t_start = time.time()
-    mlib.console(f"== metalm_jax: {cfg.name} -> {os.path.abspath(workdir)}")
+    mlib.console(f"== metalm_jax: {cfg.name} -> {paths.shown(workdir)}")
     with hold_workdir(workdir, cfg.train.lock_lease_minutes, mlib.console):
         return _train(cfg, workdir, t_start)
 

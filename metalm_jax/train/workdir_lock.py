@@ -12,6 +12,13 @@ Taking over renames the stale file away first (atomic), then creates a new one e
 two runs taking over at once only one gets the lock. Released at exit, normal or not; a killed
 run leaves a lock that the rules above take over.
 
+On an object store (a gs://... workdir, metalm_jax/paths.py) there is no exclusive create and no
+atomic rename, so the lock is advisory there (ObjectStoreLock): the run writes the lock object
+with its token, waits a moment and reads it back; it holds the lock if its token is still there.
+A live holder is refused and a stale one taken over by the same rules; two runs that start
+within the same second can still both read their own token back (the later write wins, and the
+earlier run notices at its next refresh that the lock was taken, and says so).
+
 Read-only commands (evaluate, generate) do not take it.
 """
 
@@ -26,6 +33,9 @@ import threading
 import time
 import uuid
 
+from etils import epath
+
+from metalm_jax import paths
 from metalm_jax.types import UserError
 
 LOCK_NAME = ".lock"
@@ -110,8 +120,7 @@ class WorkdirLock:
         """The holder's record; {} for an unreadable file (a writer mid-rename never leaves one:
         refreshes replace the file atomically), None when there is no file."""
         try:
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
+            return json.loads(epath.Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
@@ -204,18 +213,74 @@ class WorkdirLock:
                 os.remove(self.path)
 
 
+class ObjectStoreLock(WorkdirLock):
+    """The lock of a workdir on an object store (gs://...): advisory (module docstring)."""
+
+    settle_s = 1.0  # between writing the lock object and reading it back
+
+    def __init__(self, workdir: str, lease_minutes: float = 10.0, log=print):
+        super().__init__(workdir, lease_minutes, log)
+        self.path = os.fspath(epath.Path(workdir) / LOCK_NAME)
+
+    def _busy(self, holder: dict) -> WorkdirBusyError:
+        return WorkdirBusyError(
+            f"workdir {self.path.rsplit('/', 1)[0]} is in use by another run "
+            f"({describe(holder)}): stop it or use another --workdir (a lock whose holder is "
+            f"gone is taken over; {self.path} is the lock)"
+        )
+
+    def acquire(self) -> None:
+        holder = self._read(self.path)
+        if holder is not None:
+            reason = stale_reason(holder, self.lease_minutes) if holder else "it is unreadable"
+            if reason is None:
+                raise self._busy(holder)
+            who = describe(holder) if holder else "unknown holder"
+            self.log(f"== took over the workdir lock of {who}: {reason}")
+        paths.write_atomic(self.path, json.dumps(self.record))
+        time.sleep(self.settle_s)
+        holder = self._read(self.path)
+        if not holder or holder.get("token") != self.token:
+            raise self._busy(holder or {})
+        self.log(
+            f"== workdir lock {self.path}: advisory on an object store (no exclusive create); "
+            "two runs started within the same second may both start"
+        )
+        _HELD.add(self.token)
+        self._thread = threading.Thread(target=self._refresh_loop, daemon=True, name="lock")
+        self._thread.start()
+
+    def refresh(self) -> bool:
+        holder = self._read(self.path)
+        if not holder or holder.get("token") != self.token:
+            self.log(f"== warning: the workdir lock {self.path} was taken by another run")
+            self._stop.set()
+            return False
+        self.record["refreshed"] = time.time()
+        paths.write_atomic(self.path, json.dumps(self.record))
+        return True
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        _HELD.discard(self.token)
+        holder = self._read(self.path)
+        if holder and holder.get("token") == self.token:
+            with contextlib.suppress(FileNotFoundError):
+                epath.Path(self.path).unlink()
+
+
 @contextlib.contextmanager
 def hold_workdir(workdir: str, lease_minutes: float, log=print):
     """Holds the workdir lock for the block: on process 0 of a multi-host job; the other
     processes wait for its answer and refuse too if it refused (so none hangs at a barrier).
-    Remote workdirs (gs://...) are not locked."""
+    A workdir on an object store (gs://...) gets the advisory ObjectStoreLock."""
     import jax
 
-    if "://" in workdir:
-        log(f"== {workdir} is not a local path: the workdir is not locked")
-        yield
-        return
-    lock = WorkdirLock(workdir, lease_minutes, log) if jax.process_index() == 0 else None
+    kind = ObjectStoreLock if paths.is_remote(workdir) else WorkdirLock
+    lock = kind(workdir, lease_minutes, log) if jax.process_index() == 0 else None
     error = None
     if lock is not None:
         try:
