@@ -299,3 +299,28 @@ def test_export_run_exports_the_loaded_run(tmp_path, monkeypatch):
     assert calls == [(str(tmp_path), 3)]
     assert "run/tokenizer.model" in note
     assert os.path.isfile(tmp_path / "out" / "model.safetensors")
+
+
+def test_export_run_copies_a_json_tokenizer(tmp_path, monkeypatch):
+    """A run with a Hugging Face tokenizer.json (GPT-2's own): the export gets it, and its ids
+    (pad and </d> mapped onto <|endoftext|>) in config.json."""
+    from metalm_jax.data.corpora import kjv_chapters
+    from metalm_jax.data.tokenizer import open_tokenizer
+    from metalm_jax.eval import load
+    from metalm_jax.export import export_run
+
+    texts = [v for _, verses in kjv_chapters()[:5] for v in verses]
+    tok = open_tokenizer(testing.write_byte_bpe(str(tmp_path / "tokenizer.json"), texts, 300))
+    cfg = _gpt2_shaped_cfg()
+    cfg.data.vocab_size = tok.vocab_size
+    _, params = _random_params(cfg)
+    monkeypatch.setattr(load, "load_run", lambda workdir, step=None: (cfg, tok, None, params))
+    note = export_run(str(tmp_path), str(tmp_path / "out"))
+    assert note.endswith(f"tokenizer: the run's {tok.source}, copied as tokenizer.json")
+    with open(tmp_path / "out" / "config.json") as f:
+        config = json.load(f)
+    assert config["bos_token_id"] == config["eos_token_id"] == config["pad_token_id"] == 299
+    hf_tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(tmp_path / "out" / "tokenizer.json")
+    )
+    assert hf_tok.encode("In the beginning") == tok.encode("In the beginning")

@@ -239,3 +239,23 @@ def test_gpt2_decoder_and_bert_encoder_train(corpus, gpt2_dir, tmp_path, capsys)
     assert len(losses) == 4 and all(np.isfinite(losses))
     (text,) = generate_text(work, ["In the beginning"], max_tokens=6)
     assert isinstance(text, str)
+
+
+def test_finetune_copies_the_source_runs_tokenizer_json(bpe_path, tmp_path):
+    """finetune.from_run: a source run with a tokenizer.json gets it copied into the new
+    workdir under that name (the finetuning run then reads it as its saved tokenizer)."""
+    import shutil
+
+    from metalm_jax.config import base_config
+    from metalm_jax.train.finetune import _copy_tokenizer
+
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copyfile(bpe_path, source / "tokenizer.json")
+    out = base_config()
+    out.data.tokenizer_path = "/elsewhere.model"
+    work = str(tmp_path / "ft")
+    _copy_tokenizer(base_config(), str(source), work, out)
+    assert out.data.tokenizer_path == ""
+    assert not os.path.exists(os.path.join(work, "tokenizer.model"))
+    assert tokenizer.for_run(work, "", None, VOCAB).source == os.path.join(work, "tokenizer.json")
