@@ -12,7 +12,7 @@ Subcommands:
             resource holding one node of the same name (gcloud compute tpus queued-resources create)
   status    describe the TPU VM (or the queued resource with --queued)
   install   copy this checkout to every worker (or git clone --repo there) and run README's
-            install command with the tpu extra: python3 -m venv .venv && .venv/bin/pip install -e '.[tpu]'
+            install command with the tpu and gcs extras: python3 -m venv .venv && .venv/bin/pip install -e '.[tpu,gcs]'
   run       start the trainer on every worker, in the background under nohup:
               python -m metalm_jax.train --config CONFIG --workdir WORKDIR --multihost [trainer flags]
             Running the same command again resumes from the latest checkpoint in WORKDIR.
@@ -226,7 +226,7 @@ cmd_install() {
     x gcloud compute tpus tpu-vm scp "$stage/$REMOTE_DIR" "$NAME:~/" "${GCLOUD_FLAGS[@]}" \
       --worker=all --recurse --compress
   fi
-  ssh_all "set -e; ${fetch:+$fetch; }command -v $py >/dev/null || { sudo apt-get update -q && sudo apt-get install -y -q $py $(quote "$PYTHON-venv"); }; cd $REMOTE_DIR && $py -m venv .venv && .venv/bin/pip install -e '.[tpu]'"
+  ssh_all "set -e; ${fetch:+$fetch; }command -v $py >/dev/null || { sudo apt-get update -q && sudo apt-get install -y -q $py $(quote "$PYTHON-venv"); }; cd $REMOTE_DIR && $py -m venv .venv && .venv/bin/pip install -e '.[tpu,gcs]'"
 }
 
 cmd_run() {

@@ -117,7 +117,7 @@ def test_tpu_install_copies_checkout():
     assert scp[6] == "pod:~/" and "--worker=all" in scp and "--recurse" in scp
     assert ssh[3:6] == ["tpu-vm", "ssh", "pod"] and "--worker=all" in ssh
     remote = flag(ssh, "--command")
-    assert "python3 -m venv .venv && .venv/bin/pip install -e '.[tpu]'" in remote
+    assert "python3 -m venv .venv && .venv/bin/pip install -e '.[tpu,gcs]'" in remote
     assert "git clone" not in remote
 
 
@@ -127,7 +127,7 @@ def test_tpu_install_from_repo():
     assert "--worker=all" in ssh
     remote = flag(ssh, "--command")
     assert f"git clone {url} metalm_jax" in remote
-    assert "python3.11 -m venv .venv && .venv/bin/pip install -e '.[tpu]'" in remote
+    assert "python3.11 -m venv .venv && .venv/bin/pip install -e '.[tpu,gcs]'" in remote
 
 
 def test_tpu_run():
