@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 
 import grain
 import jax
@@ -85,11 +86,26 @@ class Unreadable(CheckpointError):
 
 
 def _reason(e: BaseException, step_dir: str) -> tuple[str | None, str]:
-    """(a file under step_dir the error names, a short reason) for a read error."""
-    msg = " ".join(str(e).split())
-    m = re.search(re.escape(step_dir) + r"/[^\s'\",}]*", msg)
-    short = msg if len(msg) <= 160 else msg[:157] + "..."
-    return (m.group(0) if m else None), f"{type(e).__name__}: {short}"
+    """(a file under step_dir the error names, a short reason) for a read error.
+
+    A read failed, so the closed-loop callbacks of the reads it abandoned are quieted
+    (_quiet_abandoned_reads). The reason is the innermost error `e` was raised from: Orbax
+    wraps TensorStore's error, which names the array and what is wrong with it ('Error reading
+    "params.x/0.0": Requested byte range [..) is not valid for value of size 10'), in one whose
+    text is the store's multi-KB spec."""
+    _quiet_abandoned_reads()
+    chain = [e]
+    while chain[-1].__cause__ is not None and len(chain) < 8:
+        chain.append(chain[-1].__cause__)
+    msgs = [" ".join(str(x).split()) for x in chain]
+    found = (re.search(re.escape(step_dir) + r"/[^\s'\",}]*", msg) for msg in reversed(msgs))
+    m = next((f for f in found if f), None)
+    i = len(chain) - 1 if msgs[-1] else 0  # an empty innermost message says nothing
+    # the step's path is in the line already; TensorStore appends its spec to some errors
+    msgs[i] = re.sub(r' in OCDBT database at local file "[^"]*"', "", msgs[i])
+    msgs[i] = re.sub(r" \[tensorstore_spec\S*=.*$", "", msgs[i])
+    short = msgs[i] if len(msgs[i]) <= 240 else msgs[i][:237] + "..."
+    return (m.group(0) if m else None), f"{type(chain[i]).__name__}: {short}"
 
 
 def check_shapes(saved: dict, config: dict, where: str, keys=SHAPE_KEYS) -> None:
@@ -182,6 +198,29 @@ def read_params(step_dir: str, abstract_params, step: int = -1):
         if bad:
             raise Unreadable(step, path, bad)
     return params
+
+
+def _quiet_abandoned_reads() -> None:
+    """Drops the 'Event loop is closed' errors of reads that a failed restore abandoned.
+
+    Orbax reads a step's arrays concurrently on an asyncio loop and closes the loop when the
+    first read fails. TensorStore then completes the other reads into the closed loop, and each
+    raises RuntimeError('Event loop is closed') as an unraisable exception. That prints a page
+    of tracebacks, at any later moment: during the fallback's training, or after the error line
+    that ends the run. They carry nothing (the failure is reported in one line), so this hook
+    drops exactly them and passes every other unraisable exception on to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "quiets_closed_loop", False):
+        return
+
+    def hook(unraisable) -> None:
+        e = unraisable.exc_value
+        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.quiets_closed_loop = True
+    sys.unraisablehook = hook
 
 
 class Checkpointer:
