@@ -108,14 +108,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = m = ml_collections.ConfigDict()
     m.dtype = "float32"  # compute dtype (params stay float32): float32 | bfloat16
     m.connector = "linear"  # text encoder -> decoder connector
+    m.attention = "auto"  # dense | blockwise | splash (TPU) | cudnn (GPU) | auto: splash on TPU,
+    #   cudnn on GPU where the mask allows, else dense (blockwise from 1024 positions); every
+    #   stack logs its choice once (model/attention.py). KV-cache decoding is always dense
     m.decoder = dec = ml_collections.ConfigDict()
     dec.num_layers = 4
     dec.d_model = 256
     dec.num_heads = 4
     dec.d_ff = 1024
-    m.attention = "auto"  # dense | blockwise | splash (TPU) | cudnn (GPU) | auto: splash on TPU,
-    #   cudnn on GPU where the mask allows, else dense (blockwise from 1024 positions); every
-    #   stack logs its choice once (model/attention.py). KV-cache decoding is always dense
     dec.max_len = 256  # longest decoder row the model is built for
     dec.norm = "deepnorm"  # deepnorm (paper) | post | pre
     dec.dropout = 0.0
