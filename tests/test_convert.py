@@ -201,6 +201,8 @@ def test_config_not_matching_checkpoint_names_keys(tmp_path):
 class _WordDecoder:
     """Stands in for the SentencePiece tokenizer: id i decodes to word i."""
 
+    eos = 2  # </s>, where a span's text is split into paragraphs
+
     def __init__(self, words):
         self.words = words
 

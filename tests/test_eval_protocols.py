@@ -8,7 +8,7 @@ import pytest
 
 from metalm_jax import testing
 from metalm_jax.config import captioning_eval, vqa_eval
-from metalm_jax.data.tokenizer import BOS_ID, PAD_ID
+from metalm_jax.data.tokenizer import BOS_ID, PAD_ID, SENTENCEPIECE_IDS
 from metalm_jax.data.vl import ImageLayout
 from metalm_jax.eval import decode, evaluators
 from metalm_jax.model.build import derive
@@ -16,7 +16,11 @@ from metalm_jax.types import ConfigError
 
 
 class WordTok:
-    """One id per distinct whitespace-separated word (ids 5.., in order of first use)."""
+    """One id per distinct whitespace-separated word (ids 5.., in order of first use); the
+    special ids are SentencePiece's."""
+
+    ids = SENTENCEPIECE_IDS
+    pad, bos, eos, unk, doc_end = 0, 1, 2, 3, 4
 
     def __init__(self):
         self.vocab: dict[str, int] = {}
@@ -35,7 +39,7 @@ def test_caption_prompt_row_puts_the_prompt_under_the_prefix_slots_by_hand():
         enc_length=5,
     )  # fmt: skip
     img = np.full((4, 4, 3), 1.0, np.float32)
-    row = evaluators._caption_prompt_row(img, [11, 12], [21], layout)
+    row = evaluators._caption_prompt_row(img, [11, 12], [21], layout, SENTENCEPIECE_IDS)
     #   <s> [img img][p11 p12] 21        bank: text 0..4, the image's 2 + 3 slots at 5..9
     np.testing.assert_array_equal(row["tokens"][:6], [BOS_ID, PAD_ID, PAD_ID, 11, 12, 21])
     np.testing.assert_array_equal(row["slot_index"][:6], [-1, 5, 6, 7, 8, -1])
@@ -43,7 +47,7 @@ def test_caption_prompt_row_puts_the_prompt_under_the_prefix_slots_by_hand():
     np.testing.assert_array_equal(row["vl_prefix_mask"], [[1, 1, 0]])
     assert row["segment_ids"].sum() == 6 and row["image_valid"].tolist() == [1]
     # no prompt, no priming (the old rows): <s> and the image's slots only
-    bare = evaluators._caption_prompt_row(img, [], [], layout)
+    bare = evaluators._caption_prompt_row(img, [], [], layout, SENTENCEPIECE_IDS)
     np.testing.assert_array_equal(bare["slot_index"][:4], [-1, 5, 6, -1])
     assert bare["segment_ids"].sum() == 3 and bare["vl_prefix_mask"].sum() == 0
     # left-padded for decode.generate: the shorter row gets padding (segment 0) on the left
@@ -72,7 +76,8 @@ def _run_captioning(monkeypatch, ev, cfg=None):
     ]
     calls = []
 
-    def generate(model, params, batch, key, *, max_new, cfg, stop_ids):
+    def generate(model, params, batch, key, *, max_new, cfg, stop_ids, pad_id):
+        assert stop_ids == (tok.eos,) and pad_id == tok.pad
         calls.append((batch, cfg))
         return np.full((batch.tokens.shape[0], max_new), 5, np.int32)
 

@@ -161,6 +161,8 @@ def test_bad_image_is_named_or_skipped_and_counted():
     layout = image_layout(cfg)
 
     class Tok:
+        eos = EOS_ID
+
         def encode(self, text):
             return [5, 6]
 
