@@ -35,6 +35,8 @@ FLOORS = {
     "metalm_jax.types": "base",
     "metalm_jax.config": "base",
     "metalm_jax.resources": "base",
+    # a run's files local or on an object store (gs://, through etils.epath)
+    "metalm_jax.paths": "base",
     # run_cli: how every command line ends on a user error (the types are in types.py)
     "metalm_jax.cli": "base",
     # corpora, tokenizer, packing, spans, rows, tasks, grain pipelines: numpy, no model
