@@ -17,10 +17,23 @@ import os
 
 from etils import epath
 
+from metalm_jax.types import ConfigError
+
 
 def is_remote(path) -> bool:
     """True for a URL (gs://..., s3://...), False for a local path."""
     return "://" in os.fspath(path)
+
+
+def check_reachable(path) -> None:
+    """Raises ConfigError (one line, naming the extra) if `path` is a URL whose filesystem
+    library is not installed (gs:// without gcsfs or TensorFlow)."""
+    if not is_remote(path):
+        return
+    try:
+        epath.Path(path).exists()
+    except ImportError as e:
+        raise ConfigError(f"{os.fspath(path)}: {e} (for gs://: pip install -e '.[gcs]')") from None
 
 
 def shown(path) -> str:

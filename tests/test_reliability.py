@@ -440,8 +440,21 @@ def _truncate_a_data_file(step_dir):
     return path
 
 
+def _truncate_the_config(step_dir):
+    path = os.path.join(step_dir, "config", "metadata")
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _delete_the_state_item(step_dir):
+    import shutil
+
+    shutil.rmtree(os.path.join(step_dir, "state"))
+
+
 DAMAGE = {
     "flipped_bytes": _flip_16_bytes,
+    "config_truncated": _truncate_the_config,
+    "state_dir_deleted": _delete_the_state_item,
     "manifest_deleted": lambda d: os.remove(os.path.join(d, "state", "manifest.ocdbt")),
     "data_file_truncated": _truncate_a_data_file,
     "metadata_emptied": lambda d: open(os.path.join(d, "state", "_METADATA"), "w").close(),

@@ -186,3 +186,27 @@ def test_finetune_reads_its_source_run_in_the_bucket(bucket, tmp_path):
     _copy_tokenizer(saved, src, "gs://bucket/finetuned", out)
     assert bucket.cat_file("gs://bucket/finetuned/tokenizer.json") == open(bpe, "rb").read()
     assert out.data.tokenizer_path == ""
+
+
+def test_a_bucket_without_its_filesystem_library_is_a_one_line_config_error(monkeypatch):
+    from etils.epath import backend, gpath
+
+    from metalm_jax.train.workdir_lock import hold_workdir
+    from metalm_jax.types import ConfigError
+
+    class NoGcsfs:
+        def __init__(self, *args, **kwargs):
+            raise ImportError("Install gcsfs to access Google Storage")
+
+    registry = importlib.import_module("fsspec.registry")
+    for name in ("gs", "gcs"):
+        monkeypatch.setitem(registry._registry, name, NoGcsfs)
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    cache = type(backend.fsspec_backend)._get_filesystem
+    cache.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match=r"gs://bucket/run: Install gcsfs.*\[gcs\]"):
+            with hold_workdir(RUN, 10.0):
+                pass
+    finally:
+        cache.cache_clear()

@@ -279,6 +279,7 @@ def hold_workdir(workdir: str, lease_minutes: float, log=print):
     A workdir on an object store (gs://...) gets the advisory ObjectStoreLock."""
     import jax
 
+    paths.check_reachable(workdir)  # the first touch of a run's workdir
     kind = ObjectStoreLock if paths.is_remote(workdir) else WorkdirLock
     lock = kind(workdir, lease_minutes, log) if jax.process_index() == 0 else None
     error = None
