@@ -40,6 +40,18 @@ VARIANTS = {  # name -> (overrides, what it tests)
         DN + ["--config.model.decoder.embed_scale=False"],
         "token embeddings not scaled by sqrt(d_model) (TorchScale's default)",
     ),
+    "dn_alpha": (
+        DN + ["--config.model.decoder.deepnorm_beta=1.0"],
+        "DeepNorm's residual weight alpha only (beta = 1: plain init)",
+    ),
+    "dn_beta": (
+        DN + ["--config.model.decoder.deepnorm_alpha=1.0"],
+        "DeepNorm's init scale beta only (alpha = 1)",
+    ),
+    "dn_learned": (
+        DN + ["--config.model.decoder.positions=learned"],
+        "learned positions instead of sinusoidal (no constant component)",
+    ),
     "dn_8": (DN + [DEPTH + "8"], "depth 8"),
     "pre_8": (PRE + [DEPTH + "8"], "pre-LN, depth 8"),
     "dn_12": (DN + [DEPTH + "12"], "depth 12"),

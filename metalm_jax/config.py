@@ -122,6 +122,8 @@ def base_config() -> ml_collections.ConfigDict:
     dec.scan = False  # nn.scan over layers: fast compiles at depth (params stacked on "layers")
     dec.remat = "none"  # none | minimal | full | a jax.checkpoint_policies name
     dec.positions = "sinusoidal"  # sinusoidal | learned (GPT-2)
+    dec.deepnorm_alpha = 0.0  # > 0: DeepNorm's residual weight instead of (2N)^(1/4)
+    dec.deepnorm_beta = 0.0  # > 0: DeepNorm's init scale instead of (8N)^(-1/4) (1.0: plain init)
     _arch_keys(dec)
     m.text_encoder = enc = ml_collections.ConfigDict()
     enc.enabled = True  # False: a plain decoder-only LM (GPT baseline); spans then do nothing

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,3 +118,29 @@ def test_pre_ln_and_post_ln_variants_build():
         m = MetaLM(dataclasses.replace(mc, decoder=dataclasses.replace(mc.decoder, norm=norm)))
         logits, _ = m.apply(m.init(jax.random.key(1), batch), batch)
         assert np.all(np.isfinite(np.asarray(logits)))
+
+
+def test_deepnorm_constants_can_be_set_one_at_a_time():
+    """model.decoder.deepnorm_alpha / deepnorm_beta replace DeepNet's formulas (0 keeps them);
+    beta = 1 initialises the value/output/MLP weights at their plain Xavier size."""
+    cfg = testing.micro_config()
+    cfg.model.decoder.norm = "deepnorm"
+    n = cfg.model.decoder.num_layers
+    dec = model_config(cfg).decoder
+    assert dec.alpha == pytest.approx((2 * n) ** 0.25) and dec.beta == pytest.approx(
+        (8 * n) ** -0.25
+    )
+    cfg.model.decoder.deepnorm_beta = 1.0
+    only_alpha = model_config(cfg).decoder
+    assert only_alpha.alpha == dec.alpha and only_alpha.beta == 1.0
+    batch = Batch.from_dict(testing.random_batch(1, 64, cfg.data.vocab_size, SPANS))
+
+    def wo_std(mc):
+        params = nn.unbox(MetaLM(mc).init(jax.random.key(0), batch)["params"])
+        return float(np.std(np.asarray(params["decoder"]["layers_0"]["mlp"]["wo"])))
+
+    ratio = wo_std(model_config(cfg)) / wo_std(dataclasses.replace(model_config(cfg), decoder=dec))
+    assert ratio == pytest.approx(1 / dec.beta, rel=0.05)
+    cfg.model.decoder.deepnorm_alpha, cfg.model.decoder.deepnorm_beta = 1.0, 0.0
+    only_beta = model_config(cfg).decoder
+    assert only_beta.alpha == 1.0 and only_beta.beta == dec.beta

@@ -44,6 +44,8 @@ def model_config(cfg) -> ModelConfig:
         norm=dec.norm,
         positions=dec.positions,
         dropout=dec.dropout,
+        deepnorm_alpha=dec.deepnorm_alpha,
+        deepnorm_beta=dec.deepnorm_beta,
         **_arch(dec),
         dtype=m.dtype,
         scan=dec.scan,

@@ -58,6 +58,8 @@ class TransformerConfig:
     embed_scale: bool = True  # token embeddings times sqrt(d_model)
     embed_dim: int = 0  # > 0 and != d_model: embeddings this wide, projected to d_model
     final_norm: bool = True  # pre-LN only: the LayerNorm after the last layer
+    deepnorm_alpha: float = 0.0  # > 0: replaces (2N)^(1/4) (RESULTS, DeepNorm study)
+    deepnorm_beta: float = 0.0  # > 0: replaces (8N)^(-1/4) (RESULTS, DeepNorm study)
     qkv_gain: float = 1.0  # Xavier gain of the query/key/value projections (TorchScale: 1/sqrt 2)
     dtype: str = "float32"
     experts: bool = False  # VLMo-style modality experts: separate MLPs for text / image positions
@@ -88,10 +90,14 @@ class TransformerConfig:
 
     @property
     def alpha(self) -> float:
+        if self.norm == "deepnorm" and self.deepnorm_alpha > 0:
+            return self.deepnorm_alpha
         return (2.0 * self.num_layers) ** 0.25 if self.norm == "deepnorm" else 1.0
 
     @property
     def beta(self) -> float:
+        if self.norm == "deepnorm" and self.deepnorm_beta > 0:
+            return self.deepnorm_beta
         return (8.0 * self.num_layers) ** -0.25 if self.norm == "deepnorm" else 1.0
 
 
