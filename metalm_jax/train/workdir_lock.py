@@ -210,7 +210,10 @@ class WorkdirLock:
         holder = self._read(self.path)
         if holder and holder.get("token") == self.token:
             with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path)
+                self._remove()
+
+    def _remove(self) -> None:
+        os.remove(self.path)
 
 
 class ObjectStoreLock(WorkdirLock):
@@ -260,16 +263,8 @@ class ObjectStoreLock(WorkdirLock):
         paths.write_atomic(self.path, json.dumps(self.record))
         return True
 
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        _HELD.discard(self.token)
-        holder = self._read(self.path)
-        if holder and holder.get("token") == self.token:
-            with contextlib.suppress(FileNotFoundError):
-                epath.Path(self.path).unlink()
+    def _remove(self) -> None:
+        epath.Path(self.path).unlink()
 
 
 @contextlib.contextmanager
