@@ -99,6 +99,8 @@ def stale_reason(holder: dict, lease_minutes: float, now: float | None = None) -
 class WorkdirLock:
     """`acquire()` or refuse; `release()`; a daemon thread refreshes the lease meanwhile."""
 
+    missing_grace_s = 1.0  # a refresh that finds no lock file looks again after this long
+
     def __init__(self, workdir: str, lease_minutes: float = 10.0, log=print):
         self.path = os.path.join(workdir, LOCK_NAME)
         self.lease_minutes = lease_minutes
@@ -181,16 +183,19 @@ class WorkdirLock:
     def refresh(self) -> bool:
         """Renews the lease; False (and stops refreshing) if the lock is no longer ours."""
         holder = self._read(self.path)
-        if holder is None:  # another run's take-over attempt may have it aside for a moment
-            time.sleep(1.0)
+        if holder is None and self.missing_grace_s:  # another run's take-over attempt may
+            time.sleep(self.missing_grace_s)  # have it aside for a moment
             holder = self._read(self.path)
         if not holder or holder.get("token") != self.token:
             self.log(f"== warning: the workdir lock {self.path} was taken by another run")
             self._stop.set()
             return False
         self.record["refreshed"] = time.time()
-        os.replace(self._write_tmp(), self.path)
+        self._rewrite()
         return True
+
+    def _rewrite(self) -> None:
+        os.replace(self._write_tmp(), self.path)
 
     def _refresh_loop(self) -> None:
         interval = min(60.0, 60 * self.lease_minutes / 4)
@@ -220,6 +225,7 @@ class ObjectStoreLock(WorkdirLock):
     """The lock of a workdir on an object store (gs://...): advisory (module docstring)."""
 
     settle_s = 1.0  # between writing the lock object and reading it back
+    missing_grace_s = 0.0  # no take-over moves the object aside: missing means gone
 
     def __init__(self, workdir: str, lease_minutes: float = 10.0, log=print):
         super().__init__(workdir, lease_minutes, log)
@@ -253,15 +259,8 @@ class ObjectStoreLock(WorkdirLock):
         self._thread = threading.Thread(target=self._refresh_loop, daemon=True, name="lock")
         self._thread.start()
 
-    def refresh(self) -> bool:
-        holder = self._read(self.path)
-        if not holder or holder.get("token") != self.token:
-            self.log(f"== warning: the workdir lock {self.path} was taken by another run")
-            self._stop.set()
-            return False
-        self.record["refreshed"] = time.time()
+    def _rewrite(self) -> None:
         paths.write_atomic(self.path, json.dumps(self.record))
-        return True
 
     def _remove(self) -> None:
         epath.Path(self.path).unlink()
