@@ -88,8 +88,8 @@ def test_params_only_restores_without_optimizer_state_and_under_another_optimize
     work = _copy(work, tmp_path)
     state_dir = os.path.join(work, "checkpoints", "2", "state")
     shutil.rmtree(state_dir)
-    ocp.StandardCheckpointer().save(state_dir, {"params": params[2], "step": np.int32(2)})
-    ocp.StandardCheckpointer().close()
+    with ocp.StandardCheckpointer() as writer:  # leaving waits for the async save to finish
+        writer.save(state_dir, {"params": params[2], "step": np.int32(2)})
     ckpt = Checkpointer(work, 0, 1)
     with pytest.raises(CheckpointError):
         ckpt.restore(2, trainer.abstract_state, None, cfg.to_dict())
