@@ -15,9 +15,11 @@ of model.attention = splash | auto: forward, dq and dkv per attention layer).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import time
 
 import jax
 import numpy as np
@@ -63,6 +65,15 @@ def pallas_kernels(hlo: str) -> dict[str, int]:
         key = name.group(1) if name else "other"
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def _kernels(compiled) -> dict[str, int] | str:
+    """pallas_kernels of the compiled program, or why its HLO text could not be read (libtpu
+    0.0.52 fails to print some unrolled programs: an async-update instruction's operand count)."""
+    try:
+        return pallas_kernels(compiled.as_text())
+    except Exception as e:  # noqa: BLE001 -- the report must not die on its last line
+        return f"unknown (HLO text unavailable: {str(e).splitlines()[0][:120]})"
 
 
 def compile_for_topology(cfg, topology: str) -> dict:
@@ -136,12 +147,13 @@ def compile_for_topology(cfg, topology: str) -> dict:
         "fits": peak_mem <= hbm,
         "model_flops_per_step": flops["total"],
         "compiler_flops_per_device": float(cost.get("flops", float("nan"))),
+        "compiler_bytes_per_device": float(cost.get("bytes accessed", float("nan"))),
         "optimal_seconds": optimal,
         "grad_accum_steps": accum,
         "estimated_step_seconds": step_seconds if optimal > 0 and not scanned else None,
         "estimated_mfu": mfu,
         "largest_state_buffers": largest,
-        "pallas_kernels": pallas_kernels(compiled.as_text()),
+        "pallas_kernels": _kernels(compiled),
     }
 
 
@@ -155,7 +167,9 @@ def format_report(r: dict) -> str:
         f"peak {gib(r['peak_bytes'])} of {gib(r['hbm_bytes'])} HBM: "
         + ("fits" if r["fits"] else "DOES NOT FIT"),
         f"model FLOPs/step {r['model_flops_per_step']:.3e}; compiler FLOPs/device "
-        f"{r['compiler_flops_per_device']:.3e}; optimal_seconds {r['optimal_seconds']:.4f}"
+        f"{r['compiler_flops_per_device']:.3e}, bytes accessed/device "
+        f"{r.get('compiler_bytes_per_device', float('nan')):.3e}; "
+        f"optimal_seconds {r['optimal_seconds']:.4f}"
         + (f" per microbatch x {r['grad_accum_steps']}" if r["grad_accum_steps"] > 1 else ""),
         "estimated MFU "
         + (
@@ -165,9 +179,11 @@ def format_report(r: dict) -> str:
         ),
     ]
     kernels = r.get("pallas_kernels") or {}
-    lines.append(
-        "Pallas kernels: " + (", ".join(f"{n} x{c}" for n, c in sorted(kernels.items())) or "none")
-    )
+    if isinstance(kernels, str):
+        lines.append(f"Pallas kernels: {kernels}")
+    else:
+        listed = ", ".join(f"{n} x{c}" for n, c in sorted(kernels.items()))
+        lines.append(f"Pallas kernels: {listed or 'none'}")
     if not r["fits"]:
         lines.append("largest state buffers per device:")
         lines += [f"  {gib(b)}  {p}" for b, p in r["largest_state_buffers"]]
@@ -178,8 +194,13 @@ def main(argv):
     from absl import flags
 
     del argv
+    t0 = time.perf_counter()
     report = compile_for_topology(flags.FLAGS.config, flags.FLAGS.topology)
+    report["compile_seconds"] = time.perf_counter() - t0
     print(format_report(report), flush=True)
+    if flags.FLAGS.json:
+        with open(flags.FLAGS.json, "w") as f:
+            json.dump(report, f, indent=1, default=str)
 
 
 if __name__ == "__main__":
@@ -188,5 +209,6 @@ if __name__ == "__main__":
 
     config_flags.DEFINE_config_file("config", None, "experiment config", lock_config=True)
     flags.DEFINE_string("topology", "v5p-128", "TPU topology, e.g. v5p-128, v5e-64, v6e-64")
+    flags.DEFINE_string("json", None, "also write the report as JSON to this path")
     flags.mark_flags_as_required(["config"])
     app.run(main)
