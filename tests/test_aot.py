@@ -32,6 +32,27 @@ def test_compile_micro_model_for_v5e(monkeypatch):
     assert "v5e:2x2" in text and "fits" in text
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed")
+def test_scanned_config_gets_its_estimate_from_an_unrolled_copy(monkeypatch):
+    """A scanned decoder hides its layers from the cost model (the loop body counts once): with
+    unrolled_estimate the FLOPs and MFU come from an unrolled copy, which counts every layer, so
+    the compiler's FLOPs cover the model's explicit count (no remat here)."""
+    monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5p-8")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+    cfg = testing.micro_config()
+    cfg.train.batch_size = 8
+    cfg.model.decoder.scan = True
+    cfg.model.attention = "dense"
+    lines = []
+    report = compile_for_topology(cfg, "v5p-8", unrolled_estimate=True, log=lines.append)
+    assert "unrolled copy" in lines[0] and "unrolled copy" in report["estimate_from"]
+    counted = report["compiler_flops_per_device"] * report["chips"]
+    assert 0.9 < counted / report["model_flops_per_step"] < 2.5, report
+    assert 0 < report["estimated_mfu"] < 1
+    assert "from an unrolled copy" in format_report(report)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed")
 def test_compile_micro_vision_language_model(monkeypatch):
     monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5p-8")
