@@ -203,3 +203,32 @@ def test_cached_tokenizer_with_other_vocab_is_an_error(corpus, tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.model"):
         pipeline.build_tokenizer(cfg, str(tmp_path))
     assert os.path.exists(path)
+
+
+def test_tokenized_documents_are_kept_after_the_first_epoch():
+    """pipeline.TokenizedDocuments gives what .map(encode) gives, shuffled and repeated, and
+    encodes each document once while they fit in max_tokens."""
+    import grain
+
+    from metalm_jax.data.pipeline import TokenizedDocuments
+
+    calls = []
+
+    def encode(text):
+        calls.append(text)
+        return [np.asarray([ord(c) for c in text], np.int32)]
+
+    src = grain.MapDataset.source([f"doc{i}" * (i + 1) for i in range(10)])[1::2]
+    want = src.map(encode).shuffle(seed=3).repeat(None)
+    got = TokenizedDocuments(src, encode).shuffle(seed=3).repeat(None)
+    for i in range(25):  # 5 epochs
+        assert np.array_equal(got[i][0], want[i][0])
+    calls.clear()
+    for i in range(25):
+        got[i]
+    assert calls == []  # all kept
+    small = TokenizedDocuments(src, encode, max_tokens=20).shuffle(seed=3).repeat(None)
+    calls.clear()
+    for i in range(10):
+        small[i]
+    assert len(calls) > 5  # only the documents that fit 20 tokens are kept

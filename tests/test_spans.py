@@ -123,3 +123,46 @@ def test_semi_causal_example_is_deterministic():
     b = semi_causal_example(row, np.random.default_rng(5), cfg)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_choice_is_numpys_draw_for_draw():
+    """spans._choice (the span loop's segment draw) = Generator.choice(n, p=w / w.sum()), and
+    leaves the generator in the same state."""
+    from metalm_jax.data.spans import _choice
+
+    gen = np.random.default_rng(0)
+    for seed in range(300):
+        w = gen.integers(0, 3000, gen.integers(1, 20)).astype(np.float64)
+        w[gen.integers(len(w))] += 1  # not all zero
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        for _ in range(5):
+            assert _choice(a, w.tolist()) == int(b.choice(len(w), p=w / w.sum()))
+        assert a.random() == b.random()
+
+
+def _reference_segment_bounds(seg):
+    bounds, i = [], 0
+    while i < len(seg):
+        j = i
+        while j < len(seg) and seg[j] == seg[i]:
+            j += 1
+        if seg[i] != 0:
+            bounds.append((i, j))
+        i = j
+    return bounds
+
+
+def test_segment_bounds_and_positions_match_a_plain_loop():
+    from metalm_jax.data.spans import positions_in_segments
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 2, 7, 64):
+        for _ in range(20):
+            seg = np.repeat(rng.integers(0, 4, n), rng.integers(1, 4, n))[:n].astype(np.int32)
+            bounds = _reference_segment_bounds(seg.tolist())
+            assert segment_bounds(seg) == bounds
+            want = np.zeros(len(seg), np.int32)
+            for a, b in bounds:
+                want[a:b] = np.arange(b - a)
+            got = positions_in_segments(seg)
+            assert got.dtype == np.int32 and np.array_equal(got, want)

@@ -29,6 +29,9 @@ def split_long(sentences: list[np.ndarray], max_len: int) -> list[np.ndarray]:
     """Cuts sentences longer than max_len into consecutive chunks of at most max_len."""
     out = []
     for s in sentences:
+        if 0 < len(s) <= max_len:  # nearly every sentence: kept whole
+            out.append(s)
+            continue
         for i in range(0, max(len(s), 1), max_len):
             if len(s[i : i + max_len]):
                 out.append(s[i : i + max_len])
@@ -66,10 +69,9 @@ class SentencePacker:
 
     def next_row(self) -> dict[str, np.ndarray]:
         L = self.length
-        tokens = np.full(L, self.ids.pad, np.int32)
-        seg = np.zeros(L, np.int32)
-        pos = np.zeros(L, np.int32)
-        n, seg_id, seg_start, open_segment = 0, 0, 0, False
+        pieces: list[np.ndarray] = []  # the row's tokens in order: <s>, sentences, <s>, ...
+        seg_lens: list[int] = []  # tokens of each segment (its <s> included)
+        n, open_segment = 0, False
         while True:
             if self.needs_doc():
                 try:
@@ -86,17 +88,23 @@ class SentencePacker:
             if n + need > L:
                 break
             if not open_segment:
-                seg_id += 1
-                seg_start = n
-                tokens[n] = self.ids.bos
-                seg[n] = seg_id
-                n += 1
+                pieces.append(np.array([self.ids.bos], np.int32))
+                seg_lens.append(0)
                 open_segment = True
-            tokens[n : n + len(sent)] = sent
-            seg[n : n + len(sent)] = seg_id
-            n += len(sent)
-            pos[seg_start:n] = np.arange(n - seg_start)
+            pieces.append(sent)
+            seg_lens[-1] += need
+            n += need
             self.sent_idx += 1
             if n == L:
                 break
+        # filled once per row (not per sentence): the same arrays, built with a few numpy calls
+        tokens = np.full(L, self.ids.pad, np.int32)
+        seg = np.zeros(L, np.int32)
+        pos = np.zeros(L, np.int32)
+        if n:
+            lens = np.asarray(seg_lens)
+            starts = np.cumsum(lens) - lens
+            tokens[:n] = np.concatenate(pieces)
+            seg[:n] = np.repeat(np.arange(1, len(lens) + 1, dtype=np.int32), lens)
+            pos[:n] = np.arange(n) - np.repeat(starts, lens)
         return {"tokens": tokens, "segment_ids": seg, "positions": pos}

@@ -4,8 +4,10 @@ Training (`train_iterator`): the split is sharded per process (`process_index::p
 shuffled with the config seed and re-shuffled every epoch, repeated forever; `data.open_documents`
 documents are packed at once and each row is drawn at random among them (data/packed_rows.py), so
 the rows of one long document are spread out instead of filling consecutive batches. Packing, the
-draws and span sampling are deterministic functions of that order and of the seed. The
-iterator's state is a small JSON dict (saved in every checkpoint by grain's Orbax handler), so a
+draws and span sampling are deterministic functions of that order and of the seed. A document
+is tokenized once and kept (`TokenizedDocuments`, up to CACHE_TOKENS tokens per process), so
+later epochs of a corpus that fits are neither read nor tokenized again. The iterator's state
+is a small JSON dict (saved in every checkpoint by grain's Orbax handler), so a
 resumed run yields exactly the batch the interrupted run would have yielded next, on any number
 of devices; with another number of processes the shards differ and the iterators start afresh
 (checkpoint.py).
@@ -21,6 +23,8 @@ the data sections of the config, never the model section.
 
 from __future__ import annotations
 
+import threading
+
 import grain
 import numpy as np
 
@@ -31,6 +35,11 @@ from metalm_jax.data.spans import semi_causal_example
 from metalm_jax.data.tokenizer import JsonTokenizer, Tokenizer
 from metalm_jax.data.vl import ImageLayout, empty_image_fields
 from metalm_jax.types import DataError
+
+# Tokens of the training documents one process keeps tokenized in memory (int32: 256 MiB, about
+# as much again in per-sentence array overhead): the whole of a small corpus (the bundled KJV
+# holds about 1M tokens), the start of a large one.
+CACHE_TOKENS = 64 * 2**20
 
 
 def build_tokenizer(cfg, workdir: str) -> Tokenizer | JsonTokenizer:
@@ -60,9 +69,46 @@ def _documents(cfg, split: str, tok: Tokenizer, shard: tuple[int, int], seed: in
             f"{split}: process {index} of {count} gets no documents (the split has fewer "
             f"documents than processes): add documents, or raise data.validation_fraction"
         )
-    if seed is not None:
-        ds = ds.shuffle(seed=seed).repeat(None)
-    return ds.map(lambda ex: tok.encode_document(corpora.decode_example(ex)))
+    encode = lambda ex: tok.encode_document(corpora.decode_example(ex))
+    if seed is None:  # evaluation: one pass, nothing to cache
+        return ds.map(encode)
+    return TokenizedDocuments(ds, encode).shuffle(seed=seed).repeat(None)
+
+
+class TokenizedDocuments(grain.MapDataset):
+    """`encode(parent[i])` (a tokenized document), kept in memory after its first use while the
+    kept documents hold fewer than `max_tokens` tokens: from the second epoch on, a corpus that
+    fits is neither read nor tokenized again (issue 12 §4: tokenization was a third of the
+    text pipeline's time). The documents are the ones `parent.map(encode)` gives, in the same
+    order wherever it is shuffled and repeated; nothing downstream writes into them."""
+
+    def __init__(self, parent: grain.MapDataset, encode, max_tokens: int = CACHE_TOKENS):
+        super().__init__(parent)
+        self._encode = encode
+        self._max_tokens = max_tokens
+        self._cache: dict[int, list[np.ndarray]] = {}
+        self._tokens = 0
+        self._lock = threading.Lock()  # grain reads ahead on several threads
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        key = index % len(self._parent)  # grain's shuffle asks for index + epoch * length
+        doc = self._cache.get(key)
+        if doc is None:
+            doc = self._encode(self._parent[key])
+            n = sum(len(s) for s in doc)
+            with self._lock:
+                if key not in self._cache and self._tokens + n <= self._max_tokens:
+                    self._cache[key] = doc
+                    self._tokens += n
+        return doc
+
+    def __str__(self) -> str:
+        return f"TokenizedDocuments(max_tokens={self._max_tokens})"
 
 
 def _stack(rows):

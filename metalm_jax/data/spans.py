@@ -34,7 +34,9 @@ grid, so slot 1 is the encoder output at x3.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import itertools
 
 import numpy as np
 
@@ -69,19 +71,15 @@ class SpanConfig:
 
 
 def segment_bounds(segment_ids: np.ndarray) -> list[tuple[int, int]]:
-    """[(start, end), ...] of the non-padding segments of one row."""
-    bounds, n = [], len(segment_ids)
-    i = 0
-    while i < n:
-        if segment_ids[i] == 0:
-            i += 1
-            continue
-        j = i
-        while j < n and segment_ids[j] == segment_ids[i]:
-            j += 1
-        bounds.append((i, j))
-        i = j
-    return bounds
+    """[(start, end), ...] of the non-padding segments (runs of one nonzero id) of one row."""
+    seg = np.asarray(segment_ids)
+    if len(seg) == 0:
+        return []
+    change = np.flatnonzero(seg[1:] != seg[:-1]) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [len(seg)]])
+    keep = seg[starts] != 0
+    return list(zip(starts[keep].tolist(), ends[keep].tolist(), strict=True))
 
 
 def sample_spans(segment_ids: np.ndarray, rng: np.random.Generator, cfg: SpanConfig):
@@ -93,17 +91,16 @@ def sample_spans(segment_ids: np.ndarray, rng: np.random.Generator, cfg: SpanCon
     total, enc_used = 0, 0
     if not bounds or target < cfg.min_len:
         return spans
-    room = np.array([b - a - 2 for a, b in bounds], np.float64)
+    room = [float(b - a - 2) for a, b in bounds]
     for _ in range(cfg.max_attempts):
         if total >= target:
             break
         length = int(rng.integers(cfg.min_len, cfg.max_len + 1))
         length = max(cfg.min_len, min(length, target - total))
-        fits = room >= length
-        if not fits.any():
+        p = [r - length + 1 if r >= length else 0.0 for r in room]
+        if not any(p):  # no segment has room for the span
             continue
-        p = np.where(fits, room - length + 1, 0.0)
-        a, b = bounds[int(rng.choice(len(bounds), p=p / p.sum()))]
+        a, b = bounds[_choice(rng, p)]
         s = int(rng.integers(a + 1, b - 1 - length + 1))
         e = s + length
         if any(s <= pe and ps <= e for ps, pe in spans):  # keep >= 1 text token between spans
@@ -114,6 +111,19 @@ def sample_spans(segment_ids: np.ndarray, rng: np.random.Generator, cfg: SpanCon
         total += length
         enc_used += length + int(cfg.enc_bos)
     return sorted(spans)
+
+
+def _choice(rng: np.random.Generator, weights: list[float]) -> int:
+    """`int(rng.choice(len(weights), p=w / w.sum()))` for w = float64 `weights` (whole numbers,
+    not all 0), the same draw from the same generator state, without numpy's per-call checks
+    (a few small lists instead of ~40 us; the span loop makes up to max_attempts of them).
+    numpy draws one uniform and looks it up in the normalized cumulative sum of p (side
+    "right"); tests/test_spans.py holds the two to the same results."""
+    total = sum(weights)  # exact: whole numbers, as numpy's p.sum()
+    p = [w / total for w in weights]
+    cdf = list(itertools.accumulate(p))
+    cdf = [c / cdf[-1] for c in cdf]
+    return bisect.bisect_right(cdf, rng.random())
 
 
 def next_token_targets(
@@ -262,8 +272,10 @@ def build_example(row: dict, spans, cfg: SpanConfig, encoding=None) -> dict:
     types = (np.int32, np.int32, np.int32, np.float32, np.int32)
     cols = []
     for i, (fill, dt) in enumerate(zip(fills, types, strict=True)):
-        col = np.concatenate([p[i] for p in parts])[:L].astype(dt)
-        cols.append(np.pad(col, (0, L - len(col)), constant_values=fill))
+        col = np.concatenate([p[i] for p in parts])[:L]
+        out = np.full(L, fill, dt)  # what runs short of L is padded with `fill`
+        out[: len(col)] = col
+        cols.append(out)
     out_tok, out_slot, out_tgt, out_w, out_seg = cols
     return {
         "tokens": out_tok,
@@ -280,10 +292,14 @@ def build_example(row: dict, spans, cfg: SpanConfig, encoding=None) -> dict:
 
 def positions_in_segments(segment_ids: np.ndarray) -> np.ndarray:
     """int32 position of each token within its run of equal segment ids (0 for padding)."""
-    pos = np.zeros(len(segment_ids), np.int32)
-    for a, b in segment_bounds(segment_ids):
-        pos[a:b] = np.arange(b - a)
-    return pos
+    seg = np.asarray(segment_ids)
+    if len(seg) == 0:
+        return np.zeros(0, np.int32)
+    idx = np.arange(len(seg))
+    starts = np.ones(len(seg), bool)
+    starts[1:] = seg[1:] != seg[:-1]
+    pos = idx - np.maximum.accumulate(np.where(starts, idx, 0))
+    return np.where(seg != 0, pos, 0).astype(np.int32)
 
 
 def semi_causal_example(
