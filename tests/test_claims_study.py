@@ -16,7 +16,11 @@ def test_claims_study_smoke(tmp_path):
     out = tmp_path / "study"
     cmd = [sys.executable, "benchmarks/claims_study.py", f"--out={out}", "--smoke",
            "--seeds=0", "--variants=a,b", "--tasks=kjv_books"]  # fmt: skip
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    # One persistent compilation cache for the study's runs (CI time): several compile the
+    # same functions of the same model (instruct loads multitask's steps: ~60 s -> ~20 s);
+    # they run one after another and none is killed, so every entry read is complete.
+    cache = tmp_path / "jax_cache"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache)}
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     r = json.load(open(out / "study.json"))

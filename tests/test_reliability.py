@@ -185,7 +185,7 @@ def test_nonfinite_skip_counts_steps_and_keeps_params_finite(corpus, tmp_path):
 class _Run:
     """A training process on the micro config whose stdout lines are read as they come."""
 
-    def __init__(self, corpus, workdir, *flags, steps: int = 100000):
+    def __init__(self, corpus, workdir, *flags, steps: int = 100000, jax_cache=None):
         cfg, _ = corpus
         config = f"{ROOT}/tests/micro_config.py:{cfg.data.files[0]},{cfg.data.tfds_data_dir}"
         argv = [sys.executable, "-m", "metalm_jax.train", "--config", config]
@@ -193,6 +193,8 @@ class _Run:
         argv += [f"--config.train.{k}" for k in ("log_every=1", "eval_every=0", "sample_tokens=0")]
         self.stderr_path = f"{workdir}.{time.monotonic_ns()}.stderr"
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        if jax_cache:  # a persistent compilation cache shared by the runs of one test
+            env["JAX_COMPILATION_CACHE_DIR"] = str(jax_cache)
         with open(self.stderr_path, "w") as err:
             self.proc = subprocess.Popen(
                 [*argv, *flags], stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT
@@ -350,10 +352,16 @@ def test_kill_9_at_random_moments_resumes_bitwise_equal(corpus, tmp_path):
     training with an async save in flight at every step), each time started again until the
     run ends: the final state and data position are bitwise those of an uninterrupted run,
     every step's loss as logged by any of the runs is the uninterrupted run's (no batch
-    repeated or skipped), each start after a kill takes over the dead run's workdir lock."""
+    repeated or skipped), each start after a kill takes over the dead run's workdir lock.
+
+    The reference run and the starts killed while training (and the last start) share a
+    persistent compilation cache, so that they do not each compile the same steps (CI time);
+    the starts killed while compiling do not use it: they compile as before. JAX writes an
+    entry only after its compile; one cut by a kill fails to read (JAX warns, compiles)."""
     steps, flags = 16, ("--config.train.checkpoint_every=1",)
     ref_dir, workdir = str(tmp_path / "ref"), str(tmp_path / "run")
-    ref = _Run(corpus, ref_dir, *flags, steps=steps)  # alongside: only the kills are timed
+    cache = tmp_path / "jax_cache"
+    ref = _Run(corpus, ref_dir, *flags, steps=steps, jax_cache=cache)  # alongside: untimed
     rng = np.random.default_rng(13)
     lock = os.path.join(workdir, workdir_lock.LOCK_NAME)
     kills, during_saves, found_locks, took_over = 0, 0, 0, 0
@@ -363,11 +371,14 @@ def test_kill_9_at_random_moments_resumes_bitwise_equal(corpus, tmp_path):
             had_lock = os.path.exists(lock)  # a killed run's: its pid is dead
             latest = max(_checkpoint_steps(workdir), default=0)  # where this start resumes
             left_before = _unfinished_saves(workdir)
-            run = _Run(corpus, workdir, *flags, steps=steps)
-            procs.append(run.proc)
             mode = ("starting", "compiling", "training", "training")[kills % 4]
             if mode == "training" and latest + 1 > steps - 3:
                 mode = "compiling"  # no kill after the run could have ended
+            # the cache only where the kill waits for a step line or there is none: a start
+            # to kill while compiling compiles
+            warm = kills == KILLS or mode == "training"
+            run = _Run(corpus, workdir, *flags, steps=steps, jax_cache=cache if warm else None)
+            procs.append(run.proc)
             if kills == KILLS:  # the last start runs to the end
                 out, err = run.finish(timeout=900)
                 assert run.proc.returncode == 0, err[-3000:]
