@@ -174,11 +174,19 @@ class MetaLM(nn.Module):
         return jnp.concatenate([p.astype(dt) for p in parts], axis=1)
 
     def __call__(
-        self, batch, *, deterministic: bool = True, decode: bool = False, encode: bool = True
+        self,
+        batch,
+        *,
+        deterministic: bool = True,
+        decode: bool = False,
+        encode: bool = True,
+        head: bool = True,
     ):
         """Logits float32[B, L, V] and aux. With `decode`, the decoder appends to its KV cache
         (see layers.Attention) and rows are single left-padded sequences; `encode=False` skips
-        the encoders (extension steps of generation have no slots)."""
+        the encoders (extension steps of generation have no slots). `head=False` returns the
+        decoder's output float32[B, L, D] in place of the logits (the fused loss of
+        train/step.py applies the tied head itself, params["embed"]["embedding"])."""
         dec = self.cfg.decoder
         x = self.embed(batch.tokens).astype(dec.compute_dtype)
         if dec.embed_scale:
@@ -195,5 +203,7 @@ class MetaLM(nn.Module):
         else:
             mask = SegmentMask(batch.segment_ids, causal=True)
         h = self.decoder(x, mask, deterministic=deterministic, decode=decode)
+        if not head:
+            return h.astype(jnp.float32), {"decoder_out": h, "slot_bank": bank}
         logits = self.embed.attend(h.astype(jnp.float32))
         return logits, {"decoder_out": h, "slot_bank": bank}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -29,12 +30,50 @@ def token_nll(logits, targets):
     return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
 
-def loss_sums(model, params, batch: Batch, *, rng=None):
-    """(weighted NLL sum, weight sum, aux). Dropout is on when `rng` is given."""
+@jax.custom_vjp
+def fused_nll_sum(h, embedding, targets, weights):
+    """sum(weights * NLL(targets)) under the tied head logits = h @ embedding.T, without keeping
+    the float32[N, V] logits for the backward: it recomputes them and forms the gradient
+    directly (softmax - one-hot). float32 h [N, D], embedding [V, D], int32 targets [N],
+    weights [N]. Same value and gradients as token_nll on the logits (train.fused_xent)."""
+    return _fused_fwd(h, embedding, targets, weights)[0]
+
+
+def _fused_fwd(h, embedding, targets, weights):
+    logits = h @ embedding.T
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    return jnp.sum((lse - target_logit) * weights), (h, embedding, targets, weights, lse)
+
+
+def _fused_bwd(res, g):
+    h, embedding, targets, weights, lse = res
+    logits = h @ embedding.T
+    d = jnp.exp(logits - lse[:, None]) - jax.nn.one_hot(targets, embedding.shape[0], dtype=h.dtype)
+    d = d * (g * weights)[:, None]
+    # (h^T d)^T, not d^T h: on XLA CPU the latter materializes d transposed ([V, N], the largest
+    # array of the step); transposing h and the [D, V] result is 4x less data at D = V / 64
+    d_embedding = (h.T @ d).T
+    return d @ embedding, d_embedding, None, None
+
+
+fused_nll_sum.defvjp(_fused_fwd, _fused_bwd)
+
+
+def loss_sums(model, params, batch: Batch, *, rng=None, fused: bool = False):
+    """(weighted NLL sum, weight sum, aux). Dropout is on when `rng` is given. `fused`: the
+    loss through fused_nll_sum (no [B, L, V] logits kept), same value and gradients."""
     rngs = {"dropout": rng} if rng is not None else {}
-    logits, aux = model.apply({"params": params}, batch, deterministic=rng is None, rngs=rngs)
-    nll = token_nll(logits, batch.targets)
     w = batch.loss_weights
+    out, aux = model.apply(
+        {"params": params}, batch, deterministic=rng is None, rngs=rngs, head=not fused
+    )
+    if fused:
+        h = out.reshape(-1, out.shape[-1])
+        emb = nn.unbox(params["embed"]["embedding"]).astype(jnp.float32)
+        s = fused_nll_sum(h, emb, batch.targets.reshape(-1), w.reshape(-1).astype(jnp.float32))
+        return s, jnp.sum(w), aux
+    nll = token_nll(out, batch.targets)
     return jnp.sum(nll * w), jnp.sum(w), aux
 
 
@@ -54,6 +93,7 @@ def train_step(
     accum: int = 1,
     frozen=None,
     skip_nonfinite: bool = False,
+    fused_xent: bool = False,
 ):
     """One optimizer step over `accum` microbatches (lax.scan).
 
@@ -75,7 +115,7 @@ def train_step(
     def sums(params, micro, i):
         if frozen is not None:
             params = jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, params, frozen)
-        s, w, _ = loss_sums(model, params, micro, rng=jax.random.fold_in(rng, i))
+        s, w, _ = loss_sums(model, params, micro, rng=jax.random.fold_in(rng, i), fused=fused_xent)
         return s, w
 
     def micro_grads(i, micro):

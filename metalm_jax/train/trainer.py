@@ -156,6 +156,7 @@ def build_trainer(cfg, mesh, derived: Derived | None = None) -> Trainer:
         accum=cfg.train.grad_accum_steps,
         frozen=frozen if any(jax.tree.leaves(frozen)) else None,
         skip_nonfinite=cfg.train.nonfinite == "skip",
+        fused_xent=cfg.train.fused_xent,
     )
     return Trainer(
         **{f.name: getattr(inf, f.name) for f in dataclasses.fields(Inference)},
