@@ -21,7 +21,8 @@ Consumption:
                    the pipeline's own batches, pulled beforehand): median of --steps steps
                    after two warm-up steps (--no-steps: skip; no headroom printed);
   metalm_lm        (global batch / hosts) / --step-seconds: v5p-128 = 64 chips = 16 hosts,
-                   --step-seconds default 1.3 s (a placeholder, see RESULTS.md);
+                   --step-seconds default 0.94 s (metalm_jax.aot's estimate for the committed
+                   config on v5p-128, RESULTS.md "Pod efficiency");
   metalm_vl        the same with --vl-step-seconds (default 0.042 s: the config's 3.29e14
                    model FLOPs per step at the LM's 26.7% estimated MFU on 64 v5p chips,
                    459 TFLOP/s each; an assumption, not an AOT figure).
@@ -144,7 +145,7 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     ap.add_argument("--seconds", type=float, default=20.0, help="timed pulling per config")
     ap.add_argument("--warmup", type=float, default=5.0, help="untimed pulling first")
-    ap.add_argument("--step-seconds", type=float, default=1.3, help="metalm_lm step on v5p-128")
+    ap.add_argument("--step-seconds", type=float, default=0.94, help="metalm_lm step on v5p-128")
     ap.add_argument("--vl-step-seconds", type=float, default=0.042, help="metalm_vl step")
     ap.add_argument("--steps", type=int, default=5, help="timed train steps (tiny configs)")
     ap.add_argument("--no-steps", dest="time_steps", action="store_false")
