@@ -62,7 +62,10 @@ def pallas_kernels(hlo: str) -> dict[str, int]:
     call is attributed to the first splash / flash kernel name that follows it; "other" for
     Pallas calls without one)."""
     counts: dict[str, int] = {}
-    calls = [m.start() for m in re.finditer(r'custom_call_target="tpu_custom_call"', hlo)]
+    calls = [
+        m.start()
+        for m in re.finditer(r'custom_call_target="tpu_custom_call"|@tpu_custom_call\b', hlo)
+    ]
     for i, start in enumerate(calls):
         end = calls[i + 1] if i + 1 < len(calls) else len(hlo)
         name = re.search(r"\b(splash_mha_\w+|splash_mqa_\w+|flash_attention\w*)", hlo[start:end])
@@ -71,13 +74,23 @@ def pallas_kernels(hlo: str) -> dict[str, int]:
     return counts
 
 
-def _kernels(compiled) -> dict[str, int] | str:
-    """pallas_kernels of the compiled program, or why its HLO text could not be read (libtpu
-    0.0.52 fails to print some unrolled programs: an async-update instruction's operand count)."""
+def _kernels(compiled, lowered) -> dict[str, int] | str:
+    """pallas_kernels of the compiled program; where libtpu cannot print it (0.0.52 fails on
+    the paper configs: an async-update instruction's operand count), those of the lowered
+    program, before XLA's passes (a string saying so, with the counts)."""
     try:
         return pallas_kernels(compiled.as_text())
     except Exception as e:  # noqa: BLE001 -- the report must not die on its last line
-        return f"unknown (HLO text unavailable: {str(e).splitlines()[0][:120]})"
+        why = str(e).splitlines()[0][:100]
+    try:
+        found = pallas_kernels(lowered.as_text())
+    except Exception:  # noqa: BLE001
+        return f"unknown (HLO text unavailable: {why})"
+    listed = ", ".join(f"{n} x{c}" for n, c in sorted(found.items())) or "none"
+    return (
+        f"{listed} (kernels defined in the lowered program, not per layer: the compiled HLO "
+        f"text is unavailable: {why})"
+    )
 
 
 def _scanned(cfg) -> bool:
@@ -150,7 +163,8 @@ def _compile(cfg, topology: str) -> dict:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=trainer.batch_sharding), example
     )
     with jax.set_mesh(mesh):
-        compiled = trainer.step.lower(trainer.abstract_state, abstract_batch).compile()
+        lowered = trainer.step.lower(trainer.abstract_state, abstract_batch)
+        compiled = lowered.compile()
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -201,7 +215,7 @@ def _compile(cfg, topology: str) -> dict:
         "estimated_step_seconds": step_seconds if optimal > 0 and not scanned else None,
         "estimated_mfu": mfu,
         "largest_state_buffers": largest,
-        "pallas_kernels": _kernels(compiled),
+        "pallas_kernels": _kernels(compiled, lowered),
     }
 
 

@@ -18,6 +18,32 @@ def test_topology_names():
         parse_topology("tpu-9")
 
 
+def test_kernel_names_from_compiled_or_lowered_text():
+    """pallas_kernels reads compiled HLO and, where libtpu cannot print that, StableHLO."""
+    from metalm_jax.aot import _kernels, pallas_kernels
+
+    hlo = (
+        '%a = custom-call(), custom_call_target="tpu_custom_call", config="splash_mha_fwd_x"'
+        '\n%b = custom-call(), custom_call_target="tpu_custom_call", backend_config="other"'
+    )
+    assert pallas_kernels(hlo) == {"splash_mha_fwd_x": 1, "other": 1}
+    stablehlo = '%0 = stablehlo.custom_call @tpu_custom_call(%q) {kernel_name = "splash_mha_dq_y"}'
+
+    class Text:
+        def __init__(self, text):
+            self.text = text
+
+        def as_text(self):
+            if self.text is None:
+                raise RuntimeError("INTERNAL: RET_CHECK failure\ndetails")
+            return self.text
+
+    assert _kernels(Text(hlo), Text(stablehlo)) == {"splash_mha_fwd_x": 1, "other": 1}
+    got = _kernels(Text(None), Text(stablehlo))
+    assert got.startswith("splash_mha_dq_y x1 (kernels defined in the lowered program")
+    assert "RET_CHECK failure" in got and "details" not in got
+
+
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed")
 def test_compile_micro_model_for_v5e(monkeypatch):
     monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5p-8")  # quiets libtpu's host probing
