@@ -9,7 +9,7 @@ explicit model count (model/build.py); the compiler's own count and `optimal_sec
 too, with their caveats: XLA counts a scanned loop body once (layers, or the microbatches of
 gradient accumulation, which are multiplied back in), so for a config that scans its layers
 the CLI compiles an unrolled copy as well and takes the estimate from it (`--noestimate` skips
-that: ~10 minutes for the paper config on 2 cores); on v5e / v6e optimal_seconds can come out
+that: ~13 minutes for the paper config on 2 cores); on v5e / v6e optimal_seconds can come out
 negative, so the estimated MFU is only printed where it is meaningful. The estimate is the
 compiler's roofline (optimal_seconds), not a measured step: see benchmarks/RESULTS.md for
 where it is blind.
@@ -86,11 +86,14 @@ def _kernels(compiled, lowered) -> dict[str, int] | str:
         found = pallas_kernels(lowered.as_text())
     except Exception:  # noqa: BLE001
         return f"unknown (HLO text unavailable: {why})"
-    listed = ", ".join(f"{n} x{c}" for n, c in sorted(found.items())) or "none"
     return (
-        f"{listed} (kernels defined in the lowered program, not per layer: the compiled HLO "
-        f"text is unavailable: {why})"
+        f"{_listed(found)} (kernels defined in the lowered program, not per layer: the "
+        f"compiled HLO text is unavailable: {why})"
     )
+
+
+def _listed(kernels: dict[str, int]) -> str:
+    return ", ".join(f"{n} x{c}" for n, c in sorted(kernels.items())) or "none"
 
 
 def _scanned(cfg) -> bool:
@@ -119,7 +122,7 @@ def compile_for_topology(
     if unrolled_estimate and _scanned(cfg):
         log(
             "the config scans its layers, which the cost model counts once: compiling an "
-            "unrolled copy for the estimate (a v5p-128 paper config takes ~10 min on 2 cores)"
+            "unrolled copy for the estimate (the v5p-128 paper config: ~13 min on 2 cores)"
         )
         t0 = time.perf_counter()
         copy = _compile(unrolled_copy(cfg), topology)
@@ -245,8 +248,7 @@ def format_report(r: dict) -> str:
     if isinstance(kernels, str):
         lines.append(f"Pallas kernels: {kernels}")
     else:
-        listed = ", ".join(f"{n} x{c}" for n, c in sorted(kernels.items()))
-        lines.append(f"Pallas kernels: {listed or 'none'}")
+        lines.append(f"Pallas kernels: {_listed(kernels)}")
     if not r["fits"]:
         lines.append("largest state buffers per device:")
         lines += [f"  {gib(b)}  {p}" for b, p in r["largest_state_buffers"]]
