@@ -200,22 +200,41 @@ def read_params(step_dir: str, abstract_params, step: int = -1):
     return params
 
 
+# the Orbax coroutine that reads one array of a step (orbax/checkpoint/.../serialization.py)
+_ORBAX_READ = "_read_array_index_and_device_put"
+
+
+def _abandoned_read(unraisable) -> bool:
+    """Whether an unraisable exception is the leftover of a read that a failed restore
+    abandoned: 'Event loop is closed' from a read completed into Orbax's closed loop, or the
+    read error of another array of the same step, raised when its coroutine, never awaited
+    again, is garbage-collected ('Exception ignored in: <coroutine object
+    _read_array_index_and_device_put ...>')."""
+    e, obj = unraisable.exc_value, unraisable.object
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+        return True
+    code = getattr(obj, "cr_code", None)
+    return getattr(code, "co_name", None) == _ORBAX_READ and str(e).startswith(
+        "Encountered error while reading array index"
+    )
+
+
 def _quiet_abandoned_reads() -> None:
-    """Drops the 'Event loop is closed' errors of reads that a failed restore abandoned.
+    """Drops what the reads a failed restore abandoned print (see _abandoned_read).
 
     Orbax reads a step's arrays concurrently on an asyncio loop and closes the loop when the
-    first read fails. TensorStore then completes the other reads into the closed loop, and each
-    raises RuntimeError('Event loop is closed') as an unraisable exception. That prints a page
-    of tracebacks, at any later moment: during the fallback's training, or after the error line
-    that ends the run. They carry nothing (the failure is reported in one line), so this hook
-    drops exactly them and passes every other unraisable exception on to the previous hook."""
+    first read fails. The other reads then end as unraisable exceptions: completed into the
+    closed loop, or failing as their coroutines are collected. Each prints a page of tracebacks
+    (TensorStore's multi-KB spec included), at any later moment: during the fallback's
+    training, or after the error line that ends the run. They carry nothing (the failure is
+    reported in one line), so this hook drops exactly them and passes every other unraisable
+    exception on to the previous hook."""
     previous = sys.unraisablehook
     if getattr(previous, "quiets_closed_loop", False):
         return
 
     def hook(unraisable) -> None:
-        e = unraisable.exc_value
-        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+        if _abandoned_read(unraisable):
             return
         previous(unraisable)
 
