@@ -343,12 +343,12 @@ def _unfinished_saves(workdir) -> dict:
     }
 
 
-KILLS = 12
+KILLS = 10  # issue 13: >= 10
 
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_resumes_bitwise_equal(corpus, tmp_path):
-    """SIGKILL at 12 random moments (while starting, while restoring or compiling, and while
+    """SIGKILL at 10 random moments (while starting, while restoring or compiling, and while
     training with an async save in flight at every step), each time started again until the
     run ends: the final state and data position are bitwise those of an uninterrupted run,
     every step's loss as logged by any of the runs is the uninterrupted run's (no batch
