@@ -64,7 +64,8 @@ def get_config(arg=None):
     c.train.fused_xent = False  # the AOT figures (RESULTS.md) were compiled without it
     c.train.batch_size = 1024
     c.train.grad_accum_steps = 1  # the whole batch at once on v5p-128 (16 rows per chip); raise
-    #   it for chips with less HBM (v5e: 16 GiB, v6e: 32 GiB) -- check with metalm_jax.aot
+    #   it for chips with less HBM -- v6e-64: 2 (peak 29.0 of 32 GiB), v5e-64: 4 (15.0 of 16
+    #   GiB), as compiled by metalm_jax.aot (benchmarks/RESULTS.md, "Pod efficiency")
     c.train.log_every = 50
     c.train.eval_every = 2000
     c.train.checkpoint_every = 2000
