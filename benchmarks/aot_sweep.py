@@ -47,6 +47,14 @@ VARIANTS = {  # name -> (what changed, overrides)
         "accum1_minimal + train.fused_xent (no [B, L, V] f32 logits kept; head recomputed)",
         ["--config.train.grad_accum_steps=1", MINIMAL, "--config.train.fused_xent=True"],
     ),
+    "mesh_data4": (
+        "accum1_minimal on a data 4 x fsdp 16 mesh (weights gathered over 16 chips, not 64)",
+        ["--config.train.grad_accum_steps=1", MINIMAL, "--config.mesh.shape=(4,-1,1)"],
+    ),
+    "mesh_tensor4": (
+        "accum1_minimal on an fsdp 16 x tensor 4 mesh (heads and d_ff split 4 ways)",
+        ["--config.train.grad_accum_steps=1", MINIMAL, "--config.mesh.shape=(1,-1,4)"],
+    ),
     "accum1_dense": (
         "1 microbatch, dense attention (no splash)",
         ["--config.train.grad_accum_steps=1", FULL, "--config.model.attention=dense"],
