@@ -158,7 +158,7 @@ def test_emoji_vqa_finetune_from_a_vl_run(corpus, tmp_path):
     pre = testing.micro_vl_config(list(base.data.files), base.data.tfds_data_dir)
     pre.model.vision.text_prefix = 12
     pre.train.steps, pre.train.sample_tokens = 2, 0  # no sample: one generate compile less
-    pre.train.eval_every, pre.train.checkpoint_every = 0, 2  # no eval: two compiles less
+    pre.train.eval_every, pre.train.checkpoint_every = 0, 2  # no eval: not what is tested
     src = str(tmp_path / "vl")
     train_and_evaluate(pre, src)
     cfg = testing.micro_finetune_config(src, base.data.tfds_data_dir, task="emoji_vqa")
