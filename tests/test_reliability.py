@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import jax
 import numpy as np
@@ -527,7 +528,6 @@ def test_a_failed_read_quiets_only_the_callbacks_of_the_reads_it_abandoned(monke
     coroutines fail as they are collected ('Exception ignored in: <coroutine object
     _read_array_index_and_device_put>', seen on the CI machine). Those are dropped; nothing
     else is."""
-    import types
 
     from metalm_jax.train import checkpoint
 
@@ -561,6 +561,34 @@ def test_a_failed_read_quiets_only_the_callbacks_of_the_reads_it_abandoned(monke
     # the innermost error, without the spec, and the file it names
     assert file == "/w/checkpoints/6/state/"
     assert reason == 'ValueError: OUT_OF_RANGE: Error reading "params.w/0.0": Requested byte range'
+
+
+def test_the_quieting_hook_is_in_place_before_orbax_reads(monkeypatch, tmp_path):
+    """The abandoned reads can end before the first read's error reaches the code that reports
+    it (the CI machine printed 'Event loop is closed' tracebacks that way): both ways a step is
+    read, a run's Checkpointer and the params-only read_params, drop them while Orbax reads."""
+    from metalm_jax.train import checkpoint
+
+    closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None)
+    passed = []
+
+    def orbax_read(*args, **kwargs):  # an abandoned read ends while Orbax still reads
+        sys.unraisablehook(closed)
+        raise _wrapped_read_error()
+
+    monkeypatch.setattr(sys, "unraisablehook", passed.append)
+    monkeypatch.setattr(checkpoint.ocp.PyTreeCheckpointer, "metadata", orbax_read)
+    with pytest.raises(checkpoint.Unreadable):
+        checkpoint.read_params(str(tmp_path / "checkpoints" / "6"), {}, step=6)
+    assert passed == []
+
+    monkeypatch.setattr(sys, "unraisablehook", passed.append)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=2)
+    monkeypatch.setattr(ckpt.manager, "restore", orbax_read)
+    with pytest.raises(checkpoint.Unreadable):
+        ckpt._read(6, "digest", checkpoint.ocp.args.JsonRestore())
+    ckpt.close()
+    assert passed == []
 
 
 def _wrapped_read_error() -> Exception:

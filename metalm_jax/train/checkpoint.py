@@ -89,10 +89,11 @@ def _reason(e: BaseException, step_dir: str) -> tuple[str | None, str]:
     """(a file under step_dir the error names, a short reason) for a read error.
 
     A read failed, so the closed-loop callbacks of the reads it abandoned are quieted
-    (_quiet_abandoned_reads). The reason is the innermost error `e` was raised from: Orbax
-    wraps TensorStore's error, which names the array and what is wrong with it ('Error reading
-    "params.x/0.0": Requested byte range [..) is not valid for value of size 10'), in one whose
-    text is the store's multi-KB spec."""
+    (_quiet_abandoned_reads; every read installs that hook before it starts too, since those
+    callbacks can arrive before the error reaches this function). The reason is the innermost
+    error `e` was raised from: Orbax wraps TensorStore's error, which names the array and what
+    is wrong with it ('Error reading "params.x/0.0": Requested byte range [..) is not valid for
+    value of size 10'), in one whose text is the store's multi-KB spec."""
     _quiet_abandoned_reads()
     chain = [e]
     while chain[-1].__cause__ is not None and len(chain) < 8:
@@ -153,6 +154,7 @@ def read_params(step_dir: str, abstract_params, step: int = -1):
     Raises Unreadable (naming the file) if the step cannot be read or does not verify, and
     CheckpointError naming the arrays if the saved parameters do not fit `abstract_params`."""
     path = f"{step_dir}/state"
+    _quiet_abandoned_reads()
     try:
         meta = ocp.PyTreeCheckpointer().metadata(path)
         meta = getattr(meta, "item_metadata", meta)
@@ -228,7 +230,9 @@ def _quiet_abandoned_reads() -> None:
     (TensorStore's multi-KB spec included), at any later moment: during the fallback's
     training, or after the error line that ends the run. They carry nothing (the failure is
     reported in one line), so this hook drops exactly them and passes every other unraisable
-    exception on to the previous hook."""
+    exception on to the previous hook. Every read installs it before Orbax starts: the
+    abandoned reads can end before the first one's error has reached _reason (seen on the CI
+    machine)."""
     previous = sys.unraisablehook
     if getattr(previous, "quiets_closed_loop", False):
         return
@@ -281,6 +285,7 @@ class Checkpointer:
     def _read(self, step: int, item: str, args):
         """One item of a step; Unreadable (naming the file) if it cannot be read."""
         step_dir = f"{self.directory}/{step}"
+        _quiet_abandoned_reads()
         try:
             return self.manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
         except Exception as e:  # noqa: BLE001 -- any read failure means: fall back
