@@ -21,7 +21,9 @@ exactly, with another one the iterators start afresh, said in one line.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import sys
@@ -144,6 +146,34 @@ def _param_diffs(saved_meta: dict, abstract_params) -> list[str]:
     return out
 
 
+class _NoMetadataWarning(logging.Filter):
+    """Drops Orbax's warning that `<step>/state/_CHECKPOINT_METADATA` does not exist: a
+    CheckpointManager writes that file one level up (`<step>/_CHECKPOINT_METADATA`), and a
+    params-only read of the `state` item works without it (two warnings per load otherwise)."""
+
+    def __init__(self, state_dir: str):
+        super().__init__()
+        self.file = f"{state_dir}/_CHECKPOINT_METADATA"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.msg == "Metadata file does not exist: %s"
+            and len(record.args or ()) == 1
+            and str(record.args[0]) == self.file
+        )
+
+
+@contextlib.contextmanager
+def _without_metadata_warning(state_dir: str):
+    absl_logger = logging.getLogger("absl")  # Orbax logs through absl.logging
+    quiet = _NoMetadataWarning(state_dir)
+    absl_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(quiet)
+
+
 def read_params(step_dir: str, abstract_params, step: int = -1):
     """The `params` subtree of the train state saved in `step_dir` (a checkpoints/<step>
     directory), restored into `abstract_params`' shardings; nothing else of the state is read
@@ -155,6 +185,11 @@ def read_params(step_dir: str, abstract_params, step: int = -1):
     CheckpointError naming the arrays if the saved parameters do not fit `abstract_params`."""
     path = f"{step_dir}/state"
     _quiet_abandoned_reads()
+    with _without_metadata_warning(path):
+        return _read_params(step_dir, path, abstract_params, step)
+
+
+def _read_params(step_dir: str, path: str, abstract_params, step: int):
     try:
         meta = ocp.PyTreeCheckpointer().metadata(path)
         meta = getattr(meta, "item_metadata", meta)
