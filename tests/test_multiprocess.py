@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests._procs import ROOT, cpu_env, run_processes
+from tests._procs import ROOT, cpu_env, free_port, run_processes
 
 
 def _run_two(config_arg, workdir, steps):
@@ -64,3 +64,89 @@ def test_two_processes_train_resume_and_match_one(corpus, tmp_path):
     assert out["step"] == 6
     assert out["param_rel_l2"] <= 1e-5, out
     assert out["leaf_rel_max"] <= 1e-3, out  # see test_sharding: Adam on ~lr-sized biases
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_process_stops_both_at_the_same_step(corpus, tmp_path):
+    """A preemption's SIGTERM reaching one host only: the processes agree on the stop step at
+    the next log step (an all-gather of the requests), both save that step, and both exit 0."""
+    import queue
+    import re
+    import signal
+    import threading
+    import time
+
+    cfg, _ = corpus
+    workdir = str(tmp_path / "run")
+    argv = [
+        sys.executable,
+        "-m",
+        "metalm_jax.train",
+        "--config",
+        os.path.join(ROOT, "tests", "micro_config.py")
+        + f":{cfg.data.files[0]},{cfg.data.tfds_data_dir}",
+        "--workdir",
+        workdir,
+        "--config.train.steps=100000",
+        "--config.train.batch_size=8",
+        "--config.train.log_every=2",  # the processes agree every 2 steps
+        "--config.train.checkpoint_every=0",  # the only save is the stop's
+        "--config.train.eval_every=0",
+        "--config.train.sample_tokens=0",
+    ]
+    port = free_port()
+    procs, lines, readers = [], [], []
+    for i in range(2):
+        flags = [
+            "--multihost",
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+        ]
+        proc = subprocess.Popen(
+            argv + flags,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=cpu_env(4),
+            cwd=ROOT,
+        )
+        got: queue.Queue = queue.Queue()
+        reader = threading.Thread(target=lambda p=proc, q=got: [q.put(x) for x in p.stdout])
+        reader.start()
+        readers.append(reader)
+        procs.append(proc)
+        lines.append(got)
+    out = ["", ""]
+    try:
+        deadline = time.time() + 600
+        while not re.search(r"^step +4/", out[0], re.M):  # compiled and training
+            assert time.time() < deadline and procs[0].poll() is None, out[0][-3000:]
+            try:
+                out[0] += lines[0].get(timeout=1)
+            except queue.Empty:
+                pass
+        procs[1].send_signal(signal.SIGTERM)  # process 1 only
+        for p in procs:
+            p.wait(timeout=300)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for reader in readers:
+        reader.join(timeout=60)
+    for i in range(2):
+        while not lines[i].empty():
+            out[i] += lines[i].get_nowait()
+    for p, o in zip(procs, out, strict=True):
+        assert p.returncode == 0, o[-3000:]
+        assert "Traceback" not in o, o[-3000:]
+    stop = int(re.search(r"^== stopping at step (\d+)", out[0], re.M).group(1))
+    assert stop % 2 == 0 and stop >= 4, out[0][-2000:]
+    assert f"== saved {workdir}/checkpoints/{stop}; run the same command" in out[0]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(stop)]
+    data = os.listdir(os.path.join(workdir, "checkpoints", str(stop), "data"))
+    assert sorted(f for f in data if f.endswith(".json")) == [
+        "process_0-of-2.json",
+        "process_1-of-2.json",
+    ]
