@@ -241,6 +241,15 @@ def _read_params(step_dir: str, path: str, abstract_params, step: int):
 _ORBAX_READ = "_read_array_index_and_device_put"
 
 
+_READ_ERROR = "Encountered error while reading array index"
+
+
+def _abandoned_error(e) -> bool:
+    """'Event loop is closed' (a read completed into Orbax's closed loop) or Orbax's read error."""
+    closed = isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+    return closed or (isinstance(e, Exception) and str(e).startswith(_READ_ERROR))
+
+
 def _abandoned_read(unraisable) -> bool:
     """Whether an unraisable exception is the leftover of a read that a failed restore
     abandoned: 'Event loop is closed' from a read completed into Orbax's closed loop, or the
@@ -251,23 +260,45 @@ def _abandoned_read(unraisable) -> bool:
     if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
         return True
     code = getattr(obj, "cr_code", None)
-    return getattr(code, "co_name", None) == _ORBAX_READ and str(e).startswith(
-        "Encountered error while reading array index"
-    )
+    return getattr(code, "co_name", None) == _ORBAX_READ and _abandoned_error(e)
+
+
+class _AbandonedReadLogs(logging.Filter):
+    """asyncio's own reports of the read tasks that a failed restore abandoned, logged as they
+    are collected: 'Task exception was never retrieved' with Orbax's read error (another array
+    failed too, after Orbax had stopped listening; the task may be the per-array read or one
+    that awaited it), or 'Task was destroyed but it is pending!' for a task of Orbax's read
+    coroutine or of Orbax's code. Every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 -- a record that cannot format is not ours to judge
+            return True
+        if text.startswith("Task exception was never retrieved"):
+            exc = record.exc_info[1] if record.exc_info else None
+            return not (isinstance(exc, Exception) and str(exc).startswith(_READ_ERROR))
+        if text.startswith("Task was destroyed but it is pending!"):
+            return not (f"coro=<{_ORBAX_READ}()" in text or "/orbax/checkpoint/" in text)
+        return True
 
 
 def _quiet_abandoned_reads() -> None:
-    """Drops what the reads a failed restore abandoned print (see _abandoned_read).
+    """Drops what the reads a failed restore abandoned print (see _abandoned_read and
+    _AbandonedReadLogs).
 
-    Orbax reads a step's arrays concurrently on an asyncio loop and closes the loop when the
-    first read fails. The other reads then end as unraisable exceptions: completed into the
-    closed loop, or failing as their coroutines are collected. Each prints a page of tracebacks
-    (TensorStore's multi-KB spec included), at any later moment: during the fallback's
-    training, or after the error line that ends the run. They carry nothing (the failure is
-    reported in one line), so this hook drops exactly them and passes every other unraisable
-    exception on to the previous hook. Every read installs it before Orbax starts: the
-    abandoned reads can end before the first one's error has reached _reason (seen on the CI
-    machine)."""
+    Orbax reads a step's arrays concurrently on an asyncio loop and stops listening when the
+    first read fails. The other reads then end on their own: completed into the closed loop,
+    failing as their coroutines are collected (both unraisable exceptions), or as tasks whose
+    error nobody retrieved or that were still pending (asyncio's logger). Each prints a page of
+    tracebacks (TensorStore's multi-KB spec included), at any later moment: during the
+    fallback's training, or after the error line that ends the run. They carry nothing (the
+    failure is reported in one line), so this hook and filter drop exactly them and pass
+    everything else on. Every read installs them before Orbax starts: the abandoned reads can
+    end before the first one's error has reached _reason (seen on the CI machine)."""
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AbandonedReadLogs) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_AbandonedReadLogs())
     previous = sys.unraisablehook
     if getattr(previous, "quiets_closed_loop", False):
         return
