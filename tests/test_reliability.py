@@ -279,6 +279,44 @@ def test_double_sigterm_does_not_abort_the_save(corpus, tmp_path):
     assert _saved_state_finite(workdir, reached)
 
 
+def test_a_signal_during_the_stop_agreement_waits_for_the_next_one(monkeypatch):
+    """Two processes (faked): the signal reaches this one while the all-gather of the stop
+    requests runs, after it contributed 'no request'. The other process received only 'no', so
+    this one must not stop either (it would wait forever in the next step's collective, as the
+    other would in the save's); the request goes into the next gather and both stop there."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    from metalm_jax.train.preemption import StopSignals
+
+    stop = StopSignals(sync_every=2)
+    others = np.int32(0)  # the other process never got a signal
+    gathers = []
+
+    def allgather(mine):
+        if not gathers:  # the signal arrives during the first gather
+            stop._handle(signal.SIGTERM, None)
+        gathers.append(int(mine))
+        return np.stack([np.asarray(mine), others])
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+    assert not stop.requested(2) and stop.signum == signal.SIGTERM and stop.stopping() is None
+    assert not stop.requested(3)  # no gather between log steps
+    assert stop.requested(4) and stop.stopping() == signal.SIGTERM
+    assert stop.requested(5)  # agreed: stays stopped
+    assert gathers == [0, int(signal.SIGTERM)]
+
+    heard = StopSignals(sync_every=2)  # the other side: a request from elsewhere stops it too
+    monkeypatch.setattr(
+        multihost_utils,
+        "process_allgather",
+        lambda mine: np.stack([mine, np.int32(signal.SIGTERM)]),
+    )
+    assert heard.requested(2) and heard.stopping() == signal.SIGTERM and heard.signum is None
+
+
 @pytest.mark.slow
 def test_preemption_notice_saves_and_stops_like_sigterm(corpus, tmp_path, monkeypatch, capsys):
     """JAX's preemption service (TPU VMs) is replaced by a notice at step 3: the loop asks it at

@@ -149,7 +149,7 @@ def _param_diffs(saved_meta: dict, abstract_params) -> list[str]:
 class _NoMetadataWarning(logging.Filter):
     """Drops Orbax's warning that `<step>/state/_CHECKPOINT_METADATA` does not exist: a
     CheckpointManager writes that file one level up (`<step>/_CHECKPOINT_METADATA`), and a
-    params-only read of the `state` item works without it (two warnings per load otherwise)."""
+    params-only read of the `state` item works without it (a warning per read otherwise)."""
 
     def __init__(self, state_dir: str):
         super().__init__()

@@ -235,13 +235,13 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
             stop.doing = f"saving the checkpoint of step {step}"
             if pending:
                 log_train(step)
-            if stop.signum is not None:
+            if stop.stopping() is not None:
                 mlib.console(f"== stopping at step {step}: saving a checkpoint")
             save(step, force=True)
             ckpt.manager.wait_until_finished()
-        if stop.signum is not None:
+        if stop.stopping() is not None:
             mlib.console(f"== saved {ckpt.directory}/{step}; run the same command again to resume")
-            raise Stopped(stop.signum, step)
+            raise Stopped(stop.stopping(), step)
         if final.get("eval_step") != step:
             run_eval(step)
     finally:  # also on errors: a save in flight completes, nothing is left half-written

@@ -52,7 +52,8 @@ class StopSignals:
         """`notice(step) -> bool`: whether a preemption notice says to save at `step` and stop
         (the same answer on every process); None where there is no such service."""
         self.notice = notice
-        self.signum: int | None = None
+        self.signum: int | None = None  # this process's request (its signal handler's)
+        self._agreed: int | None = None  # the stop every process agreed on (several processes)
         self.doing = "finishing the current step"  # what a repeated signal is told
         self.sync_every = max(int(sync_every), 1)
         self._previous: dict = {}
@@ -79,17 +80,35 @@ class StopSignals:
     def requested(self, step: int) -> bool:
         """Whether to stop before the next step (`step` steps done); the same answer on every
         process. Asks the preemption notice first, at every step (its protocol needs that)."""
-        if self.notice is not None and self.notice(step) and self.signum is None:
-            self.signum = signal.SIGTERM  # a notice is a SIGTERM announced ahead: exit 0
+        if self.notice is not None and self.notice(step) and self._agreed is None:
+            # a notice is a SIGTERM announced ahead (exit 0), at the same step on every process
+            self.signum = self.signum or signal.SIGTERM
+            self._agreed = signal.SIGTERM
             if jax.process_index() == 0:  # not in a signal handler: print is safe
                 print(f"== preemption notice at step {step}: saving a checkpoint and exiting")
         if jax.process_count() == 1:
             return self.signum is not None
+        if self._agreed is not None:
+            return True
         if step % self.sync_every:
             return False
         from jax.experimental import multihost_utils
 
-        got = multihost_utils.process_allgather(np.int32(self.signum or 0))
-        if self.signum is None and np.any(got):
-            self.signum = int(np.max(got))
-        return self.signum is not None
+        # Decided from the gathered requests alone, never from this process's own: a signal
+        # that arrives while the gather runs is not in what the others received, so acting on
+        # it here would stop this process one step before the others (each then waits for the
+        # other in a collective, found by tests/test_multiprocess.py under load). It is in the
+        # next gather.
+        mine = self.signum
+        got = multihost_utils.process_allgather(np.int32(mine or 0))
+        if np.any(got):
+            self._agreed = int(np.max(got))
+        return self._agreed is not None
+
+    def stopping(self) -> int | None:
+        """The signal the run stops for: with one process any recorded; with several, only one
+        that every process agreed on in requested() (a signal that came after the last
+        agreement changes nothing: every process finishes the run as if it had not come)."""
+        if jax.process_count() == 1:
+            return self.signum
+        return self._agreed
