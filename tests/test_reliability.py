@@ -635,14 +635,19 @@ def test_a_failed_read_quiets_only_asyncio_reports_of_the_read_tasks_it_abandone
 ):
     """Read tasks whose error nobody retrieved, or still pending when Orbax's loop closed, are
     reported by asyncio's logger as they are collected (a page of tracebacks, seen in a loaded
-    suite run). Real asyncio tasks: dropped are only the tasks that failed with Orbax's read error
-    and the pending tasks of Orbax's read coroutine."""
+    suite run), and the gather of a step's reads as a future whose error nobody retrieved (the next
+    loaded suite run). Real asyncio tasks and futures: dropped are only records whose exception
+    is Orbax's read error, and the pending tasks of Orbax's read coroutine."""
     import asyncio
     import gc
 
     from metalm_jax.train import checkpoint
 
-    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])  # as before any read
+    for name in ("asyncio", "concurrent.futures"):  # as before any read
+        monkeypatch.setattr(logging.getLogger(name), "filters", [])
+    for handler in logging.getLogger().handlers:  # pytest's own handlers live across tests
+        kept = [f for f in handler.filters if not isinstance(f, checkpoint._AbandonedReadLogs)]
+        monkeypatch.setattr(handler, "filters", kept)
     read_error = "Encountered error while reading array index: (slice(0, 32, 1),)."
 
     async def _read_array_index_and_device_put(error):  # the name of Orbax's read coroutine
@@ -669,10 +674,30 @@ def test_a_failed_read_quiets_only_asyncio_reports_of_the_read_tasks_it_abandone
         gc.collect()
         return [r.getMessage().split("\n")[0] for r in caplog.records if r.name == "asyncio"]
 
+    def abandon_future(error) -> list[str]:
+        """A future that fails and is collected unretrieved (the gather of a step's reads)."""
+        caplog.clear()
+        loop = asyncio.new_event_loop()
+        loop.create_future().set_exception(Exception(error))
+        loop.close()
+        gc.collect()
+        return [r.getMessage().split("\n")[0] for r in caplog.records if r.name == "asyncio"]
+
+    def callback_error(error) -> list[str]:
+        """concurrent.futures' report of a done-callback that raised."""
+        caplog.clear()
+        logging.getLogger("concurrent.futures").error("exception calling callback", exc_info=error)
+        return [r.getMessage() for r in caplog.records]
+
     read = _read_array_index_and_device_put
     with caplog.at_level("ERROR", logger="asyncio"):
         before = abandon((read, read_error), (read, None))
+        future_before = abandon_future(read_error)
         checkpoint._quiet_abandoned_reads()
+        assert abandon_future(read_error) == []
+        assert abandon_future("something else") == ["Future exception was never retrieved"]
+        assert callback_error(Exception(read_error)) == []
+        assert callback_error(Exception("something else")) == ["exception calling callback"]
         after = abandon(
             (read, read_error),  # dropped
             (read, None),  # pending: dropped
@@ -685,6 +710,7 @@ def test_a_failed_read_quiets_only_asyncio_reports_of_the_read_tasks_it_abandone
         "Task exception was never retrieved",
         "Task was destroyed but it is pending!",
     ]
+    assert future_before == ["Future exception was never retrieved"]
     assert after == ["Task exception was never retrieved"] * 2  # the last two cases
     assert pending_elsewhere == ["Task was destroyed but it is pending!"]
 

@@ -264,23 +264,33 @@ def _abandoned_read(unraisable) -> bool:
 
 
 class _AbandonedReadLogs(logging.Filter):
-    """asyncio's own reports of the read tasks that a failed restore abandoned, logged as they
-    are collected: 'Task exception was never retrieved' with Orbax's read error (another array
-    failed too, after Orbax had stopped listening; the task may be the per-array read or one
-    that awaited it), or 'Task was destroyed but it is pending!' for a task of Orbax's read
-    coroutine or of Orbax's code. Every other record passes."""
+    """Log records about the reads that a failed restore abandoned: any record whose exception
+    is Orbax's read error (asyncio's 'Task exception was never retrieved' for a read task or a
+    task that awaited it, 'Future exception was never retrieved' for the gather of a step's
+    reads, a callback's error), and asyncio's 'Task was destroyed but it is pending!' for a
+    task of Orbax's read coroutine or of Orbax's code. Every other record passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, Exception) and str(exc).startswith(_READ_ERROR):
+            return False
         try:
             text = record.getMessage()
         except Exception:  # noqa: BLE001 -- a record that cannot format is not ours to judge
             return True
-        if text.startswith("Task exception was never retrieved"):
-            exc = record.exc_info[1] if record.exc_info else None
-            return not (isinstance(exc, Exception) and str(exc).startswith(_READ_ERROR))
         if text.startswith("Task was destroyed but it is pending!"):
             return not (f"coro=<{_ORBAX_READ}()" in text or "/orbax/checkpoint/" in text)
         return True
+
+
+def _filter_abandoned_read_logs() -> None:
+    """Puts _AbandonedReadLogs on the loggers asyncio and concurrent.futures report through,
+    and on the root logger's handlers (absl's, where it is installed), so a record logged
+    elsewhere about the same error is dropped too."""
+    targets = [logging.getLogger("asyncio"), logging.getLogger("concurrent.futures")]
+    for target in targets + list(logging.getLogger().handlers):
+        if not any(isinstance(f, _AbandonedReadLogs) for f in target.filters):
+            target.addFilter(_AbandonedReadLogs())
 
 
 def _quiet_abandoned_reads() -> None:
@@ -289,16 +299,14 @@ def _quiet_abandoned_reads() -> None:
 
     Orbax reads a step's arrays concurrently on an asyncio loop and stops listening when the
     first read fails. The other reads then end on their own: completed into the closed loop,
-    failing as their coroutines are collected (both unraisable exceptions), or as tasks whose
-    error nobody retrieved or that were still pending (asyncio's logger). Each prints a page of
-    tracebacks (TensorStore's multi-KB spec included), at any later moment: during the
-    fallback's training, or after the error line that ends the run. They carry nothing (the
-    failure is reported in one line), so this hook and filter drop exactly them and pass
-    everything else on. Every read installs them before Orbax starts: the abandoned reads can
-    end before the first one's error has reached _reason (seen on the CI machine)."""
-    asyncio_logger = logging.getLogger("asyncio")
-    if not any(isinstance(f, _AbandonedReadLogs) for f in asyncio_logger.filters):
-        asyncio_logger.addFilter(_AbandonedReadLogs())
+    failing as their coroutines are collected (both unraisable exceptions), or as tasks and
+    futures whose error nobody retrieved or that were still pending (logged by asyncio). Each
+    prints a page of tracebacks (TensorStore's multi-KB spec included), at any later moment:
+    during the fallback's training, or after the error line that ends the run. They carry
+    nothing (the failure is reported in one line), so this hook and filter drop exactly them
+    and pass everything else on. Every read installs them before Orbax starts: the abandoned
+    reads can end before the first one's error has reached _reason (seen on the CI machine)."""
+    _filter_abandoned_read_logs()
     previous = sys.unraisablehook
     if getattr(previous, "quiets_closed_loop", False):
         return
