@@ -876,8 +876,8 @@ def test_checkpoint_fallback_on_the_command_line_is_one_line(corpus, two_checkpo
     assert said[0].endswith("; trying the previous step"), said[0]
     assert "TensorStore details" not in said[0] and "pybind11" not in said[0], said[0]
     assert f"== resumed from {workdir}/checkpoints/3\n" in proc.stdout
-    first = proc.stderr.find("Traceback")  # and what printed it, just before
-    assert first < 0, proc.stderr[max(first - 2000, 0) : first + 2000]
+    first = proc.stderr.find("Traceback")  # and what printed it: the record can be KBs long
+    assert first < 0, proc.stderr[max(first - 8000, 0) : first + 1000]
     assert "checkpoint step 6" not in proc.stderr, proc.stderr[-3000:]
     assert max(map(len, proc.stderr.splitlines()), default=0) < 400, proc.stderr[-3000:]
     assert len(proc.stderr) < 4000, proc.stderr[-3000:]
