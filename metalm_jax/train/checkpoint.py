@@ -244,10 +244,9 @@ _ORBAX_READ = "_read_array_index_and_device_put"
 _READ_ERROR = "Encountered error while reading array index"
 
 
-def _abandoned_error(e) -> bool:
-    """'Event loop is closed' (a read completed into Orbax's closed loop) or Orbax's read error."""
-    closed = isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
-    return closed or (isinstance(e, Exception) and str(e).startswith(_READ_ERROR))
+def _is_read_error(e) -> bool:
+    """Whether `e` is Orbax's error for one array's failed read."""
+    return isinstance(e, Exception) and str(e).startswith(_READ_ERROR)
 
 
 def _abandoned_read(unraisable) -> bool:
@@ -260,7 +259,7 @@ def _abandoned_read(unraisable) -> bool:
     if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
         return True
     code = getattr(obj, "cr_code", None)
-    return getattr(code, "co_name", None) == _ORBAX_READ and _abandoned_error(e)
+    return getattr(code, "co_name", None) == _ORBAX_READ and _is_read_error(e)
 
 
 class _AbandonedReadLogs(logging.Filter):
@@ -271,8 +270,7 @@ class _AbandonedReadLogs(logging.Filter):
     task of Orbax's read coroutine or of Orbax's code. Every other record passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, Exception) and str(exc).startswith(_READ_ERROR):
+        if record.exc_info and _is_read_error(record.exc_info[1]):
             return False
         try:
             text = record.getMessage()

@@ -99,8 +99,7 @@ class StopSignals:
         # it here would stop this process one step before the others (each then waits for the
         # other in a collective, found by tests/test_multiprocess.py under load). It is in the
         # next gather.
-        mine = self.signum
-        got = multihost_utils.process_allgather(np.int32(mine or 0))
+        got = multihost_utils.process_allgather(np.int32(self.signum or 0))
         if np.any(got):
             self._agreed = int(np.max(got))
         return self._agreed is not None
