@@ -69,26 +69,40 @@ def test_spans_longer_than_encoder_max_len_are_rejected():
         model_config(cfg)
 
 
-def test_cli_rejects_an_unknown_config_key(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "metalm_jax.train",
-            "--config",
-            CONFIGS[0],
+@pytest.mark.parametrize(
+    "flag, line",
+    [
+        (
             "--config.train.stepz=5",
-            "--workdir",
-            str(tmp_path),
-        ],
+            "error: --config.train.stepz: unknown key 'stepz' in train; did you mean \"steps\"?",
+        ),
+        (
+            "--config.trainz.steps=5",
+            "error: --config.trainz.steps: unknown key 'trainz' in the config; "
+            'did you mean "train"?',
+        ),
+        ("--config.model.nokey.x=1", "error: --config.model.nokey.x: unknown key 'nokey' in model"),
+    ],
+)
+def test_cli_rejects_an_unknown_config_key(tmp_path, flag, line):
+    """One clean last line (ml_collections' two-line KeyError once came out with a literal
+    backslash-n in it), exit 2, before any training: the workdir is not created."""
+    workdir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "metalm_jax.train", "--config", "configs/tiny.py", flag]
+        + ["--workdir", str(workdir)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
-    assert proc.returncode != 0
-    assert "stepz" in proc.stderr
-    assert not os.listdir(tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == line, last
+    assert "\\" not in last
+    assert not workdir.exists()
 
 
 def test_paper_vision_language_config_parameter_counts():
