@@ -152,7 +152,7 @@ def _run_vqa(monkeypatch, ev, tok=None):
         seen.extend(rows)
         return ["red"] * len(rows)
 
-    monkeypatch.setattr(evaluators, "_generate_labels", generate_labels)
+    monkeypatch.setattr(evaluators, "generate_labels", generate_labels)
     tok, cfg = tok or WordTok(), testing.micro_vl_config()
     m, preds = evaluators.vqa(ev, _Trainer(), {}, tok, cfg, derive(cfg, tok))
     return m, preds, seen

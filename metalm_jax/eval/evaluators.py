@@ -26,6 +26,7 @@ import numpy as np
 from etils import epath
 
 from metalm_jax import paths
+from metalm_jax.eval.labels import generate_labels
 from metalm_jax.eval.metrics import exact_match
 from metalm_jax.types import ConfigError, DataError
 
@@ -91,7 +92,7 @@ def icl_classification(ev, trainer, params, tok, cfg, derived):
             pred = np.argmax(scores.reshape(len(items), len(options)), axis=-1)
             accs.append(float(np.mean(pred == np.asarray(golds))))
             if trial == 0:
-                gen = _generate_labels(trainer, params, tok, gen_rows, ev)
+                gen = generate_labels(trainer, params, tok, gen_rows, ev)
                 metrics[f"{k}shot/generation_exact_match"] = float(
                     np.mean([exact_match(g, [options[y]]) for g, y in zip(gen, golds, strict=True)])
                 )
@@ -112,29 +113,6 @@ def icl_classification(ev, trainer, params, tok, cfg, derived):
         metrics[f"{k}shot/accuracy_std"] = float(np.std(accs))
         metrics[f"{k}shot/trials"] = len(accs)
     return metrics, preds
-
-
-def _generate_labels(trainer, params, tok, rows, ev, max_new: int = 3, sampling=None) -> list[str]:
-    """Greedy (or `sampling`: a decode.SamplingConfig, e.g. beam search) continuations of prompt
-    rows (built with an empty option), as text: the first line up to </s>. Rows are re-laid
-    left-padded, as decode.generate needs."""
-    from metalm_jax.eval import decode
-
-    out = []
-    for i in range(0, len(rows), ev.batch_size):
-        batch = decode.left_pad_rows(rows[i : i + ev.batch_size], tok.pad)
-        gen = decode.generate(
-            trainer.model,
-            params,
-            batch,
-            _key(),
-            max_new=max_new,
-            cfg=sampling or decode.SamplingConfig(),
-            stop_ids=(tok.eos,),
-            pad_id=tok.pad,
-        )
-        out += [tok.decode([t for t in row if t != tok.eos]).strip() for row in np.asarray(gen)]
-    return out
 
 
 def _image_prompt_ids(tok, text: str, layout, what: str) -> list[int]:
@@ -381,7 +359,7 @@ def vqa(ev, trainer, params, tok, cfg, derived):
             d = [(dimg, question(dq), tok.encode(dans[0])) for _, dimg, dq, dans in demos]
             rows.append(build_vqa_row(d, (img, question(q)), priming, layout, tok.ids))
             demo_ids.append([x[0] for x in demos])
-        answers = _generate_labels(trainer, params, tok, rows, ev, max_new=ev.max_tokens)
+        answers = generate_labels(trainer, params, tok, rows, ev, max_new=ev.max_tokens)
         accs = [vqa_score(a, it[3]) for a, it in zip(answers, items, strict=True)]
         metrics[f"{k}shot/vqa_accuracy"] = float(np.mean(accs))
         preds += [

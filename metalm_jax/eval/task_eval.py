@@ -25,6 +25,7 @@ import numpy as np
 
 from metalm_jax.data.rows import Target, Text
 from metalm_jax.data.tasks import ImageInput, shuffled_indices
+from metalm_jax.eval.labels import generate_labels
 
 
 def task_config(cfg, ev):
@@ -64,7 +65,6 @@ def evaluate_task(ev, trainer, params, tok, cfg, derived, task=None):
     from metalm_jax.data.pipeline import example_encoder
     from metalm_jax.data.task_rows import encode_prompt
     from metalm_jax.data.tasks import open_task
-    from metalm_jax.eval.evaluators import _generate_labels
     from metalm_jax.eval.scoring import row_logliks
 
     task = task_config(cfg, ev) if task is None else task
@@ -90,7 +90,7 @@ def evaluate_task(ev, trainer, params, tok, cfg, derived, task=None):
         sampling = SamplingConfig(
             beam=int(ev.beam), length_penalty=float(ev.get("length_penalty", 0.6))
         )
-    gen = _generate_labels(
+    gen = generate_labels(
         trainer, params, tok, [row(p) for p in prompts], ev, ev.max_tokens, sampling
     )
     preds = [
