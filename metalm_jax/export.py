@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 
-from etils import epath
-
 from metalm_jax import paths
 
 
@@ -23,8 +21,6 @@ def export_run(workdir: str, out_dir: str, step: int | None = None) -> str:
     from metalm_jax.convert.gpt2 import export
     from metalm_jax.eval import load
 
-    if not epath.Path(workdir).is_dir():  # load_run would create checkpoints/ there
-        raise FileNotFoundError(f"{workdir}: no such run directory")
     cfg, tok, _, params = load.load_run(workdir, step)
     note = export(params, cfg, out_dir, tok.ids)
     if tok.kind == "json":

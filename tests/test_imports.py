@@ -287,7 +287,7 @@ def test_the_check_finds_a_cycle_between_floors_of_one_rank():
             "now `python -m metalm_jax.export",
         ),
         (["-m", "metalm_jax.caption", "--workdir={tmp}", "--image={tmp}/x.png"], "does not exist"),
-        (["-m", "metalm_jax.generate", "--workdir={tmp}/run"], "no checkpoint in"),
+        (["-m", "metalm_jax.generate", "--workdir={tmp}/run"], "no such run directory"),
     ],
 )
 def test_moved_commands_keep_their_names(argv, message, tmp_path):

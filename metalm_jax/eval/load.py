@@ -6,6 +6,23 @@ does not constrain the config it is evaluated under."""
 
 from __future__ import annotations
 
+import os
+
+from etils import epath
+
+from metalm_jax import paths
+
+
+def _check_run_dir(workdir: str) -> None:
+    """FileNotFoundError (one line) unless `workdir` has a checkpoints/ directory, checked before
+    anything opens it: the Checkpointer's CheckpointManager creates its directory."""
+    paths.check_reachable(workdir)
+    if not epath.Path(workdir).is_dir():
+        raise FileNotFoundError(f"{paths.shown(workdir)}: no such run directory")
+    directory = os.path.join(workdir, "checkpoints")
+    if not epath.Path(directory).is_dir():
+        raise FileNotFoundError(f"no checkpoint in {paths.shown(directory)}: train first")
+
 
 def load_run(workdir: str, step: int | None = None, cfg=None, mesh=None, log=print):
     """(config, tokenizer, inference, params) of the run in `workdir` at `step` (the newest that
@@ -17,7 +34,12 @@ def load_run(workdir: str, step: int | None = None, cfg=None, mesh=None, log=pri
     The config is the checkpoint's own, or `cfg` (its model and vocabulary checked against the
     checkpoint's: row lengths and the optimizer may differ);
     for a finetuning config (finetune.from_run) the checkpoint's resolved model with `cfg`'s
-    evals and task."""
+    evals and task.
+
+    Reading creates nothing: a workdir that does not exist, or has no checkpoints/, is a one-line
+    FileNotFoundError before the Checkpointer is built (its CheckpointManager would create
+    checkpoints/ in a mistyped workdir)."""
+    _check_run_dir(workdir)
     import jax
 
     from metalm_jax.config import with_defaults
