@@ -1,18 +1,29 @@
 """Orbax checkpoints: train state + data-iterator state + config + digests, async, keep-N,
-auto-resume from the newest step that verifies.
+manifests, auto-resume from the newest intact step.
 
-Layout: <workdir>/checkpoints/<step>/{state, data, config, digest}. `state` is the sharded
-TrainState (restored straight into the target shardings), `data` the grain iterator state per
-process (a snapshot taken at save time, so an async save never sees a later position), `config`
-the run's config as JSON, compared on resume so a changed model shape or optimizer structure
-fails with a clear message, `digest` two 32-bit sums per array of `state` (checkpoint_digest.py),
-computed on device before the save and compared after every restore.
+Layout: <workdir>/checkpoints/<step>/{state, data, config, digest, manifest.process_*.json}.
+`state` is the sharded TrainState (restored straight into the target shardings), `data` the
+grain iterator state per process (a snapshot taken at save time, so an async save never sees a
+later position), `config` the run's config as JSON, compared on resume so a changed model shape
+or optimizer structure fails with a clear message, `digest` two 32-bit sums per array of
+`state` (checkpoint_digest.py), computed on device before the save and compared after every
+restore, and the manifest (train/manifest.py): size and SHA-256 of every file, written by each
+process for its share of the files once Orbax has committed the step.
 
-A step that cannot be read or does not verify is reported in one line (step, file, reason) and
-the resume falls back to the newest step that does; steps newer than the one resumed from are
-moved to <workdir>/checkpoints_set_aside/ so that neither their step numbers nor keep-N
-deletion touch the steps the resumed run writes. At least two steps are kept, so a damaged
-newest step always has a predecessor.
+One door: every reader (resume, params-only reads for evaluate/generate/finetune.from_run,
+`init` from an Orbax run) chooses its step through `readable_steps` / `verdict`, which decide
+damage from the files and their manifest before Orbax reads anything. A damaged step (a file
+missing, truncated or changed, or no manifest for a step saved after manifests began) is
+reported in one line and skipped; the resume sets it aside in <workdir>/checkpoints_set_aside/
+so that neither its step number nor keep-N deletion touches the steps the resumed run writes.
+At least two steps are kept, so a damaged newest step has a predecessor. Damaged files are never
+handed to Orbax, so nothing of Orbax's half-finished reads is ever printed.
+
+Reading a step that passed is not expected to fail: a transient I/O error (OSError or
+TimeoutError from the store) is tried again after RETRY_DELAYS, said in one line each time; any
+other failure (or the last) is a real error (ReadError): one line naming the step and the
+error, nothing set aside, no fallback to an older step. Steps saved before manifests existed
+are read unverified, said in one line.
 
 Elastic: the state restores onto any mesh and device count (Orbax reads each array into the
 target sharding). The data positions are per process; with the same process count they resume
@@ -21,18 +32,20 @@ exactly, with another one the iterators start afresh, said in one line.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
-import logging
 import os
 import re
-import sys
+import time
+from collections.abc import Iterator
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from metalm_jax.train import manifest
 from metalm_jax.train.checkpoint_digest import compare, compare_part, digests
 from metalm_jax.types import CheckpointError
 
@@ -79,36 +92,121 @@ def _get(d: dict, dotted: str):
     return d
 
 
-class Unreadable(CheckpointError):
-    """A step that cannot be read or does not verify; str() is the one line that says so."""
-
-    def __init__(self, step: int, file: str, reason: str):
-        self.step, self.file, self.reason = step, file, reason
-        super().__init__(f"checkpoint step {step}: {file}: {reason}")
+# Seconds to wait before each new try of a read that failed with a transient I/O error
+# (OSError or TimeoutError from the store); then the error stops the run.
+RETRY_DELAYS = (2.0, 8.0, 30.0)
 
 
-def _reason(e: BaseException, step_dir: str) -> tuple[str | None, str]:
-    """(a file under step_dir the error names, a short reason) for a read error.
+def _chain(e: BaseException) -> list[BaseException]:
+    """`e` and what it was raised from (or during), outermost first, at most 8 deep."""
+    out = [e]
+    while len(out) < 8:
+        nxt = out[-1].__cause__ or out[-1].__context__
+        if nxt is None or nxt in out:
+            break
+        out.append(nxt)
+    return out
 
-    A read failed, so the closed-loop callbacks of the reads it abandoned are quieted
-    (_quiet_abandoned_reads; every read installs that hook before it starts too, since those
-    callbacks can arrive before the error reaches this function). The reason is the innermost
-    error `e` was raised from: Orbax wraps TensorStore's error, which names the array and what
-    is wrong with it ('Error reading "params.x/0.0": Requested byte range [..) is not valid for
-    value of size 10'), in one whose text is the store's multi-KB spec."""
-    _quiet_abandoned_reads()
-    chain = [e]
-    while chain[-1].__cause__ is not None and len(chain) < 8:
-        chain.append(chain[-1].__cause__)
-    msgs = [" ".join(str(x).split()) for x in chain]
-    found = (re.search(re.escape(step_dir) + r"/[^\s'\",}]*", msg) for msg in reversed(msgs))
-    m = next((f for f in found if f), None)
-    i = len(chain) - 1 if msgs[-1] else 0  # an empty innermost message says nothing
-    # the step's path is in the line already; TensorStore appends its spec to some errors
-    msgs[i] = re.sub(r' in OCDBT database at local file "[^"]*"', "", msgs[i])
-    msgs[i] = re.sub(r" \[tensorstore_spec\S*=.*$", "", msgs[i])
-    short = msgs[i] if len(msgs[i]) <= 240 else msgs[i][:237] + "..."
-    return (m.group(0) if m else None), f"{type(chain[i]).__name__}: {short}"
+
+def _transient(e: BaseException) -> bool:
+    """Whether a read error is the store's I/O failing (worth another try): an OSError or
+    TimeoutError anywhere in its chain (Orbax and TensorStore wrap what the filesystem says)."""
+    return any(isinstance(x, OSError | TimeoutError) for x in _chain(e))
+
+
+def short_error(e: BaseException) -> str:
+    """'Type: message' of the innermost error with a message, on one line and at most 240
+    characters: Orbax wraps TensorStore's error, which says what failed, in one whose text is
+    the store's multi-KB spec."""
+    chain = [x for x in _chain(e) if str(x).strip()] or [e]
+    x = chain[-1]
+    msg = " ".join(str(x).split())
+    msg = re.sub(r' in OCDBT database at local file "[^"]*"', "", msg)
+    msg = re.sub(r" \[tensorstore_spec\S*=.*$", "", msg)
+    msg = msg if len(msg) <= 240 else msg[:237] + "..."
+    return f"{type(x).__name__}: {msg}" if msg else type(x).__name__
+
+
+class ReadError(CheckpointError):
+    """A step whose files are not damaged (they match their manifest, or it predates
+    manifests) could not be read: a real error (I/O that kept failing, memory, a sharding or
+    structure problem), so nothing is set aside and the run does not fall back."""
+
+    def __init__(self, step: int, what: str, error: BaseException, verified: bool):
+        why = (
+            "its files match their manifest, so this is not damage"
+            if verified
+            else "it was saved before manifests existed"
+        )
+        super().__init__(
+            f"checkpoint step {step}: reading {what} failed: {short_error(error)} ({why}; "
+            "nothing was set aside: fix the cause and run again, --verbose for the traceback)"
+        )
+
+
+def read_with_retries(step: int, what: str, read, log=print, verified: bool = True):
+    """read(), tried again after RETRY_DELAYS when it fails with a transient I/O error (each
+    retry said in one line); any other error, or the last one, raises ReadError."""
+    for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+        try:
+            return read()
+        except Exception as e:  # noqa: BLE001 -- every failure is reported as ReadError
+            if delay is None or not _transient(e):
+                raise ReadError(step, what, e, verified) from e
+            log(
+                f"== checkpoint step {step}: reading {what}: {short_error(e)}; trying again in "
+                f"{delay:g} s ({attempt + 1}/{len(RETRY_DELAYS)})"
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def step_numbers(directory) -> list[int]:
+    """The committed steps under a checkpoints directory, newest first (Orbax's step
+    directories are named by the step; its unfinished saves carry a suffix)."""
+    d = epath.Path(directory)
+    if not d.is_dir():
+        return []
+    return sorted((int(p.name) for p in d.iterdir() if p.name.isdigit()), reverse=True)
+
+
+def verdict(directory, step: int) -> manifest.Verdict:
+    """The verdict on one step's files, the work shared among the processes (each hashes its
+    share of the files; a damage any process finds is the verdict of all)."""
+    step_dir = epath.Path(directory) / str(step)
+    since = manifest.read_since(directory)
+    mine = manifest.check(step_dir, step, since, (jax.process_index(), jax.process_count()))
+    if jax.process_count() == 1:
+        return mine
+    from jax.experimental import multihost_utils
+
+    codes = {"intact": 0, "unverified": 1, "damaged": 2}
+    got = multihost_utils.process_allgather(np.array([codes[mine.status]], np.int32))
+    got = np.asarray(got).reshape(-1)
+    if mine.status == "damaged" or got.max() < 2:
+        return mine
+    who = int(np.argmax(got == 2))
+    return manifest.Verdict(
+        step, "damaged", os.fspath(step_dir), f"a file process {who} checked does not match"
+    )
+
+
+def readable_steps(directory, log=print) -> Iterator[manifest.Verdict]:
+    """THE door to a directory of checkpoints: the steps whose files match their manifest (or
+    that predate manifests), newest first. Each damaged step met on the way is said in one
+    line, and an unverified one before it is yielded; nothing here reads a step through
+    Orbax. Resume, params-only reads and `init` from a run all choose from this."""
+    for step in step_numbers(directory):
+        v = verdict(directory, step)
+        if v.status == "damaged":
+            log(f"== {v.line}; trying the previous step")
+            continue
+        if v.status == "unverified":
+            log(
+                f"== checkpoint step {step} was saved before checkpoints had manifests: "
+                "its files are read unverified"
+            )
+        yield v
 
 
 def check_shapes(saved: dict, config: dict, where: str, keys=SHAPE_KEYS) -> None:
@@ -146,190 +244,130 @@ def _param_diffs(saved_meta: dict, abstract_params) -> list[str]:
     return out
 
 
-class _NoMetadataWarning(logging.Filter):
-    """Drops Orbax's warning that `<step>/state/_CHECKPOINT_METADATA` does not exist: a
-    CheckpointManager writes that file one level up (`<step>/_CHECKPOINT_METADATA`), and a
-    params-only read of the `state` item works without it (a warning per read otherwise)."""
+class StepReader:
+    """Parts of one step of a checkpoints directory, chosen by the caller through
+    readable_steps or verdict: the parameters' metadata, the saved config, and parameters
+    alone (an Orbax partial restore of `params`: nothing else of the state is read, so the
+    optimizer a run was trained with does not matter). Reads go through a CheckpointManager
+    that knows every item's handler, so Orbax finds the step's metadata where it wrote it and
+    says nothing; every read is retried on transient I/O errors (read_with_retries)."""
 
-    def __init__(self, state_dir: str):
-        super().__init__()
-        self.file = f"{state_dir}/_CHECKPOINT_METADATA"
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (
-            record.msg == "Metadata file does not exist: %s"
-            and len(record.args or ()) == 1
-            and str(record.args[0]) == self.file
-        )
-
-
-@contextlib.contextmanager
-def _without_metadata_warning(state_dir: str):
-    absl_logger = logging.getLogger("absl")  # Orbax logs through absl.logging
-    quiet = _NoMetadataWarning(state_dir)
-    absl_logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        absl_logger.removeFilter(quiet)
-
-
-def read_params(step_dir: str, abstract_params, step: int = -1):
-    """The `params` subtree of the train state saved in `step_dir` (a checkpoints/<step>
-    directory), restored into `abstract_params`' shardings; nothing else of the state is read
-    (Orbax partial restore), so the optimizer it was trained with does not matter.
-    `abstract_params` may name only some top-level modules (`init` from a run). The arrays read
-    are verified against the step's digests (when it has them).
-
-    Raises Unreadable (naming the file) if the step cannot be read or does not verify, and
-    CheckpointError naming the arrays if the saved parameters do not fit `abstract_params`."""
-    path = f"{step_dir}/state"
-    _quiet_abandoned_reads()
-    with _without_metadata_warning(path):
-        return _read_params(step_dir, path, abstract_params, step)
-
-
-def _read_params(step_dir: str, path: str, abstract_params, step: int):
-    try:
-        meta = ocp.PyTreeCheckpointer().metadata(path)
-        meta = getattr(meta, "item_metadata", meta)
-        tree = meta if isinstance(meta, dict) else meta.tree
-        saved = tree["params"]
-    except Exception as e:  # noqa: BLE001 -- any read failure means: fall back
-        file, reason = _reason(e, step_dir)
-        raise Unreadable(step, file or path, reason) from e
-    bad = _param_diffs(saved, abstract_params)
-    if bad:
-        more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
-        raise CheckpointError(
-            f"checkpoint {step_dir}: its parameters do not fit this config's model: "
-            + "; ".join(bad[:6])
-            + more
-            + " (use the run's own config, or its model section)"
-        )
-    saved_digests = None  # steps saved before digests existed are not verified
-    if (epath.Path(step_dir) / "digest").exists():
-        try:
-            saved_digests = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-                f"{step_dir}/digest"
+    def __init__(self, step_dir: str, log=print, verified: bool = True):
+        path = epath.Path(step_dir)
+        if not path.name.isdigit():
+            raise CheckpointError(
+                f"{step_dir}: expected a run's checkpoints/<step> directory (named by its step)"
             )
-        except Exception as e:  # noqa: BLE001
-            file, reason = _reason(e, step_dir)
-            raise Unreadable(step, file or f"{step_dir}/digest", reason) from e
-    target = {"params": abstract_params}
-    try:
-        params = ocp.PyTreeCheckpointer().restore(
-            path,
-            args=ocp.args.PyTreeRestore(
-                item=target,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True,
-            ),
-        )["params"]
-    except Exception as e:  # noqa: BLE001
-        file, reason = _reason(e, step_dir)
-        raise Unreadable(step, file or path, reason) from e
-    if saved_digests is not None:
-        # the saved digests are keyed by the TrainState's paths (.params[...])
-        bad = compare_part(saved_digests, digests(params, prefix=".params"))
+        self.step_dir, self.step = os.fspath(path), int(path.name)
+        self._read = functools.partial(read_with_retries, self.step, log=log, verified=verified)
+        json_handler = ocp.JsonCheckpointHandler()
+        self.manager = ocp.CheckpointManager(
+            os.fspath(path.parent),
+            item_handlers={
+                "state": ocp.PyTreeCheckpointHandler(),
+                "config": json_handler,
+                "digest": ocp.JsonCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+            },
+            options=ocp.CheckpointManagerOptions(create=False),
+        )
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.manager.close()
+
+    def _item(self, item: str, args):
+        restore = lambda: self.manager.restore(self.step, args=ocp.args.Composite(**{item: args}))
+        return self._read(f"its {item}", restore)[item]
+
+    def param_metadata(self) -> dict:
+        """{top-level module: array metadata tree} of the saved parameters (no array read)."""
+        meta = self._read("the parameter metadata", lambda: self.manager.item_metadata(self.step))
+        state = meta["state"]
+        return getattr(state, "tree", state)["params"]
+
+    def config(self) -> dict:
+        saved = self._item("config", ocp.args.JsonRestore())
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"checkpoint {self.step_dir}/config: not a JSON object")
+        return saved
+
+    def params(self, abstract_params):
+        """The `params` subtree restored into `abstract_params`' shardings (which may name only
+        some top-level modules), compared with the step's digests (when it has them).
+        CheckpointError naming the arrays if the saved parameters do not fit."""
+        bad = _param_diffs(self.param_metadata(), abstract_params)
         if bad:
-            raise Unreadable(step, path, bad)
-    return params
+            more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
+            raise CheckpointError(
+                f"checkpoint {self.step_dir}: its parameters do not fit this config's model: "
+                + "; ".join(bad[:6])
+                + more
+                + " (use the run's own config, or its model section)"
+            )
+        saved_digests = None  # steps saved before digests existed are not compared
+        if (epath.Path(self.step_dir) / "digest").exists():
+            saved_digests = self._item("digest", ocp.args.JsonRestore())
+        target = {"params": abstract_params}
+        args = ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True,
+        )
+        params = self._item("state", args)["params"]
+        if saved_digests is not None:
+            # the saved digests are keyed by the TrainState's paths (.params[...])
+            bad = compare_part(saved_digests, digests(params, prefix=".params"))
+            if bad:
+                raise _DigestError(self.step, self.step_dir, bad)
+        return params
 
 
-# the Orbax coroutine that reads one array of a step (orbax/checkpoint/.../serialization.py)
-_ORBAX_READ = "_read_array_index_and_device_put"
+def read_params(step_dir: str, abstract_params, log=print, verified: bool = True):
+    """StepReader(step_dir).params(abstract_params)."""
+    with StepReader(step_dir, log, verified) as reader:
+        return reader.params(abstract_params)
 
 
-_READ_ERROR = "Encountered error while reading array index"
-
-
-def _is_read_error(e) -> bool:
-    """Whether `e` is Orbax's error for one array's failed read."""
-    return isinstance(e, Exception) and str(e).startswith(_READ_ERROR)
-
-
-def _abandoned_read(unraisable) -> bool:
-    """Whether an unraisable exception is the leftover of a read that a failed restore
-    abandoned: 'Event loop is closed' from a read completed into Orbax's closed loop, or the
-    read error of another array of the same step, raised when its coroutine, never awaited
-    again, is garbage-collected ('Exception ignored in: <coroutine object
-    _read_array_index_and_device_put ...>')."""
-    e, obj = unraisable.exc_value, unraisable.object
-    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
-        return True
-    code = getattr(obj, "cr_code", None)
-    return getattr(code, "co_name", None) == _ORBAX_READ and _is_read_error(e)
-
-
-class _AbandonedReadLogs(logging.Filter):
-    """Log records about the reads that a failed restore abandoned: any record whose exception
-    is Orbax's read error (asyncio's 'Task exception was never retrieved' for a read task or a
-    task that awaited it, 'Future exception was never retrieved' for the gather of a step's
-    reads, a callback's error), and asyncio's 'Task was destroyed but it is pending!' for a
-    task of Orbax's read coroutine or of Orbax's code. Every other record passes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and _is_read_error(record.exc_info[1]):
-            return False
-        try:
-            text = record.getMessage()
-        except Exception:  # noqa: BLE001 -- a record that cannot format is not ours to judge
-            return True
-        if text.startswith("Task was destroyed but it is pending!"):
-            return not (f"coro=<{_ORBAX_READ}()" in text or "/orbax/checkpoint/" in text)
-        return True
-
-
-def _filter_abandoned_read_logs() -> None:
-    """Puts _AbandonedReadLogs on the loggers asyncio and concurrent.futures report through,
-    and on the root logger's handlers (absl's, where it is installed), so a record logged
-    elsewhere about the same error is dropped too."""
-    targets = [logging.getLogger("asyncio"), logging.getLogger("concurrent.futures")]
-    for target in targets + list(logging.getLogger().handlers):
-        if not any(isinstance(f, _AbandonedReadLogs) for f in target.filters):
-            target.addFilter(_AbandonedReadLogs())
-
-
-def _quiet_abandoned_reads() -> None:
-    """Drops what the reads a failed restore abandoned print (see _abandoned_read and
-    _AbandonedReadLogs).
-
-    Orbax reads a step's arrays concurrently on an asyncio loop and stops listening when the
-    first read fails. The other reads then end on their own: completed into the closed loop,
-    failing as their coroutines are collected (both unraisable exceptions), or as tasks and
-    futures whose error nobody retrieved or that were still pending (logged by asyncio). Each
-    prints a page of tracebacks (TensorStore's multi-KB spec included), at any later moment:
-    during the fallback's training, or after the error line that ends the run. They carry
-    nothing (the failure is reported in one line), so this hook and filter drop exactly them
-    and pass everything else on. Every read installs them before Orbax starts: the abandoned
-    reads can end before the first one's error has reached _reason (seen on the CI machine)."""
-    _filter_abandoned_read_logs()
-    previous = sys.unraisablehook
-    if getattr(previous, "quiets_closed_loop", False):
-        return
-
-    def hook(unraisable) -> None:
-        if _abandoned_read(unraisable):
-            return
-        previous(unraisable)
-
-    hook.quiets_closed_loop = True
-    sys.unraisablehook = hook
+class _DigestError(CheckpointError):
+    def __init__(self, step: int, step_dir: str, bad: str):
+        super().__init__(
+            f"checkpoint step {step} ({step_dir}): the arrays read do not match the digests "
+            f"saved with them ({bad}): a save or restore bug, not damage (nothing was set "
+            "aside; --verbose for the traceback)"
+        )
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, every: int, keep: int):
+    """A run's checkpoints/ directory. `create=False` for commands that only read (evaluate,
+    generate): nothing is created or written in the workdir."""
+
+    def __init__(self, workdir: str, every: int, keep: int, create: bool = True):
         self.directory = os.path.join(workdir, "checkpoints")
         if "://" not in self.directory:  # keep gs://... as it is
             self.directory = os.path.abspath(self.directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max(keep, 2), create=True, enable_async_checkpointing=True
+                max_to_keep=max(keep, 2), create=create, enable_async_checkpointing=True
             ),
         )
         self.every = every
+        self._unlisted: list[int] = []  # saved steps whose manifest part is not written yet
+        self._chosen: manifest.Verdict | None = None  # what _choose found
+        if create and jax.process_index() == 0:
+            manifest.mark_since(self.directory, self._first_new_step())
+
+    def _first_new_step(self) -> int:
+        """The step from which on this directory's steps have manifests (manifest.MARKER): the
+        oldest step that has one, else any step this run saves."""
+        steps = step_numbers(self.directory)
+        with_parts = [s for s in steps if manifest.has_parts(f"{self.directory}/{s}")]
+        if with_parts:
+            return min(with_parts)
+        return steps[0] + 1 if steps else 0
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -343,7 +381,7 @@ class Checkpointer:
     def save(self, step: int, state, data_iterator, config: dict, force: bool = False) -> bool:
         if not force and (self.every <= 0 or step % self.every):
             return False
-        return self.manager.save(
+        saved = self.manager.save(  # waits for the previous save to commit first
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
@@ -353,26 +391,42 @@ class Checkpointer:
             ),
             force=force,
         )
+        if saved:
+            self._unlisted.append(step)
+        self.list_committed()
+        return saved
 
-    def _read(self, step: int, item: str, args):
-        """One item of a step; Unreadable (naming the file) if it cannot be read."""
-        step_dir = f"{self.directory}/{step}"
-        _quiet_abandoned_reads()
-        try:
-            return self.manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
-        except Exception as e:  # noqa: BLE001 -- any read failure means: fall back
-            file, reason = _reason(e, step_dir)
-            raise Unreadable(step, file or f"{step_dir}/{item}", reason) from e
+    def list_committed(self, wait: bool = False) -> None:
+        """Writes this process's manifest part of every step whose save has committed (`wait`:
+        after waiting for the save in flight). Called at every step of the loop, at every save
+        and at close, so a step goes without its manifest only between its commit and the next
+        step: a run killed there leaves a step that is not trusted (manifest.py)."""
+        if not self._unlisted:
+            return
+        if wait:
+            self.manager.wait_until_finished()
+        in_flight = not wait and self.manager.is_saving_in_progress()
+        done = self._unlisted[:-1] if in_flight else self._unlisted
+        for step in done:
+            step_dir = epath.Path(self.directory) / str(step)
+            if step_dir.exists():  # keep-N may have deleted an old one already
+                manifest.write(step_dir, jax.process_index(), jax.process_count())
+        self._unlisted = self._unlisted[len(done) :]
 
-    def check_config(self, step: int, config: dict) -> None:
+    def _read(self, step: int, item: str, args, log, verified: bool):
+        """One item of a step (retried on transient I/O errors, else ReadError)."""
+        restore = lambda: self.manager.restore(step, args=ocp.args.Composite(**{item: args}))
+        return read_with_retries(step, f"its {item}", restore, log, verified)[item]
+
+    def check_config(self, step: int, config: dict, log=print, verified=True) -> None:
         """Raises naming every shape- or optimizer-relevant key whose value differs from the
-        checkpoint's; Unreadable if its config cannot be read.
+        checkpoint's.
 
         Keys the checkpoint's config does not have (added to the code later) are not compared.
         """
-        saved = self._read(step, "config", ocp.args.JsonRestore())
+        saved = self._read(step, "config", ocp.args.JsonRestore(), log, verified)
         if not isinstance(saved, dict):
-            raise Unreadable(step, f"{self.directory}/{step}/config", "not a JSON object")
+            raise CheckpointError(f"checkpoint {self.directory}/{step}/config: not a JSON object")
         diffs = []
         for key in SHAPE_KEYS + OPTIMIZER_KEYS:
             try:
@@ -393,8 +447,7 @@ class Checkpointer:
         """True (after saying so in one line) if the step's data positions were saved by another
         number of processes than this run has: each process's documents are `index::count` of
         the split, shuffled per shard, so no position of the old shards is a position of the new
-        ones, and the iterators start afresh. A step with no data files at all is not this case
-        (it is damaged: Unreadable, and the resume falls back)."""
+        ones, and the iterators start afresh."""
         data_dir = epath.Path(self.directory) / str(step) / "data"
         ours = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         if ours.exists() or not data_dir.exists():
@@ -415,19 +468,21 @@ class Checkpointer:
         )
         return True
 
-    def restore(self, step: int, abstract_state, data_iterator, config: dict, log=print):
+    def restore(self, step: int, abstract_state, data_iterator, config: dict, log=print,
+                verified: bool = True):  # fmt: skip
         """Restores state into `abstract_state`'s shardings (any mesh: a step saved on 8
-        devices restores on 4 or 1) and verifies its digests, and restores the data iterator in
-        place unless it is None (e.g. to read a run's parameters). With another process count
-        than the one that saved the step, the iterator starts afresh (_data_saved_elsewhere).
-        Raises Unreadable if the step cannot be read or does not verify, CheckpointError if it
-        does not match the config."""
-        self.check_config(step, config)
+        devices restores on 4 or 1) and compares its digests, and restores the data iterator in
+        place unless it is None. With another process count than the one that saved the step,
+        the iterator starts afresh (_data_saved_elsewhere). The step must have been chosen
+        through readable_steps/verdict: every failure here is a real error (ReadError, or
+        CheckpointError if it does not match the config)."""
+        self.check_config(step, config, log, verified)
         step_dir = f"{self.directory}/{step}"
-        saved_digests = None  # steps saved before digests existed are not verified
+        saved_digests = None  # steps saved before digests existed are not compared
         if (epath.Path(step_dir) / "digest").exists():
-            saved_digests = self._read(step, "digest", ocp.args.JsonRestore())
-        state = self._read(step, "state", ocp.args.StandardRestore(abstract_state))
+            saved_digests = self._read(step, "digest", ocp.args.JsonRestore(), log, verified)
+        args = ocp.args.StandardRestore(abstract_state)
+        state = self._read(step, "state", args, log, verified)
         if jax.tree.structure(state) != jax.tree.structure(abstract_state):
             raise CheckpointError(
                 f"checkpoint {step_dir}: the saved train state's structure differs from this "
@@ -436,43 +491,55 @@ class Checkpointer:
         if saved_digests is not None:
             bad = compare(saved_digests, digests(state))
             if bad:
-                raise Unreadable(step, f"{step_dir}/state", bad)
+                raise _DigestError(step, step_dir, bad)
         if data_iterator is not None and not self._data_saved_elsewhere(step, log):
-            name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-            try:
-                self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)),
-                )
-            except Exception as e:  # noqa: BLE001
-                raise Unreadable(step, f"{step_dir}/data/{name}", _reason(e, step_dir)[1]) from e
+            args = grain.checkpoint.CheckpointRestore(data_iterator)
+            self._read(step, "data", args, log, verified)
         return state
 
     def restore_good(self, abstract_state, data_iterator, config: dict, want: int, log):
-        """(state, step): step `want` (> 0), or else the newest step that reads and verifies,
-        each failure logged in one line. Steps newer than the one restored are set aside."""
-        steps = sorted(self.manager.all_steps(), reverse=True)
-        if want > 0 and want not in steps:
-            raise CheckpointError(
-                f"train.restore_step={want}: no such checkpoint in {self.directory} "
-                f"(have {sorted(steps)}; 0 = the latest)"
-            )
-        failed = []
-        for step in [want] if want > 0 else steps:
-            try:
-                state = self.restore(step, abstract_state, data_iterator, config, log)
-            except Unreadable as e:
-                if want > 0:
-                    raise CheckpointError(f"train.restore_step={want}: {e}") from e
-                failed.append(str(e))
-                log(f"== {e}; trying the previous step")
-                continue
-            self._set_aside([s for s in steps if s > step], log)
-            return state, step
-        raise CheckpointError(
-            f"no checkpoint in {self.directory} reads and verifies ({'; '.join(failed)}): "
-            "move checkpoints/ away to start afresh"
+        """(state, step): step `want` (> 0), or else the newest step that readable_steps
+        offers (each damaged step said in one line). Steps newer than the one restored (the
+        damaged ones) are set aside. A failure while reading the chosen step is an error, not
+        a reason to fall back."""
+        steps = step_numbers(self.directory)
+        if want > 0:
+            if want not in steps:
+                raise CheckpointError(
+                    f"train.restore_step={want}: no such checkpoint in {self.directory} "
+                    f"(have {sorted(steps)}; 0 = the latest)"
+                )
+            chosen = verdict(self.directory, want)
+            if chosen.status == "damaged":
+                raise CheckpointError(f"train.restore_step={want}: {chosen.line}")
+        else:
+            chosen = self._choose(log)
+        state = self.restore(
+            chosen.step, abstract_state, data_iterator, config, log, chosen.status == "intact"
         )
+        self._set_aside([s for s in steps if s > chosen.step], log)
+        return state, chosen.step
+
+    def _choose(self, log) -> manifest.Verdict:
+        """The newest readable step (remembered: a second call says nothing again)."""
+        if self._chosen is None:
+            self._chosen = self._choose_now(log)
+        return self._chosen
+
+    def _choose_now(self, log) -> manifest.Verdict:
+        lines: list[str] = []
+
+        def said(line):
+            lines.append(line.removeprefix("== ").removesuffix("; trying the previous step"))
+            log(line)
+
+        chosen = next(readable_steps(self.directory, said), None)
+        if chosen is None:
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} is intact ({'; '.join(lines)[:1500]}): "
+                "move checkpoints/ away to start afresh"
+            )
+        return chosen
 
     def _set_aside(self, steps: list, log) -> None:
         """Moves `steps` out of checkpoints/ (nothing is deleted): the resumed run saves its own
@@ -492,51 +559,47 @@ class Checkpointer:
 
             multihost_utils.sync_global_devices("checkpoints set aside")
         self.manager.reload()
+        self._chosen = None
         log(f"== moved newer steps {sorted(steps)} to {aside}/ (kept, not resumed from)")
 
-    def _step(self, step: int | None) -> int:
-        """`step`, or the newest if None; FileNotFoundError if there is no such step."""
-        steps = self.manager.all_steps()
+    def _pick(self, step: int | None, log) -> manifest.Verdict:
+        """The verdict on `step`, or the newest readable step if None: FileNotFoundError if
+        there is no such step, CheckpointError if it (or every step) is damaged."""
+        steps = step_numbers(self.directory)
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}: train first")
-        if step is not None and step not in steps:
+        if step is None:
+            return self._choose(log)
+        if step not in steps:
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {self.directory} (have {sorted(steps)})"
             )
-        return max(steps) if step is None else step
+        v = verdict(self.directory, step)
+        if v.status == "damaged":
+            raise CheckpointError(v.line)
+        return v
 
-    def saved_config(self, step: int | None = None) -> tuple[dict, int]:
-        """(the config saved with `step` (the newest if None), as a dict; that step).
-        FileNotFoundError if there is no such step, Unreadable if its config cannot be read."""
-        step = self._step(step)
-        saved = self._read(step, "config", ocp.args.JsonRestore())
+    def saved_config(self, step: int | None = None, log=print) -> tuple[dict, int]:
+        """(the config saved with `step` (the newest readable if None), as a dict; that step).
+        FileNotFoundError if there is no such step, CheckpointError if it is damaged."""
+        v = self._pick(step, log)
+        saved = self._read(v.step, "config", ocp.args.JsonRestore(), log, v.status == "intact")
         if not isinstance(saved, dict):
-            raise Unreadable(step, f"{self.directory}/{step}/config", "not a JSON object")
-        return saved, step
+            raise CheckpointError(f"checkpoint {self.directory}/{v.step}/config: not a JSON object")
+        return saved, v.step
 
     def restore_params(self, abstract_params, step: int | None = None, log=print):
         """(params, step): the parameters of `step` alone (read_params: no optimizer state is
-        read, any mesh), or with `step` None those of the newest step that reads and verifies,
-        each failure logged in one line (nothing is set aside: reading changes nothing).
-        FileNotFoundError if there is no such step; CheckpointError if none verifies or the
+        read, any mesh), or with `step` None those of the newest readable step (damaged ones
+        said in one line each; nothing is set aside: reading changes nothing).
+        FileNotFoundError if there is no such step; CheckpointError if it is damaged or the
         parameters do not fit `abstract_params`."""
-        self._step(step)
-        steps = sorted(self.manager.all_steps(), reverse=True)
-        failed = []
-        for s in [step] if step is not None else steps:
-            try:
-                return read_params(f"{self.directory}/{s}", abstract_params, s), s
-            except Unreadable as e:
-                if step is not None:
-                    raise
-                failed.append(str(e))
-                log(f"== {e}; trying the previous step")
-        raise CheckpointError(
-            f"no checkpoint in {self.directory} reads and verifies ({'; '.join(failed)})"
-        )
+        v = self._pick(step, log)
+        step_dir = f"{self.directory}/{v.step}"
+        return read_params(step_dir, abstract_params, log, v.status == "intact"), v.step
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.list_committed(wait=True)
         self.manager.close()
 
 

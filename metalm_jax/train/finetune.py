@@ -75,7 +75,7 @@ def prepare_config(cfg, workdir: str, log=print):
         orbax_saved_config,
     )
 
-    step_dir = orbax_checkpoint_dir(ft.from_run)
+    step_dir = orbax_checkpoint_dir(ft.from_run, log)
     saved = with_defaults(orbax_saved_config(step_dir))
     out = cfg.copy_and_resolve_references()
     with out.unlocked():

@@ -8,13 +8,14 @@ Each entry names a source and what it provides:
       an earlier run's workdir (latest step) or one of its checkpoints/<step> directories
 
 Orbax sources are read params-only (train/checkpoint.read_params: the named sub-tree alone, its
-digests verified); this module sits in train/ because it reads checkpoints. Applied once, to a
-freshly initialised state (a resumed run keeps its own weights). The
-optimizer state needs no change (Adam's moments start at zero either way). Before anything is
-replaced every entry is converted and checked: architecture keys against the config
-(check_arch), every array against the target's shape (fit_tree). The console then lists, per
-entry, what was loaded (arrays, parameters), which source keys were dropped on purpose and why,
-which were unused, and which top-level modules stayed freshly initialised.
+digests verified), from the step the checkpoint door offers (checkpoint.readable_steps: the
+newest step whose files match their manifest); this module sits in train/ because it reads
+checkpoints. Applied once, to a freshly initialised state (a resumed run keeps its own
+weights). The optimizer state needs no change (Adam's moments start at zero either way).
+Before anything is replaced every entry is converted and checked: architecture keys against
+the config (check_arch), every array against the target's shape (fit_tree). The console
+then lists, per entry, what was loaded (arrays, parameters), which source keys were dropped on
+purpose and why, which were unused, and which top-level modules stayed freshly initialised.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from etils import epath
 from metalm_jax import paths
 from metalm_jax.convert import check_arch, load_hf
 from metalm_jax.convert.common import ConversionError, fit_tree, flatten
-from metalm_jax.train.checkpoint import read_params
+from metalm_jax.train import checkpoint
 
 # Config keys that define a stack's function; compared between an Orbax source run and this one.
 ARCH_KEYS = (
@@ -53,51 +54,63 @@ def _entries(cfg) -> list[dict]:
     return out
 
 
-def orbax_checkpoint_dir(source: str) -> str:
-    """A run's workdir (latest step) or a checkpoints/<step> directory -> the step directory."""
+def orbax_checkpoint_dir(source: str, log=print) -> str:
+    """A run's workdir (its newest readable step: checkpoint.readable_steps, damaged steps
+    said in one line each) or a checkpoints/<step> directory (damaged: an error) -> the step
+    directory."""
     source = paths.shown(source)  # absolute if local; a URL (gs://...) as it is
     ckpts = epath.Path(source) / "checkpoints"
     if ckpts.is_dir():
-        steps = sorted(int(d.name) for d in ckpts.iterdir() if d.name.isdigit())
-        if not steps:
+        if not checkpoint.step_numbers(ckpts):
             raise ConversionError(f"{ckpts}: no checkpoints")
-        return os.fspath(ckpts / str(steps[-1]))
+        chosen = next(checkpoint.readable_steps(ckpts, log), None)
+        if chosen is None:
+            raise ConversionError(f"{ckpts}: no intact checkpoint (each damaged step said above)")
+        return os.fspath(ckpts / str(chosen.step))
     if (epath.Path(source) / "state").is_dir():
+        _check_step_dir(source)
         return source
     raise ConversionError(
         f"{source}: neither a run workdir with checkpoints/ nor a checkpoint step directory"
     )
 
 
+def _check_step_dir(step_dir: str) -> None:
+    """A step directory named by hand must be intact (or predate manifests)."""
+    path = epath.Path(step_dir)
+    if not path.name.isdigit():
+        raise ConversionError(
+            f"{step_dir}: expected a run workdir or one of its checkpoints/<step> directories"
+        )
+    v = checkpoint.verdict(os.fspath(path.parent), int(path.name))
+    if v.status == "damaged":
+        raise ConversionError(v.line)
+
+
 def orbax_param_metadata(step_dir: str) -> dict:
     """{top-level module: array metadata tree} of an Orbax TrainState checkpoint (nothing read)."""
-    import orbax.checkpoint as ocp
-
-    meta = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state"))
-    tree = getattr(meta, "item_metadata", meta)
-    return tree["params"] if isinstance(tree, dict) else tree.tree["params"]
+    with checkpoint.StepReader(step_dir) as reader:
+        return reader.param_metadata()
 
 
 def orbax_saved_config(step_dir: str) -> dict:
     """The run config saved with an Orbax checkpoint step, as a dict."""
-    import orbax.checkpoint as ocp
-
-    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, "config"))
+    with checkpoint.StepReader(step_dir) as reader:
+        return reader.config()
 
 
 def _orbax_params(step_dir: str, key: str) -> dict:
     """params/<key> of an Orbax TrainState checkpoint, as numpy: a params-only partial restore
-    of that sub-tree alone (train/checkpoint.read_params), its digests verified."""
-    path = os.path.join(step_dir, "state")
-    params = orbax_param_metadata(step_dir)
-    if key not in params:
-        raise ConversionError(f"{path}: no params/{key} (it has {sorted(params)})")
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), params[key]
-    )
-    name = os.path.basename(step_dir)
-    restored = read_params(step_dir, {key: target}, int(name) if name.isdigit() else -1)
+    of that sub-tree alone (train/checkpoint.StepReader), its digests verified."""
+    with checkpoint.StepReader(step_dir) as reader:
+        params = reader.param_metadata()
+        if key not in params:
+            raise ConversionError(f"{step_dir}/state: no params/{key} (it has {sorted(params)})")
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), params[key]
+        )
+        restored = reader.params({key: target})
     return jax.tree.map(np.asarray, restored[key])
 
 

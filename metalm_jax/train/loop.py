@@ -228,6 +228,7 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
                 state, m = trainer.step(state, trainer.global_batch(next(train_iter)))
                 step += 1
                 watchdog.beat(step)
+                ckpt.list_committed()  # the manifest of a save that committed meanwhile
                 pending.append(m)
                 guard.add(step, m)
                 periodic(step)
