@@ -39,42 +39,6 @@ Example:
 EOF
 }
 
-die() {
-  echo "gke.sh: error: $*" >&2
-  echo "Run launch/gke.sh --help for usage." >&2
-  exit 2
-}
-
-# One shell word that a shell reads back as $1 (see launch/tpu_vm.sh).
-quote_word() {
-  local a=$1
-  if [[ $a =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-    printf '%s' "$a"
-  elif [[ ! $a =~ [\$\`\"\\!] ]]; then
-    printf '"%s"' "$a"
-  else
-    printf "'%s'" "${a//\'/\'\\\'\'}"
-  fi
-}
-
-quote() {
-  local a out=()
-  for a in "$@"; do
-    out+=("$(quote_word "$a")")
-  done
-  printf '%s\n' "${out[*]}"
-}
-
-DRY_RUN=0
-x() {
-  if ((DRY_RUN)); then
-    quote "$@"
-  else
-    echo "+ $(quote "$@")" >&2
-    "$@"
-  fi
-}
-
 # A YAML scalar: plain when that reads back as the same string, else single-quoted ('' escapes ').
 yaml_scalar() {
   shopt -s nocasematch
@@ -88,6 +52,10 @@ yaml_scalar() {
 }
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SCRIPT_USAGE=launch/gke.sh
+# die, require, quote, x (--dry-run): shared with tpu_vm.sh and slurm_gpu.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$SCRIPT_DIR/common.sh"
 SUBCOMMAND=""
 NAME="" IMAGE="" CONFIG="" WORKDIR="" ACCELERATOR=tpu-v5p-slice TOPOLOGY=4x4x4 CHIPS_PER_HOST=4
 TEMPLATE=$SCRIPT_DIR/gke_jobset.yaml
@@ -124,10 +92,6 @@ while (($#)); do
       ;;
   esac
 done
-
-require() { # require VALUE OPTION
-  [[ -n $1 ]] || die "$SUBCOMMAND needs $2"
-}
 
 [[ -n $SUBCOMMAND ]] || die "missing SUBCOMMAND (apply, render, status, logs, delete)"
 case $SUBCOMMAND in

@@ -44,36 +44,33 @@ Everything after `--` is passed to the trainer, e.g. -- --config.train.steps=100
 EOF
 }
 
-die() {
-  echo "slurm_gpu.sh: error: $*" >&2
-  echo "Run bash launch/slurm_gpu.sh --help for usage." >&2
-  exit 2
-}
-
-# One shell word that a shell reads back as $1 (see launch/tpu_vm.sh).
-quote_word() {
-  local a=$1
-  if [[ $a =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-    printf '%s' "$a"
-  elif [[ $a =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-    printf '%s' "${BASH_REMATCH[1]}"
-    quote_word "${BASH_REMATCH[2]}"
-  elif [[ ! $a =~ [\$\`\"\\!] ]]; then
-    printf '"%s"' "$a"
-  else
-    printf "'%s'" "${a//\'/\'\\\'\'}"
+# launch/common.sh (die, quote, x for --dry-run; shared with tpu_vm.sh and gke.sh) is beside this
+# file when it is run with bash; sbatch runs a copy of it from Slurm's spool directory, so then it
+# is in --repo-dir, or else in the directory sbatch was run from (the repository root).
+find_common() {
+  local dir prev="" a
+  dir=$(dirname "${BASH_SOURCE[0]}")
+  if [[ ! -r $dir/common.sh ]]; then
+    dir=${SLURM_SUBMIT_DIR:-.}/launch
+    for a in "$@"; do
+      [[ $a != -- ]] || break
+      if [[ $prev == --repo-dir ]]; then dir=$a/launch; fi
+      if [[ $a == --repo-dir=* ]]; then dir=${a#*=}/launch; fi
+      prev=$a
+    done
   fi
+  if [[ ! -r $dir/common.sh ]]; then
+    echo "slurm_gpu.sh: error: no $dir/common.sh: submit from the repository root or give --repo-dir" >&2
+    return 2
+  fi
+  printf '%s\n' "$dir/common.sh"
 }
+COMMON=$(find_common "$@") || exit 2
+SCRIPT_USAGE="bash launch/slurm_gpu.sh"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$COMMON"
 
-quote() {
-  local a out=()
-  for a in "$@"; do
-    out+=("$(quote_word "$a")")
-  done
-  printf '%s\n' "${out[*]}"
-}
-
-DRY_RUN=0 CONFIG="" WORKDIR="" REPO_DIR="" PYTHON="" PORT=""
+CONFIG="" WORKDIR="" REPO_DIR="" PYTHON="" PORT=""
 TRAINER_ARGS=()
 while (($#)); do
   opt=$1
@@ -138,9 +135,4 @@ fi
 SRUN=(srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 --chdir="$REPO_DIR"
   "--export=ALL,PYTHONUNBUFFERED=1" bash -c "$TRAIN")
 
-if ((DRY_RUN)); then
-  quote "${SRUN[@]}"
-else
-  echo "+ $(quote "${SRUN[@]}")" >&2
-  "${SRUN[@]}"
-fi
+x "${SRUN[@]}"

@@ -53,49 +53,11 @@ Example:
 EOF
 }
 
-die() {
-  echo "tpu_vm.sh: error: $*" >&2
-  echo "Run launch/tpu_vm.sh --help for usage." >&2
-  exit 2
-}
-
-# One shell word that a shell reads back as $1: safe words bare, words without $ ` " \ ! in double
-# quotes, the rest in single quotes; for --flag=value only the value is quoted.
-quote_word() {
-  local a=$1
-  if [[ $a =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-    printf '%s' "$a"
-  elif [[ $a =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-    printf '%s' "${BASH_REMATCH[1]}"
-    quote_word "${BASH_REMATCH[2]}"
-  elif [[ ! $a =~ [\$\`\"\\!] ]]; then
-    printf '"%s"' "$a"
-  else
-    printf "'%s'" "${a//\'/\'\\\'\'}"
-  fi
-}
-
-# Print the arguments as one line of shell words (a line that can be pasted back into a shell).
-quote() {
-  local a out=()
-  for a in "$@"; do
-    out+=("$(quote_word "$a")")
-  done
-  printf '%s\n' "${out[*]}"
-}
-
-DRY_RUN=0
-# Run a command, or print it under --dry-run.
-x() {
-  if ((DRY_RUN)); then
-    quote "$@"
-  else
-    echo "+ $(quote "$@")" >&2
-    "$@"
-  fi
-}
-
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SCRIPT_USAGE=launch/tpu_vm.sh
+# die, require, quote, x (--dry-run): shared with gke.sh and slurm_gpu.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$SCRIPT_DIR/common.sh"
 REPO_ROOT=$(dirname "$SCRIPT_DIR")
 REMOTE_DIR=metalm_jax # on each worker, relative to the login user's home
 # Matches the trainer's command line (`.venv/bin/python -m metalm_jax.train ...`) but not the shell
@@ -146,10 +108,6 @@ while (($#)); do
       ;;
   esac
 done
-
-require() { # require VALUE OPTION
-  [[ -n $1 ]] || die "$SUBCOMMAND needs $2"
-}
 
 [[ -n $SUBCOMMAND ]] || die "missing SUBCOMMAND (create, status, install, run, logs, stop, delete)"
 case $SUBCOMMAND in

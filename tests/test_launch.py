@@ -17,6 +17,7 @@ LAUNCH = ROOT / "launch"
 TPU = LAUNCH / "tpu_vm.sh"
 GKE = LAUNCH / "gke.sh"
 SLURM = LAUNCH / "slurm_gpu.sh"
+COMMON = LAUNCH / "common.sh"  # the helpers the three source
 BASE = ["--name", "pod", "--zone", "us-east5-a", "--project", "proj"]
 OVERRIDES = [
     "--config.data.files=/d/a b/*.jsonl,/d/c.txt",
@@ -416,6 +417,103 @@ def test_slurm_errors(args, dry, missing):
     assert missing in res.stderr
 
 
+# --- common.sh: the helpers the three scripts share ----------------------------------------------
+
+QUOTED = {  # word -> how the shared quote_word writes it
+    "--config.x='a b'": "--config.x=\"'a b'\"",
+    "--flag=value": "--flag=value",
+    "--config.data.files=/d/a b/*.jsonl": '--config.data.files="/d/a b/*.jsonl"',
+    "--p=it's $HOME": "--p='it'\\''s $HOME'",
+    "a b": '"a b"',
+}
+
+
+def test_shared_quoting_reads_back():
+    """quote (launch/common.sh) writes each word as expected (for --flag=value the value alone is
+    quoted), and a shell reads the line back as the same words."""
+    words = list(QUOTED)
+    script = f'source {shlex.quote(str(COMMON))}; quote "$@"'
+    res = subprocess.run(["bash", "-c", script, "quote", *words], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == " ".join(QUOTED.values()) + "\n"
+    assert shlex.split(res.stdout) == words
+    back = subprocess.run(["bash", "-c", f"printf '%s\\n' {res.stdout}"], capture_output=True)
+    assert back.stdout.decode().splitlines() == words
+
+
+def test_scripts_share_one_copy_of_the_helpers():
+    """No script defines a helper of its own (gke.sh's quote_word had drifted: no --flag=value
+    branch), and the trainer flags come out quoted the same in tpu_vm.sh's and slurm_gpu.sh's
+    commands."""
+    for script in [TPU, GKE, SLURM]:
+        text = script.read_text()
+        own = re.findall(r"^(die|require|quote_word|quote|x)\(\)", text, re.M)
+        assert not own, (script.name, own)
+        assert re.search(r"^source \"\$(SCRIPT_DIR/common\.sh|COMMON)\"$", text, re.M), script.name
+    trainer = ["--config.x='a b'", "--flag=value"]
+    want = " ".join(QUOTED[w] for w in trainer)
+    [ssh] = lines(TPU, "run", *BASE, "--config", "c.py", "--workdir", "gs://b/r", "--", *trainer)
+    [srun] = lines(SLURM, *SLURM_ARGS, "--", *trainer)
+    remote = shlex.split(flag(ssh, "--command"))
+    inner = remote[remote.index("nohup") + 3]  # nohup bash -c INNER: the trainer's command line
+    assert inner.startswith("PYTHONUNBUFFERED=1 .venv/bin/python -m metalm_jax.train ")
+    assert f"--multihost {want}; echo" in inner and srun[-1].endswith(f"$SLURM_PROCID {want}")
+
+
+@pytest.mark.parametrize(
+    "script, args, line",
+    [
+        (TPU, ["--nmae"], "tpu_vm.sh: error: unknown option --nmae"),
+        (GKE, ["--nmae"], "gke.sh: error: unknown option --nmae"),
+        (SLURM, ["--nmae"], "slurm_gpu.sh: error: unknown argument --nmae"),
+    ],
+)
+def test_shared_error_lines_name_the_script(script, args, line):
+    res = sh(script, *args, check=False)
+    usage = "bash launch/slurm_gpu.sh" if script == SLURM else f"launch/{script.name}"
+    assert res.returncode == 2 and not res.stdout
+    assert res.stderr.splitlines() == [
+        line + " (trainer flags go after --)" if script == SLURM else line,
+        f"Run {usage} --help for usage.",
+    ]
+
+
+def _spool_copy(tmp_path):
+    """slurm_gpu.sh as sbatch runs it: a copy in Slurm's spool directory, without common.sh."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    shutil.copy(SLURM, spool / "slurm_script")
+    return spool / "slurm_script"
+
+
+@pytest.mark.parametrize("where", ["submit_dir", "repo_dir", "repo_dir_equals"])
+def test_slurm_under_sbatch_finds_the_helpers(tmp_path, where):
+    """Under sbatch the script is a copy away from launch/: common.sh is found in the directory
+    sbatch was run from, or in --repo-dir."""
+    fake_bin(tmp_path / "bin", "scontrol", 'printf "gpu-a01\\n"')
+    env = _env(
+        PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        SLURM_JOB_NODELIST="gpu-a01",
+        SLURM_NNODES="1",
+        SLURM_JOB_ID="7",
+        SLURM_SUBMIT_DIR=str(ROOT if where == "submit_dir" else tmp_path),
+    )
+    repo = {"submit_dir": [], "repo_dir": ["--repo-dir", str(ROOT)]}
+    repo = repo.get(where, [f"--repo-dir={ROOT}"])
+    [argv] = lines(_spool_copy(tmp_path), *SLURM_ARGS, *repo, "--python", "/bin/true", env=env)
+    assert argv[0] == "srun" and f"--chdir={ROOT}" in argv
+
+
+def test_slurm_under_sbatch_without_the_helpers_is_one_line(tmp_path):
+    env = _env(SLURM_SUBMIT_DIR=str(tmp_path), SLURM_JOB_NODELIST="gpu-a01")
+    res = sh(_spool_copy(tmp_path), *SLURM_ARGS, check=False, env=env)
+    assert res.returncode == 2 and not res.stdout
+    assert res.stderr.splitlines() == [
+        f"slurm_gpu.sh: error: no {tmp_path}/launch/common.sh: submit from the repository root "
+        "or give --repo-dir"
+    ]
+
+
 # --- shellcheck and docs -----------------------------------------------------------------------
 
 
@@ -423,7 +521,11 @@ def test_shellcheck():
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck not installed")
     scripts = sorted(str(p) for p in LAUNCH.glob("*.sh"))
-    res = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True, timeout=60)
+    assert str(COMMON) in scripts  # checked on its own too, not only as the scripts source it
+    # -x: follow each script's `source` of common.sh (its directive names it beside the script)
+    res = subprocess.run(
+        ["shellcheck", "-x", *scripts], capture_output=True, text=True, timeout=60, cwd="/"
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
