@@ -324,7 +324,7 @@ def test_init_from_hf_and_from_orbax(corpus, tmp_path, capsys):
     import jax
 
     from metalm_jax.eval.load import load_run
-    from metalm_jax.train.loop import train_and_evaluate
+    from metalm_jax.loop import train_and_evaluate
 
     cfg, bert_dir = _micro_with_bert(corpus, tmp_path)
     cfg.train.steps = 1
@@ -399,16 +399,17 @@ def test_init_errors_name_the_entry(corpus, tmp_path):
     trainer = build_trainer(cfg, meshlib.make_mesh((1, 1, 1)))
     with jax.set_mesh(trainer.mesh):
         state = trainer.init(jax.random.key(0))
+        args = (state.params, trainer.abstract_state.params, trainer.state_sharding.params)
         cfg.init = [dict(format="hf_vit", source=bert_dir)]
         with pytest.raises(ConversionError):
-            apply_init(cfg, state, trainer, log=lambda _: None)
+            apply_init(cfg, *args, log=lambda _: None)
         cfg.init = [dict(source=bert_dir)]
         with pytest.raises(ConversionError, match=r"init\[0\]: needs 'format' and 'source'"):
-            apply_init(cfg, state, trainer, log=lambda _: None)
+            apply_init(cfg, *args, log=lambda _: None)
         cfg.init = [dict(format="orbax", source=str(tmp_path), target="decoder")]
         with pytest.raises(ConversionError, match="neither a run workdir"):
-            apply_init(cfg, state, trainer, log=lambda _: None)
+            apply_init(cfg, *args, log=lambda _: None)
         cfg.model.text_encoder.d_ff = 48  # the checkpoint's is 64
         cfg.init = [dict(format="hf_bert", source=bert_dir)]
         with pytest.raises(ConversionError, match=r"d_ff: config 48, checkpoint 64"):
-            apply_init(cfg, state, trainer, log=lambda _: None)
+            apply_init(cfg, *args, log=lambda _: None)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from metalm_jax.train.loop import train_and_evaluate
+from metalm_jax.loop import train_and_evaluate
 
 
 @pytest.mark.slow

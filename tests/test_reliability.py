@@ -5,7 +5,6 @@ whole micro runs with a huge learning rate; signals on real training processes.
 """
 
 import json
-import logging
 import os
 import queue
 import re
@@ -15,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 
 import jax
 import numpy as np
@@ -146,8 +144,8 @@ def _huge_lr(corpus, policy):
 
 @pytest.mark.slow
 def test_nonfinite_stop_names_the_step_and_saves_nothing_non_finite(corpus, tmp_path):
+    from metalm_jax.loop import train_and_evaluate
     from metalm_jax.train.guard import NonFiniteError
-    from metalm_jax.train.loop import train_and_evaluate
 
     cfg = _huge_lr(corpus, "stop")
     cfg.train.log_every = 20  # the flags are read before each save, not only when logging
@@ -166,8 +164,8 @@ def test_nonfinite_stop_names_the_step_and_saves_nothing_non_finite(corpus, tmp_
 
 @pytest.mark.slow
 def test_nonfinite_skip_counts_steps_and_keeps_params_finite(corpus, tmp_path):
+    from metalm_jax.loop import train_and_evaluate
     from metalm_jax.train.guard import NonFiniteError
-    from metalm_jax.train.loop import train_and_evaluate
 
     cfg = _huge_lr(corpus, "skip")
     cfg.train.log_every = 1
@@ -324,7 +322,7 @@ def test_preemption_notice_saves_and_stops_like_sigterm(corpus, tmp_path, monkey
     with SIGTERM's exit status 0."""
     from jax.experimental import multihost_utils
 
-    from metalm_jax.train.loop import train_and_evaluate
+    from metalm_jax.loop import train_and_evaluate
     from metalm_jax.train.preemption import Stopped
 
     asked = []
@@ -374,6 +372,22 @@ def _saved(workdir, step):
     return [np.asarray(x) for x in jax.tree.leaves(state)], json.loads(data)
 
 
+def _resumable_step(workdir) -> int:
+    """The newest step a resume takes (0: none): the newest intact one. A kill between a save's
+    commit and its manifest leaves a step that is not trusted (train/manifest.py)."""
+    from metalm_jax.train import checkpoint
+
+    directory = os.path.join(workdir, "checkpoints")
+    intact = (s for s in checkpoint.step_numbers(directory) if _intact(directory, s))
+    return next(intact, 0)
+
+
+def _intact(directory, step) -> bool:
+    from metalm_jax.train import checkpoint
+
+    return checkpoint.verdict(directory, step).status == "intact"
+
+
 def _unfinished_saves(workdir) -> dict:
     """{name: mtime} of Orbax's temporary step directories (renamed when a save completes)."""
     d = os.path.join(workdir, "checkpoints")
@@ -409,7 +423,7 @@ def test_kill_9_at_random_moments_resumes_bitwise_equal(corpus, tmp_path):
     try:
         while True:
             had_lock = os.path.exists(lock)  # a killed run's: its pid is dead
-            latest = max(_checkpoint_steps(workdir), default=0)  # where this start resumes
+            latest = _resumable_step(workdir)  # where this start resumes
             left_before = _unfinished_saves(workdir)
             mode = ("starting", "compiling", "training", "training")[kills % 4]
             if mode == "training" and latest + 1 > steps - 3:
@@ -491,26 +505,7 @@ def _truncate_a_data_file(step_dir):
     return path
 
 
-def _truncate_the_config(step_dir):
-    path = os.path.join(step_dir, "config", "metadata")
-    os.truncate(path, os.path.getsize(path) // 2)
-
-
-def _delete_the_state_item(step_dir):
-    import shutil
-
-    shutil.rmtree(os.path.join(step_dir, "state"))
-
-
-DAMAGE = {
-    "flipped_bytes": _flip_16_bytes,
-    "config_truncated": _truncate_the_config,
-    "state_dir_deleted": _delete_the_state_item,
-    "manifest_deleted": lambda d: os.remove(os.path.join(d, "state", "manifest.ocdbt")),
-    "data_file_truncated": _truncate_a_data_file,
-    "metadata_emptied": lambda d: open(os.path.join(d, "state", "_METADATA"), "w").close(),
-    "iterator_file_deleted": lambda d: os.remove(os.path.join(d, "data", "process_0-of-1.json")),
-}
+DAMAGE = {"flipped_bytes": _flip_16_bytes}  # every other kind: test_checkpoint_manifest.py
 
 
 def _resume_cfg(corpus, steps):
@@ -524,7 +519,7 @@ def _resume_cfg(corpus, steps):
 @pytest.fixture(scope="module")
 def two_checkpoints(corpus, tmp_path_factory):
     """A micro run's workdir with checkpoints at steps 3 and 6."""
-    from metalm_jax.train.loop import train_and_evaluate
+    from metalm_jax.loop import train_and_evaluate
 
     workdir = str(tmp_path_factory.mktemp("two_checkpoints") / "run")
     train_and_evaluate(_resume_cfg(corpus, 6), workdir)
@@ -539,7 +534,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(
 ):
     import shutil
 
-    from metalm_jax.train.loop import train_and_evaluate
+    from metalm_jax.loop import train_and_evaluate
 
     workdir = str(tmp_path / "run")
     shutil.copytree(two_checkpoints, workdir)
@@ -560,163 +555,15 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(
     assert os.path.isdir(aside)  # the damaged step is kept, out of the way
 
 
-def test_a_failed_read_quiets_only_the_callbacks_of_the_reads_it_abandoned(monkeypatch):
-    """After a failed read, the reads Orbax abandoned end as unraisable exceptions, each a
-    page of tracebacks on stderr, possibly after the run's last line: TensorStore completes
-    them into Orbax's closed asyncio loop (RuntimeError('Event loop is closed')), or their
-    coroutines fail as they are collected ('Exception ignored in: <coroutine object
-    _read_array_index_and_device_put>', seen on the CI machine). Those are dropped; nothing
-    else is."""
-
+def test_a_read_error_is_said_by_its_innermost_cause_without_the_store_spec():
     from metalm_jax.train import checkpoint
 
-    async def _read_array_index_and_device_put():  # the name of Orbax's read coroutine
-        pass
-
-    async def another_coroutine():
-        pass
-
-    read, elsewhere = _read_array_index_and_device_put(), another_coroutine()
-    read_error = Exception("Encountered error while reading array index: (slice(0, 32, 1),).")
-
-    def unraisable(e, obj=None):
-        return types.SimpleNamespace(exc_value=e, object=obj)
-
-    passed = []
-    monkeypatch.setattr(sys, "unraisablehook", passed.append)
-    closed = unraisable(RuntimeError("Event loop is closed"))
-    abandoned = unraisable(read_error, read)
-    other = unraisable(RuntimeError("something else"))
-    same_text_elsewhere = unraisable(read_error, elsewhere)
-    other_from_read = unraisable(RuntimeError("something else"), read)
-    sys.unraisablehook(closed)  # before any read failed: not quieted
-    sys.unraisablehook(abandoned)
-    file, reason = checkpoint._reason(_wrapped_read_error(), "/w/checkpoints/6")
-    for u in (closed, abandoned, other, same_text_elsewhere, other_from_read):
-        sys.unraisablehook(u)
-    read.close()  # never awaited: no 'coroutine was never awaited' warning
-    elsewhere.close()
-    assert passed == [closed, abandoned, other, same_text_elsewhere, other_from_read]
-    # the innermost error, without the spec, and the file it names
-    assert file == "/w/checkpoints/6/state/"
-    assert reason == 'ValueError: OUT_OF_RANGE: Error reading "params.w/0.0": Requested byte range'
-
-
-def test_the_quieting_hook_is_in_place_before_orbax_reads(monkeypatch, tmp_path):
-    """The abandoned reads can end before the first read's error reaches the code that reports
-    it (the CI machine printed 'Event loop is closed' tracebacks that way): both ways a step is
-    read, a run's Checkpointer and the params-only read_params, drop them while Orbax reads."""
-    from metalm_jax.train import checkpoint
-
-    closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None)
-    passed = []
-
-    def orbax_read(*args, **kwargs):  # an abandoned read ends while Orbax still reads
-        sys.unraisablehook(closed)
-        raise _wrapped_read_error()
-
-    monkeypatch.setattr(sys, "unraisablehook", passed.append)
-    monkeypatch.setattr(checkpoint.ocp.PyTreeCheckpointer, "metadata", orbax_read)
-    with pytest.raises(checkpoint.Unreadable):
-        checkpoint.read_params(str(tmp_path / "checkpoints" / "6"), {}, step=6)
-    assert passed == []
-
-    monkeypatch.setattr(sys, "unraisablehook", passed.append)
-    ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=2)
-    monkeypatch.setattr(ckpt.manager, "restore", orbax_read)
-    with pytest.raises(checkpoint.Unreadable):
-        ckpt._read(6, "digest", checkpoint.ocp.args.JsonRestore())
-    ckpt.close()
-    assert passed == []
-
-
-def test_a_failed_read_quiets_only_asyncio_reports_of_the_read_tasks_it_abandoned(
-    caplog, monkeypatch
-):
-    """Read tasks whose error nobody retrieved, or still pending when Orbax's loop closed, are
-    reported by asyncio's logger as they are collected (a page of tracebacks, seen in a loaded
-    suite run), and the gather of a step's reads as a future whose error nobody retrieved (the next
-    loaded suite run). Real asyncio tasks and futures: dropped are only records whose exception
-    is Orbax's read error, and the pending tasks of Orbax's read coroutine."""
-    import asyncio
-    import gc
-
-    from metalm_jax.train import checkpoint
-
-    for name in ("asyncio", "concurrent.futures"):  # as before any read
-        monkeypatch.setattr(logging.getLogger(name), "filters", [])
-    for handler in logging.getLogger().handlers:  # pytest's own handlers live across tests
-        kept = [f for f in handler.filters if not isinstance(f, checkpoint._AbandonedReadLogs)]
-        monkeypatch.setattr(handler, "filters", kept)
-    read_error = "Encountered error while reading array index: (slice(0, 32, 1),)."
-
-    async def _read_array_index_and_device_put(error):  # the name of Orbax's read coroutine
-        if error:
-            raise Exception(error)
-        await asyncio.Event().wait()  # never completes
-
-    _read_array_index_and_device_put.__qualname__ = checkpoint._ORBAX_READ  # module-level there
-
-    async def another_coroutine(error):
-        if error:
-            raise Exception(error)
-        await asyncio.Event().wait()
-
-    def abandon(*cases) -> list[str]:
-        """Runs the (coroutine function, argument) cases as tasks until they fail or wait,
-        closes the loop, collects them; what asyncio logged."""
-        caplog.clear()
-        loop = asyncio.new_event_loop()
-        tasks = [loop.create_task(f(a)) for f, a in cases]
-        loop.run_until_complete(asyncio.sleep(0.01))
-        loop.close()
-        del tasks
-        gc.collect()
-        return [r.getMessage().split("\n")[0] for r in caplog.records if r.name == "asyncio"]
-
-    def abandon_future(error) -> list[str]:
-        """A future that fails and is collected unretrieved (the gather of a step's reads)."""
-        caplog.clear()
-        loop = asyncio.new_event_loop()
-        loop.create_future().set_exception(Exception(error))
-        loop.close()
-        gc.collect()
-        return [r.getMessage().split("\n")[0] for r in caplog.records if r.name == "asyncio"]
-
-    def callback_error(error) -> list[str]:
-        """concurrent.futures' report of a done-callback that raised."""
-        caplog.clear()
-        logging.getLogger("concurrent.futures").error("exception calling callback", exc_info=error)
-        return [r.getMessage() for r in caplog.records]
-
-    read = _read_array_index_and_device_put
-    with caplog.at_level("ERROR", logger="asyncio"):
-        before = abandon((read, read_error), (read, None))
-        future_before = abandon_future(read_error)
-        checkpoint._quiet_abandoned_reads()
-        assert abandon_future(read_error) == []
-        assert abandon_future("something else") == ["Future exception was never retrieved"]
-        assert callback_error(Exception(read_error)) == []
-        assert callback_error(Exception("something else")) == ["exception calling callback"]
-        after = abandon(
-            (read, read_error),  # dropped
-            (read, None),  # pending: dropped
-            (another_coroutine, read_error),  # a task that awaited the read: dropped
-            (read, "something else"),
-            (another_coroutine, "something else"),
-        )
-        pending_elsewhere = abandon((another_coroutine, None))  # not Orbax's: passed on
-    assert sorted(before) == [
-        "Task exception was never retrieved",
-        "Task was destroyed but it is pending!",
-    ]
-    assert future_before == ["Future exception was never retrieved"]
-    assert after == ["Task exception was never retrieved"] * 2  # the last two cases
-    assert pending_elsewhere == ["Task was destroyed but it is pending!"]
+    line = checkpoint.short_error(_wrapped_read_error())
+    assert line == 'ValueError: OUT_OF_RANGE: Error reading "params.w/0.0": Requested byte range'
 
 
 def _wrapped_read_error() -> Exception:
-    """Orbax's error for a truncated chunk: its text is the store's spec, its cause names the
+    """Orbax's error for a failed chunk read: its text is the store's spec, its cause names the
     array and what is wrong."""
     inner = ValueError(
         'OUT_OF_RANGE: Error reading "params.w/0.0" in OCDBT database at local file '
@@ -734,13 +581,80 @@ def _wrapped_read_error() -> Exception:
         return e
 
 
+def _orbax_fails_on(monkeypatch, step: int, errors: list):
+    """Orbax's restore of `step` raises the next of `errors` (None: reads); no retry waits."""
+    import orbax.checkpoint as ocp
+
+    from metalm_jax.train import checkpoint
+
+    real = ocp.CheckpointManager.restore
+
+    def restore(self, s, *a, **k):
+        e = errors.pop(0) if s == step and errors else None
+        if e is not None:
+            raise e
+        return real(self, s, *a, **k)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", restore)
+    monkeypatch.setattr(checkpoint, "RETRY_DELAYS", (0.0, 0.0, 0.0))
+
+
+@pytest.mark.slow
+def test_a_read_error_on_the_newest_intact_step_stops_the_run_and_moves_nothing(
+    corpus, two_checkpoints, tmp_path, capsys, monkeypatch
+):
+    """The issue's pod case: an I/O error on every read of the newest (intact) step is retried,
+    then stops the run in one line naming the step and the error; step 6 is not set aside and
+    the run does not resume from step 3."""
+    import errno
+    import shutil
+
+    from metalm_jax.loop import train_and_evaluate
+    from metalm_jax.train.checkpoint import ReadError
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(two_checkpoints, workdir)
+    _orbax_fails_on(monkeypatch, 6, [OSError(errno.EIO, "Input/output error")] * 20)
+    capsys.readouterr()
+    with pytest.raises(ReadError, match=r"^checkpoint step 6: reading its config failed: OSE"):
+        train_and_evaluate(_resume_cfg(corpus, 7), workdir)
+    out = capsys.readouterr().out
+    assert out.count("trying again in 0 s") == 3 and "resumed from" not in out, out
+    assert _checkpoint_steps(workdir) == [3, 6]
+    assert not os.path.exists(os.path.join(workdir, "checkpoints_set_aside"))
+    assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_NAME))
+
+
+@pytest.mark.slow
+def test_a_transient_read_error_that_clears_resumes_from_the_newest_step(
+    corpus, two_checkpoints, tmp_path, capsys, monkeypatch
+):
+    import errno
+    import shutil
+
+    from metalm_jax.loop import train_and_evaluate
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(two_checkpoints, workdir)
+    _orbax_fails_on(monkeypatch, 6, [None, None, OSError(errno.EIO, "Input/output error")])
+    capsys.readouterr()
+    train_and_evaluate(_resume_cfg(corpus, 7), workdir)
+    out = capsys.readouterr().out
+    assert (
+        "== checkpoint step 6: reading its state: OSError: [Errno 5] Input/output error; "
+        "trying again in 0 s (1/3)\n" in out
+    ), out
+    assert f"== resumed from {workdir}/checkpoints/6\n" in out
+    assert _checkpoint_steps(workdir) == [3, 6, 7]
+
+
 @pytest.mark.slow
 def test_restore_step_picks_a_step_by_hand_and_names_the_steps_there_are(
     corpus, two_checkpoints, tmp_path, capsys
 ):
     import shutil
 
-    from metalm_jax.train.loop import train_and_evaluate
+    from metalm_jax.loop import train_and_evaluate
     from metalm_jax.types import CheckpointError
 
     workdir = str(tmp_path / "run")
@@ -909,7 +823,7 @@ def test_watchdog_fires_only_when_armed_and_not_paused():
 _HANG_AT_STEP_4 = """
 import sys, time
 from metalm_jax import testing
-from metalm_jax.train import loop
+from metalm_jax import loop
 
 build = loop.build_trainer
 

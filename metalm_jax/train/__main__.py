@@ -25,7 +25,7 @@ def main(argv):
         from absl import app
 
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from metalm_jax.train.loop import train_and_evaluate
+    from metalm_jax.loop import train_and_evaluate
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log every file at INFO

@@ -180,15 +180,14 @@ def verdict(directory, step: int) -> manifest.Verdict:
         return mine
     from jax.experimental import multihost_utils
 
-    codes = {"intact": 0, "unverified": 1, "damaged": 2}
+    codes = {"intact": 0, "unverified": 1, "unfinished": 2, "damaged": 3}
     got = multihost_utils.process_allgather(np.array([codes[mine.status]], np.int32))
     got = np.asarray(got).reshape(-1)
-    if mine.status == "damaged" or got.max() < 2:
+    if codes[mine.status] == got.max():
         return mine
-    who = int(np.argmax(got == 2))
-    return manifest.Verdict(
-        step, "damaged", os.fspath(step_dir), f"a file process {who} checked does not match"
-    )
+    who = int(np.argmax(got == got.max()))
+    status = {v: k for k, v in codes.items()}[int(got.max())]
+    return manifest.Verdict(step, status, os.fspath(step_dir), f"as process {who} found")
 
 
 def readable_steps(directory, log=print) -> Iterator[manifest.Verdict]:
@@ -198,7 +197,7 @@ def readable_steps(directory, log=print) -> Iterator[manifest.Verdict]:
     Orbax. Resume, params-only reads and `init` from a run all choose from this."""
     for step in step_numbers(directory):
         v = verdict(directory, step)
-        if v.status == "damaged":
+        if v.status in ("damaged", "unfinished"):
             log(f"== {v.line}; trying the previous step")
             continue
         if v.status == "unverified":
@@ -356,7 +355,7 @@ class Checkpointer:
         )
         self.every = every
         self._unlisted: list[int] = []  # saved steps whose manifest part is not written yet
-        self._chosen: manifest.Verdict | None = None  # what _choose found
+        self._chosen: manifest.Verdict | bool | None = None  # what _choose found (False: none)
         if create and jax.process_index() == 0:
             manifest.mark_since(self.directory, self._first_new_step())
 
@@ -499,9 +498,11 @@ class Checkpointer:
 
     def restore_good(self, abstract_state, data_iterator, config: dict, want: int, log):
         """(state, step): step `want` (> 0), or else the newest step that readable_steps
-        offers (each damaged step said in one line). Steps newer than the one restored (the
-        damaged ones) are set aside. A failure while reading the chosen step is an error, not
-        a reason to fall back."""
+        offers (each damaged step said in one line); (None, None) when there is no step, or
+        only unfinished ones (a run killed before its first manifest: they are set aside and
+        the run starts afresh). After a restore the steps newer than it (the damaged ones)
+        are set aside. A failure while reading the chosen step is an error, not a reason to
+        fall back, and moves nothing."""
         steps = step_numbers(self.directory)
         if want > 0:
             if want not in steps:
@@ -510,36 +511,41 @@ class Checkpointer:
                     f"(have {sorted(steps)}; 0 = the latest)"
                 )
             chosen = verdict(self.directory, want)
-            if chosen.status == "damaged":
+            if chosen.status in ("damaged", "unfinished"):
                 raise CheckpointError(f"train.restore_step={want}: {chosen.line}")
+        elif not steps:
+            return None, None
         else:
             chosen = self._choose(log)
+        if chosen is None:
+            self._set_aside(steps, log)
+            return None, None
         state = self.restore(
             chosen.step, abstract_state, data_iterator, config, log, chosen.status == "intact"
         )
         self._set_aside([s for s in steps if s > chosen.step], log)
         return state, chosen.step
 
-    def _choose(self, log) -> manifest.Verdict:
-        """The newest readable step (remembered: a second call says nothing again)."""
+    def _choose(self, log) -> manifest.Verdict | None:
+        """The newest readable step (remembered: a second call says nothing again); None if
+        every step is unfinished; CheckpointError if none is readable and some are damaged."""
         if self._chosen is None:
             self._chosen = self._choose_now(log)
-        return self._chosen
+        return self._chosen or None
 
-    def _choose_now(self, log) -> manifest.Verdict:
-        lines: list[str] = []
-
-        def said(line):
-            lines.append(line.removeprefix("== ").removesuffix("; trying the previous step"))
-            log(line)
-
-        chosen = next(readable_steps(self.directory, said), None)
-        if chosen is None:
-            raise CheckpointError(
-                f"no checkpoint in {self.directory} is intact ({'; '.join(lines)[:1500]}): "
-                "move checkpoints/ away to start afresh"
-            )
-        return chosen
+    def _choose_now(self, log) -> manifest.Verdict | bool:
+        bad: list[manifest.Verdict] = []
+        for v in readable_steps(self.directory, log):
+            return v
+        for step in step_numbers(self.directory):
+            bad.append(verdict(self.directory, step))
+        if all(v.status == "unfinished" for v in bad):
+            return False
+        lines = "; ".join(v.line for v in bad)
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} is intact ({lines[:1500]}): move checkpoints/ "
+            "away to start afresh"
+        )
 
     def _set_aside(self, steps: list, log) -> None:
         """Moves `steps` out of checkpoints/ (nothing is deleted): the resumed run saves its own
@@ -569,13 +575,18 @@ class Checkpointer:
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}: train first")
         if step is None:
-            return self._choose(log)
+            chosen = self._choose(log)
+            if chosen is None:
+                raise CheckpointError(
+                    f"no checkpoint in {self.directory} is finished (each said above)"
+                )
+            return chosen
         if step not in steps:
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {self.directory} (have {sorted(steps)})"
             )
         v = verdict(self.directory, step)
-        if v.status == "damaged":
+        if v.status in ("damaged", "unfinished"):
             raise CheckpointError(v.line)
         return v
 

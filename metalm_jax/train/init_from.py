@@ -83,7 +83,7 @@ def _check_step_dir(step_dir: str) -> None:
             f"{step_dir}: expected a run workdir or one of its checkpoints/<step> directories"
         )
     v = checkpoint.verdict(os.fspath(path.parent), int(path.name))
-    if v.status == "damaged":
+    if v.status in ("damaged", "unfinished"):
         raise ConversionError(v.line)
 
 
@@ -130,11 +130,11 @@ def _check_orbax_arch(cfg, step_dir: str, target: str, source_key: str) -> None:
         raise ConversionError(f"{step_dir} does not match this config: " + "; ".join(diffs))
 
 
-def _convert(cfg, i: int, entry: dict):
+def _convert(cfg, i: int, entry: dict, log=print):
     """-> ({top-level name: nested numpy tree}, {name: {path: source key}}, report lines)."""
     fmt, source = entry["format"], entry["source"]
     if fmt == "orbax":
-        step_dir = orbax_checkpoint_dir(source)
+        step_dir = orbax_checkpoint_dir(source, log)
         target = entry.get("target")
         if not target:
             raise ConversionError(f"init[{i}]: format orbax needs a 'target' (e.g. text_encoder)")
@@ -204,33 +204,33 @@ def _to_global(tree, shardings):
     )
 
 
-def apply_init(cfg, state, trainer, log=print):
-    """Replaces the sub-trees named by `cfg.init` in a new TrainState; logs what was loaded."""
+def apply_init(cfg, params: dict, abstract_params: dict, shardings: dict, log=print) -> dict:
+    """`params` (a fresh state's) with the sub-trees named by `cfg.init` replaced, placed in
+    `shardings` (the parameters' shardings, as `abstract_params` is shaped); logs what was
+    loaded. train/start.py calls it, for a fresh state only."""
     entries = _entries(cfg)
     if not entries:
-        return state
-    abstract = trainer.abstract_state.params
-    shardings = trainer.state_sharding.params
+        return params
     fitted, report = {}, []
     for i, entry in enumerate(entries):
-        trees, sources, lines = _convert(cfg, i, entry)
+        trees, sources, lines = _convert(cfg, i, entry, log)
         for name, tree in trees.items():
-            if name not in abstract:
+            if name not in abstract_params:
                 raise ConversionError(
                     f"init[{i}]: this model has no {name!r} (its top-level modules: "
-                    f"{sorted(abstract)}); is the matching encoder enabled in the config?"
+                    f"{sorted(abstract_params)}); is the matching encoder enabled in the config?"
                 )
             if name in fitted:
                 raise ConversionError(f"init[{i}]: {name!r} is already loaded by an earlier entry")
-            fitted[name] = fit_tree(tree, abstract[name], name, sources.get(name))
+            fitted[name] = fit_tree(tree, abstract_params[name], name, sources.get(name))
             n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(fitted[name]))
             lines.append(f"    {name}: {len(jax.tree.leaves(fitted[name]))} arrays, {n / 1e6:.2f}M")
         report += lines
-    params = dict(state.params)
+    params = dict(params)
     for name, tree in fitted.items():
         params[name] = _to_global(tree, shardings[name])
-    fresh = sorted(set(abstract) - set(fitted))
+    fresh = sorted(set(abstract_params) - set(fitted))
     report.append(f"init: freshly initialised: {', '.join(fresh) if fresh else 'nothing'}")
     for line in report:
         log(line)
-    return state.replace(params=params)
+    return params

@@ -21,8 +21,9 @@ processes that read (`check(..., share=(p, P))`; train/checkpoint.py gathers the
 
 `checkpoints/manifests.json` ({"since": S}) says from which step on manifests are written: a
 step >= S without a complete manifest was committed by Orbax but the run ended before the
-manifest was written (kill -9 in that window), and is not trusted; a step < S was saved before
-manifests existed and is read unverified (the caller says so in one line).
+manifest was written (kill -9 in that window): 'unfinished', not trusted, like a save cut short;
+a step < S was saved before manifests existed and is read unverified (the caller says so in one
+line).
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ def write(step_dir, process: int = 0, count: int = 1) -> None:
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     """What the files of one step say. `status`: 'intact' (every file matches its manifest),
-    'unverified' (saved before manifests existed), 'damaged' (`file` and `reason` say why)."""
+    'unverified' (saved before manifests existed), 'damaged' (`file` and `reason` say why),
+    'unfinished' (committed by Orbax, but the run ended before writing its manifest: not
+    trusted, like a save cut short; a resume with nothing else starts afresh)."""
 
     step: int
     status: str
@@ -113,7 +116,7 @@ def _parts(step_dir) -> tuple[dict | None, str, str]:
         if m := _PART.fullmatch(p.name):
             found[(int(m.group(1)), int(m.group(2)))] = p
     if not found:
-        return None, os.fspath(root), "no manifest (the run ended before it was written)"
+        return None, os.fspath(root), "no manifest (the run ended before writing it)"
     counts = {c for _, c in found}
     if len(counts) != 1:
         return None, os.fspath(root), f"manifest parts of {sorted(counts)} processes mixed"
@@ -144,9 +147,11 @@ def check(step_dir, step: int, since: int | None, share: tuple[int, int] = (0, 1
     root = epath.Path(step_dir)
     files, file, reason = _parts(root)
     if files is None:
-        if not has_parts(root) and (since is None or step < since):
+        if has_parts(root):
+            return Verdict(step, "damaged", file, reason)
+        if since is None or step < since:
             return Verdict(step, "unverified")
-        return Verdict(step, "damaged", file, reason)
+        return Verdict(step, "unfinished", file, reason)
     names = sorted(files)
     for rel in names:  # existence and size: cheap, every process checks every file
         path = root / rel

@@ -26,16 +26,15 @@ from metalm_jax.parallel import mesh as meshlib
 from metalm_jax.parallel.distributed import first_process_then_others
 from metalm_jax.train import metrics as mlib
 from metalm_jax.train.checkpoint import Checkpointer
-from metalm_jax.train.finetune import check_frozen_loaded, prepare_config
-from metalm_jax.train.guard import NonFiniteError, NonFiniteGuard
-from metalm_jax.train.init_from import apply_init
+from metalm_jax.train.finetune import prepare_config
+from metalm_jax.train.guard import NonFiniteGuard
 from metalm_jax.train.optimizer import schedule
 from metalm_jax.train.preemption import Stopped, StopSignals
-from metalm_jax.train.step import all_finite
+from metalm_jax.train.start import initial_state
 from metalm_jax.train.trainer import build_trainer
 from metalm_jax.train.watchdog import Watchdog
 from metalm_jax.train.workdir_lock import hold_workdir
-from metalm_jax.types import CheckpointError, ConfigError
+from metalm_jax.types import ConfigError
 
 
 class Periodic:
@@ -108,29 +107,11 @@ def _train(cfg, workdir: str, t_start: float) -> dict:
     )
     ckpt = Checkpointer(workdir, cfg.train.checkpoint_every, cfg.train.keep_checkpoints)
     with jax.set_mesh(mesh):
-        latest = ckpt.latest_step()
-        if latest is None and cfg.train.restore_step > 0:
+        try:
+            state = initial_state(cfg, trainer, ckpt, train_iter, cfg_dict, mlib.console)
+        except BaseException:
             ckpt.close()
-            raise CheckpointError(
-                f"train.restore_step={cfg.train.restore_step}: no checkpoint in {ckpt.directory}"
-            )
-        if latest is None:
-            check_frozen_loaded(cfg, trainer.abstract_state.params)
-            state = trainer.init(jax.random.key(cfg.seed))
-            mlib.console("== initialised a new state")
-            state = apply_init(cfg, state, trainer, mlib.console)
-        else:
-            state, latest = ckpt.restore_good(
-                trainer.abstract_state, train_iter, cfg_dict, cfg.train.restore_step, mlib.console
-            )
-            if not jax.jit(all_finite)((state.params, state.opt_state)):
-                ckpt.close()
-                raise NonFiniteError(
-                    f"checkpoint {ckpt.directory}/{latest} holds non-finite parameters or "
-                    "optimizer state (saved before saves were checked): move it out of "
-                    "checkpoints/ to resume from an earlier one"
-                )
-            mlib.console(f"== resumed from {ckpt.directory}/{latest}")
+            raise
         return _loop(
             cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ckpt, t_start
         )
