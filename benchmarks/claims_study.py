@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from metalm_jax.data.offline_tasks import KJV_BOOKS_WORDS
+from metalm_jax.data.tasks.kjv import KJV_BOOKS_WORDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {  # name -> (pretrained run, preset, what it is)

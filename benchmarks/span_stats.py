@@ -23,7 +23,7 @@ def main():
 
     from metalm_jax.config import load_config_file
     from metalm_jax.data import pipeline, tokenizer
-    from metalm_jax.data.packed_rows import PackedRows
+    from metalm_jax.data.pretrain.packed_rows import PackedRows
     from metalm_jax.data.spans import build_example, sample_spans
     from metalm_jax.model.build import span_config, span_encoding
 

@@ -15,7 +15,7 @@ argument is the held-out cluster (default reference); the run starts from runs/t
 import os
 
 from metalm_jax.config import load_config_file, multitask_eval
-from metalm_jax.data.offline_tasks import KJV_BOOKS_WORDS
+from metalm_jax.data.tasks.kjv import KJV_BOOKS_WORDS
 
 CLUSTERS = {  # cluster -> its offline tasks (data/offline_tasks.py CLUSTERS)
     "topic": ("kjv_books", "kjv_testament"),

@@ -15,7 +15,7 @@ decoder frozen. Evaluation in the paper's way per task and per cluster (evals/mu
 import os
 
 from metalm_jax.config import load_config_file, multitask_eval
-from metalm_jax.data.offline_tasks import KJV_BOOKS_WORDS
+from metalm_jax.data.tasks.kjv import KJV_BOOKS_WORDS
 
 TASKS = [
     # one-piece label words the tiny decoder can say ("law", "kings", ...), not "Major Prophets"

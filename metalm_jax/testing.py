@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from metalm_jax.config import base_config
-from metalm_jax.data.corpora import kjv_chapters
+from metalm_jax.data.corpora.text import kjv_chapters
 from metalm_jax.data.spans import SpanConfig, semi_causal_example
 
 
@@ -130,7 +130,7 @@ def micro_vl_config(corpus_files=(), data_dir: str = ""):
 
 def random_vl_rows(layout, n: int, vocab: int, seed: int = 0) -> list:
     """Image-text Batch rows with random images and captions (2 pairs each when they fit)."""
-    from metalm_jax.data.vl import build_vl_row
+    from metalm_jax.data.pretrain.vl_rows import build_vl_row
 
     rng = np.random.default_rng(seed)
     rows = []

@@ -118,9 +118,8 @@ def test_paper_vision_language_config_parameter_counts():
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_task_configs_name_known_tasks(path):
     """Every finetuning config's tasks (and its evaluators' tasks) are registered ones."""
-    from metalm_jax.data.mixture import entries
-    from metalm_jax.data.tasks import OFFLINE_TASKS
-    from metalm_jax.data.tfds_task_registry import TFDS_TASKS
+    from metalm_jax.data.tasks.mixture import entries
+    from metalm_jax.data.tasks.registry import task_names
 
     cfg = load(path)
     if not cfg.task.name:
@@ -128,7 +127,7 @@ def test_task_configs_name_known_tasks(path):
     names = [t.name for t in entries(cfg.task)]
     for ev in cfg.evals.values():
         names += [dict(t)["name"] for t in ev.get("tasks", [])]
-    unknown = [n for n in names if n not in OFFLINE_TASKS and n not in TFDS_TASKS and n != "jsonl"]
+    unknown = [n for n in names if n not in task_names()]
     assert not unknown, unknown
     assert cfg.finetune.from_run  # downstream configs start from a pretraining run
 
@@ -149,7 +148,7 @@ def test_paths_keys_take_every_command_line_form(tmp_path, key, value):
     from absl import flags
     from ml_collections import config_flags
 
-    from metalm_jax.data.corpora import expand_paths
+    from metalm_jax.data.corpora.text import expand_paths
 
     for name in ["a.jsonl", "b.txt"]:
         (tmp_path / name).write_text("x")

@@ -304,7 +304,7 @@ def test_export_run_exports_the_loaded_run(tmp_path, monkeypatch):
 def test_export_run_copies_a_json_tokenizer(tmp_path, monkeypatch):
     """A run with a Hugging Face tokenizer.json (GPT-2's own): the export gets it, and its ids
     (pad and </d> mapped onto <|endoftext|>) in config.json."""
-    from metalm_jax.data.corpora import kjv_chapters
+    from metalm_jax.data.corpora.text import kjv_chapters
     from metalm_jax.data.tokenizer import open_tokenizer
     from metalm_jax.eval import load
     from metalm_jax.export import export_run

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 
 from metalm_jax import testing
-from metalm_jax.data import corpora, pipeline
+from metalm_jax.data import pipeline
+from metalm_jax.data.corpora import text as text_corpora
 from metalm_jax.data.tokenizer import BOS_ID, EOD_ID, EOS_ID, PAD_ID, Tokenizer
 from metalm_jax.model.build import derive
 from metalm_jax.types import Batch
 
 
 def test_kjv_chapters_are_documents():
-    chapters = corpora.kjv_chapters()
+    chapters = text_corpora.kjv_chapters()
     assert len(chapters) == 1189
     assert chapters[0][0] == "Genesis 1" and chapters[0][1][0].startswith("In the beginning")
     assert sum(len(v) for _, v in chapters) == 31103
@@ -50,19 +51,23 @@ def test_local_text_builder_reads_txt_and_jsonl(tmp_path):
     txt.write_text("First para\nstill first.\n\nSecond para.\n")
     jl = tmp_path / "b.jsonl"
     jl.write_text(json.dumps({"body": "one\ntwo"}) + "\n\n" + json.dumps({"body": "three"}) + "\n")
-    docs = list(corpora.read_local_documents([str(txt), str(jl)], "body"))
+    docs = list(text_corpora.read_local_documents([str(txt), str(jl)], "body"))
     assert docs == [
         ("a.txt", ["First para still first.", "Second para."]),
         ("b.jsonl:1", ["one", "two"]),
         ("b.jsonl:3", ["three"]),
     ]
-    cfg = corpora.local_text_config([str(txt), str(jl)], "body", validation_fraction=0.0)
-    b = corpora.LocalText(config=cfg, data_dir=str(tmp_path / "tfds"), file_format="array_record")
+    cfg = text_corpora.local_text_config([str(txt), str(jl)], "body", validation_fraction=0.0)
+    b = text_corpora.LocalText(
+        config=cfg, data_dir=str(tmp_path / "tfds"), file_format="array_record"
+    )
     with pytest.raises(ValueError, match=r"validation split would be empty \(3 documents"):
-        corpora.load_split(b, "train")
-    cfg = corpora.local_text_config([str(txt), str(jl)], "body", validation_fraction=0.5)
-    b = corpora.LocalText(config=cfg, data_dir=str(tmp_path / "tfds"), file_format="array_record")
-    train, val = corpora.load_split(b, "train"), corpora.load_split(b, "validation")
+        text_corpora.load_split(b, "train")
+    cfg = text_corpora.local_text_config([str(txt), str(jl)], "body", validation_fraction=0.5)
+    b = text_corpora.LocalText(
+        config=cfg, data_dir=str(tmp_path / "tfds"), file_format="array_record"
+    )
+    train, val = text_corpora.load_split(b, "train"), text_corpora.load_split(b, "validation")
     assert len(train) + len(val) == 3 and len(train) > 0 and len(val) > 0
     ids = {train[i]["id"] for i in range(len(train))} | {val[i]["id"] for i in range(len(val))}
     assert {x.decode() if isinstance(x, bytes) else x for x in ids} == {
@@ -85,16 +90,16 @@ def test_bad_jsonl_is_named(tmp_path, content, key, message):
     p = tmp_path / "bad.jsonl"
     p.write_text(content)
     with pytest.raises(ValueError, match=message):
-        list(corpora.read_local_documents([str(p)], key))
+        list(text_corpora.read_local_documents([str(p)], key))
 
 
 def test_missing_corpus_files_and_unknown_corpora_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt' does not exist"):
-        corpora.local_text_config([str(tmp_path / "nope.txt")])
+        text_corpora.local_text_config([str(tmp_path / "nope.txt")])
     with pytest.raises(ValueError, match="unknown corpus 'pile'"):
         cfg = testing.micro_config()
         cfg.data.name = "pile"
-        corpora.make_builder(cfg.data, None)
+        text_corpora.make_builder(cfg.data, None)
 
 
 @pytest.mark.parametrize("name", ["empty.txt", "empty.jsonl"])
@@ -106,7 +111,7 @@ def test_an_empty_corpus_file_is_an_error_naming_it(tmp_path, name):
     empty.write_text("\n\n  \n")
     for paths in ([str(empty)], [good, str(empty)]):
         with pytest.raises(ValueError, match=re.escape(f"{empty}: empty file; expected ")):
-            list(corpora.read_local_documents(paths))
+            list(text_corpora.read_local_documents(paths))
 
 
 @pytest.mark.parametrize("name", ["notes.txt", "docs.jsonl"])
@@ -116,14 +121,14 @@ def test_invalid_utf8_names_file_and_line(tmp_path, name):
     p.write_bytes(b"\n".join([*lines, b'{"text": "caf\xe9"}', b""]))  # Latin-1 e-acute
     where = r":3: not UTF-8 \(byte 0xe9 at line 3, column 14\)"
     with pytest.raises(ValueError, match=re.escape(str(p)) + where):
-        list(corpora.read_local_documents([str(p)]))
+        list(text_corpora.read_local_documents([str(p)]))
 
 
 def test_expand_paths_reads_lists_commas_and_globs(tmp_path):
     for name in ["b.jsonl", "a.jsonl", "c.txt"]:
         (tmp_path / name).write_text("x")
     a, b, c = (str(tmp_path / n) for n in ["a.jsonl", "b.jsonl", "c.txt"])
-    expand = corpora.expand_paths
+    expand = text_corpora.expand_paths
     assert expand([c, a], "data.files") == (c, a)
     assert expand(f"{tmp_path}/*.jsonl, {c}", "data.files") == (a, b, c)  # globs sorted
     assert expand((f"{tmp_path}/*.jsonl",), "k") == (a, b)

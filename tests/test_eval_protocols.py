@@ -8,8 +8,8 @@ import pytest
 
 from metalm_jax import testing
 from metalm_jax.config import captioning_eval, vqa_eval
+from metalm_jax.data.rows import ImageLayout
 from metalm_jax.data.tokenizer import BOS_ID, PAD_ID, SENTENCEPIECE_IDS
-from metalm_jax.data.vl import ImageLayout
 from metalm_jax.eval import decode, evaluators
 from metalm_jax.model.build import derive
 from metalm_jax.types import ConfigError
@@ -210,8 +210,8 @@ def test_vqa_template_renders_into_the_vl_prefix_and_priming_follows(monkeypatch
 
 
 def test_vqa_on_an_offline_task_draws_demonstrations_from_its_train_split(monkeypatch):
-    from metalm_jax.data import offline_tasks
-    from metalm_jax.data.tasks import ImageInput, TaskExample, render
+    from metalm_jax.data.tasks import emoji
+    from metalm_jax.data.tasks.examples import ImageInput, TaskExample, render
 
     templates = []
 
@@ -233,7 +233,7 @@ def test_vqa_on_an_offline_task_draws_demonstrations_from_its_train_split(monkey
             for i in range(6 if split == "train" else 3)
         ]
 
-    monkeypatch.setattr(offline_tasks, "emoji_vqa", emoji_vqa)
+    monkeypatch.setattr(emoji, "emoji_vqa", emoji_vqa)
     tok = WordTok()
     ev = vqa_eval(task="emoji_vqa", shots=(0, 3), seq_len=64, examples=3)
     m, preds, rows = _run_vqa(monkeypatch, ev, tok)

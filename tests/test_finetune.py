@@ -212,7 +212,7 @@ def test_mixture_entries_caps_and_sampling(corpus):
     """A mixture's entries lay their keys over the task section; caps give fixed subsets;
     rows pack examples of both tasks."""
     from metalm_jax.data import pipeline
-    from metalm_jax.data.mixture import capped_source, entries
+    from metalm_jax.data.tasks.mixture import capped_source, entries
     from metalm_jax.model.build import derive
 
     cfg, tok = corpus

@@ -10,8 +10,8 @@ import pytest
 
 from metalm_jax import testing
 from metalm_jax.data import tokenizer
-from metalm_jax.data.corpora import kjv_chapters
-from metalm_jax.data.packing import SentencePacker
+from metalm_jax.data.corpora.text import kjv_chapters
+from metalm_jax.data.pretrain.packing import SentencePacker
 from metalm_jax.data.rows import RowBuilder, Target, Text
 from metalm_jax.data.spans import SpanConfig, build_example
 from metalm_jax.data.tokenizer import SENTENCEPIECE_IDS, JsonTokenizer
@@ -173,7 +173,7 @@ def test_gpt2_decoder_generates_as_transformers(corpus, gpt2_dir, tmp_path, caps
     from metalm_jax.eval.generation import generate_text
     from metalm_jax.eval.load import load_run
     from metalm_jax.model.build import derive, dummy_batch
-    from metalm_jax.train.loop import train_and_evaluate
+    from metalm_jax.loop import train_and_evaluate
 
     path, hf_model = gpt2_dir
     cfg = _gpt2_run_config(corpus, path)
@@ -217,7 +217,7 @@ def test_gpt2_decoder_and_bert_encoder_train(corpus, gpt2_dir, tmp_path, capsys)
 
     from metalm_jax import convert
     from metalm_jax.eval.generation import generate_text
-    from metalm_jax.train.loop import train_and_evaluate
+    from metalm_jax.loop import train_and_evaluate
     from tests.test_convert import _micro_with_bert
 
     path, _ = gpt2_dir

@@ -1,4 +1,6 @@
-"""Offline tasks: the KJV tasks' splits, labels and templates, clusters, emoji VQA and captions."""
+"""Offline tasks (data/tasks/kjv.py, data/tasks/emoji.py): the KJV tasks' splits, labels and
+templates, their registry records (clusters, kinds, evaluation templates), emoji VQA and
+captions."""
 
 import collections
 import functools
@@ -6,13 +8,20 @@ import functools
 import numpy as np
 import pytest
 
-from metalm_jax.data import emoji_tasks as et
-from metalm_jax.data import offline_tasks as ot
-from metalm_jax.data.corpora import kjv_chapters
-from metalm_jax.data.tasks import OFFLINE_TASKS, ImageInput
-from metalm_jax.data.vl_corpora import captioned_emojis, emoji_caption, emoji_split, render_emoji
+from metalm_jax.data.corpora.image_text import (
+    captioned_emojis,
+    emoji_caption,
+    emoji_split,
+    render_emoji,
+)
+from metalm_jax.data.corpora.text import kjv_chapters
+from metalm_jax.data.tasks import emoji as et
+from metalm_jax.data.tasks import kjv as ot
+from metalm_jax.data.tasks.examples import ImageInput, Template
+from metalm_jax.data.tasks.registry import task_spec
 
 SPLITS = ("train", "validation", "test")
+KJV_TASKS = tuple(ot.TEMPLATES)
 
 
 # --- KJV ---------------------------------------------------------------------------------------
@@ -39,7 +48,7 @@ def test_book_groups_cover_the_66_books_in_order():
 
 @pytest.fixture(scope="module")
 def kjv_splits():
-    return {name: {split: ot.kjv_task(name, split) for split in SPLITS} for name in ot.KJV_TASKS}
+    return {name: {split: ot.kjv_task(name, split) for split in SPLITS} for name in KJV_TASKS}
 
 
 def _held_out_chapters():
@@ -175,8 +184,8 @@ def test_kjv_templates_render_and_turned_ones_ask_for_the_verse():
     first = {"kjv_completion": "Genesis 13:2"}
     for name, templates in ot.TEMPLATES.items():
         assert len(templates) == 10 and len(set(templates)) == 10, name
-        turned = [t for t in templates if isinstance(t, ot.Template) and t.turned]
-        assert len(turned) == 2 and not isinstance(templates[0], ot.Template), name
+        turned = [t for t in templates if isinstance(t, Template) and t.turned]
+        assert len(turned) == 2 and not isinstance(templates[0], Template), name
         verse = _verse_text(first.get(name, "Genesis 13:2"))  # "And Abram was very rich..."
         for template in templates:
             ex = ot.kjv_task(name, "test", template=template)[0]
@@ -231,26 +240,26 @@ def test_kjv_template_list_is_drawn_per_example(name):
 
 def test_eval_templates_leave_out_the_turned_ones():
     for name, templates in ot.TEMPLATES.items():
-        chosen = ot.eval_templates(name)
-        assert len(chosen) == 5 and all(isinstance(t, str) for t in chosen)
-        assert chosen == tuple(t for t in templates if isinstance(t, str))[:5]
-        assert chosen[0] == templates[0]
-    with pytest.raises(ValueError, match="unknown KJV task 'emoji_vqa'"):
-        ot.eval_templates("emoji_vqa")
+        chosen = task_spec(name).eval_templates
+        assert len(chosen) == 5 and all(isinstance(templates[i], str) for i in chosen)
+        assert chosen == tuple(i for i, t in enumerate(templates) if isinstance(t, str))[:5]
+        assert chosen[0] == 0
+    assert task_spec("emoji_vqa").eval_templates == (0,)  # one prompt, from the config
 
 
-def test_clusters_and_kinds_cover_every_offline_task():
-    tasks = set(OFFLINE_TASKS) | set(ot.KJV_TASKS)
-    assert set(ot.CLUSTERS) == set(ot.KINDS) == tasks
-    assert set(ot.KINDS.values()) == {"classification", "qa", "generation"}
-    assert ot.CLUSTERS["kjv_books"] == ot.CLUSTERS["kjv_testament"] == "topic"
-    assert ot.CLUSTERS["kjv_book"] == "reference"
-    assert ot.CLUSTERS["kjv_completion"] == "completion"
-    assert ot.CLUSTERS["emoji_vqa"] == "vqa" and ot.CLUSTERS["emoji_captions"] == "captioning"
-    assert ot.KINDS["kjv_completion"] == "qa" and ot.KINDS["kjv_book"] == "classification"
-    for name in ot.KJV_TASKS:  # classification examples carry options, the others answers
+def test_every_offline_task_is_registered_with_its_cluster_kind_and_templates():
+    spec = {name: task_spec(name) for name in (*KJV_TASKS, "emoji_vqa", "emoji_captions")}
+    assert {s.kind for s in spec.values()} == {"classification", "qa", "generation"}
+    assert spec["kjv_books"].cluster == spec["kjv_testament"].cluster == "topic"
+    assert spec["kjv_book"].cluster == "reference"
+    assert spec["kjv_completion"].cluster == "completion"
+    assert spec["emoji_vqa"].cluster == "vqa" and spec["emoji_captions"].cluster == "captioning"
+    assert spec["kjv_completion"].kind == "qa" and spec["kjv_book"].kind == "classification"
+    assert spec["emoji_vqa"].templates == spec["emoji_captions"].templates == ()
+    for name in KJV_TASKS:  # classification examples carry options, the others answers
+        assert spec[name].templates == ot.TEMPLATES[name]
         ex = ot.kjv_task(name, "validation")[0]
-        assert bool(ex.options) == (ot.KINDS[name] == "classification"), name
+        assert bool(ex.options) == (spec[name].kind == "classification"), name
 
 
 def test_kjv_task_errors_name_the_problem():
@@ -261,7 +270,7 @@ def test_kjv_task_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"needs field\(s\) \['text'\]"):
         ot.kjv_task("kjv_books", "test", template="{text} Answer:")
     with pytest.raises(ValueError, match=r"\(turned\).*needs field\(s\) \['verse'\]"):
-        ot.kjv_task("kjv_books", "test", template=ot.Template("{verse}", turned=True))
+        ot.kjv_task("kjv_books", "test", template=Template("{verse}", turned=True))
     with pytest.raises(ValueError, match="template list is empty"):
         ot.kjv_task("kjv_book", "test", template=[])
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from metalm_jax.config import base_config
-from metalm_jax.data.packed_rows import PackedRows
+from metalm_jax.data.pretrain.packed_rows import PackedRows
 from metalm_jax.data.tokenizer import BOS_ID, PAD_ID, SENTENCEPIECE_IDS
 
 L = 16

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from metalm_jax.data.packing import SentencePacker
+from metalm_jax.data.pretrain.packing import SentencePacker
 from metalm_jax.data.tokenizer import BOS_ID, PAD_ID
 
 

@@ -91,7 +91,7 @@ def test_metrics_jsonl_and_tensorboard_go_to_the_bucket_and_a_resume_appends(buc
 def test_tokenizers_are_saved_in_and_read_from_the_bucket(bucket, tmp_path):
     from metalm_jax import testing
     from metalm_jax.data import tokenizer
-    from metalm_jax.data.corpora import kjv_chapters
+    from metalm_jax.data.corpora.text import kjv_chapters
 
     texts = ["\n".join(v) for _, v in kjv_chapters()[:20]]
     bpe = testing.write_byte_bpe(str(tmp_path / "bpe.json"), texts)

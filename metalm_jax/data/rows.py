@@ -31,10 +31,11 @@ Worked example: two packed examples, L = 16, text encoder with SharedEncoding (<
 
     enc_tokens       <s> a b <s> c      enc_segment_ids  1 1 1 2 2      enc_positions  0 1 2 0 1
 
-The same builder makes semi-supervised finetuning rows (data/task_rows.py), k-shot prompts
+The same builder makes semi-supervised finetuning rows (data/tasks/task_rows.py), k-shot prompts
 (eval/prompts.py: k finished examples [Enc(input), Text(label </s>)] and a query
-[Enc(input), Target(option)] in one segment) and VL pretraining rows (data/vl.py: an image-caption
-pair is [Image(pixels, caption[:k]), Target(caption[k:])]).
+[Enc(input), Target(option)] in one segment) and VL pretraining rows (data/pretrain/vl_rows.py:
+an image-caption pair is [Image(pixels, caption[:k]), Target(caption[k:])]). `ImageLayout`, how
+a row holds images, is defined here with the builder that lays them out.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import dataclasses
 
 import numpy as np
 
+from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
 from metalm_jax.data.spans import SharedEncoding, SpanConfig
 from metalm_jax.data.tokenizer import SENTENCEPIECE_IDS, SpecialIds
 from metalm_jax.types import ConfigError, SlotBank
@@ -81,6 +83,51 @@ class _Piece:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImageLayout:
+    """How a model's rows hold images (derived once with the RowFormat, model/build.derive):
+    images per row, decoder slots per image, the joint VL encoder's text prefix, pixel size and
+    normalization. It lives with the row builder, which lays images out by it; the image-text
+    pretraining rows (data/pretrain/vl_rows.py) and the evaluators' prompts use it too."""
+
+    seq_len: int  # decoder row length L
+    images_per_row: int  # Ni
+    image_slots: int  # S: decoder slots for the image itself
+    prefix_len: int  # Lp: prefix positions the encoder reads (0 = vision-only encoder)
+    # The bank's text part and the Batch's encoder grid are one length Le with a text encoder;
+    # without one the grid keeps its Le (every row of a batch has one shape) and the bank none.
+    text_bank: int  # Le when a text encoder precedes the images in the bank, else 0
+    image_size: int
+    enc_length: int  # text-encoder grid length Le of the Batch (empty for image rows)
+    mean: tuple = CLIP_MEAN  # per-channel pixel normalization (images.mean / images.std)
+    std: tuple = CLIP_STD
+
+    @property
+    def slots_per_image(self) -> int:
+        return self.image_slots + self.prefix_len
+
+    @property
+    def bank(self) -> SlotBank:
+        """The slot bank of a row (types.py): the text grid, then S' slots per image."""
+        return SlotBank(self.text_bank, self.slots_per_image, self.images_per_row)
+
+    def pair_length(self, caption_len: int) -> int:
+        """Decoder positions an image-text pair takes: <s>, image slots, every caption token."""
+        return 1 + self.image_slots + caption_len
+
+
+def empty_image_fields(layout: ImageLayout, rows: int | None = None) -> dict:
+    """The image fields of a row (or of `rows` rows) that holds no image: zeros, image_valid 0."""
+    lead = () if rows is None else (rows,)
+    n, s, lp = layout.images_per_row, layout.image_size, max(layout.prefix_len, 1)
+    return {
+        "images": np.zeros((*lead, n, s, s, 3), np.float32),
+        "image_valid": np.zeros((*lead, n), np.int32),
+        "vl_prefix": np.zeros((*lead, n, lp), np.int32),
+        "vl_prefix_mask": np.zeros((*lead, n, lp), np.int32),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
 class RowFormat:
     """The rows one model reads: derived once from the config at the top of a run
     (model/build.derive) and passed down, so the data code never reads the model section."""
@@ -88,7 +135,7 @@ class RowFormat:
     seq_len: int  # decoder row length L (data.seq_len)
     spans: SpanConfig  # spans.enc_length is the encoder grid Le; ratio 0 without a text encoder
     encoding: object = None  # how text becomes encoder ids (data/spans.py; None: SharedEncoding)
-    layout: object = None  # data/vl.ImageLayout with a vision encoder and images, else None
+    layout: ImageLayout | None = None  # with a vision encoder and images, else None
     text_encoder: bool = True  # False: inputs are decoder text (the GPT baseline)
 
     def builder(self, seq_len: int | None = None) -> RowBuilder:
@@ -253,8 +300,6 @@ class RowBuilder:
             "enc_positions": enc_pos,
         }
         if self.layout is not None:
-            from metalm_jax.data.vl import empty_image_fields
-
             img = empty_image_fields(self.layout)
             for i, p in enumerate(self.images):
                 prefix = np.asarray(p.prefix, np.int32).reshape(-1)

@@ -19,9 +19,11 @@ import numpy as np
 from absl import logging
 
 from metalm_jax.data import images as imlib
-from metalm_jax.data import vl_corpora
+from metalm_jax.data.corpora import image_text
+from metalm_jax.data.corpora.text import load_split
+from metalm_jax.data.pretrain.vl_rows import PairPacker, build_vl_row
+from metalm_jax.data.rows import ImageLayout
 from metalm_jax.data.tokenizer import Tokenizer
-from metalm_jax.data.vl import ImageLayout, PairPacker, build_vl_row
 
 _skipped = {"count": 0}
 _lock = threading.Lock()
@@ -34,28 +36,26 @@ def skipped_images() -> int:
 
 def make_image_builder(images_cfg, data_dir: str | None):
     if images_cfg.name == "openmoji":
-        return vl_corpora.OpenMojiCaptions(
+        return image_text.OpenMojiCaptions(
             config=str(images_cfg.render_size), data_dir=data_dir, file_format="array_record"
         )
     if images_cfg.name == "files":
-        cfg = vl_corpora.local_image_text_config(images_cfg.files, images_cfg.validation_fraction)
-        return vl_corpora.LocalImageText(config=cfg, data_dir=data_dir, file_format="array_record")
+        cfg = image_text.local_image_text_config(images_cfg.files, images_cfg.validation_fraction)
+        return image_text.LocalImageText(config=cfg, data_dir=data_dir, file_format="array_record")
     raise ValueError(
         f"images.name: unknown {images_cfg.name!r}; expected 'openmoji', 'files' or one of "
-        f"{sorted(vl_corpora.STANDARD_SETS)}"
+        f"{sorted(image_text.STANDARD_SETS)}"
     )
 
 
 def image_split(cfg, split: str):
     """Random-access records {id, image, caption} of the configured image-text set; `split` is
     'train' or 'validation' (mapped through images.train_split / images.validation_split)."""
-    from metalm_jax.data.corpora import load_split
-
     im = cfg.images
     data_dir = cfg.data.tfds_data_dir or None
-    if im.name in vl_corpora.STANDARD_SETS:
+    if im.name in image_text.STANDARD_SETS:
         name = im.train_split if split == "train" else im.validation_split
-        return vl_corpora.StandardCaptionSource(im.name, name, data_dir, im.captions_per_image)
+        return image_text.StandardCaptionSource(im.name, name, data_dir, im.captions_per_image)
     return load_split(make_image_builder(im, data_dir), split)
 
 
@@ -63,7 +63,7 @@ def captions(cfg, split: str = "train"):
     """Caption strings of a split (added to the tokenizer's training text)."""
     src = image_split(cfg, split)
     for i in range(len(src)):
-        yield vl_corpora.as_text(src[i]["caption"])
+        yield image_text.as_text(src[i]["caption"])
 
 
 def _pair_fn(cfg, tok: Tokenizer, layout: ImageLayout):
@@ -71,7 +71,7 @@ def _pair_fn(cfg, tok: Tokenizer, layout: ImageLayout):
     skip = bool(cfg.images.skip_bad_images)
 
     def fn(ex, rng):
-        rid = vl_corpora.as_text(ex["id"])
+        rid = image_text.as_text(ex["id"])
         try:
             image = imlib.preprocess(
                 ex["image"],
@@ -90,7 +90,7 @@ def _pair_fn(cfg, tok: Tokenizer, layout: ImageLayout):
             logging.warning("skipping image record %s: %s", rid, e)
             return None
         return image, np.asarray(
-            tok.encode(vl_corpora.as_text(ex["caption"])) + [tok.eos], np.int32
+            tok.encode(image_text.as_text(ex["caption"])) + [tok.eos], np.int32
         )
 
     return fn

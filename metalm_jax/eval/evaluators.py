@@ -41,7 +41,7 @@ def _write(workdir, name, metrics, predictions):
 def kjv_testament_task(n_items: int, seed: int):
     """(pool, items, options): verses labelled 0 = Old / 1 = New; items balanced, from the
     held-out chapters (the KjvBible validation rule), the pool from the training chapters."""
-    from metalm_jax.data.corpora import kjv_chapters, kjv_held_out
+    from metalm_jax.data.corpora.text import kjv_chapters, kjv_held_out
 
     books_ot = 39
     order, pool, held = [], [], []
@@ -118,7 +118,7 @@ def icl_classification(ev, trainer, params, tok, cfg, derived):
 def _image_prompt_ids(tok, text: str, layout, what: str) -> list[int]:
     """`text` (a literal </s> = the </s> id) as the VL encoder's prefix; a prompt longer than the
     prefix is an error, not a cut (a cut prompt is another prompt)."""
-    from metalm_jax.data.task_rows import encode_prompt
+    from metalm_jax.data.tasks.task_rows import encode_prompt
 
     ids = encode_prompt(tok, text)
     if len(ids) > layout.prefix_len:
@@ -152,9 +152,10 @@ def captioning(ev, trainer, params, tok, cfg, derived):
     the old default: prompt "", beam 4, length_penalty 0.6."""
     import dataclasses
 
-    from metalm_jax.data import vl_corpora, vl_pipeline
+    from metalm_jax.data import vl_pipeline
+    from metalm_jax.data.corpora.image_text import as_text
     from metalm_jax.data.images import preprocess
-    from metalm_jax.data.task_rows import encode_prompt
+    from metalm_jax.data.tasks.task_rows import encode_prompt
     from metalm_jax.eval import decode
     from metalm_jax.eval.metrics import caption_metrics
 
@@ -175,7 +176,7 @@ def captioning(ev, trainer, params, tok, cfg, derived):
             pixels = preprocess(
                 ex["image"],
                 layout.image_size,
-                record_id=vl_corpora.as_text(ex["id"]),
+                record_id=as_text(ex["id"]),
                 mean=layout.mean,
                 std=layout.std,
             )
@@ -193,9 +194,9 @@ def captioning(ev, trainer, params, tok, cfg, derived):
             )
         )
         for ex, o in zip(exs, out, strict=True):
-            rid = vl_corpora.as_text(ex["id"])
+            rid = as_text(ex["id"])
             text = tok.decode([t for t in o if t != tok.eos])
-            refs[rid] = [vl_corpora.as_text(ex["caption"])]
+            refs[rid] = [as_text(ex["caption"])]
             hyps[rid] = text
             preds.append({"id": rid, "caption": text, "reference": refs[rid][0]})
     metrics = caption_metrics(hyps, refs, meteor=ev.meteor)
@@ -209,7 +210,7 @@ _VQA_TASKS = ("emoji_vqa",)
 def _vqa_file(path: str, layout) -> list[tuple]:
     """[(id "path:line", pixels float32[H, W, 3], question, answers)] of a JSONL of
     {"image": path relative to the file, "question": str, "answers": [str, ...]}."""
-    from metalm_jax.data.corpora import json_objects
+    from metalm_jax.data.corpora.text import json_objects
     from metalm_jax.data.images import preprocess
 
     items = []
@@ -238,12 +239,12 @@ class _VqaTask:
     first use (a training split is a pool of demonstrations, few of them drawn)."""
 
     def __init__(self, name: str, split: str, cfg, layout):
-        from metalm_jax.data import offline_tasks
+        from metalm_jax.data.tasks.emoji import emoji_vqa
 
         if name not in _VQA_TASKS:
             raise ConfigError(f"evals: vqa task={name!r}; expected one of {_VQA_TASKS}")
         # "{question}": the raw question as the prefix; the evaluator renders its own template.
-        self.source = offline_tasks.emoji_vqa(
+        self.source = emoji_vqa(
             split,
             render_size=cfg.images.render_size,
             template="{question}",
@@ -272,7 +273,7 @@ def _vqa_sets(ev, cfg, layout):
     """(evaluated items, demonstration pool): the pool is a training split for demos="train"
     (the paper's), the evaluated items themselves for demos="eval" (the old behaviour; the
     query is left out of its own demonstrations)."""
-    from metalm_jax.data.tasks import shuffled_indices
+    from metalm_jax.data.tasks.examples import shuffled_indices
 
     if bool(ev.file) == bool(ev.task):
         raise ConfigError("evals: vqa needs exactly one of `file` (a JSONL) and `task` (emoji_vqa)")
@@ -321,8 +322,8 @@ def vqa(ev, trainer, params, tok, cfg, derived):
     the evaluated set). Predictions name the demonstrations each query got."""
     import dataclasses
 
-    from metalm_jax.data.task_rows import cut_middle, encode_prompt
-    from metalm_jax.data.tasks import render
+    from metalm_jax.data.tasks.examples import render
+    from metalm_jax.data.tasks.task_rows import cut_middle, encode_prompt
     from metalm_jax.eval.metrics import vqa_score
     from metalm_jax.eval.prompts import build_vqa_row
 

@@ -2,10 +2,12 @@
 
 PAPER.md §4.2: multiple-choice tasks by exact match of the free generation (no constrained
 decoding), QA by token F1 with greedy decoding, generation by ROUGE-L with beam 4 and length
-penalty 0.6. A task's kind and cluster come from data/mixture.py (`cluster_and_kind`). With
-`templates` = N > 1 (instruction tuning, §3.5) each task is evaluated with its first N
-evaluation templates (offline tasks: not the "turned around" ones) and both the mean and the best
-are reported. Cluster figures are the mean over the cluster's tasks; `average` over all tasks.
+penalty 0.6. A task's kind and cluster, and its evaluation templates, come from the task
+registry (data/tasks/registry.py; an entry's own `cluster` and `kind` through
+data/tasks/mixture.cluster_and_kind). With `templates` = N > 1 (instruction tuning, §3.5) each
+task is evaluated with its first N evaluation templates (`TaskSpec.eval_templates`: not the
+"turned around" ones) and both the mean and the best are reported. Cluster figures are the mean
+over the cluster's tasks; `average` over all tasks.
 
 Metrics: `<task>/<figure>` (the mean over templates), `<task>/<figure>_best`,
 `cluster/<cluster>`, `cluster/<cluster>_best`, `average`, and `table` (markdown).
@@ -20,23 +22,16 @@ METRIC_OF_KIND = {"classification": "exact_match", "qa": "token_f1", "generation
 
 def eval_template_indices(task_cfg, n: int) -> list[int]:
     """The template indices to evaluate a task with: its own (n <= 1), or its first n
-    evaluation templates."""
-    from metalm_jax.data import offline_tasks
-    from metalm_jax.data.tfds_task_registry import TFDS_TASKS
+    evaluation templates (the registry's; one for a task with one prompt)."""
+    from metalm_jax.data.tasks.registry import task_spec
 
     if n <= 1:
         return [max(int(task_cfg.template_index), 0)]
-    name = task_cfg.name
-    if name in TFDS_TASKS:
-        return list(range(min(n, len(TFDS_TASKS[name].templates))))
-    if name not in offline_tasks.TEMPLATES:  # one template (JSONL, emoji tasks)
-        return [0]
-    templates = list(offline_tasks.TEMPLATES[name])
-    return [templates.index(t) for t in offline_tasks.eval_templates(name)][:n]
+    return list(task_spec(task_cfg.name).eval_templates[:n])
 
 
 def evaluate_multitask(ev, trainer, params, tok, cfg, derived):
-    from metalm_jax.data.mixture import cluster_and_kind, entries
+    from metalm_jax.data.tasks.mixture import cluster_and_kind, entries
     from metalm_jax.eval.task_eval import MAIN_METRIC, evaluate_task
 
     base = cfg.task.copy_and_resolve_references()

@@ -1,6 +1,6 @@
 """The `task` evaluator: a supervised task's split scored by generation and by option scoring.
 
-Prompts are the training examples without their target (data/task_rows.py, one example per
+Prompts are the training examples without their target (data/tasks/task_rows.py, one example per
 row): the inputs through the encoders, then optional priming text (`answer_prefix`, decoder
 tokens: PAPER.md Fig. 4c), then the model generates greedily up to </s>. Metrics by the task's
 kind (`metric`, "auto" picks it):
@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from metalm_jax.data.rows import Target, Text
-from metalm_jax.data.tasks import ImageInput, shuffled_indices
+from metalm_jax.data.tasks.examples import ImageInput, shuffled_indices
 from metalm_jax.eval.labels import generate_labels
 
 
@@ -63,8 +63,8 @@ def evaluate_task(ev, trainer, params, tok, cfg, derived, task=None):
     """(metrics, predictions) of the task `task` (a task section; default: the run's task with
     `ev.task` overrides) on `ev.split`; `derived`: the run's model/build.derive."""
     from metalm_jax.data.pipeline import example_encoder
-    from metalm_jax.data.task_rows import encode_prompt
-    from metalm_jax.data.tasks import open_task
+    from metalm_jax.data.tasks.registry import open_task
+    from metalm_jax.data.tasks.task_rows import encode_prompt
     from metalm_jax.eval.scoring import row_logliks
 
     task = task_config(cfg, ev) if task is None else task

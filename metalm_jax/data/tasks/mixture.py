@@ -10,9 +10,9 @@ proportion to those capped sizes, and examples of all tasks are packed into rows
 (T5-style, each its own segment). The template is the entry's `template_index` (0 = the paper's
 first template; -1 = one drawn per example: instruction tuning, §3.5).
 
-Clusters and kinds (for per-cluster tables and the metric of each task) come from the TFDS
-registry (data/tfds_task_registry.py) or the offline tasks (data/offline_tasks.py); a JSONL task
-may give `cluster` and `kind` in its entry.
+Clusters and kinds (for per-cluster tables and the metric of each task) come from the task
+registry (data/tasks/registry.py); an entry may give its own `cluster` and `kind` (a JSONL task's
+are "jsonl" and none).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from __future__ import annotations
 import grain
 import ml_collections
 
-from metalm_jax.data.tasks import open_task, shuffled_indices
+from metalm_jax.data.tasks.examples import shuffled_indices
+from metalm_jax.data.tasks.registry import open_task, task_spec
+from metalm_jax.data.tasks.task_rows import TaskPackIterDataset, example_stream
 
 ENTRY_ONLY_KEYS = ("cluster", "kind")  # entry keys that are not task-section keys
 
@@ -52,18 +54,9 @@ def entries(task_cfg) -> list[ml_collections.ConfigDict]:
 
 
 def cluster_and_kind(task_cfg) -> tuple[str, str]:
-    """(cluster, kind) of a task: from its entry, the TFDS registry or the offline tasks."""
-    from metalm_jax.data import offline_tasks
-    from metalm_jax.data.tfds_task_registry import TFDS_TASKS
-
-    name = task_cfg.name
-    if name in TFDS_TASKS:
-        spec = TFDS_TASKS[name]
-        cluster, kind = spec.cluster, spec.kind
-    else:
-        cluster = offline_tasks.CLUSTERS.get(name, name)  # a JSONL task: its own name
-        kind = offline_tasks.KINDS.get(name, "")
-    return task_cfg.get("cluster", cluster), task_cfg.get("kind", kind)
+    """(cluster, kind) of a task: its entry's, else the registry's."""
+    spec = task_spec(task_cfg.name)
+    return task_cfg.get("cluster", spec.cluster), task_cfg.get("kind", spec.kind)
 
 
 class Subset:
@@ -91,8 +84,6 @@ def mixture_train_rows(cfg, tok, shard, fmt, make_encoder):
     """Infinite IterDataset of packed rows (data/rows.RowFormat `fmt`) mixing the tasks of
     `cfg.task` (see the module docstring); `make_encoder(task_cfg)` gives each task's
     ExampleEncoder."""
-    from metalm_jax.data.task_rows import TaskPackIterDataset, example_stream
-
     seed = int(cfg.data.seed)
     cap = int(cfg.task.cap) if cfg.task.name == "mixture" else 0  # a single task: all of it
     streams, sizes = [], []

@@ -1,8 +1,9 @@
 """Task examples -> row pieces -> packed Batch rows, and the grain pipeline for finetuning.
 
-    task source (random access, data/tasks.py) -> [process shard] -> shuffle / repeat
-    -> tokenize + preprocess images (`example_pieces`) -> pack examples into rows
-    (`TaskPackIterDataset`: checkpointable, one example pending at most) -> batch
+    task source (random access, data/tasks/registry.open_task) -> `example_stream`: [process
+    shard] -> shuffle / repeat -> tokenize + preprocess images (`ExampleEncoder.pieces`) -> pack
+    examples into rows (`TaskPackIterDataset`: checkpointable, one example pending at most)
+    -> batch (data/pipeline.py)
 
 An example's text inputs go to the text encoder (Enc pieces), or, for a decoder-only model (the
 GPT baseline), become decoder text in the same place; image inputs go to the vision encoder with
@@ -20,7 +21,7 @@ import grain
 
 from metalm_jax.data import images as imlib
 from metalm_jax.data.rows import DoesNotFit, Enc, Image, Target, Text
-from metalm_jax.data.tasks import ImageInput, TaskExample
+from metalm_jax.data.tasks.examples import ImageInput, TaskExample
 from metalm_jax.data.tokenizer import Tokenizer
 
 SEPARATOR = "</s>"

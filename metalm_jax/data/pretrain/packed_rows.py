@@ -33,7 +33,7 @@ import functools
 import grain
 import numpy as np
 
-from metalm_jax.data.packing import SentencePacker
+from metalm_jax.data.pretrain.packing import SentencePacker
 from metalm_jax.data.tokenizer import SpecialIds
 
 

@@ -1,81 +1,18 @@
-"""The registry of TFDS tasks (`TFDS_TASKS`): for each of the paper's language datasets, the TFDS
-builder, config and version it reads, its split map, how a record's fields become template
-fields, its label words, its prompt templates (template 0 in the paper's form) and its FLAN
-cluster. Reading the records is data/tfds_tasks.py's job; the table of which builders need
-TensorFlow to prepare is in its docstring.
+"""The catalog of TFDS tasks: for each of the paper's language datasets, the TFDS builder, config
+and version it reads, its split map, how a record's fields become template fields, its label
+words, its prompt templates (template 0 in the paper's form), its kind and its FLAN cluster.
+Importing it registers each task in the task registry (data/tasks/registry.py) under its name
+(`_TABLE`'s keys), through data/tasks/tfds_tasks.tfds_task. Reading the records is
+data/tasks/tfds_tasks.py's job; the table of which builders need TensorFlow to prepare is in its
+docstring.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import re
-from collections.abc import Callable, Mapping
 
-KINDS = ("classification", "qa", "generation")
-CLUSTERS = (
-    "nli",
-    "sentiment",
-    "paraphrase",
-    "coreference",
-    "commonsense",
-    "reading_comprehension",
-    "misc",
-    "closed_book_qa",
-    "struct_to_text",
-    "summarization",
-)
-SPLITS = ("train", "validation", "test")
-OPTIONS_SEP = " </s> "
-_TFDS_NAME = re.compile(r"^[a-z0-9_]+(/[A-Za-z0-9_.-]+)?:\d+\.\d+\.\d+$")
-
-
-@dataclasses.dataclass(frozen=True)
-class TfdsTaskSpec:
-    """One task: where its records are and how a record becomes a TaskExample.
-
-    Field names are the builder's features, nested ones joined by "/" ("answers/text"); `derive`
-    adds fields computed from them (it must not fail on any record: a bad label becomes -1).
-    """
-
-    tfds_name: str  # "builder/config:version", pinned so prepared files are read without code
-    splits: Mapping[str, str]  # our split ("train", "validation", "test") -> the TFDS split
-    templates: tuple[str, ...]  # encoder prompts over the fields; [0] is the paper's
-    kind: str  # one of KINDS
-    cluster: str  # the FLAN cluster (PAPER.md §4.2), one of CLUSTERS
-    verbalizer: tuple[str, ...] = ()  # classification: label index -> word (fixed options)
-    options_key: str = ""  # classification: the field with this record's options instead
-    label_key: str = "label"  # classification: the field with the label index (-1: none)
-    answers_key: str = ""  # qa: every gold answer; generation: the references (optional)
-    target_key: str = ""  # generation: the target text
-    id_key: str = ""  # the dataset's own id field, if it has one
-    derive: Callable[[dict], dict] | None = None
-    unlabelled_in: tuple[str, ...] = ()  # our splits where records without a label are skipped
-    manual: bool = False  # preparing needs files downloaded by hand (--manual_dir)
-    needs_tf: str = ""  # why preparing needs TensorFlow ("": it does not)
-
-    def __post_init__(self):
-        problems = []
-        if not _TFDS_NAME.match(self.tfds_name):
-            problems.append(f"tfds_name {self.tfds_name!r} is not 'builder[/config]:x.y.z'")
-        if self.kind not in KINDS or self.cluster not in CLUSTERS:
-            problems.append(f"kind {self.kind!r} / cluster {self.cluster!r} is not known")
-        if not self.templates or "validation" not in self.splits or set(self.splits) - {*SPLITS}:
-            problems.append("needs templates and a 'validation' split (of train/validation/test)")
-        if self.kind == "classification" and bool(self.verbalizer) == bool(self.options_key):
-            problems.append("a classification task needs a verbalizer or an options_key (one)")
-        if self.kind == "qa" and not self.answers_key:
-            problems.append("a qa task needs answers_key")
-        if self.kind == "generation" and not self.target_key:
-            problems.append("a generation task needs target_key")
-        if problems:
-            raise ValueError(f"TfdsTaskSpec {self.tfds_name}: {'; '.join(problems)}")
-
-    def prepare_command(self, data_dir: str) -> str:
-        manual = " --manual_dir=DIR_WITH_THE_DOWNLOADED_FILES" if self.manual else ""
-        command = f"tfds build {self.tfds_name} --file_format=array_record --data_dir={data_dir}"
-        return command + manual
-
+from metalm_jax.data.tasks.registry import SPLITS, register
+from metalm_jax.data.tasks.tfds_tasks import TfdsRecords, tfds_task
 
 # ---------------------------------------------------------------------------------------------
 # Derived fields (module-level functions, so specs pickle into data-loader workers)
@@ -130,7 +67,7 @@ def _e2e(f: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# The registry
+# The table
 
 _OPTIONS = " </s> OPTIONS: </s> {options} </s> TARGET:"
 _T = " </s> TARGET:"
@@ -182,8 +119,13 @@ def _summaries(source: str, what: str) -> tuple[str, ...]:
     )
 
 
-def _classify(tfds_name, splits, templates, cluster, **kw) -> TfdsTaskSpec:
-    return TfdsTaskSpec(tfds_name, splits, templates, "classification", cluster, **kw)
+def _task(tfds_name, splits, templates, kind, cluster, **kw) -> tuple:
+    """(records, templates, kind, cluster): what `tfds_task` registers under the table's key."""
+    return TfdsRecords(tfds_name, splits, **kw), templates, kind, cluster
+
+
+def _classify(tfds_name, splits, templates, cluster, **kw) -> tuple:
+    return _task(tfds_name, splits, templates, "classification", cluster, **kw)
 
 
 def _glue(config, verbalizer, templates, cluster, splits=_TRAIN_VAL, needs_tf=_ZIP):
@@ -193,22 +135,22 @@ def _glue(config, verbalizer, templates, cluster, splits=_TRAIN_VAL, needs_tf=_Z
     )  # fmt: skip
 
 
-def _super_glue(config, templates, cluster, **kw) -> TfdsTaskSpec:
+def _super_glue(config, templates, cluster, **kw) -> tuple:
     return _classify(
         f"super_glue/{config}:1.0.2", _TRAIN_VAL, templates, cluster, id_key="idx",
         needs_tf="tf.int32 in _info, zip", **kw,
     )  # fmt: skip
 
 
-def _anli(rnd: str) -> TfdsTaskSpec:
+def _anli(rnd: str) -> tuple:
     return _classify(
         f"anli/{rnd}:0.1.0", _TRAIN_VAL_TEST, _nli("context", "hypothesis"), "nli",
         verbalizer=_ENTAIL3, id_key="uid", needs_tf=_ZIP,
     )  # fmt: skip
 
 
-def _summary(tfds_name, source, target, what, needs_tf, **kw) -> TfdsTaskSpec:
-    return TfdsTaskSpec(
+def _summary(tfds_name, source, target, what, needs_tf, **kw) -> tuple:
+    return _task(
         tfds_name, _TRAIN_VAL_TEST, _summaries(source, what), "generation", "summarization",
         target_key=target, needs_tf=needs_tf, **kw,
     )  # fmt: skip
@@ -240,7 +182,7 @@ _SOL_1_2 = functools.partial(_choices, ("sol1", "sol2"))  # PIQA
 # Verbalizers follow each builder's ClassLabel order, read from its source: GLUE's WNLI is
 # (not_entailment, entailment), SuperGLUE's CB (entailment, contradiction, neutral), ANLI's
 # (e, n, c), TREC's coarse labels (DESC, ENTY, ABBR, HUM, NUM, LOC).
-TFDS_TASKS: dict[str, TfdsTaskSpec] = {
+_TABLE: dict[str, tuple] = {
     # --- NLI
     "mnli": _glue(
         "mnli", _ENTAIL3, _MNLI, "nli", {"train": "train", "validation": "validation_matched"}
@@ -375,15 +317,15 @@ TFDS_TASKS: dict[str, TfdsTaskSpec] = {
         ),
         "reading_comprehension", verbalizer=_NO_YES,
     ),
-    "squad_v1": TfdsTaskSpec(
+    "squad_v1": _task(
         "squad/v1.1:3.0.0", _TRAIN_VAL, _SQUAD, "qa", "reading_comprehension",
         answers_key="answers/text", id_key="id",
     ),
-    "squad_v2": TfdsTaskSpec(
+    "squad_v2": _task(
         "squad/v2.0:3.0.0", _TRAIN_VAL, tuple(t[: -len(_T)] + _UNANSWERABLE + _T for t in _SQUAD),
         "qa", "reading_comprehension", answers_key="all_answers", id_key="id", derive=_squad_v2,
     ),
-    "drop": TfdsTaskSpec(
+    "drop": _task(
         "drop:2.0.0", {"train": "train", "validation": "dev"},
         (
             "Answer based on context: </s> {passage} </s> {question}" + _T,
@@ -445,7 +387,7 @@ TFDS_TASKS: dict[str, TfdsTaskSpec] = {
         "ai2_arc/ARC-Challenge:1.0.0", _TRAIN_VAL_TEST, _ARC, "closed_book_qa",
         options_key="choices/text", derive=_arc, id_key="id", needs_tf=_ZIP,
     ),
-    "nq_open": TfdsTaskSpec(
+    "nq_open": _task(
         "natural_questions_open:1.0.0", _TRAIN_VAL,
         (
             "Answer this question: </s> {question}?" + _T,
@@ -455,7 +397,7 @@ TFDS_TASKS: dict[str, TfdsTaskSpec] = {
         "qa", "closed_book_qa", answers_key="answer",
     ),
     # --- struct to text
-    "common_gen": TfdsTaskSpec(
+    "common_gen": _task(
         "gem/common_gen:1.1.0", _TRAIN_VAL,
         (
             "Concepts: {concept_list} </s> Write a sentence that includes all these words." + _T,
@@ -465,7 +407,7 @@ TFDS_TASKS: dict[str, TfdsTaskSpec] = {
         "generation", "struct_to_text", target_key="target", answers_key="references",
         id_key="gem_id", derive=_common_gen, needs_tf=_ZIP,
     ),
-    "e2e_nlg": TfdsTaskSpec(
+    "e2e_nlg": _task(
         "e2e_cleaned:0.1.0", _TRAIN_VAL_TEST,
         (
             "Attributes: {meaning_representation} </s> Describe this restaurant in a sentence."
@@ -485,3 +427,6 @@ TFDS_TASKS: dict[str, TfdsTaskSpec] = {
     ),
     "aeslc": _summary("aeslc:1.0.0", "email_body", "subject_line", "email", "tf.io.gfile, zip"),
 }  # fmt: skip
+
+for _name, _entry in _TABLE.items():
+    register(tfds_task(_name, *_entry))

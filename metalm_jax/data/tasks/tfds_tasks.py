@@ -1,15 +1,17 @@
 """The paper's language-only downstream datasets (PAPER.md §4.2), read from prepared TFDS files.
 
-This module reads the `TFDS_TASKS` registry (data/tfds_task_registry.py: which TFDS builder,
-config and version each task reads, which of its splits count as train / validation / test, how
-its labels become words, its prompt templates and FLAN cluster) through `TfdsTaskSource`,
-random access over one split that turns each record into a `TaskExample` (data/tasks.py).
+Each task is a TaskSpec of the task registry (data/tasks/registry.py: its prompt templates, kind
+and FLAN cluster) whose `records` are a `TfdsRecords` (here: which TFDS builder, config and
+version it reads, which of its splits count as train / validation / test, how its labels become
+words); data/tasks/tfds_catalog.py registers them all, through `tfds_task`, which checks that
+the two fit. `TfdsTaskSource` is random access over one split that turns each record into a
+`TaskExample` (data/tasks/examples.py).
 Template 0 is the paper's prompt (§4.1/§4.2: instruction, input, options and the "TARGET:" cue
 all go to the encoder; for MNLI the §3.4 single-task prompt); the others are alternatives for
 instruction tuning. `{options}` in a template is the example's options joined by " </s> ".
 Records are read with `tfds.data_source(..., download=False)`: the data must already be
-prepared (array_record) under `data_dir`, and reading
-it never imports TensorFlow, nor does anything here.
+prepared (array_record) under `data_dir`, and reading it never imports TensorFlow, nor does
+anything here.
 
 Splits: "validation" is always the labelled held-out split the paper reports (a dataset's
 labelled test split where it has no validation split); "test" exists only where the dataset's
@@ -78,7 +80,9 @@ reference per row; GEM's copy of it needs TensorFlow to prepare).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -86,15 +90,105 @@ import tensorflow_datasets as tfds
 # The record format TFDS writes (tf.train.Example), as TFDS's own protobuf classes: no TensorFlow.
 from tensorflow_datasets.proto import tf_example_pb2
 
-from metalm_jax.data.tasks import TaskExample, render, verbalize
-from metalm_jax.data.tfds_task_registry import (  # noqa: F401 - re-exported
-    CLUSTERS,
+from metalm_jax.data.tasks.examples import OPTIONS_SEP, TaskExample, render, verbalize
+from metalm_jax.data.tasks.registry import (
     KINDS,
-    OPTIONS_SEP,
     SPLITS,
-    TFDS_TASKS,
-    TfdsTaskSpec,
+    TaskSpec,
+    task_names,
+    task_spec,
 )
+from metalm_jax.types import ConfigError
+
+# The FLAN clusters of the paper's language tasks (PAPER.md §4.2).
+FLAN_CLUSTERS = (
+    "nli",
+    "sentiment",
+    "paraphrase",
+    "coreference",
+    "commonsense",
+    "reading_comprehension",
+    "misc",
+    "closed_book_qa",
+    "struct_to_text",
+    "summarization",
+)
+_TFDS_NAME = re.compile(r"^[a-z0-9_]+(/[A-Za-z0-9_.-]+)?:\d+\.\d+\.\d+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsRecords:
+    """Where a TFDS task's records are and how a record becomes template fields and a target
+    (the `records` of its TaskSpec; the templates, kind and cluster are the TaskSpec's own).
+
+    Field names are the builder's features, nested ones joined by "/" ("answers/text"); `derive`
+    adds fields computed from them (it must not fail on any record: a bad label becomes -1).
+    """
+
+    tfds_name: str  # "builder/config:version", pinned so prepared files are read without code
+    splits: Mapping[str, str]  # our split ("train", "validation", "test") -> the TFDS split
+    verbalizer: tuple[str, ...] = ()  # classification: label index -> word (fixed options)
+    options_key: str = ""  # classification: the field with this record's options instead
+    label_key: str = "label"  # classification: the field with the label index (-1: none)
+    answers_key: str = ""  # qa: every gold answer; generation: the references (optional)
+    target_key: str = ""  # generation: the target text
+    id_key: str = ""  # the dataset's own id field, if it has one
+    derive: Callable[[dict], dict] | None = None
+    unlabelled_in: tuple[str, ...] = ()  # our splits where records without a label are skipped
+    manual: bool = False  # preparing needs files downloaded by hand (--manual_dir)
+    needs_tf: str = ""  # why preparing needs TensorFlow ("": it does not)
+
+    def __post_init__(self):
+        problems = []
+        if not _TFDS_NAME.match(self.tfds_name):
+            problems.append(f"tfds_name {self.tfds_name!r} is not 'builder[/config]:x.y.z'")
+        if "validation" not in self.splits or set(self.splits) - {*SPLITS}:
+            problems.append("needs a 'validation' split (of train/validation/test)")
+        if problems:
+            raise ValueError(f"TfdsRecords {self.tfds_name}: {'; '.join(problems)}")
+
+    def prepare_command(self, data_dir: str) -> str:
+        manual = " --manual_dir=DIR_WITH_THE_DOWNLOADED_FILES" if self.manual else ""
+        command = f"tfds build {self.tfds_name} --file_format=array_record --data_dir={data_dir}"
+        return command + manual
+
+
+def tfds_task(name: str, records: TfdsRecords, templates, kind: str, cluster: str) -> TaskSpec:
+    """The registry's record of a TFDS task, once its records are checked against its kind (a
+    classification task needs label words or an options field, qa an answers field, ...)."""
+    problems = []
+    if kind not in KINDS or cluster not in FLAN_CLUSTERS:
+        problems.append(f"kind {kind!r} / cluster {cluster!r} is not known")
+    if not templates:
+        problems.append("needs templates")
+    if kind == "classification" and bool(records.verbalizer) == bool(records.options_key):
+        problems.append("a classification task needs a verbalizer or an options_key (one)")
+    if kind == "qa" and not records.answers_key:
+        problems.append("a qa task needs answers_key")
+    if kind == "generation" and not records.target_key:
+        problems.append("a generation task needs target_key")
+    if problems:
+        raise ValueError(f"TFDS task {name} ({records.tfds_name}): {'; '.join(problems)}")
+    return TaskSpec(name, open_tfds_task, cluster, kind, tuple(templates), records)
+
+
+def tfds_task_names() -> list[str]:
+    """The registered TFDS tasks."""
+    return [n for n in task_names() if isinstance(task_spec(n).records, TfdsRecords)]
+
+
+def open_tfds_task(task_cfg, split: str, data_dir, render_size: int, seed: int):
+    """The opener of every TFDS task: its template by task.template_index (-1: one drawn per
+    record), never a template string."""
+    if task_cfg.template:
+        raise ConfigError(
+            f"task.template: TFDS task {task_cfg.name} takes one of its own templates "
+            "(task.template_index), not a template string"
+        )
+    return TfdsTaskSource(
+        task_cfg.name, split, data_dir, template=task_cfg.template_index, seed=seed
+    )
+
 
 # ---------------------------------------------------------------------------------------------
 # Reading
@@ -144,18 +238,19 @@ def _unique(values) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(v) for v in values if str(v)))
 
 
-def _spec(name: str) -> TfdsTaskSpec:
-    if name not in TFDS_TASKS:
-        raise ValueError(f"unknown TFDS task {name!r}; expected one of {sorted(TFDS_TASKS)}")
-    return TFDS_TASKS[name]
+def _task(name: str) -> TaskSpec:
+    """The registered TFDS task `name` (its `records` a TfdsRecords)."""
+    if name not in tfds_task_names():
+        raise ValueError(f"unknown TFDS task {name!r}; expected one of {tfds_task_names()}")
+    return task_spec(name)
 
 
-def _open(name: str, split: str, data_dir: str | None, **kwargs) -> Sequence:
-    spec = TFDS_TASKS[name]
+def _open(name: str, records: TfdsRecords, split: str, data_dir: str | None, **kwargs):
     try:
         return tfds.data_source(
-            spec.tfds_name, split=spec.splits[split], data_dir=data_dir, download=False, **kwargs
-        )
+            records.tfds_name, split=records.splits[split], data_dir=data_dir, download=False,
+            **kwargs,
+        )  # fmt: skip
     except (
         tfds.core.DatasetNotFoundError,
         ImportError,
@@ -165,52 +260,54 @@ def _open(name: str, split: str, data_dir: str | None, **kwargs) -> Sequence:
         # Unprepared: not found (no code, no files), builder code that needs TensorFlow, or
         # code without files (TFDS then looks for TFRecord files, which have no random access).
         where = data_dir or tfds.core.constants.DATA_DIR
-        if spec.needs_tf:
-            tf = f"with TensorFlow installed, which this builder needs too ({spec.needs_tf})"
+        if records.needs_tf:
+            tf = f"with TensorFlow installed, which this builder needs too ({records.needs_tf})"
         else:
-            tf = "TFDS 4.9.10's tfds command imports TensorFlow; data/tfds_tasks.py says how to "
-            tf += "prepare this one from Python without it"
+            tf = "TFDS 4.9.10's tfds command imports TensorFlow; data/tasks/tfds_tasks.py says "
+            tf += "how to prepare this one from Python without it"
         cause = str(e).splitlines()[0] if str(e) else ""
         raise FileNotFoundError(
-            f"TFDS task {name!r}: no prepared {spec.tfds_name} (array_record) under "
+            f"TFDS task {name!r}: no prepared {records.tfds_name} (array_record) under "
             f"data_dir={where!r}. Prepare it on a machine with network access ({tf}):\n"
-            f"  {spec.prepare_command(where)}\n({type(e).__name__}: {cause})"
+            f"  {records.prepare_command(where)}\n({type(e).__name__}: {cause})"
         ) from e
 
 
 class TfdsTaskSource:
-    """Random access over one split of a registered task: `len(source)`, `source[i] ->
-    TaskExample` (prompt `spec.templates[template]`, or with template=-1 one drawn per record),
-    `source.fields(i)` (the fields templates see, for other templates). In the splits named by
-    `spec.unlabelled_in`, records without a label are left out (indices then skip them)."""
+    """Random access over one split of a registered TFDS task: `len(source)`, `source[i] ->
+    TaskExample` (prompt `task.templates[template]`, or with template=-1 one drawn per record),
+    `source.fields(i)` (the fields templates see, for other templates). `task` is its TaskSpec,
+    `records` its TfdsRecords. In the splits named by `records.unlabelled_in`, records without a
+    label are left out (indices then skip them: `labelled` maps them to records)."""
 
     def __init__(
         self, name: str, split: str, data_dir: str | None = None, template: int = 0, seed: int = 0
     ):
-        self.spec = spec = _spec(name)
-        if split not in spec.splits:
+        self.task = _task(name)
+        self.records = records = self.task.records
+        if split not in records.splits:
             raise ValueError(
-                f"TFDS task {name!r} has splits {sorted(spec.splits)}, not {split!r} (a test "
-                "split without labels is left out; see data/tfds_tasks.py)"
+                f"TFDS task {name!r} has splits {sorted(records.splits)}, not {split!r} (a test "
+                "split without labels is left out; see data/tasks/tfds_tasks.py)"
             )
-        if not -1 <= template < len(spec.templates):
+        if not -1 <= template < len(self.task.templates):
             raise ValueError(
-                f"TFDS task {name!r} has templates 0..{len(spec.templates) - 1} (-1: one drawn "
-                f"per example), not {template}"
+                f"TFDS task {name!r} has templates 0..{len(self.task.templates) - 1} (-1: one "
+                f"drawn per example), not {template}"
             )
         self.name, self.split, self.template, self.seed = name, split, template, seed
-        self.source = _open(name, split, data_dir)
-        self.records = self._labelled(data_dir) if split in spec.unlabelled_in else None
+        self.source = _open(name, records, split, data_dir)
+        self.labelled = self._labelled(data_dir) if split in records.unlabelled_in else None
 
     def __len__(self) -> int:
-        return len(self.source) if self.records is None else len(self.records)
+        return len(self.source) if self.labelled is None else len(self.labelled)
 
     def _record(self, i: int) -> int:
         if not 0 <= i < len(self):
             raise IndexError(
                 f"TFDS task {self.name}/{self.split}: index {i} out of range({len(self)})"
             )
-        return int(i) if self.records is None else int(self.records[i])
+        return int(i) if self.labelled is None else int(self.labelled[i])
 
     def _template(self, record: int) -> int:
         """template >= 0: that one; -1: one drawn per record (instruction tuning, PAPER.md
@@ -218,7 +315,7 @@ class TfdsTaskSource:
         if self.template >= 0:
             return self.template
         rng = np.random.default_rng((self.seed, record))
-        return int(rng.integers(len(self.spec.templates)))
+        return int(rng.integers(len(self.task.templates)))
 
     def fields(self, i: int) -> dict:
         return self._complete(_flatten(self.source[self._record(i)]))
@@ -227,44 +324,44 @@ class TfdsTaskSource:
         j = self._record(i)
         fields = self._complete(_flatten(self.source[j]))
         where = f"TFDS task {self.name}/{self.split} record {j}"
-        own_id = fields[self.spec.id_key] if self.spec.id_key else j
+        own_id = fields[self.records.id_key] if self.records.id_key else j
         target, options, answers = self._target(fields, where)
         return TaskExample(
             id=f"{self.name}/{self.split}:{own_id}",
-            inputs=(render(self.spec.templates[self._template(j)], fields, where),),
+            inputs=(render(self.task.templates[self._template(j)], fields, where),),
             target=target,
             options=options,
             answers=answers,
         )
 
     def _options(self, fields: dict) -> tuple[str, ...]:
-        spec = self.spec
-        return spec.verbalizer or tuple(str(o) for o in fields[spec.options_key])
+        records = self.records
+        return records.verbalizer or tuple(str(o) for o in fields[records.options_key])
 
     def _complete(self, fields: dict) -> dict:
-        if self.spec.derive is not None:
-            fields.update(self.spec.derive(fields))
-        if self.spec.kind == "classification":
+        if self.records.derive is not None:
+            fields.update(self.records.derive(fields))
+        if self.task.kind == "classification":
             fields["options"] = OPTIONS_SEP.join(self._options(fields))
         return fields
 
     def _target(self, fields: dict, where: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
         """(target, options, answers), or _Unlabelled."""
-        spec = self.spec
-        if spec.kind == "classification":
-            options, label = self._options(fields), int(fields[spec.label_key])
+        records, kind = self.records, self.task.kind
+        if kind == "classification":
+            options, label = self._options(fields), int(fields[records.label_key])
             if not 0 <= label < len(options):  # verbalize would read -1 as the last option
                 raise _Unlabelled(f"{where}: label {label} is not an index into options {options}")
             return verbalize(label, options, where), options, ()
-        if spec.kind == "qa":
-            answers = _unique(fields[spec.answers_key])
+        if kind == "qa":
+            answers = _unique(fields[records.answers_key])
             if not answers:
                 raise _Unlabelled(f"{where}: no answer")
             return answers[0], (), answers
-        target = str(fields[spec.target_key])
+        target = str(fields[records.target_key])
         if not target:
             raise _Unlabelled(f"{where}: empty target")
-        return target, (), _unique(fields[spec.answers_key]) if spec.answers_key else ()
+        return target, (), _unique(fields[records.answers_key]) if records.answers_key else ()
 
     def _labelled(self, data_dir: str | None) -> np.ndarray:
         """int64[n]: the records with a label, from one batched pass over the raw records."""
@@ -273,6 +370,7 @@ class TfdsTaskSource:
             return np.zeros(0, np.int64)
         raw = _open(
             self.name,
+            self.records,
             self.split,
             data_dir,
             deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,

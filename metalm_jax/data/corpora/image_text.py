@@ -13,7 +13,7 @@ remain with Python 3.11 (Unicode 14); a newer Python names more. Configs `64` an
 image size. The split is a hash of the id: ~90% train, 5% validation, 5% test.
 
 `LocalImageText`: a user's pairs, chosen by `local_image_text_config(paths)` (`images.files`:
-folders, .jsonl files and globs, read by `corpora.expand_paths`): a folder holds `x.png` /
+folders, .jsonl files and globs, read by `corpora/text.expand_paths`): a folder holds `x.png` /
 `x.jpg` / `x.jpeg` images each with a UTF-8 caption file `x.txt` beside it (not recursive); a
 `.jsonl` file holds lines `{"image": "<path, relative to the .jsonl or absolute>", "caption":
 "..."}`. As for text corpora, an empty folder or .jsonl file is an error naming it. Images are
@@ -45,7 +45,7 @@ import PIL.ImageFont
 import tensorflow_datasets as tfds
 
 from metalm_jax.data import images
-from metalm_jax.data.corpora import expand_paths, json_objects, read_utf8
+from metalm_jax.data.corpora.text import expand_paths, json_objects, read_utf8
 from metalm_jax.types import ConfigError, DataError
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
