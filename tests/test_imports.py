@@ -1,7 +1,9 @@
-"""Every import in metalm_jax runs down the house: config -> data -> model -> convert -> train ->
-eval -> the training loop -> command-line modules. Read from the source with ast (nothing is
-imported), function-level imports included; a failure names the file, line and both modules.
-The moved command-line entry points keep their documented names."""
+"""Every import in metalm_jax runs down the house: config -> data (its shared modules -> corpora ->
+pretraining rows and tasks -> the pipelines) -> model -> convert -> train -> eval -> the training
+loop -> command-line modules; and no module imports itself back through others (no cycle among
+modules, within a floor or across floors). Read from the source with ast (nothing is imported),
+function-level imports included; a failure names the file, line and both modules. The moved
+command-line entry points keep their documented names."""
 
 import ast
 import os
@@ -14,17 +16,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "metalm_jax"
 
 # The floors, lowest first (rank = position). A module may import its own floor and any floor of
-# a lower rank; floors of one rank (model, parallel) may import each other but not in a cycle.
+# a lower rank; floors of one rank (pretrain and tasks, model and parallel) may import each other
+# but not in a cycle.
 RANKS = {
     "base": 0,
     "data": 1,
-    "model": 2,
-    "parallel": 2,
-    "convert": 3,
-    "train": 4,
-    "eval": 5,
-    "loop": 6,
-    "top": 7,
+    "corpora": 2,
+    "pretrain": 3,
+    "tasks": 3,
+    "pipeline": 4,
+    "model": 5,
+    "parallel": 5,
+    "convert": 6,
+    "train": 7,
+    "eval": 8,
+    "loop": 9,
+    "top": 10,
 }
 # Module or package -> floor: the longest matching prefix decides. Every module needs an entry
 # below its package name (a new top-level module must be placed here on purpose).
@@ -39,8 +46,18 @@ FLOORS = {
     "metalm_jax.paths": "base",
     # run_cli: how every command line ends on a user error (the types are in types.py)
     "metalm_jax.cli": "base",
-    # corpora, tokenizer, packing, spans, rows, tasks, grain pipelines: numpy, no model
+    # data, numpy only, no model. What its three concerns share: the package docstring, the
+    # tokenizer, images, spans and their encodings, the one row builder
     "metalm_jax.data": "data",
+    # TFDS builders and file reading (text, image-text)
+    "metalm_jax.data.corpora": "corpora",
+    # pretraining rows (packing, packed rows, image-text rows) and, beside them, supervised tasks
+    # (examples, the task registry, the tasks, mixtures, task rows); neither imports the other
+    "metalm_jax.data.pretrain": "pretrain",
+    "metalm_jax.data.tasks": "tasks",
+    # the grain pipelines a run reads, built on all three
+    "metalm_jax.data.pipeline": "pipeline",
+    "metalm_jax.data.vl_pipeline": "pipeline",
     # the Flax model, and beside it the mesh, multi-process helpers and the accelerator table
     # (neither imports the other)
     "metalm_jax.model": "model",
@@ -210,6 +227,41 @@ def floor_cycle(sources: dict[str, str]) -> list[str] | None:
     return None
 
 
+def module_cycle(sources: dict[str, str]) -> list[str] | None:
+    """A cycle among modules, within a floor or across floors (each step: the file and line of an
+    import that makes it), or None. An import inside a function counts: deferring it hides the
+    cycle from Python at import time, not from the design. One inside a module's `if __name__ ==
+    "__main__":` block does not: run as a command the module is `__main__`, another module object
+    than the one its imports may load."""
+    graph: dict[str, dict[str, int]] = {}
+    for module, line, name, _, _, in_main in import_edges(sources):
+        if not in_main and name != module:
+            graph.setdefault(module, {}).setdefault(name, line)
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, {})):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt) :]
+                return [
+                    f"{a.replace('.', '/')}.py:{graph[a][b]}: {a} imports {b}"
+                    for a, b in zip(cycle, cycle[1:] + [nxt], strict=True)
+                ]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
 @pytest.fixture(scope="module")
 def sources():
     return package_sources()
@@ -238,6 +290,11 @@ def test_no_cycles_between_floors(sources):
     assert cycle is None, "floors import each other in a cycle:\n" + "\n".join(cycle)
 
 
+def test_no_cycles_between_modules(sources):
+    cycle = module_cycle(sources)
+    assert cycle is None, "modules import each other in a cycle:\n" + "\n".join(cycle)
+
+
 def test_the_check_names_what_runs_up():
     fake = {
         "metalm_jax.__init__": "",
@@ -256,7 +313,7 @@ def test_the_check_names_what_runs_up():
     bad = upward_imports(fake)
     assert len(bad) == 3, bad
     assert bad[0] == (
-        "metalm_jax/data/pipeline.py:2: metalm_jax.data.pipeline (data) imports "
+        "metalm_jax/data/pipeline.py:2: metalm_jax.data.pipeline (pipeline) imports "
         "metalm_jax.convert.__init__ (convert): a higher floor"
     )
     assert "metalm_jax.eval.evaluators (eval) imports metalm_jax.generate (top)" in bad[1]
@@ -276,6 +333,48 @@ def test_the_check_finds_a_cycle_between_floors_of_one_rank():
     ]
     del fake["metalm_jax.parallel.mesh"]
     assert floor_cycle(fake) is None
+
+
+def test_the_check_finds_a_cycle_between_modules():
+    # One floor: a registry that opens its tasks by a function-level import, and a task module
+    # that registers itself in it (the floor checks see nothing wrong).
+    fake = {
+        "metalm_jax.data.tasks.__init__": "",
+        "metalm_jax.data.tasks.registry": (
+            "def open_task(name):\n    from metalm_jax.data.tasks import kjv\n    return kjv\n"
+        ),
+        "metalm_jax.data.tasks.kjv": "from metalm_jax.data.tasks.registry import open_task\n",
+        "metalm_jax.data.tasks.mixture": "from . import registry\n",
+    }
+    assert upward_imports(fake) == [] and floor_cycle(fake) is None
+    assert module_cycle(fake) == [
+        "metalm_jax/data/tasks/kjv.py:1: metalm_jax.data.tasks.kjv imports "
+        "metalm_jax.data.tasks.registry",
+        "metalm_jax/data/tasks/registry.py:2: metalm_jax.data.tasks.registry imports "
+        "metalm_jax.data.tasks.kjv",
+    ]
+    fake["metalm_jax.data.tasks.registry"] = "def open_task(name):\n    return name\n"
+    assert module_cycle(fake) is None
+    # Across floors, three modules round; a command's own `__main__` block makes no cycle.
+    fake = {
+        "metalm_jax.eval.evaluators": "def task():\n    from metalm_jax.eval import task_eval\n",
+        "metalm_jax.eval.task_eval": "from metalm_jax.train.trainer import Trainer\n",
+        "metalm_jax.train.trainer": "import metalm_jax.eval.evaluators\n",
+        "metalm_jax.export": "import metalm_jax.train.checkpoint\n",
+        "metalm_jax.train.checkpoint": (
+            'if __name__ == "__main__":\n    from metalm_jax import export\n'
+        ),
+    }
+    assert module_cycle(fake) == [
+        "metalm_jax/eval/evaluators.py:2: metalm_jax.eval.evaluators imports "
+        "metalm_jax.eval.task_eval",
+        "metalm_jax/eval/task_eval.py:1: metalm_jax.eval.task_eval imports "
+        "metalm_jax.train.trainer",
+        "metalm_jax/train/trainer.py:1: metalm_jax.train.trainer imports "
+        "metalm_jax.eval.evaluators",
+    ]
+    del fake["metalm_jax.train.trainer"]
+    assert module_cycle(fake) is None
 
 
 @pytest.mark.parametrize(
