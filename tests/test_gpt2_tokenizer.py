@@ -172,8 +172,8 @@ def test_gpt2_decoder_generates_as_transformers(corpus, gpt2_dir, tmp_path, caps
     from metalm_jax.eval import decode
     from metalm_jax.eval.generation import generate_text
     from metalm_jax.eval.load import load_run
-    from metalm_jax.model.build import derive, dummy_batch
     from metalm_jax.loop import train_and_evaluate
+    from metalm_jax.model.build import derive, dummy_batch
 
     path, hf_model = gpt2_dir
     cfg = _gpt2_run_config(corpus, path)
