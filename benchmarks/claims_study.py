@@ -42,7 +42,7 @@ VARIANTS = {  # name -> (pretrained run, preset, what it is)
 }
 WORDS = "(" + ",".join(f"'{w}'" for w in KJV_BOOKS_WORDS) + ")"
 TASKS = {  # task -> (its figure in the task evaluator, extra overrides)
-    # label words the tiny decoder already spells (offline_tasks.KJV_BOOKS_WORDS): one piece
+    # label words the tiny decoder already spells (data/tasks/kjv.KJV_BOOKS_WORDS): one piece
     # each, where "Major Prophets" is ten
     "kjv_books": (
         "generation_accuracy",

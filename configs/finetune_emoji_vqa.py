@@ -7,7 +7,7 @@
 
 `--config configs/finetune_emoji_vqa.py:DIR` starts from the run in DIR instead of runs/tiny_vl.
 Questions about OpenMoji emojis that their Unicode names answer (what is it, skin tone, man or
-woman, hair, flag: data/offline_tasks.py), in the paper's VQA format: the joint VL encoder reads
+woman, hair, flag: data/tasks/emoji.py), in the paper's VQA format: the joint VL encoder reads
 the image with "Question: [q] Answer:", the decoder says the answer and </s>. The decoder stays
 frozen; the VL encoder and its connector train. Validation VQA accuracy (by generation, official
 normalization) every eval_every steps and at the end (evals/emoji_vqa/).

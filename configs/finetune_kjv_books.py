@@ -8,7 +8,7 @@
 `--config configs/finetune_kjv_books.py:DIR` starts from the run in DIR instead of runs/tiny.
 The model, tokenizer and weights come from that run (train/finetune.py): the decoder (embed,
 decoder) stays frozen, the text encoder and connector train on verses labelled with their part
-of the Bible (10 groups, data/offline_tasks.py). Each verse goes through the encoder with the
+of the Bible (10 groups, data/tasks/kjv.py). Each verse goes through the encoder with the
 cue "Which part of the Bible is this from? Answer:", the decoder says the group and </s>;
 several examples are packed per row. Validation accuracy is measured by generation (exact match)
 and by option scoring every eval_every steps and at the end (evals/kjv_books/).

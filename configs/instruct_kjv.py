@@ -15,13 +15,22 @@ argument is the held-out cluster (default reference); the run starts from runs/t
 import os
 
 from metalm_jax.config import load_config_file, multitask_eval
-from metalm_jax.data.tasks.kjv import KJV_BOOKS_WORDS
+from metalm_jax.data.tasks.kjv import KJV_BOOKS_WORDS, TEMPLATES
+from metalm_jax.data.tasks.registry import task_spec
 
-CLUSTERS = {  # cluster -> its offline tasks (data/offline_tasks.py CLUSTERS)
-    "topic": ("kjv_books", "kjv_testament"),
-    "reference": ("kjv_book",),
-    "completion": ("kjv_completion", "kjv_next_verse"),
-}
+
+def _clusters() -> dict[str, tuple[str, ...]]:
+    """Cluster -> its KJV tasks, as the task registry has them (data/tasks/kjv.py): topic
+    (kjv_books, kjv_testament), reference (kjv_book), completion (kjv_completion,
+    kjv_next_verse)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name in TEMPLATES:
+        cluster = task_spec(name).cluster
+        out[cluster] = (*out.get(cluster, ()), name)
+    return out
+
+
+CLUSTERS = _clusters()
 # kjv_books with one-piece label words the tiny decoder can say ("law", "kings", ...)
 WORDS = {"kjv_books": dict(verbalizer=KJV_BOOKS_WORDS)}
 

@@ -1,5 +1,5 @@
 """Multitask finetuning at the paper's scale (PAPER.md §4.2) on the TFDS tasks, for users with the
-data prepared (data/tfds_tasks.py says how; most builders need TensorFlow to prepare).
+data prepared (data/tasks/tfds_tasks.py says how; most builders need TensorFlow to prepare).
 
     python -m metalm_jax.train --config configs/multitask_flan.py:gs://bucket/metalm_lm \
         --config.data.tfds_data_dir=gs://bucket/tfds --workdir gs://bucket/multitask_flan
@@ -16,7 +16,7 @@ import os
 
 from metalm_jax.config import load_config_file, multitask_eval
 
-PAPER_TASKS = {  # cluster -> registry names (data/tfds_task_registry.py)
+PAPER_TASKS = {  # cluster -> registry names (data/tasks/tfds_catalog.py)
     "nli": ("anli_r1", "anli_r2", "anli_r3", "cb", "mnli", "qnli", "rte", "snli", "wnli"),
     "sentiment": ("imdb", "sst2", "sentiment140", "yelp"),
     "paraphrase": ("qqp", "mrpc", "paws_wiki"),

@@ -5,7 +5,7 @@
     python -m metalm_jax.evaluate --config configs/multitask_kjv.py --workdir runs/multitask_kjv
 
 `--config configs/multitask_kjv.py:DIR` starts from the run in DIR. Four tasks in three clusters
-(data/offline_tasks.py): topic (kjv_books, kjv_testament: the paper's multiple-choice form with
+(data/tasks/kjv.py): topic (kjv_books, kjv_testament: the paper's multiple-choice form with
 the options listed, template 1), reference (kjv_book, 66 books: the options are not listed, they
 would not fit the tiny encoder) and completion (kjv_completion: the verse's second half, token
 F1). At most task.cap examples per task, sampled in proportion, several packed per row; the

@@ -1,5 +1,5 @@
-"""Rows drawn among K open documents (data/packed_rows.py): spread-out long documents, exact
-resume from the state, finite streams, and the default config."""
+"""Rows drawn among K open documents (data/pretrain/packed_rows.py): spread-out long documents,
+exact resume from the state, finite streams, and the default config."""
 
 import json
 
