@@ -141,3 +141,25 @@ def test_params_only_names_arrays_that_do_not_fit(saved):
     ckpt.close()
     with pytest.raises(CheckpointError, match="model.decoder.d_ff: checkpoint"):
         load_run(work, None, other)
+
+
+def test_load_run_writes_nothing_in_the_run(saved, tmp_path):
+    """Reading a run (evaluate, generate, export) leaves its workdir as it was: no file added,
+    none rewritten (the Checkpointer is opened with create=False: no checkpoints/ created, no
+    manifest marker written)."""
+    from metalm_jax.eval.load import load_run
+
+    _, work, _, params = saved
+    work = _copy(work, tmp_path)
+
+    def files():
+        return {
+            os.path.relpath(os.path.join(d, n), work): os.stat(os.path.join(d, n)).st_mtime_ns
+            for d, ds, fs in os.walk(work)
+            for n in ds + fs
+        }
+
+    before = files()
+    _, _, _, got = load_run(work)
+    assert files() == before
+    _assert_same(got, params[2])

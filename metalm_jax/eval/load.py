@@ -15,7 +15,7 @@ from metalm_jax import paths
 
 def _check_run_dir(workdir: str) -> None:
     """FileNotFoundError (one line) unless `workdir` has a checkpoints/ directory, checked before
-    anything opens it: the Checkpointer's CheckpointManager creates its directory."""
+    anything opens it, so that a mistyped workdir gets a message naming it."""
     paths.check_reachable(workdir)
     if not epath.Path(workdir).is_dir():
         raise FileNotFoundError(f"{paths.shown(workdir)}: no such run directory")
@@ -37,8 +37,9 @@ def load_run(workdir: str, step: int | None = None, cfg=None, mesh=None, log=pri
     evals and task.
 
     Reading creates nothing: a workdir that does not exist, or has no checkpoints/, is a one-line
-    FileNotFoundError before the Checkpointer is built (its CheckpointManager would create
-    checkpoints/ in a mistyped workdir)."""
+    FileNotFoundError before the Checkpointer is built, and the Checkpointer is opened with
+    create=False (the default would create checkpoints/ in a mistyped workdir and write the
+    manifest marker into an existing one)."""
     _check_run_dir(workdir)
     import jax
 
@@ -49,7 +50,7 @@ def load_run(workdir: str, step: int | None = None, cfg=None, mesh=None, log=pri
     from metalm_jax.train.checkpoint import PARAM_KEYS, Checkpointer, check_shapes
     from metalm_jax.train.trainer import build_inference
 
-    ckpt = Checkpointer(workdir, 0, 1)
+    ckpt = Checkpointer(workdir, 0, 1, create=False)  # reads only: writes no marker either
     try:
         saved, at = ckpt.saved_config(step)
         if cfg is None or cfg.finetune.from_run:
