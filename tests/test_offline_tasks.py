@@ -262,6 +262,37 @@ def test_every_offline_task_is_registered_with_its_cluster_kind_and_templates():
         assert bool(ex.options) == (spec[name].kind == "classification"), name
 
 
+def test_the_registry_opens_every_task_by_name_and_says_what_it_has():
+    from metalm_jax.config import base_config
+    from metalm_jax.data.tasks.registry import TaskSpec, open_task, register, task_names
+    from metalm_jax.types import ConfigError
+
+    task = base_config().task
+    names = task_names()
+    assert {"jsonl", "emoji_vqa", "mnli", "squad_v1", *KJV_TASKS} <= set(names)
+    task.name, task.template_index = "kjv_testament", 1
+    assert (
+        open_task(task, "test")[0]
+        == ot.kjv_task("kjv_testament", "test", template=ot.TEMPLATES["kjv_testament"][1])[0]
+    )
+    task.template_index = 10
+    with pytest.raises(ConfigError, match="task.template_index=10: task kjv_testament has 10"):
+        open_task(task, "test")
+    task.name, task.template_index = "emoji_vqa", -1  # its prompt is a config string
+    with pytest.raises(ConfigError, match="template_index=-1 .*task emoji_vqa has one template"):
+        open_task(task, "test")
+    task.name, task.template_index = "jsonl", 0
+    with pytest.raises(ConfigError, match="task.name=jsonl needs task.validation_file"):
+        open_task(task, "validation")
+    task.name = "kjv_verses"
+    with pytest.raises(ConfigError, match="unknown task 'kjv_verses'; expected one of aeslc, "):
+        open_task(task, "test")
+    with pytest.raises(ValueError, match="task 'kjv_books' is registered twice"):
+        register(TaskSpec("kjv_books", ot.kjv_task, "topic", "classification"))
+    with pytest.raises(ValueError, match="kind in"):
+        TaskSpec("kjv_verses", ot.kjv_task, "topic", "ranking")
+
+
 def test_kjv_task_errors_name_the_problem():
     with pytest.raises(ValueError, match="unknown KJV task 'kjv_chapters'"):
         ot.kjv_task("kjv_chapters", "train")
