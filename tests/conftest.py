@@ -1,11 +1,65 @@
-"""Shared fixtures: one prepared micro corpus + tokenizer per session (tokenizer training and
-TFDS preparation happen once)."""
+"""Shared fixtures and the two test tiers.
+
+Tiers: `python -m pytest` runs the default tier (every test not marked `slow`: units, small
+compiles, file-level checks; a few minutes on 2 cores), `python -m pytest --full` the full tier
+(CI: also the end-to-end runs, subprocesses, several processes). An explicit `-m` chooses for
+itself. A test not marked `slow` whose call takes longer than SLOW_LIMIT_S fails, naming the
+limit, so the default tier stays fast (METALM_SLOW_LIMIT_S changes the limit; 0 turns it off).
+
+Fixtures: one prepared micro corpus + tokenizer per session (tokenizer training and TFDS
+preparation happen once), and one trained micro run per session (`micro_run`), shared
+read-only by the tests that need a trained workdir (copy it to change it).
+"""
 
 import os
+import shutil
 
 import pytest
 
 from metalm_jax import testing
+
+SLOW_LIMIT_S = float(os.environ.get("METALM_SLOW_LIMIT_S", "10"))
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help="the full tier: also the tests marked slow (end-to-end runs; CI runs this)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--full") or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+        config.hook.pytest_deselected(items=slow)
+
+
+def pytest_report_header(config):
+    if config.getoption("--full") or config.getoption("markexpr"):
+        return None
+    return "default tier: tests marked slow are deselected (python -m pytest --full runs all)"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if (
+        call.when == "call"
+        and report.passed
+        and SLOW_LIMIT_S > 0
+        and call.duration > SLOW_LIMIT_S
+        and not item.get_closest_marker("slow")
+    ):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid} took {call.duration:.1f} s, over the {SLOW_LIMIT_S:g} s limit for a "
+            "test not marked slow: make it faster or mark it @pytest.mark.slow (full tier)"
+        )
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +74,19 @@ def corpus(tmp_path_factory):
     return cfg, tok
 
 
+@pytest.fixture(scope="session")
+def micro_run(corpus, tmp_path_factory) -> str:
+    """The workdir of one trained micro run (corpus config: 6 steps, checkpoints at 3 and 6,
+    evals at 3 and 6, a sample at the end), trained once per session. Read-only: a test that
+    resumes, damages or finetunes from it works on a copy (shutil.copytree)."""
+    from metalm_jax.loop import train_and_evaluate
+
+    cfg, _ = corpus
+    workdir = str(tmp_path_factory.mktemp("micro_run") / "run")
+    train_and_evaluate(cfg.copy_and_resolve_references(), workdir)
+    return workdir
+
+
 def pytest_configure(config):
     """One persistent compilation cache for the tests run in this process (CI time: many tests
     compile the same micro-model programs; a cold cache still saves ~13% on the in-process
@@ -27,7 +94,6 @@ def pytest_configure(config):
     Gloo test missed its coordinator deadline with a shared cache), and tests that want a cache
     for their subprocesses pass their own."""
     import atexit
-    import shutil
     import tempfile
 
     import jax
