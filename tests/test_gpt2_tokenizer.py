@@ -16,15 +16,13 @@ from metalm_jax.data.rows import RowBuilder, Target, Text
 from metalm_jax.data.spans import SpanConfig, build_example
 from metalm_jax.data.tokenizer import SENTENCEPIECE_IDS, JsonTokenizer
 from metalm_jax.types import ConfigError
+from tests import _needs
 
-NEED_TORCH = "needs the convert extra: pip install -e '.[convert]'"
 VOCAB = 320  # 256 bytes + 63 merges + <|endoftext|>
 EOT = VOCAB - 1  # <|endoftext|>, GPT-2's last id
 
 
-def _hf():
-    torch = pytest.importorskip("torch", reason=NEED_TORCH)
-    return torch, pytest.importorskip("transformers", reason=NEED_TORCH)
+_hf = _needs.torch_and_transformers  # (torch, transformers), or skip naming the package
 
 
 @pytest.fixture(scope="module")

