@@ -1,4 +1,8 @@
-"""Pure train and eval steps. The loop jits them once with shardings and donation.
+"""Pure train and eval steps, jitted in train/trainer.py, not here nor in the loop (which only
+calls the results): build_trainer jits train_step once per mesh with the state's and the batch's
+shardings and the state donated, build_inference jits eval_step with the parameters' and the
+batch's shardings. Kept pure (model, optimizer and options as arguments) so that one definition
+serves every mesh, and tests can jit them bare on one device.
 
 The loss travels as (sum of weighted token NLL, sum of weights) and is divided once, so packing,
 padding rows, gradient accumulation and multi-host reductions stay exact.
