@@ -13,14 +13,9 @@ from metalm_jax.train.finetune import PRESETS, check_frozen_loaded, prepare_conf
 
 
 @pytest.fixture(scope="module")
-def pretrained(corpus, tmp_path_factory):
-    """A 6-step micro pretraining run (its workdir)."""
-    from metalm_jax.train.loop import train_and_evaluate
-
-    cfg, _ = corpus
-    work = str(tmp_path_factory.mktemp("pre") / "run")
-    train_and_evaluate(cfg, work)
-    return work
+def pretrained(micro_run):
+    """A 6-step micro pretraining run (its workdir: the session's shared run, read-only)."""
+    return micro_run
 
 
 def _params(workdir):
@@ -32,7 +27,7 @@ def _params(workdir):
 
 @pytest.mark.slow
 def test_decoder_frozen_finetune_leaves_decoder_bitwise_and_evaluates(pretrained, corpus, tmp_path):
-    from metalm_jax.train.loop import train_and_evaluate
+    from metalm_jax.loop import train_and_evaluate
 
     cfg = testing.micro_finetune_config(pretrained)
     cfg.evals = {"books": task_eval(examples=8, max_tokens=3, batch_size=8)}
@@ -152,7 +147,7 @@ def test_frozen_random_encoder_is_an_error():
 def test_emoji_vqa_finetune_from_a_vl_run(corpus, tmp_path):
     """Image tasks end to end: a micro VL run, finetuned on emoji VQA (images + questions in
     the VL encoder's prefix), evaluated by VQA accuracy."""
-    from metalm_jax.train.loop import train_and_evaluate
+    from metalm_jax.loop import train_and_evaluate
 
     base, _ = corpus
     pre = testing.micro_vl_config(list(base.data.files), base.data.tfds_data_dir)
@@ -240,7 +235,7 @@ def test_mixture_entries_caps_and_sampling(corpus):
 @pytest.mark.slow
 def test_multitask_finetune_and_cluster_table(pretrained, tmp_path):
     from metalm_jax.config import multitask_eval
-    from metalm_jax.train.loop import train_and_evaluate
+    from metalm_jax.loop import train_and_evaluate
 
     cfg = testing.micro_finetune_config(pretrained)
     cfg.task.name = "mixture"

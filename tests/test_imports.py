@@ -70,7 +70,7 @@ FLOORS = {
     # loading a run, decoding, scoring, evaluators: they use the trainer's compiled steps
     "metalm_jax.eval": "eval",
     # the training run itself runs the evaluators and the end-of-run sample, so it sits above eval
-    "metalm_jax.train.loop": "loop",
+    "metalm_jax.loop": "loop",
     # command-line modules and the tests' helpers: nothing in the package imports them
     "metalm_jax.train.__main__": "top",
     "metalm_jax.aot": "top",
@@ -307,8 +307,8 @@ def test_the_check_names_what_runs_up():
             'if __name__ == "__main__":\n    from metalm_jax import export\n    export.run()\n'
         ),
         "metalm_jax.export": "import importlib\nimportlib.import_module('metalm_jax.eval.load')\n",
-        "metalm_jax.eval.load": "from metalm_jax.train.loop import evaluate\n",
-        "metalm_jax.train.loop": "",
+        "metalm_jax.eval.load": "from metalm_jax.loop import evaluate\n",
+        "metalm_jax.loop": "",
     }
     bad = upward_imports(fake)
     assert len(bad) == 3, bad
@@ -317,7 +317,7 @@ def test_the_check_names_what_runs_up():
         "metalm_jax.convert.__init__ (convert): a higher floor"
     )
     assert "metalm_jax.eval.evaluators (eval) imports metalm_jax.generate (top)" in bad[1]
-    assert "metalm_jax.eval.load (eval) imports metalm_jax.train.loop (loop)" in bad[2]
+    assert "metalm_jax.eval.load (eval) imports metalm_jax.loop (loop)" in bad[2]
 
 
 def test_the_check_finds_a_cycle_between_floors_of_one_rank():
