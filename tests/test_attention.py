@@ -182,12 +182,9 @@ def _loss_and_grads(model, params, batch):
     return jax.jit(jax.value_and_grad(loss))(params)
 
 
+@pytest.mark.slow  # over 10 s (default tier: tests/conftest.py)
 @pytest.mark.parametrize(
-    "backend,decoder",
-    [
-        ("blockwise", {}),
-        pytest.param("blockwise", {"scan": True, "remat": "full"}, marks=pytest.mark.slow),
-    ],
+    "backend,decoder", [("blockwise", {}), ("blockwise", {"scan": True, "remat": "full"})]
 )
 def test_model_with_blockwise_matches_dense(backend, decoder, monkeypatch):
     monkeypatch.setattr(attention, "BLOCK", 16)  # several blocks in the 64-token decoder rows
@@ -220,7 +217,8 @@ def test_model_with_splash_matches_dense_in_interpret_mode():
     np.testing.assert_allclose(got[real], ref[real], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("backend", ["blockwise", pytest.param("splash", marks=pytest.mark.slow)])
+@pytest.mark.slow  # over 10 s (default tier: tests/conftest.py)
+@pytest.mark.parametrize("backend", ["blockwise", "splash"])
 def test_kv_cache_decoding_reproduces_each_backends_full_forward(backend, monkeypatch):
     """Decoding is always the dense KV-cache path; prefill + extension must give the logits of
     the full forward pass run with the backend."""

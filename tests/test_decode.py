@@ -76,6 +76,7 @@ def _prompts(cfg, lengths, seed=0):
     return dummy_batch(B, P, 8).replace(**grid), ids
 
 
+@pytest.mark.slow  # over 10 s (default tier: tests/conftest.py)
 def test_batched_prompts_of_different_lengths_match_one_by_one(micro):
     cfg, model, params, _ = micro
     batch, ids = _prompts(cfg, [5, 9, 3])
@@ -125,6 +126,7 @@ def test_greedy_equals_beam_of_one_and_stop_tokens_pad(micro):
     assert np.all(stopped[0, first + 1 :] == 0)
 
 
+@pytest.mark.slow  # over 10 s (default tier: tests/conftest.py)
 def test_beam_search_scores_at_least_greedy(micro):
     cfg, model, params, _ = micro
     batch, _ = _prompts(cfg, [6])

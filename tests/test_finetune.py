@@ -76,6 +76,7 @@ def test_decoder_frozen_finetune_leaves_decoder_bitwise_and_evaluates(pretrained
     assert np.isfinite(res["ppl"]["eval/loss"])
 
 
+@pytest.mark.slow  # over 10 s (default tier: tests/conftest.py)
 def test_prepare_config_takes_model_tokenizer_and_restores(pretrained, tmp_path):
     cfg = testing.micro_finetune_config(pretrained)
     with cfg.unlocked():

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from metalm_jax import testing
 from metalm_jax.data.spans import SpanConfig
@@ -30,6 +31,7 @@ def test_fused_nll_sum_matches_log_softmax_value_and_gradients():
     assert float(jnp.abs(got[0][weights == 0]).max()) == 0.0  # padding gets no gradient
 
 
+@pytest.mark.slow  # over 10 s (default tier: tests/conftest.py)
 def test_model_loss_fused_matches_unfused():
     """The whole MetaLM (text encoder, spans, padding) with the tied head: loss_sums with and
     without `fused` agree in the loss sum, the weight sum and every parameter gradient."""

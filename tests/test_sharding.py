@@ -68,6 +68,7 @@ def _one_step(cfg, batch, accum):
     return new.params, m
 
 
+@pytest.mark.slow  # over 10 s (default tier: tests/conftest.py)
 def test_gradient_accumulation_matches_one_big_batch():
     cfg = testing.micro_config()
     batch = Batch.from_dict(testing.random_batch(8, 64, cfg.data.vocab_size, SPANS, seed=4))

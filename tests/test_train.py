@@ -105,6 +105,7 @@ def test_checkpoint_restores_identical_state_and_next_batch(corpus, tmp_path):
     ckpt.close()
 
 
+@pytest.mark.slow  # over 10 s (default tier: tests/conftest.py)
 def test_stop_gradient_on_frozen_parameters_changes_no_update():
     """The trainer's `frozen` mask (no backward work below frozen layers) gives exactly the
     update of the plain step, where set_to_zero alone drops the frozen gradients."""

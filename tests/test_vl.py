@@ -140,6 +140,7 @@ def test_bank_layout_and_image_prefix_mask(micro_vl):
     np.testing.assert_allclose(out[row, base + S :], bank[row, base + S :], atol=1e-5)
 
 
+@pytest.mark.slow  # over 10 s (default tier: tests/conftest.py)
 def test_mixed_text_and_image_batch_trains(micro_vl):
     cfg, _, batch = micro_vl
     cfg.train.steps = 100
@@ -195,6 +196,7 @@ def test_vision_encoder_runs_at_a_new_resolution():
     assert np.all(np.isfinite(np.asarray(out)))
 
 
+@pytest.mark.slow  # over 10 s (default tier: tests/conftest.py)
 def test_vqa_evaluator_on_a_tiny_jsonl(corpus, tmp_path):
     import json
 
