@@ -93,6 +93,7 @@ def test_params_only_restores_without_optimizer_state_and_under_another_optimize
     shutil.rmtree(state_dir)
     with ocp.StandardCheckpointer() as writer:  # leaving waits for the async save to finish
         writer.save(state_dir, {"params": params[2], "step": np.int32(2)})
+    _rewrite_manifest(os.path.dirname(state_dir))  # as if it had been saved that way
     ckpt = Checkpointer(work, 0, 1)
     with pytest.raises(CheckpointError):
         ckpt.restore(2, trainer.abstract_state, None, cfg.to_dict())
@@ -108,25 +109,46 @@ def test_params_only_restores_without_optimizer_state_and_under_another_optimize
     _assert_same(got, params[2])
 
 
-def test_params_only_verifies_digests_and_falls_back(saved, tmp_path):
+def _rewrite_manifest(step_dir):
+    from metalm_jax.train import manifest
+
+    os.remove(os.path.join(step_dir, manifest.part_name(0, 1)))
+    manifest.write(step_dir)
+
+
+def test_params_only_compares_digests_after_the_read_and_skips_damaged_steps(saved, tmp_path):
+    """A digest that disagrees with intact files (a save or restore bug) stops the read, naming
+    the array, with no fallback; the same edit without a matching manifest is damage: the newest
+    intact step (1) is read instead, after one line."""
     cfg, work, trainer, params = saved
     work = _copy(work, tmp_path)
-    digest = os.path.join(work, "checkpoints", "2", "digest", "metadata")
+    step_dir = os.path.join(work, "checkpoints", "2")
+    digest = os.path.join(step_dir, "digest", "metadata")
     d = json.load(open(digest))
     key = next(k for k in d["arrays"] if k.startswith(".params"))
     d["arrays"][key][0] += 1
     json.dump(d, open(digest, "w"))
     abstract = build_inference(cfg, trainer.mesh).abstract_params
     ckpt = Checkpointer(work, 0, 1)
-    with pytest.raises(CheckpointError, match=r"checkpoint step 2: .*digest mismatch in 1 array"):
-        ckpt.restore_params(abstract, 2)
     lines = []
     got, step = ckpt.restore_params(abstract, None, lines.append)
-    assert step == 1 and "step 2" in lines[0] and "trying the previous step" in lines[0]
+    assert step == 1 and lines == [
+        f"== checkpoint step 2: {digest}: checksum differs from manifest; trying the previous step"
+    ]
     _assert_same(got, params[1])
+    with pytest.raises(CheckpointError, match=r"^checkpoint step 2: .*checksum differs"):
+        ckpt.restore_params(abstract, 2)
     with pytest.raises(FileNotFoundError, match="no checkpoint for step 7"):
         ckpt.restore_params(abstract, 7)
     ckpt.close()
+
+    _rewrite_manifest(step_dir)  # the files are as saved: the digest itself is wrong
+    for step in (2, None):
+        ckpt = Checkpointer(work, 0, 1)
+        want = r"^checkpoint step 2 \(.*\): the arrays read do not match the digests saved with "
+        with pytest.raises(CheckpointError, match=want + r"them \(digest mismatch in 1 array"):
+            ckpt.restore_params(abstract, step)
+        ckpt.close()
 
 
 def test_params_only_names_arrays_that_do_not_fit(saved):
