@@ -10,14 +10,20 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cpu_env(devices: int) -> dict:
-    """The environment of a child process with `devices` simulated CPU devices."""
-    return {
+def cpu_env(devices: int, cache: bool = True) -> dict:
+    """The environment of a child process with `devices` simulated CPU devices; `cache=False`
+    drops the session's persistent compilation cache (tests/conftest.py) for the processes of a
+    multi-process job (a two-process Gloo run missed its coordinator deadline with a shared
+    cache)."""
+    env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
         "PYTHONPATH": ROOT,
     }
+    if not cache:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    return env
 
 
 def free_port() -> int:
@@ -42,7 +48,7 @@ def run_processes(argv: list[str], n: int, devices: int, timeout: float = 600) -
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=cpu_env(devices),
+            env=cpu_env(devices, cache=False),
             cwd=ROOT,
         )
         for i in range(n)

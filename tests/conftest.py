@@ -94,11 +94,12 @@ def micro_run(corpus, tmp_path_factory) -> str:
 
 
 def pytest_configure(config):
-    """One persistent compilation cache for the tests run in this process (CI time: many tests
-    compile the same micro-model programs; a cold cache still saves ~13% on the in-process
-    files). Only this process: subprocesses get no JAX_COMPILATION_CACHE_DIR (the two-process
-    Gloo test missed its coordinator deadline with a shared cache), and tests that want a cache
-    for their subprocesses pass their own."""
+    """One persistent compilation cache for the session: this process's in-process tests (many
+    compile the same micro-model programs) and, through JAX_COMPILATION_CACHE_DIR in the
+    environment they inherit, the single-process commands the tests start (a train or finetune
+    command line compiles the same micro step again). The processes of a multi-process job
+    drop it (tests/_procs.cpu_env(cache=False): a two-process Gloo run missed its coordinator
+    deadline with a shared cache), and tests that want a cache of their own pass it."""
     import atexit
     import tempfile
 
@@ -108,3 +109,5 @@ def pytest_configure(config):
     atexit.register(shutil.rmtree, cache, ignore_errors=True)
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -9,19 +10,18 @@ from metalm_jax.loop import train_and_evaluate
 
 
 @pytest.mark.slow
-def test_train_then_resume(corpus, tmp_path):
+def test_train_then_resume(corpus, micro_run, tmp_path):
+    """The session's 6-step run (its files), copied and resumed for 3 more steps."""
     cfg, _ = corpus
     cfg = cfg.copy_and_resolve_references()
-    workdir = str(tmp_path / "run")
-    first = train_and_evaluate(cfg, workdir)
-    assert first["step"] == 6
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
-    assert os.path.exists(os.path.join(workdir, "tokenizer.model"))
-    assert "eval/loss" in first and isinstance(first["sample"], str)
+    assert sorted(os.listdir(os.path.join(micro_run, "checkpoints"))) == ["3", "6", "manifests.json"]
+    assert os.path.exists(os.path.join(micro_run, "tokenizer.model"))
+    workdir = shutil.copytree(micro_run, tmp_path / "run")
 
     cfg.train.steps = 9
-    second = train_and_evaluate(cfg, workdir)  # resumes at 6, trains 3 more
+    second = train_and_evaluate(cfg, str(workdir))  # resumes at 6, trains 3 more
     assert second["step"] == 9
+    assert "eval/loss" in second and isinstance(second["sample"], str)
     records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     train_steps = [r["step"] for r in records if "train/loss" in r]
     assert train_steps == [2, 4, 6, 8, 9]
@@ -36,7 +36,7 @@ def test_train_then_resume(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_and_generate_on_a_trained_run(corpus, tmp_path):
+def test_evaluate_and_generate_on_a_trained_run(corpus, micro_run, tmp_path):
     from metalm_jax.config import completion_eval, kjv_testament_eval, perplexity_eval
     from metalm_jax.eval.evaluators import run_evals
     from metalm_jax.eval.generation import generate_text
@@ -44,9 +44,7 @@ def test_evaluate_and_generate_on_a_trained_run(corpus, tmp_path):
 
     cfg, _ = corpus
     cfg = cfg.copy_and_resolve_references()
-    cfg.train.steps, cfg.train.sample_tokens = 2, 0
-    workdir = str(tmp_path / "run")
-    train_and_evaluate(cfg, workdir)
+    workdir = micro_run  # read only: the evals write under tmp_path
 
     cfg.evals.perplexity = perplexity_eval(batch_size=4)
     cfg.evals.icl = kjv_testament_eval(
@@ -54,7 +52,7 @@ def test_evaluate_and_generate_on_a_trained_run(corpus, tmp_path):
     )
     cfg.evals.completion = completion_eval(examples=4, max_tokens=3, batch_size=4)
     _, tok, trainer, params = load_run(workdir, None, cfg)
-    results = run_evals(cfg, workdir, trainer, params, tok)
+    results = run_evals(cfg, str(tmp_path), trainer, params, tok)
     assert 0.0 <= results["completion"]["token_f1"] <= 1.0
     assert results["completion"]["examples"] == 4
     assert 0 < results["perplexity"]["eval/loss"] < 20
@@ -62,7 +60,7 @@ def test_evaluate_and_generate_on_a_trained_run(corpus, tmp_path):
     assert 0.0 <= results["icl"]["1shot/accuracy_mean"] <= 1.0
     assert 0.0 <= results["icl"]["1shot/generation_exact_match"] <= 1.0
     preds = [
-        json.loads(x) for x in open(os.path.join(workdir, "evals", "icl", "predictions.jsonl"))
+        json.loads(x) for x in open(os.path.join(tmp_path, "evals", "icl", "predictions.jsonl"))
     ]
     assert len(preds) == 8 and {p["gold"] for p in preds} == {"Old", "New"}
     assert all(isinstance(p["generated"], str) for p in preds)

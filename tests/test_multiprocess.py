@@ -108,7 +108,7 @@ def test_sigterm_on_one_process_stops_both_at_the_same_step(corpus, tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=cpu_env(4),
+            env=cpu_env(4, cache=False),
             cwd=ROOT,
         )
         got: queue.Queue = queue.Queue()

@@ -192,9 +192,11 @@ class _Run:
         argv += [f"--workdir={workdir}", f"--config.train.steps={steps}"]
         argv += [f"--config.train.{k}" for k in ("log_every=1", "eval_every=0", "sample_tokens=0")]
         self.stderr_path = f"{workdir}.{time.monotonic_ns()}.stderr"
-        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # the session's compilation cache
         if jax_cache:  # a persistent compilation cache shared by the runs of one test
             env["JAX_COMPILATION_CACHE_DIR"] = str(jax_cache)
+        elif jax_cache is False:  # none: this start compiles
+            env.pop("JAX_COMPILATION_CACHE_DIR", None)
         with open(self.stderr_path, "w") as err:
             self.proc = subprocess.Popen(
                 [*argv, *flags], stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT
@@ -431,7 +433,7 @@ def test_kill_9_at_random_moments_resumes_bitwise_equal(corpus, tmp_path):
             # the cache only where the kill waits for a step line or there is none: a start
             # to kill while compiling compiles
             warm = kills == KILLS or mode == "training"
-            run = _Run(corpus, workdir, *flags, steps=steps, jax_cache=cache if warm else None)
+            run = _Run(corpus, workdir, *flags, steps=steps, jax_cache=cache if warm else False)
             procs.append(run.proc)
             if kills == KILLS:  # the last start runs to the end
                 out, err = run.finish(timeout=900)
@@ -517,14 +519,11 @@ def _resume_cfg(corpus, steps):
 
 
 @pytest.fixture(scope="module")
-def two_checkpoints(corpus, tmp_path_factory):
-    """A micro run's workdir with checkpoints at steps 3 and 6."""
-    from metalm_jax.loop import train_and_evaluate
-
-    workdir = str(tmp_path_factory.mktemp("two_checkpoints") / "run")
-    train_and_evaluate(_resume_cfg(corpus, 6), workdir)
-    assert _checkpoint_steps(workdir) == [3, 6]
-    return workdir
+def two_checkpoints(micro_run):
+    """A micro run's workdir with checkpoints at steps 3 and 6 (the session's shared run:
+    read-only, tests copy it)."""
+    assert _checkpoint_steps(micro_run) == [3, 6]
+    return micro_run
 
 
 @pytest.mark.slow
