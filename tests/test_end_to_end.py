@@ -14,7 +14,8 @@ def test_train_then_resume(corpus, micro_run, tmp_path):
     """The session's 6-step run (its files), copied and resumed for 3 more steps."""
     cfg, _ = corpus
     cfg = cfg.copy_and_resolve_references()
-    assert sorted(os.listdir(os.path.join(micro_run, "checkpoints"))) == ["3", "6", "manifests.json"]
+    ckpts = sorted(os.listdir(os.path.join(micro_run, "checkpoints")))
+    assert ckpts == ["3", "6", "manifests.json"]
     assert os.path.exists(os.path.join(micro_run, "tokenizer.model"))
     workdir = shutil.copytree(micro_run, tmp_path / "run")
 
