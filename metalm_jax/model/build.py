@@ -2,7 +2,7 @@
 
 The model package reads the experiment config only here: the modules (layers, metalm, vision,
 connector) get the small frozen ModelConfig / TransformerConfig / VisionConfig built from it.
-`derive` is what a run derives once at its top (train/loop.py, eval/load.py) and passes down:
+`derive` is what a run derives once at its top (loop.py, eval/load.py) and passes down:
 the ModelConfig, and the RowFormat the data code builds rows in (span config, span encoding,
 image layout), so the data code need not read the model section.
 """
