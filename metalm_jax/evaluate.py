@@ -16,17 +16,17 @@ import json
 def main(argv):
     from absl import flags
 
-    from metalm_jax.eval.evaluators import run_evals
+    from metalm_jax.eval.evaluators import build_evals
     from metalm_jax.eval.load import load_run
 
     del argv
     f = flags.FLAGS
     cfg = f.config
     _, tok, trainer, params = load_run(f.workdir, f.step, cfg)
-    results = run_evals(cfg, f.workdir, trainer, params, tok, f.only)
-    if not results:
-        raise SystemExit(f"config {cfg.name} has no evals (or none named {f.only})")
-    print(json.dumps(results, indent=2))
+    evals = build_evals(cfg, f.workdir, trainer, tok, f.only)  # unknown --only names: an error
+    if not evals.names:
+        raise SystemExit(f"config {cfg.name} has no evals")
+    print(json.dumps(evals.run(params), indent=2))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import jax
 
 from metalm_jax import paths
 from metalm_jax.data import pipeline, vl_pipeline
-from metalm_jax.eval.evaluators import run_evals
+from metalm_jax.eval.evaluators import build_evals
 from metalm_jax.eval.generation import generate_with
 from metalm_jax.eval.scoring import heldout_loss
 from metalm_jax.model.build import count_params, derive, step_flops
@@ -105,6 +105,7 @@ def _train(cfg, workdir: str, t_start: float) -> dict:
         + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
         + f"; optimizer groups (leaves) {trainer.groups}"
     )
+    evals = build_evals(cfg, workdir, trainer, tok, cfg.train.run_evals)  # built once, run per eval
     ckpt = Checkpointer(workdir, cfg.train.checkpoint_every, cfg.train.keep_checkpoints)
     with jax.set_mesh(mesh):
         try:
@@ -113,11 +114,11 @@ def _train(cfg, workdir: str, t_start: float) -> dict:
             ckpt.close()
             raise
         return _loop(
-            cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ckpt, t_start
+            cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ckpt, t_start, evals
         )
 
 
-def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ckpt, t_start):
+def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ckpt, t_start, evals):
     writer = mlib.MetricWriter(workdir, enabled=jax.process_index() == 0)
     flops = step_flops(cfg, trainer.model.cfg)
     peak = mlib.peak_flops(cfg.train.peak_flops)
@@ -169,7 +170,7 @@ def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ck
         final["eval_step"] = s
         m = heldout_loss(trainer, state.params, eval_data)
         if cfg.train.run_evals:  # e.g. task accuracy by generation while finetuning
-            res = run_evals(cfg, workdir, trainer, state.params, tok, list(cfg.train.run_evals))
+            res = evals.run(state.params)
             for name, r in res.items():
                 nums = {f"evals/{name}/{k}": v for k, v in r.items() if _is_number(v)}
                 writer.write(s, nums)

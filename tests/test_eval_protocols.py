@@ -65,7 +65,7 @@ class _Trainer:
 
 
 def _run_captioning(monkeypatch, ev, cfg=None):
-    """captioning() on 3 fake records with decode.generate and the metrics faked; returns the
+    """captioning(...)({}) on 3 fake records with decode.generate and the metrics faked; returns the
     prompt batches and sampling configs generate got."""
     from metalm_jax.data import vl_pipeline
     from metalm_jax.eval import decode, metrics
@@ -85,7 +85,7 @@ def _run_captioning(monkeypatch, ev, cfg=None):
     monkeypatch.setattr(decode, "generate", generate)
     monkeypatch.setattr(metrics, "caption_metrics", lambda h, r, meteor: {"CIDEr": 0.0})
     tok, cfg = WordTok(), cfg or testing.micro_vl_config()
-    m, preds = evaluators.captioning(ev, _Trainer(), {}, tok, cfg, derive(cfg, tok))
+    m, preds = evaluators.captioning(ev, _Trainer(), tok, cfg, derive(cfg, tok))({})
     assert m["examples"] == 3 and len(preds) == 3
     return calls, tok
 
@@ -145,7 +145,7 @@ def _vqa_files(tmp_path):
 
 
 def _run_vqa(monkeypatch, ev, tok=None):
-    """vqa() with generation faked ("red" for every row); returns (metrics, predictions, rows)."""
+    """vqa(...)({}) with generation faked ("red" for every row): (metrics, predictions, rows)."""
     seen = []
 
     def generate_labels(trainer, params, tok, rows, ev, max_new=3):
@@ -154,7 +154,7 @@ def _run_vqa(monkeypatch, ev, tok=None):
 
     monkeypatch.setattr(evaluators, "generate_labels", generate_labels)
     tok, cfg = tok or WordTok(), testing.micro_vl_config()
-    m, preds = evaluators.vqa(ev, _Trainer(), {}, tok, cfg, derive(cfg, tok))
+    m, preds = evaluators.vqa(ev, _Trainer(), tok, cfg, derive(cfg, tok))({})
     return m, preds, seen
 
 
@@ -269,7 +269,7 @@ def test_captioning_prompt_rows_run_through_the_micro_model(monkeypatch):
     with jax.set_mesh(mesh):
         params = trainer.init(jax.random.key(0)).params
     ev = captioning_eval(examples=3, batch_size=2, max_tokens=3, answer_prefix="a")
-    m, preds = evaluators.captioning(ev, trainer, params, WordTok(), cfg, derive(cfg, WordTok()))
+    m, preds = evaluators.captioning(ev, trainer, WordTok(), cfg, derive(cfg, WordTok()))(params)
     assert m["examples"] == 3 and m["prompt"] == "Summarize this image:" and m["beam"] == 1
     assert [p["id"] for p in preds] == ["e0", "e1", "e2"]
     assert all(isinstance(p["caption"], str) for p in preds)

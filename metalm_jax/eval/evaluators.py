@@ -1,6 +1,17 @@
 """Evaluators chosen by name in the config's `evals` section (`evals.<name>.type`), each writing
 `<workdir>/evals/<name>/metrics.json` and per-example `predictions.jsonl`.
 
+An evaluator is built once per run and then run on parameters: each type below is a builder
+`(ev, trainer, tok, cfg, derived) -> evaluate`, and `evaluate(params) -> (metrics, predictions)`.
+The builder does all that does not depend on the parameters (checks the evaluator's keys, opens
+its data, picks the examples, draws the demonstrations, tokenizes and lays out the prompt rows);
+`evaluate` only runs the model and scores. The loop evaluates every `train.eval_every` steps, so
+the setup is paid once per run, not once per eval; and every draw is made at build time with the
+seeds the evaluator always used, so each eval of a run sees the same prompts and the figures
+compare. The price: the prompt rows stay in host memory between evals (icl_classification:
+examples x options x trials rows; multitask: tasks x templates x examples rows).
+`build_evals` builds the configured evaluators (`Evals`); `run_evals` builds and runs them once.
+
   perplexity          held-out loss / perplexity on the fixed validation batches
   icl_classification  in-context classification by option scoring and by generation (exact
                       match of a greedy continuation), k-shot prompts with every demonstration
@@ -60,7 +71,9 @@ def kjv_testament_task(n_items: int, seed: int):
     return pool, items, ["Old", "New"]
 
 
-def icl_classification(ev, trainer, params, tok, cfg, derived):
+def icl_classification(ev, trainer, tok, cfg, derived):
+    """Builds the k-shot classification rows once: every trial's demonstrations (seeded by
+    `ev.seed` and the trial) with one row per option, and trial 0's rows for generation."""
     from metalm_jax.eval.prompts import build_icl_row
     from metalm_jax.eval.scoring import row_logliks
 
@@ -70,28 +83,34 @@ def icl_classification(ev, trainer, params, tok, cfg, derived):
     opt_ids = [tok.encode(o) for o in options]
     cut = lambda text: tok.encode(text)[: ev.max_input_tokens]
     encoding = derived.rows.encoding  # inputs are encoded as spans are in training
-    metrics, preds = {}, []
+    row = lambda d, q, o: build_icl_row(d, q, o, ev.seq_len, ev.enc_len, encoding, tok.ids)
+    golds = np.asarray([label for _, _, label in items])
+    shots = []  # (k, [(option rows, generation rows: trial 0 only) per trial])
     for k in ev.shots:
-        accs = []
+        trials = []
         for trial in range(ev.trials if k else 1):
             rng = np.random.default_rng(ev.seed * 1000 + trial)
-            rows, golds, gen_rows = [], [], []
-            for _rid, text, label in items:
+            rows, gen_rows = [], []
+            for _rid, text, _label in items:
                 demos = [pool[j] for j in rng.choice(len(pool), k, replace=False)] if k else []
                 d = [(cut(t), opt_ids[lab]) for _, t, lab in demos]
-                for o in opt_ids:
-                    rows.append(
-                        build_icl_row(d, cut(text), o, ev.seq_len, ev.enc_len, encoding, tok.ids)
-                    )
+                rows += [row(d, cut(text), o) for o in opt_ids]
                 if trial == 0:
-                    gen_rows.append(
-                        build_icl_row(d, cut(text), [], ev.seq_len, ev.enc_len, encoding, tok.ids)
-                    )
-                golds.append(label)
-            scores = row_logliks(trainer.model, params, rows, ev.batch_size)
-            pred = np.argmax(scores.reshape(len(items), len(options)), axis=-1)
-            accs.append(float(np.mean(pred == np.asarray(golds))))
-            if trial == 0:
+                    gen_rows.append(row(d, cut(text), []))
+            trials.append((rows, gen_rows))
+        shots.append((k, trials))
+
+    def evaluate(params):
+        metrics, preds = {}, []
+        for k, trials in shots:
+            accs = []
+            for trial, (rows, gen_rows) in enumerate(trials):
+                scores = row_logliks(trainer.model, params, rows, ev.batch_size)
+                scores = scores.reshape(len(items), len(options))
+                pred = np.argmax(scores, axis=-1)
+                accs.append(float(np.mean(pred == golds)))
+                if trial:
+                    continue
                 gen = generate_labels(trainer, params, tok, gen_rows, ev)
                 metrics[f"{k}shot/generation_exact_match"] = float(
                     np.mean([exact_match(g, [options[y]]) for g, y in zip(gen, golds, strict=True)])
@@ -105,14 +124,14 @@ def icl_classification(ev, trainer, params, tok, cfg, derived):
                         "scores": s.tolist(),
                         "generated": t,
                     }
-                    for it, g, p, s, t in zip(
-                        items, golds, pred, scores.reshape(len(items), -1), gen, strict=True
-                    )
+                    for it, g, p, s, t in zip(items, golds, pred, scores, gen, strict=True)
                 ]
-        metrics[f"{k}shot/accuracy_mean"] = float(np.mean(accs))
-        metrics[f"{k}shot/accuracy_std"] = float(np.std(accs))
-        metrics[f"{k}shot/trials"] = len(accs)
-    return metrics, preds
+            metrics[f"{k}shot/accuracy_mean"] = float(np.mean(accs))
+            metrics[f"{k}shot/accuracy_std"] = float(np.std(accs))
+            metrics[f"{k}shot/trials"] = len(accs)
+        return metrics, preds
+
+    return evaluate
 
 
 def _image_prompt_ids(tok, text: str, layout, what: str) -> list[int]:
@@ -142,14 +161,15 @@ def _caption_prompt_row(pixels, prompt, priming, layout, ids) -> dict:
     return build_row([pieces], layout.seq_len, layout.enc_length, layout=layout, ids=ids)
 
 
-def captioning(ev, trainer, params, tok, cfg, derived):
+def captioning(ev, trainer, tok, cfg, derived):
     """Captions for the configured image set's validation split, COCO caption metrics.
 
     The encoder reads each image with `ev.prompt` as its text prefix; `ev.answer_prefix` (zero-shot
     priming) follows as decoder tokens; the caption is what the decoder generates after it (beam
     `ev.beam`, 1 = greedy). The paper's zero-shot protocol (PAPER.md §4.3): prompt "Summarize
     this image:", greedy; a run finetuned in the paper's captioning format: prompt "caption:";
-    the old default: prompt "", beam 4, length_penalty 0.6."""
+    the old default: prompt "", beam 4, length_penalty 0.6. Built once: the images read and
+    preprocessed, the prompt batches laid out (left-padded, as decode.generate takes them)."""
     import dataclasses
 
     from metalm_jax.data import vl_pipeline
@@ -168,7 +188,7 @@ def captioning(ev, trainer, params, tok, cfg, derived):
     src = vl_pipeline.image_split(cfg, "validation")
     n = min(ev.examples, len(src))
     sc = decode.SamplingConfig(beam=ev.beam, length_penalty=ev.length_penalty)
-    refs, hyps, preds = {}, {}, []
+    batches = []  # ([(id, reference)], the left-padded prompt batch)
     for i in range(0, n, ev.batch_size):
         exs = [src[j] for j in range(i, min(n, i + ev.batch_size))]
         rows = []
@@ -181,27 +201,34 @@ def captioning(ev, trainer, params, tok, cfg, derived):
                 std=layout.std,
             )
             rows.append(_caption_prompt_row(pixels, prompt, priming, layout, tok.ids))
-        out = np.asarray(
-            decode.generate(
-                trainer.model,
-                params,
-                decode.left_pad_rows(rows, tok.pad),
-                _key(),
-                max_new=ev.max_tokens,
-                cfg=sc,
-                stop_ids=(tok.eos,),
-                pad_id=tok.pad,
+        refs = [(as_text(ex["id"]), as_text(ex["caption"])) for ex in exs]
+        batches.append((refs, decode.left_pad_rows(rows, tok.pad)))
+
+    def evaluate(params):
+        refs, hyps, preds = {}, {}, []
+        for batch_refs, batch in batches:
+            out = np.asarray(
+                decode.generate(
+                    trainer.model,
+                    params,
+                    batch,
+                    _key(),
+                    max_new=ev.max_tokens,
+                    cfg=sc,
+                    stop_ids=(tok.eos,),
+                    pad_id=tok.pad,
+                )
             )
-        )
-        for ex, o in zip(exs, out, strict=True):
-            rid = as_text(ex["id"])
-            text = tok.decode([t for t in o if t != tok.eos])
-            refs[rid] = [as_text(ex["caption"])]
-            hyps[rid] = text
-            preds.append({"id": rid, "caption": text, "reference": refs[rid][0]})
-    metrics = caption_metrics(hyps, refs, meteor=ev.meteor)
-    metrics.update(examples=n, prompt=ev.prompt, beam=int(ev.beam))
-    return metrics, preds
+            for (rid, ref), o in zip(batch_refs, out, strict=True):
+                text = tok.decode([t for t in o if t != tok.eos])
+                refs[rid] = [ref]
+                hyps[rid] = text
+                preds.append({"id": rid, "caption": text, "reference": ref})
+        metrics = caption_metrics(hyps, refs, meteor=ev.meteor)
+        metrics.update(examples=n, prompt=ev.prompt, beam=int(ev.beam))
+        return metrics, preds
+
+    return evaluate
 
 
 _VQA_TASKS = ("emoji_vqa",)
@@ -308,7 +335,7 @@ def _vqa_sets(ev, cfg, layout):
     return items, _vqa_file(ev.train_file, layout)
 
 
-def vqa(ev, trainer, params, tok, cfg, derived):
+def vqa(ev, trainer, tok, cfg, derived):
     """k-shot VQA by generation: each image encoded with its rendered question as the joint VL
     encoder's prefix, answers as decoder tokens (eval/prompts.build_vqa_row), then the query's
     image + question and `answer_prefix` (zero-shot priming, decoder tokens); VQA accuracy
@@ -319,7 +346,9 @@ def vqa(ev, trainer, params, tok, cfg, derived):
     The paper's protocol (PAPER.md §4.3-4.4): template "Question: {question} Answer:",
     demonstrations from a training split (demos="train": the task's train split, or
     `train_file`), greedy. The old behaviour: template "{question}", demos="eval" (other items of
-    the evaluated set). Predictions name the demonstrations each query got."""
+    the evaluated set). Predictions name the demonstrations each query got. Built once: the
+    images read, every query's demonstrations drawn (seeded by `ev.seed` per k), the rows laid
+    out."""
     import dataclasses
 
     from metalm_jax.data.tasks.examples import render
@@ -339,7 +368,7 @@ def vqa(ev, trainer, params, tok, cfg, derived):
         return cut_middle(encode_prompt(tok, text), base_layout.prefix_len)
 
     priming = encode_prompt(tok, ev.answer_prefix) if ev.answer_prefix else []
-    metrics, preds = {}, []
+    shots = []  # (k, rows, the demonstrations' ids per row)
     for k in ev.shots:
         layout = dataclasses.replace(base_layout, images_per_row=k + 1, seq_len=ev.seq_len)
         rng = np.random.default_rng(ev.seed)
@@ -360,20 +389,29 @@ def vqa(ev, trainer, params, tok, cfg, derived):
             d = [(dimg, question(dq), tok.encode(dans[0])) for _, dimg, dq, dans in demos]
             rows.append(build_vqa_row(d, (img, question(q)), priming, layout, tok.ids))
             demo_ids.append([x[0] for x in demos])
-        answers = generate_labels(trainer, params, tok, rows, ev, max_new=ev.max_tokens)
-        accs = [vqa_score(a, it[3]) for a, it in zip(answers, items, strict=True)]
-        metrics[f"{k}shot/vqa_accuracy"] = float(np.mean(accs))
-        preds += [
-            {"id": it[0], "k": k, "answer": a, "accuracy": acc, "demos": ids}
-            for it, a, acc, ids in zip(items, answers, accs, demo_ids, strict=True)
-        ]
-    metrics.update(examples=len(items), template=ev.template, demos=ev.demos)
-    return metrics, preds
+        shots.append((k, rows, demo_ids))
+    references = [it[3] for it in items]
+
+    def evaluate(params):
+        metrics, preds = {}, []
+        for k, rows, demo_ids in shots:
+            answers = generate_labels(trainer, params, tok, rows, ev, max_new=ev.max_tokens)
+            accs = [vqa_score(a, r) for a, r in zip(answers, references, strict=True)]
+            metrics[f"{k}shot/vqa_accuracy"] = float(np.mean(accs))
+            preds += [
+                {"id": it[0], "k": k, "answer": a, "accuracy": acc, "demos": ids}
+                for it, a, acc, ids in zip(items, answers, accs, demo_ids, strict=True)
+            ]
+        metrics.update(examples=len(items), template=ev.template, demos=ev.demos)
+        return metrics, preds
+
+    return evaluate
 
 
-def completion(ev, trainer, params, tok, cfg, derived):
+def completion(ev, trainer, tok, cfg, derived):
     """Verse completion on held-out KJV chapters: the first half of a verse as the prompt, the
-    greedy continuation scored by token F1 and exact match against the second half."""
+    greedy continuation scored by token F1 and exact match against the second half. Built once:
+    the verses drawn and cut in two."""
     from metalm_jax.eval.generation import generate_with
     from metalm_jax.eval.metrics import exact_match, token_f1
 
@@ -384,37 +422,47 @@ def completion(ev, trainer, params, tok, cfg, derived):
         half = max(1, len(words) // 2)
         prompts.append(" ".join(words[:half]))
         refs.append(" ".join(words[half:]))
-    outs = []
-    for i in range(0, len(prompts), ev.batch_size):
-        outs += generate_with(
-            cfg,
-            tok,
-            trainer.model,
-            params,
-            prompts[i : i + ev.batch_size],
-            layout=derived.layout,
-            max_tokens=ev.max_tokens,
-        )
-    f1 = [token_f1(o, [r]) for o, r in zip(outs, refs, strict=True)]
-    em = [exact_match(o, [r]) for o, r in zip(outs, refs, strict=True)]
-    preds = [
-        {"id": it[0], "prompt": p, "completion": o, "reference": r}
-        for it, p, o, r in zip(items, prompts, outs, refs, strict=True)
-    ]
-    return {
-        "token_f1": float(np.mean(f1)),
-        "exact_match": float(np.mean(em)),
-        "examples": len(items),
-    }, preds
+
+    def evaluate(params):
+        outs = []
+        for i in range(0, len(prompts), ev.batch_size):
+            outs += generate_with(
+                cfg,
+                tok,
+                trainer.model,
+                params,
+                prompts[i : i + ev.batch_size],
+                layout=derived.layout,
+                max_tokens=ev.max_tokens,
+            )
+        f1 = [token_f1(o, [r]) for o, r in zip(outs, refs, strict=True)]
+        em = [exact_match(o, [r]) for o, r in zip(outs, refs, strict=True)]
+        preds = [
+            {"id": it[0], "prompt": p, "completion": o, "reference": r}
+            for it, p, o, r in zip(items, prompts, outs, refs, strict=True)
+        ]
+        return {
+            "token_f1": float(np.mean(f1)),
+            "exact_match": float(np.mean(em)),
+            "examples": len(items),
+        }, preds
+
+    return evaluate
 
 
-def perplexity(ev, trainer, params, tok, cfg, derived):
+def perplexity(ev, trainer, tok, cfg, derived):
+    """Held-out loss and perplexity; built once: the fixed validation batches (of
+    `ev.batch_size` rows)."""
     from metalm_jax.data import pipeline
     from metalm_jax.eval.scoring import heldout_loss
 
     sets = pipeline.eval_sets(cfg, tok, ev.batch_size, derived.rows, (0, 1))
-    m = heldout_loss(trainer, params, sets)
-    return m, [{"set": k, "batches": len(v)} for k, v in sets.items()]
+    batches = [{"set": k, "batches": len(v)} for k, v in sets.items()]
+
+    def evaluate(params):
+        return heldout_loss(trainer, params, sets), batches
+
+    return evaluate
 
 
 def _key():
@@ -423,16 +471,16 @@ def _key():
     return jax.random.key(0)
 
 
-def task(ev, trainer, params, tok, cfg, derived):
-    from metalm_jax.eval.task_eval import evaluate_task
+def task(ev, trainer, tok, cfg, derived):
+    from metalm_jax.eval.task_eval import task_evaluator
 
-    return evaluate_task(ev, trainer, params, tok, cfg, derived)
+    return task_evaluator(ev, trainer, tok, cfg, derived)
 
 
-def multitask(ev, trainer, params, tok, cfg, derived):
-    from metalm_jax.eval.multitask_eval import evaluate_multitask
+def multitask(ev, trainer, tok, cfg, derived):
+    from metalm_jax.eval.multitask_eval import multitask_evaluator
 
-    return evaluate_multitask(ev, trainer, params, tok, cfg, derived)
+    return multitask_evaluator(ev, trainer, tok, cfg, derived)
 
 
 EVALUATORS = {
@@ -446,21 +494,55 @@ EVALUATORS = {
 }
 
 
-def run_evals(cfg, workdir: str, trainer, params, tok, names=None) -> dict:
-    """Runs the configured evaluators (all, or `names`); returns {name: metrics}. Each gets the
-    run's derived configs (model/build.derive): the trainer's, else derived here once."""
+class Evals:
+    """The run's evaluators, each built once; `run(params)` runs them all on the parameters and
+    writes <workdir>/evals/<name>/{metrics.json, predictions.jsonl} (the newest eval's)."""
+
+    def __init__(self, workdir: str, evaluators: dict):
+        self.workdir = workdir
+        self.evaluators = evaluators  # name -> evaluate(params) -> (metrics, predictions)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.evaluators)
+
+    def run(self, params) -> dict:
+        """{name: metrics} of every evaluator on `params`, each also written to the workdir."""
+        results = {}
+        for name, evaluate in self.evaluators.items():
+            metrics, preds = evaluate(params)
+            _write(self.workdir, name, metrics, preds)
+            results[name] = metrics
+        return results
+
+
+def build_evals(cfg, workdir: str, trainer, tok, names=None) -> Evals:
+    """Builds the configured evaluators (all, or those in `names`: an empty list builds none)
+    once, for `Evals.run` at every eval. Every name and type is checked before any evaluator
+    opens its data, so a typo fails at once, before a run trains. Each evaluator gets the run's
+    derived configs (model/build.derive): the trainer's, else derived here once."""
     from metalm_jax.model.build import derive
 
-    derived = trainer.derived or derive(cfg, tok)
-    results = {}
-    for name, ev in cfg.evals.items():
-        if names and name not in names:
-            continue
+    if names is not None:
+        unknown = [n for n in names if n not in cfg.evals]
+        if unknown:
+            raise ConfigError(
+                f"evals: {unknown} not in the config's `evals` section {sorted(cfg.evals)} "
+                "(check train.run_evals, or evaluate's --only)"
+            )
+    chosen = {n: ev for n, ev in cfg.evals.items() if names is None or n in names}
+    for name, ev in chosen.items():
         if ev.type not in EVALUATORS:
             raise ConfigError(
                 f"evals.{name}.type={ev.type!r}: expected one of {sorted(EVALUATORS)}"
             )
-        metrics, preds = EVALUATORS[ev.type](ev, trainer, params, tok, cfg, derived)
-        _write(workdir, name, metrics, preds)
-        results[name] = metrics
-    return results
+    derived = trainer.derived or derive(cfg, tok)
+    return Evals(
+        workdir,
+        {name: EVALUATORS[ev.type](ev, trainer, tok, cfg, derived) for name, ev in chosen.items()},
+    )
+
+
+def run_evals(cfg, workdir: str, trainer, params, tok, names=None) -> dict:
+    """Builds and runs the evaluators once (evaluate.py, tests); {name: metrics}."""
+    return build_evals(cfg, workdir, trainer, tok, names).run(params)

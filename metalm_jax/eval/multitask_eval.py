@@ -10,12 +10,15 @@ task is evaluated with its first N evaluation templates (`TaskSpec.eval_template
 over the cluster's tasks; `average` over all tasks.
 
 Metrics: `<task>/<figure>` (the mean over templates), `<task>/<figure>_best`,
-`cluster/<cluster>`, `cluster/<cluster>_best`, `average`, and `table` (markdown).
+`cluster/<cluster>`, `cluster/<cluster>_best`, `average`, and `table` (markdown). Built once per
+run: every (task, template) is a task evaluator built up front, so each eval only generates.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from metalm_jax.types import ConfigError
 
 METRIC_OF_KIND = {"classification": "exact_match", "qa": "token_f1", "generation": "caption"}
 
@@ -30,9 +33,11 @@ def eval_template_indices(task_cfg, n: int) -> list[int]:
     return list(task_spec(task_cfg.name).eval_templates[:n])
 
 
-def evaluate_multitask(ev, trainer, params, tok, cfg, derived):
+def multitask_evaluator(ev, trainer, tok, cfg, derived):
+    """Builds one task evaluator (eval/task_eval.py) per task and evaluation template, once;
+    evaluate(params) runs them all and assembles the figures and the cluster table."""
     from metalm_jax.data.tasks.mixture import cluster_and_kind, entries
-    from metalm_jax.eval.task_eval import MAIN_METRIC, evaluate_task
+    from metalm_jax.eval.task_eval import MAIN_METRIC, task_evaluator
 
     base = cfg.task.copy_and_resolve_references()
     if ev.tasks:
@@ -40,15 +45,12 @@ def evaluate_multitask(ev, trainer, params, tok, cfg, derived):
             base.name, base.mixture = "mixture", [dict(t) for t in ev.tasks]
     tasks = entries(base)
     if not tasks or not tasks[0].name:
-        raise ValueError("evals: a multitask evaluator needs task.mixture or its own `tasks`")
-    metrics: dict = {}
-    preds: list = []
-    rows, clusters = [], {}
+        raise ConfigError("evals: a multitask evaluator needs task.mixture or its own `tasks`")
+    built = []  # (task name, cluster, [(template index, its evaluator)])
     for t in tasks:
         cluster, kind = cluster_and_kind(t)
         metric = METRIC_OF_KIND.get(kind, "auto")
-        figure_scores = []
-        figure = None
+        per_template = []
         for k in eval_template_indices(t, int(ev.templates)):
             tk = t.copy_and_resolve_references()
             with tk.unlocked():
@@ -60,21 +62,34 @@ def evaluate_multitask(ev, trainer, params, tok, cfg, derived):
                 sub.beam = int(ev.generation_beam) if kind == "generation" else 1
                 sub.answer_prefix = ""
                 sub.meteor = False
-            m, p = evaluate_task(sub, trainer, params, tok, cfg, derived, task=tk)
-            figure = MAIN_METRIC[m["metric"]]
-            figure_scores.append(float(m[figure]))
-            preds += [{**x, "task": t.name, "template": k} for x in p]
-        mean, best = float(np.mean(figure_scores)), float(np.max(figure_scores))
-        metrics[f"{t.name}/{figure}"] = mean
-        metrics[f"{t.name}/{figure}_best"] = best
-        rows.append((cluster, t.name, figure, mean, best, len(figure_scores)))
-        clusters.setdefault(cluster, []).append((mean, best))
-    for c, vals in clusters.items():
-        metrics[f"cluster/{c}"] = float(np.mean([v[0] for v in vals]))
-        metrics[f"cluster/{c}_best"] = float(np.mean([v[1] for v in vals]))
-    metrics["average"] = float(np.mean([r[3] for r in rows]))
-    metrics["table"] = _table(rows, metrics)
-    return metrics, preds
+            per_template.append((k, task_evaluator(sub, trainer, tok, cfg, derived, task=tk)))
+        built.append((t.name, cluster, per_template))
+
+    def evaluate(params):
+        metrics: dict = {}
+        preds: list = []
+        rows, clusters = [], {}
+        for name, cluster, per_template in built:
+            figure_scores = []
+            figure = None
+            for k, evaluate_template in per_template:
+                m, p = evaluate_template(params)
+                figure = MAIN_METRIC[m["metric"]]
+                figure_scores.append(float(m[figure]))
+                preds += [{**x, "task": name, "template": k} for x in p]
+            mean, best = float(np.mean(figure_scores)), float(np.max(figure_scores))
+            metrics[f"{name}/{figure}"] = mean
+            metrics[f"{name}/{figure}_best"] = best
+            rows.append((cluster, name, figure, mean, best, len(figure_scores)))
+            clusters.setdefault(cluster, []).append((mean, best))
+        for c, vals in clusters.items():
+            metrics[f"cluster/{c}"] = float(np.mean([v[0] for v in vals]))
+            metrics[f"cluster/{c}_best"] = float(np.mean([v[1] for v in vals]))
+        metrics["average"] = float(np.mean([r[3] for r in rows]))
+        metrics["table"] = _table(rows, metrics)
+        return metrics, preds
+
+    return evaluate
 
 
 def _table(rows, metrics) -> str:

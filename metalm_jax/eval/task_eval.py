@@ -16,7 +16,9 @@ kind (`metric`, "auto" picks it):
   caption      BLEU / METEOR / ROUGE-L / CIDEr (COCO caption metrics)
 
 The examples are a fixed random sample (`seed`) of `examples` from the split. Writes per-example
-predictions (id, prediction, references, and option scores).
+predictions (id, prediction, references, and option scores). Built once per run
+(eval/evaluators.py): the split opened, the sample drawn, the prompt and option rows laid out;
+each eval then generates and scores on the parameters it is given.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 from metalm_jax.data.rows import Target, Text
 from metalm_jax.data.tasks.examples import ImageInput, shuffled_indices
 from metalm_jax.eval.labels import generate_labels
+from metalm_jax.types import ConfigError
 
 
 def task_config(cfg, ev):
@@ -35,7 +38,7 @@ def task_config(cfg, ev):
         with task.unlocked():
             task.update(dict(ev.task))
     if not task.name:
-        raise ValueError("evals: a `task` evaluator needs task.name (in the config or ev.task)")
+        raise ConfigError("evals: a `task` evaluator needs task.name (in the config or ev.task)")
     return task
 
 
@@ -59,9 +62,10 @@ MAIN_METRIC = {  # metric -> the figure a task reports
 }
 
 
-def evaluate_task(ev, trainer, params, tok, cfg, derived, task=None):
-    """(metrics, predictions) of the task `task` (a task section; default: the run's task with
-    `ev.task` overrides) on `ev.split`; `derived`: the run's model/build.derive."""
+def task_evaluator(ev, trainer, tok, cfg, derived, task=None):
+    """Builds the evaluator of the task `task` (a task section; default: the run's task with
+    `ev.task` overrides) on `ev.split`: evaluate(params) -> (metrics, predictions). `derived`:
+    the run's model/build.derive."""
     from metalm_jax.data.pipeline import example_encoder
     from metalm_jax.data.tasks.registry import open_task
     from metalm_jax.data.tasks.task_rows import encode_prompt
@@ -72,6 +76,10 @@ def evaluate_task(ev, trainer, params, tok, cfg, derived, task=None):
     n = min(int(ev.examples), len(source))
     examples = [source[int(i)] for i in shuffled_indices(len(source), int(ev.seed))[:n]]
     metric = _metric(ev, task, examples)
+    if metric not in MAIN_METRIC:
+        raise ConfigError(
+            f"evals: task metric {metric!r}: expected auto | exact_match | token_f1 | vqa | caption"
+        )
     fmt = derived.rows
     encoder = example_encoder(cfg, tok, fmt, task=task)
     seq_len = int(ev.seq_len or cfg.data.seq_len)
@@ -83,6 +91,7 @@ def evaluate_task(ev, trainer, params, tok, cfg, derived, task=None):
         return b.row()
 
     prompts = [encoder.input_pieces(ex) + priming for ex in examples]
+    prompt_rows = [row(p) for p in prompts]
     sampling = None
     if ev.get("beam", 1) > 1:  # e.g. generation tasks: beam 4, alpha 0.6 (PAPER.md §4.2)
         from metalm_jax.eval.decode import SamplingConfig
@@ -90,70 +99,74 @@ def evaluate_task(ev, trainer, params, tok, cfg, derived, task=None):
         sampling = SamplingConfig(
             beam=int(ev.beam), length_penalty=float(ev.get("length_penalty", 0.6))
         )
-    gen = generate_labels(
-        trainer, params, tok, [row(p) for p in prompts], ev, ev.max_tokens, sampling
-    )
-    preds = [
-        {"id": ex.id, "prediction": g, "references": list(ex.references)}
-        for ex, g in zip(examples, gen, strict=True)
-    ]
-    metrics: dict = {"examples": n, "metric": metric}
+    # what scoring needs of the examples; their inputs (images too) are held only as rows
+    ids = [ex.id for ex in examples]
     refs = [list(ex.references) for ex in examples]
-    if metric == "exact_match":
-        from metalm_jax.eval.metrics import exact_match
+    options = [(list(ex.options), ex.target) for ex in examples]
+    scoring = metric == "exact_match" and ev.scoring  # each example ranks its own options
+    option_rows = lengths = cuts = None
+    if scoring:
+        option_rows = [
+            row(p + [Target(encoder.target_ids(o))])
+            for p, ex in zip(prompts, examples, strict=True)
+            for o in ex.options
+        ]
+        lengths = np.array(
+            [len(encoder.target_ids(o)) for ex in examples for o in ex.options], np.float64
+        )
+        cuts = np.cumsum([len(ex.options) for ex in examples])[:-1]
 
-        em = [exact_match(g, r) for g, r in zip(gen, refs, strict=True)]
-        metrics["generation_accuracy"] = float(np.mean(em))
-        if ev.scoring:  # each example ranks its own options
-            rows = [
-                row(p + [Target(encoder.target_ids(o))])
-                for p, ex in zip(prompts, examples, strict=True)
-                for o in ex.options
-            ]
-            flat = row_logliks(trainer.model, params, rows, ev.batch_size)
-            lengths = np.array(
-                [len(encoder.target_ids(o)) for ex in examples for o in ex.options], np.float64
+    def evaluate(params):
+        gen = generate_labels(trainer, params, tok, prompt_rows, ev, ev.max_tokens, sampling)
+        preds = [
+            {"id": i, "prediction": g, "references": list(r)}
+            for i, g, r in zip(ids, gen, refs, strict=True)
+        ]
+        metrics: dict = {"examples": n, "metric": metric}
+        if metric == "exact_match":
+            from metalm_jax.eval.metrics import exact_match
+
+            em = [exact_match(g, r) for g, r in zip(gen, refs, strict=True)]
+            metrics["generation_accuracy"] = float(np.mean(em))
+            if scoring:
+                flat = row_logliks(trainer.model, params, option_rows, ev.batch_size)
+                right, right_norm = [], []
+                for p, (opts, target), s, k in zip(
+                    preds, options, np.split(flat, cuts), np.split(lengths, cuts), strict=True
+                ):
+                    best = opts[int(np.argmax(s))]
+                    right.append(best == target)
+                    right_norm.append(opts[int(np.argmax(s / k))] == target)
+                    p["option_scores"] = [round(float(x), 4) for x in s]
+                    p["scored"] = best
+                metrics["scoring_accuracy"] = float(np.mean(right))
+                metrics["scoring_accuracy_per_token"] = float(np.mean(right_norm))
+            for p, e in zip(preds, em, strict=True):
+                p["correct"] = bool(e)
+        elif metric == "token_f1":
+            from metalm_jax.eval.metrics import exact_match, token_f1
+
+            metrics["token_f1"] = float(
+                np.mean([token_f1(g, r) for g, r in zip(gen, refs, strict=True)])
             )
-            cuts = np.cumsum([len(ex.options) for ex in examples])[:-1]
-            right, right_norm = [], []
-            for p, ex, s, n in zip(
-                preds, examples, np.split(flat, cuts), np.split(lengths, cuts), strict=True
-            ):
-                best = ex.options[int(np.argmax(s))]
-                right.append(best == ex.target)
-                right_norm.append(ex.options[int(np.argmax(s / n))] == ex.target)
-                p["option_scores"] = [round(float(x), 4) for x in s]
-                p["scored"] = best
-            metrics["scoring_accuracy"] = float(np.mean(right))
-            metrics["scoring_accuracy_per_token"] = float(np.mean(right_norm))
-        for p, e in zip(preds, em, strict=True):
-            p["correct"] = bool(e)
-    elif metric == "token_f1":
-        from metalm_jax.eval.metrics import exact_match, token_f1
+            metrics["exact_match"] = float(
+                np.mean([exact_match(g, r) for g, r in zip(gen, refs, strict=True)])
+            )
+        elif metric == "vqa":
+            from metalm_jax.eval.metrics import vqa_score
 
-        metrics["token_f1"] = float(
-            np.mean([token_f1(g, r) for g, r in zip(gen, refs, strict=True)])
-        )
-        metrics["exact_match"] = float(
-            np.mean([exact_match(g, r) for g, r in zip(gen, refs, strict=True)])
-        )
-    elif metric == "vqa":
-        from metalm_jax.eval.metrics import vqa_score
+            accs = [vqa_score(g, r) for g, r in zip(gen, refs, strict=True)]
+            metrics["vqa_accuracy"] = float(np.mean(accs))
+            for p, a in zip(preds, accs, strict=True):
+                p["accuracy"] = a
+        else:  # caption
+            from metalm_jax.eval.metrics import caption_metrics
 
-        accs = [vqa_score(g, r) for g, r in zip(gen, refs, strict=True)]
-        metrics["vqa_accuracy"] = float(np.mean(accs))
-        for p, a in zip(preds, accs, strict=True):
-            p["accuracy"] = a
-    elif metric == "caption":
-        from metalm_jax.eval.metrics import caption_metrics
+            hyps = dict(zip(ids, gen, strict=True))
+            metrics.update(
+                caption_metrics(hyps, dict(zip(ids, refs, strict=True)),
+                                meteor=bool(ev.get("meteor", False)))
+            )  # fmt: skip
+        return metrics, preds
 
-        hyps = {ex.id: g for ex, g in zip(examples, gen, strict=True)}
-        metrics.update(
-            caption_metrics(hyps, {ex.id: r for ex, r in zip(examples, refs, strict=True)},
-                            meteor=bool(ev.get("meteor", False)))
-        )  # fmt: skip
-    else:
-        raise ValueError(
-            f"evals: task metric {metric!r}: expected auto | exact_match | token_f1 | vqa | caption"
-        )
-    return metrics, preds
+    return evaluate
