@@ -4,7 +4,7 @@
     JAX_PLATFORMS=cpu python benchmarks/pipeline_speed.py --configs tiny metalm_lm --seconds 10
     JAX_PLATFORMS=cpu python benchmarks/pipeline_speed.py --step-seconds 2.64   # another LM step
 
-For each config the pipeline is built as the trainer builds it (train/loop.py): the run's
+For each config the pipeline is built as the trainer builds it (metalm_jax/loop.py): the run's
 tokenizer (pipeline.build_tokenizer, cached in --workdir/<config>), model/build.derive for the
 row format, and pipeline.train_iterator with the host's batch (global batch / processes) and its
 shard (process 0 of the config's hosts). Batches are then pulled for `--warmup` seconds and for

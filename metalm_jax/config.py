@@ -53,8 +53,9 @@ def _arch_keys(section, **defaults) -> None:
 def _paths() -> ml_collections.FieldReference:
     """A key holding paths (data.files, images.files), typed `object` so that every command-line
     form parses: `'["/d/a.jsonl", "/d/b.txt"]'`, `/d/*.jsonl` and `/d/a.jsonl,/d/b.txt`. A list
-    field rejects every override and a tuple field the comma form; `corpora.expand_paths` reads
-    the value (a list, tuple or comma-separated string of paths and globs)."""
+    field rejects every override and a tuple field the comma form; `expand_paths`
+    (data/corpora/text.py) reads the value (a list, tuple or comma-separated string of paths and
+    globs)."""
     return ml_collections.FieldReference((), field_type=object)
 
 
@@ -66,7 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = d = ml_collections.ConfigDict()
     d.name = "kjv"  # kjv (bundled King James Bible) | files (your .txt/.jsonl files)
     d.files = _paths()  # with name=files: .txt (one document each) / .jsonl files or globs,
-    #   a list or "a.jsonl,b.txt"; an empty file is an error (corpora.py)
+    #   a list or "a.jsonl,b.txt"; an empty file is an error (data/corpora/text.py)
     d.text_key = "text"  # with name=files: JSONL field holding the document text
     d.validation_fraction = 0.02  # with name=files: share of documents held out
     d.tfds_data_dir = ""  # where TFDS writes prepared corpora ("" = ~/tensorflow_datasets)
@@ -174,12 +175,12 @@ def base_config() -> ml_collections.ConfigDict:
     # hf_vit | orbax) and for orbax the sub-tree to take (source_key, default = target).
     c.init = []
 
-    # Supervised task rows instead of semi-causal pretraining rows (finetuning; data/tasks.py).
+    # Supervised task rows instead of semi-causal pretraining rows (finetuning; data/tasks/).
     c.task = tk = ml_collections.ConfigDict()
     tk.name = ""  # "" = pretrain on `data`; jsonl | kjv_books | kjv_testament | kjv_book |
     #   kjv_completion | kjv_next_verse | emoji_vqa | emoji_captions | a TFDS task of
-    #   data/tfds_task_registry.py (mnli, boolq, squad_v1, ...) | mixture (several tasks:
-    #   task.mixture; data/mixture.py)
+    #   data/tasks/tfds_catalog.py (mnli, boolq, squad_v1, ...) | mixture (several tasks:
+    #   task.mixture; data/tasks/mixture.py)
     tk.mixture = []  # with name=mixture: [dict(name=..., <task keys to override>), ...]
     tk.cap = 30000  # training examples per task at most (a fixed random subset; the paper's)
     tk.file = ""  # jsonl: the training file ({"input", "target"} or named fields)
@@ -188,7 +189,7 @@ def base_config() -> ml_collections.ConfigDict:
     tk.target_template = ""  # jsonl: the target from fields ("" = field "target" or label_field)
     tk.label_field = ""  # jsonl: a label field mapped by `verbalizer` (options = its words)
     tk.verbalizer = ()  # jsonl: label words, by label index (or {"label": "word"}); KJV
-    #   classification tasks: other label words by index (offline_tasks.KJV_BOOKS_WORDS)
+    #   classification tasks: other label words by index (data/tasks/kjv.KJV_BOOKS_WORDS)
     tk.template = ""  # offline / TFDS tasks: a template string instead of the task's own
     tk.template_index = 0  # offline / TFDS tasks: which of the task's templates (0 = paper form;
     #   -1 = one drawn per example: instruction tuning)
