@@ -80,6 +80,7 @@ def test_scanned_config_gets_its_estimate_from_an_unrolled_copy(monkeypatch):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed")
+@pytest.mark.slow  # over 10 s (default tier: tests/conftest.py)
 def test_compile_micro_vision_language_model(monkeypatch):
     monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5p-8")
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")

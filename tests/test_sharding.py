@@ -80,6 +80,7 @@ def test_gradient_accumulation_matches_one_big_batch():
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # over 10 s (default tier: tests/conftest.py)
 def test_scan_and_remat_give_the_unrolled_numbers():
     cfg = testing.micro_config()
     batch = Batch.from_dict(testing.random_batch(2, 64, cfg.data.vocab_size, SPANS))

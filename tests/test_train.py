@@ -31,6 +31,7 @@ def _setup(cfg):
     return model, batch, state, step, groups
 
 
+@pytest.mark.slow  # over 10 s (default tier: tests/conftest.py)
 def test_train_steps_lower_the_loss_and_freeze_what_is_frozen():
     cfg = testing.micro_config()
     cfg.train.steps = 100
@@ -57,6 +58,7 @@ def test_unknown_frozen_pattern_is_an_error():
         _setup(cfg)
 
 
+@pytest.mark.slow  # over 10 s (default tier: tests/conftest.py)
 def test_lr_multiplier_zero_keeps_its_group():
     cfg = testing.micro_config()
     cfg.optim.frozen = []
@@ -73,6 +75,7 @@ def test_lr_multiplier_zero_keeps_its_group():
     )
 
 
+@pytest.mark.slow  # over 10 s (default tier: tests/conftest.py)
 def test_checkpoint_restores_identical_state_and_next_batch(corpus, tmp_path):
     cfg, tok = corpus
     _, _, state, step, _ = _setup(cfg)
