@@ -68,7 +68,7 @@ def test_evaluate_and_generate_on_a_trained_run(corpus, micro_run, tmp_path):
 
     texts = generate_text(workdir, ["In the beginning", "And"], max_tokens=5, beam=2)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no such run directory"):
         generate_text(str(tmp_path / "empty"), ["x"])
     with pytest.raises(FileNotFoundError, match="nope.png"):
         generate_text(workdir, ["x"], image=str(tmp_path / "nope.png"))

@@ -67,6 +67,7 @@ def test_k_shot_row_that_does_not_fit_is_named():
         build_icl_row([], [3] * 6, [4] * 10, seq_len=8, enc_len=64)
 
 
+@pytest.mark.slow  # near 10 s (default tier: tests/conftest.py)
 def test_demonstration_outputs_reach_their_slots():
     """With a real (micro) model: changing demo 1's input changes the bank only in its segment."""
     from metalm_jax import testing

@@ -9,7 +9,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-SUITE = '''
+SUITE = """
 import time
 
 import pytest
@@ -26,7 +26,7 @@ def test_lingers():
 @pytest.mark.slow
 def test_heavy():
     pass
-'''
+"""
 
 
 def _pytest(tmp_path, *args, limit="1"):
