@@ -65,10 +65,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0  # parameter init and dropout
 
     c.data = d = ml_collections.ConfigDict()
-    d.name = "kjv"  # kjv (bundled King James Bible) | files (your .txt/.jsonl files)
-    d.files = _paths()  # with name=files: .txt (one document each) / .jsonl files or globs,
-    #   a list or "a.jsonl,b.txt"; an empty file is an error (data/corpora/text.py)
-    d.text_key = "text"  # with name=files: JSONL field holding the document text
+    d.name = "kjv"  # kjv (bundled King James Bible) | files (your corpus files)
+    d.files = _paths()  # with name=files: .txt (one document each), .jsonl / .jsonl.gz /
+    #   .jsonl.zst (one per line), .parquet (one per row): paths, globs or URLs (gs://...),
+    #   a list or "a.jsonl.zst,b.txt"; an empty file is an error (data/corpora/documents.py)
+    d.text_key = "text"  # with name=files: the JSONL field / Parquet column of the text
+    d.on_bad_record = "error"  # data.files and images.files: a bad record (not UTF-8, a line
+    #   that is not a JSON object, a missing field, damaged .gz/.zst/Parquet/tar data, an
+    #   undecodable image or one over images.max_pixels) stops preparing with one line naming
+    #   the file and record (error), or is left out and counted, the count logged in one line
+    #   when the dataset is prepared (skip) (data/corpora/sources.py)
     d.validation_fraction = 0.02  # with name=files: share of documents held out
     d.tfds_data_dir = ""  # where TFDS writes prepared corpora ("" = ~/tensorflow_datasets)
     # the decoder's tokenizer: a SentencePiece .model or a Hugging Face tokenizer.json (e.g.
@@ -90,12 +96,18 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.images = im = ml_collections.ConfigDict()
     im.enabled = False  # image-text pairs in the mix (needs model.vision.enabled)
-    im.name = "openmoji"  # openmoji (bundled) | files (your folders / JSONL) | coco_captions
+    im.name = "openmoji"  # openmoji (bundled) | files (your pairs) | coco_captions
     im.train_split = "train"  # standard sets: their split names
     im.validation_split = "val"
     im.captions_per_image = 5  # standard sets: captions cycled per image
-    im.files = _paths()  # with name=files: image folders (x.png + x.txt) or .jsonl {image,
-    #   caption}, or globs; a list or "pics/,pairs.jsonl"
+    im.files = _paths()  # with name=files: image folders (x.png + x.txt), .jsonl {image,
+    #   caption}, img2dataset's webdataset .tar shards (key.jpg + key.txt) or .parquet files
+    #   (image bytes + caption): paths, globs or URLs, a list or "pics/,pairs.jsonl"
+    #   (data/corpora/pairs.py)
+    im.image_column = "jpg"  # with name=files, .parquet: the image bytes column (img2dataset's)
+    im.caption_column = "txt"  # with name=files, .parquet: the caption column (img2dataset's)
+    im.max_pixels = 89_478_485  # with name=files: an image of more pixels (width x height, from
+    #   its header) is a bad record, never decoded (decompression bombs); Pillow's own limit
     im.render_size = 64  # openmoji: rendered resolution of the stored images (64 | 224)
     im.validation_fraction = 0.05  # with name=files
     im.images_per_row = 2  # Ni: image-text pairs packed into one decoder row

@@ -269,11 +269,13 @@ def test_bad_folders_and_images_are_named(tmp_path):
         _prepare(tmp_path, [str(folder)], ["pics/a.png", "pics/b.JPG", "pics/c.png"])
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match=r"empty: no .png / .jpg / .jpeg images"):
+    with pytest.raises(ValueError, match=r"empty: no .png / .jpg / .jpeg / .webp images"):
         list(image_text.read_local_pairs([str(empty)]))
     with pytest.raises(FileNotFoundError, match=r"nope' does not exist"):
         image_text.local_image_text_config([str(tmp_path / "nope")])
-    with pytest.raises(ValueError, match=r"must be a folder or a .jsonl file"):
+    with pytest.raises(
+        ValueError, match=r"must be a folder, .jsonl \(.gz, .zst\), .tar \(webdataset\) or .parquet"
+    ):
         image_text.local_image_text_config([str(folder / "b.txt")])
 
 

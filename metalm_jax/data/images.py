@@ -5,8 +5,12 @@ Owns the one path from stored image data to the float32 pixels an image encoder 
     bytes | uint8[H, W, 3] | PIL.Image --decode--> RGB PIL.Image --preprocess--> float32[S, S, 3]
 
 `decode` loads the whole image, so truncated or corrupt data fails here, with an `ImageError`
-naming the caller's record id, and never later inside a batch. Transparent images are composited
-on white (emojis and icons are drawn on white); EXIF orientation is applied.
+naming the caller's record id, and never later inside a batch. An image of more than
+`max_pixels` pixels (width x height, read from its header before any pixel is decoded: a
+decompression bomb, a PNG of a few KB claiming 100,000 x 100,000) is an ImageError too, never a
+worker out of memory; the default is Pillow's own warning limit (`images.max_pixels`).
+Transparent images are composited on white (emojis and icons are drawn on white); EXIF
+orientation is applied.
 
 `preprocess` is CLIP's evaluation transform: bicubic resize of the shorter side to `size`, center
 crop, /255, per-channel normalization with `CLIP_MEAN` / `CLIP_STD`. With `augment=True` it takes a
@@ -30,6 +34,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+from metalm_jax.types import DataError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -39,25 +45,40 @@ _SUPPORTED_MODES = frozenset(
     {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 )
 _EXIF_ORIENTATION = 0x0112
+# Pillow's own limit (PIL.Image.MAX_IMAGE_PIXELS, about 9,459 x 9,459): above it Pillow warns
+# of a decompression bomb, above twice it refuses. The default of `images.max_pixels`.
+MAX_PIXELS = 89_478_485
 
 
-class ImageError(ValueError):
-    """Image data that cannot be decoded; the message names the record."""
+class ImageError(DataError):
+    """Image data that cannot be decoded, or too large to; the message names the record."""
 
 
-def _open(data, record_id: str) -> PIL.Image.Image:
-    """Opens and fully loads encoded bytes (original mode), or raises ImageError."""
+def _open(data, record_id: str, max_pixels: int = MAX_PIXELS) -> PIL.Image.Image:
+    """Opens encoded bytes, checks the size, then loads them (original mode), or raises
+    ImageError."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ImageError(f"{record_id}: expected image bytes, got {type(data).__name__}")
     if len(data) == 0:
         raise ImageError(f"{record_id}: empty image bytes")
     try:
-        image = PIL.Image.open(io.BytesIO(data))
+        image = PIL.Image.open(io.BytesIO(data))  # reads the header only
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as e:
+        # Pillow's own check, before ours can run (the warning when warnings are errors)
+        raise ImageError(
+            f"{record_id}: image over the pixel limit, not decoded ({e}); a decompression bomb?"
+        ) from None
     except (OSError, SyntaxError, ValueError, AttributeError):  # incl. UnidentifiedImageError
         raise ImageError(
             f"{record_id}: not a recognized image format (corrupt or unsupported data, "
             f"{len(data)} bytes starting {bytes(data[:8])!r})"
         ) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{record_id}: {width} x {height} image ({width * height:,} pixels) over the limit "
+            f"of {max_pixels:,} (images.max_pixels), not decoded; a decompression bomb?"
+        )
     try:
         image.load()
     except Exception as e:  # Pillow reports bad data as OSError, SyntaxError, ValueError, ...
@@ -81,12 +102,12 @@ def _to_rgb(image: PIL.Image.Image, record_id: str) -> PIL.Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def decode(data, record_id: str) -> PIL.Image.Image:
+def decode(data, record_id: str, max_pixels: int = MAX_PIXELS) -> PIL.Image.Image:
     """RGB image from encoded bytes, a uint8[H, W, 3] array or a PIL image.
 
     Arrays are what TFDS `Image` features return from `as_data_source`. Raises ImageError naming
-    `record_id` for empty, corrupt or truncated bytes, a wrong array shape/dtype or an unsupported
-    mode.
+    `record_id` for empty, corrupt or truncated bytes, bytes of more than `max_pixels` pixels, a
+    wrong array shape/dtype or an unsupported mode.
     """
     if isinstance(data, PIL.Image.Image):
         return _to_rgb(data, record_id)
@@ -99,17 +120,17 @@ def decode(data, record_id: str) -> PIL.Image.Image:
         if data.shape[0] == 0 or data.shape[1] == 0:
             raise ImageError(f"{record_id}: empty image array of shape {data.shape}")
         return PIL.Image.fromarray(np.ascontiguousarray(data), "RGB")
-    return _to_rgb(_open(data, record_id), record_id)
+    return _to_rgb(_open(data, record_id, max_pixels), record_id)
 
 
-def rgb_bytes(data: bytes, record_id: str) -> bytes:
+def rgb_bytes(data: bytes, record_id: str, max_pixels: int = MAX_PIXELS) -> bytes:
     """`data` itself if it is an upright RGB JPEG or PNG, else the image re-encoded as RGB PNG.
 
     What a dataset should store: readers that decode with plain Pillow or OpenCV (TFDS
     `as_data_source` does) then get uint8[H, W, 3] without knowing about alpha, palettes or EXIF.
     Raises ImageError like `decode`.
     """
-    image = _open(data, record_id)
+    image = _open(data, record_id, max_pixels)
     upright = image.getexif().get(_EXIF_ORIENTATION, 1) == 1
     if image.format in ("JPEG", "PNG") and image.mode == "RGB" and upright:
         return bytes(data)

@@ -34,13 +34,22 @@ def skipped_images() -> int:
     return _skipped["count"]
 
 
-def make_image_builder(images_cfg, data_dir: str | None):
+def make_image_builder(images_cfg, data_dir: str | None, on_bad_record: str = "error"):
+    """The TFDS builder of `images.name` (openmoji | files); `on_bad_record` is
+    data.on_bad_record, for a user's files."""
     if images_cfg.name == "openmoji":
         return image_text.OpenMojiCaptions(
             config=str(images_cfg.render_size), data_dir=data_dir, file_format="array_record"
         )
     if images_cfg.name == "files":
-        cfg = image_text.local_image_text_config(images_cfg.files, images_cfg.validation_fraction)
+        cfg = image_text.local_image_text_config(
+            images_cfg.files,
+            images_cfg.validation_fraction,
+            on_bad_record,
+            images_cfg.image_column,
+            images_cfg.caption_column,
+            images_cfg.max_pixels,
+        )
         return image_text.LocalImageText(config=cfg, data_dir=data_dir, file_format="array_record")
     raise ValueError(
         f"images.name: unknown {images_cfg.name!r}; expected 'openmoji', 'files' or one of "
@@ -56,7 +65,7 @@ def image_split(cfg, split: str):
     if im.name in image_text.STANDARD_SETS:
         name = im.train_split if split == "train" else im.validation_split
         return image_text.StandardCaptionSource(im.name, name, data_dir, im.captions_per_image)
-    return load_split(make_image_builder(im, data_dir), split)
+    return load_split(make_image_builder(im, data_dir, cfg.data.on_bad_record), split)
 
 
 def captions(cfg, split: str = "train"):

