@@ -15,13 +15,19 @@ from metalm_jax import testing
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def readme_command(section: str) -> str:
-    """The first indented command of README's `## section`, continuation lines joined."""
+def readme_commands(section: str, block: int = 0) -> list[str]:
+    """The commands of README's `## section`'s indented block number `block` (from 0), one per
+    line, continuation lines joined."""
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"\n((?:    .*\n)+)", body)
-    assert block, f"README.md: no indented command under '## {section}'"
-    return " ".join(line.strip() for line in block.group(1).replace("\\\n", " ").splitlines())
+    blocks = re.findall(r"\n\n((?:    .*\n)+)", "\n" + body)
+    assert len(blocks) > block, f"README.md: no indented block {block} under '## {section}'"
+    return [line.strip() for line in blocks[block].replace("\\\n", " ").splitlines()]
+
+
+def readme_command(section: str) -> str:
+    """The first indented command of README's `## section`, continuation lines joined."""
+    return readme_commands(section)[0]
 
 
 def run_cli(argv: list[str], tmp_path) -> subprocess.CompletedProcess:
@@ -49,3 +55,25 @@ def test_own_corpus_command(tmp_path):
     [info] = (tmp_path / "tfds").glob("local_text/files_*/1.0.0/dataset_info.json")
     description = json.loads(info.read_text())["description"]
     assert all(str(data / n) in description for n in ["a.jsonl", "b.txt", "c.jsonl"])
+
+
+@pytest.mark.slow
+def test_own_corpus_jsonl_zst_commands(tmp_path):
+    """`## Your own corpus`, its .jsonl.zst example: the command that writes the bundled KJV as
+    kjv.jsonl.zst (run as written, in an empty folder), then two training steps on it."""
+    write, train = readme_commands("Your own corpus", 1)
+    data = tmp_path / "data"
+    data.mkdir()
+    argv = shlex.split(write)
+    assert argv[:2] == ["python", "-c"], argv
+    out = subprocess.run([sys.executable, *argv[1:]], cwd=data, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    corpus = data / "kjv.jsonl.zst"
+    assert corpus.stat().st_size > 0
+    argv = shlex.split(train.replace("=kjv.jsonl.zst", f"={corpus}"))
+    argv = [a for a in argv if a not in ("--workdir", "runs/tiny_zst")]  # run_cli's own
+    out = run_cli(argv, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "step      2/2" in out.stdout, out.stdout[-2000:]
+    [info] = (tmp_path / "tfds").glob("local_text/files_*/1.0.0/dataset_info.json")
+    assert str(corpus) in json.loads(info.read_text())["description"]
