@@ -595,3 +595,35 @@ def test_train_two_steps_on_a_jsonl_zst_corpus_through_the_command_line(tmp_path
     assert "step      2/2" in out.stdout, out.stdout[-2000:]
     [info] = (tmp_path / "tfds").glob("local_text/files_*/1.0.0/dataset_info.json")
     assert str(corpus) in json.loads(info.read_text())["description"]
+
+    cut = tmp_path / "cut.jsonl.zst"  # the same corpus, its second frame cut short
+    cut.write_bytes(corpus.read_bytes()[:-100])
+    argv[4] = f"{ROOT}/tests/micro_config.py:{cut},{tmp_path / 'tfds_cut'}"
+    argv[5] = f"--workdir={tmp_path / 'run_cut'}"
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"error: {re.escape(str(cut))}:\d+: cannot read line \d+ or any after it: truncated or "
+        r"corrupt data \(ZstdError: the data ends inside a frame \(truncated file\?\)\); "
+        "expected a complete zstandard file",
+        last,
+    ), last
+
+
+def test_the_vl_pipeline_reads_img2dataset_output_through_the_config_keys(tmp_path):
+    """images.files (a glob over a .tar and a .parquet), images.max_pixels and
+    data.on_bad_record reach LocalImageText through vl_pipeline: the one image over the limit
+    in each file is skipped, the other four pairs split between train and validation."""
+    from metalm_jax.data import vl_pipeline
+
+    _tar(tmp_path / "shard.tar")
+    _img2dataset_parquet(tmp_path / "shard.parquet")
+    cfg = testing.micro_vl_config(data_dir=str(tmp_path / "tfds"))
+    cfg.images.name, cfg.images.files = "files", f"{tmp_path}/shard.*"
+    cfg.images.validation_fraction = 0.5
+    cfg.images.max_pixels = 39  # 002 is 5 x 8
+    cfg.data.on_bad_record = "skip"
+    train, val = vl_pipeline.image_split(cfg, "train"), vl_pipeline.image_split(cfg, "validation")
+    ids = {src[i]["id"].decode() for src in (train, val) for i in range(len(src))}
+    assert ids == {"shard.tar/000", "shard.tar/001", "shard.parquet#0", "shard.parquet#1"}
