@@ -90,7 +90,12 @@ def run_on_8(corpus, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("elastic") / "run8")
     out = _train(corpus, workdir, 8, "--config.mesh.shape=(2,2,2)")
     assert "== mesh {'data': 2, 'fsdp': 2, 'tensor': 2} on 8 cpu devices" in out
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "6"]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+        "2",
+        "4",
+        "6",
+        "manifests.json",
+    ]
     return workdir
 
 

@@ -44,6 +44,13 @@ def test_two_processes_train_resume_and_match_one(corpus, tmp_path):
         "process_0-of-2.json",
         "process_1-of-2.json",
     ]
+    # each process wrote its share of the manifest; the step verifies from the files
+    from metalm_jax.train import checkpoint
+
+    step_dir = os.path.join(workdir, "checkpoints", "6")
+    parts = sorted(f for f in os.listdir(step_dir) if f.startswith("manifest."))
+    assert parts == ["manifest.process_0-of-2.json", "manifest.process_1-of-2.json"]
+    assert checkpoint.verdict(os.path.join(workdir, "checkpoints"), 6).status == "intact"
 
     proc = subprocess.run(
         [
@@ -144,7 +151,7 @@ def test_sigterm_on_one_process_stops_both_at_the_same_step(corpus, tmp_path):
     stop = int(re.search(r"^== stopping at step (\d+)", out[0], re.M).group(1))
     assert stop % 2 == 0 and stop >= 4, out[0][-2000:]
     assert f"== saved {workdir}/checkpoints/{stop}; run the same command" in out[0]
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(stop)]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(stop), "manifests.json"]
     data = os.listdir(os.path.join(workdir, "checkpoints", str(stop), "data"))
     assert sorted(f for f in data if f.endswith(".json")) == [
         "process_0-of-2.json",
