@@ -55,8 +55,8 @@ def get_config(arg=None):
     c.optim.b2 = 0.98
     c.optim.warmup_steps = 3750
     c.init = []  # the pretrained encoder goes here (see the docstring)
-    c.optim.frozen = [
-        r"^text_encoder/(token_embed|pos_embed|rel_bias|stack/layers_([0-9]|1[0-9]|2[01]))/"
+    c.optim.frozen = [  # (/|$): pos_embed is a leaf, not a module
+        r"^text_encoder/(token_embed|pos_embed|rel_bias|stack/layers_([0-9]|1[0-9]|2[01]))(/|$)"
     ]
 
     c.mesh.shape = (1, -1, 1)  # FSDP over all chips (checked with metalm_jax.aot on v5p-128)

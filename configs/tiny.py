@@ -5,7 +5,7 @@
 
 Same structure as configs/metalm_lm.py with every size cut down: a 4 x 256 pre-LN decoder, a
 3 x 128 encoder trained from scratch (the paper freezes a pretrained one:
-configs/tiny_minilm.py), 256-token rows, spans of 8-32 tokens. On a 2-core
+configs/tiny_minilm.py), 256-token rows, spans of 8-63 tokens. On a 2-core
 CPU the held-out loss falls visibly within about five minutes (400 steps of 8 x 256 tokens).
 """
 
@@ -18,7 +18,11 @@ def get_config(arg=None):
     c.name = "tiny"
     c.data.vocab_size = 4096
     c.data.seq_len = 256
-    c.spans.min_len, c.spans.max_len = 8, 32
+    # Spans up to 63 tokens + <s> train every row of the encoder's 64-position table
+    # (text_encoder.max_len below): finetuning inputs (60 tokens + <s>, configs/finetune_*) and
+    # in-context prompts read rows that pretraining trained, not random ones (before issue 22
+    # the spans were 8-32, and rows 33-63 stayed at their random init).
+    c.spans.min_len, c.spans.max_len = 8, 63
     c.spans.enc_length = 96  # ~25% of 256 tokens plus one <s> per span, with margin
 
     d = c.model.decoder
@@ -30,7 +34,7 @@ def get_config(arg=None):
     d.norm = "pre"
     e = c.model.text_encoder
     e.num_layers, e.d_model, e.num_heads, e.d_ff = 3, 128, 4, 512
-    e.max_len = 64
+    e.max_len = 64  # = spans.max_len + <s>: every position is trained
     e.dropout = 0.1
 
     c.optim.lr = 2e-3

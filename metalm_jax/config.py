@@ -221,6 +221,12 @@ def base_config() -> ml_collections.ConfigDict:
     ft.preset = "decoder_frozen"  # which parameter groups train: decoder_frozen (the paper's
     #   §3.4: encoders + connectors train) | full | connector_only | decoder_only | none (only
     #   optim.frozen)
+    ft.carry_pretrained = True  # the source run's optim.frozen patterns and optim.lr_multipliers
+    #   that touch only modules it loaded pretrained (an hf `init` entry, e.g. MiniLM: its lower
+    #   layers frozen, its top two at a BERT-scale LR) apply here too; False: this config's only
+    ft.allow_untrained_positions = False  # True: task inputs may reach text-encoder positions
+    #   the source run never trained (beyond its spans.max_len + <s>; they keep their random
+    #   init); otherwise that is an error naming them
 
     c.optim = o = ml_collections.ConfigDict()
     o.name = "adamw"  # adam | adamw
@@ -305,7 +311,13 @@ def kjv_testament_eval(**overrides) -> ml_collections.ConfigDict:
         shots=(0, 1, 4),  # k demonstrations
         trials=3,  # demonstration samples per k > 0 (mean and spread reported)
         examples=100,  # held-out verses, balanced Old / New
-        max_input_tokens=40,  # verses are cut to this many tokens
+        max_input_tokens=40,  # an input's tokens: the verse cut to fit, then the cue
+        cue="A:",  # after every input, in the encoder (the paper's Fig. 4d); "" = none
+        scoring=("calibrated", "mean", "sum"),  # option ranking, each reported; the first is
+        #   <k>shot/accuracy_mean (eval/scoring.option_scores: calibrated against `content_free`,
+        #   per piece, summed)
+        content_free="N/A",  # calibrated scoring's input with no content (Zhao et al. 2021)
+        demo_labels="gold",  # gold | flipped: every demonstration shows the other label
         seq_len=256,  # decoder row for the prompt
         enc_len=256,  # encoder grid for the demonstrations
         batch_size=16,

@@ -214,10 +214,11 @@ def test_mixture_entries_caps_and_sampling(corpus):
     cfg, tok = corpus
     cfg = testing.micro_finetune_config("unused", cfg.data.tfds_data_dir)
     cfg.task.name = "mixture"
-    cfg.task.mixture = [dict(name="kjv_books"), dict(name="kjv_testament", template_index=1)]
+    # template 2 lists no options: the micro encoder's 15 input tokens hold no listed options
+    cfg.task.mixture = [dict(name="kjv_books"), dict(name="kjv_testament", template_index=2)]
     got = entries(cfg.task)
     assert [t.name for t in got] == ["kjv_books", "kjv_testament"]
-    assert got[1].template_index == 1 and got[0].template_index == 0
+    assert got[1].template_index == 2 and got[0].template_index == 0
     a = capped_source(got[0], "train", None, 64, seed=3, cap=50)
     b = capped_source(got[0], "train", None, 64, seed=3, cap=50)
     assert len(a) == 50 and [a[i].id for i in range(50)] == [b[i].id for i in range(50)]
@@ -240,15 +241,18 @@ def test_multitask_finetune_and_cluster_table(pretrained, tmp_path):
 
     cfg = testing.micro_finetune_config(pretrained)
     cfg.task.name = "mixture"
-    cfg.task.mixture = [dict(name="kjv_books"), dict(name="kjv_testament")]
+    # the micro encoder's 15 input tokens hold no listed options (an error, not a silent cut:
+    # data/tasks/task_rows.py), so the drawn templates are kjv_completion's, which list none
+    cfg.task.mixture = [dict(name="kjv_books", template_index=0), dict(name="kjv_completion")]
     cfg.task.template_index = -1  # instruction tuning: one template per example
-    cfg.evals = {"mt": multitask_eval(examples=4, templates=2, max_tokens=3, batch_size=8)}
+    cfg.evals = {"mt": multitask_eval(examples=4, templates=1, max_tokens=3, batch_size=8)}
     cfg.train.run_evals = ("mt",)
     out = train_and_evaluate(cfg, str(tmp_path / "mt"))
     for key in (
         "evals/mt/kjv_books/generation_accuracy",
-        "evals/mt/kjv_testament/generation_accuracy_best",
+        "evals/mt/kjv_completion/token_f1_best",
         "evals/mt/cluster/topic",
+        "evals/mt/cluster/completion",
         "evals/mt/average",
     ):
         assert 0.0 <= out[key] <= 1.0, key

@@ -142,7 +142,7 @@ def test_kjv_book_default_prompt_lists_no_options():
     (ex,) = [ex for ex in ot.kjv_task("kjv_book", "train") if ex.id == "John 11:35"]
     assert ex.inputs == ("Jesus wept. </s> Which book of the Bible is this verse from? Answer:",)
     assert ex.target == "John" and len(ex.options) == 66 and ex.answers == ()
-    listed = ot.kjv_task("kjv_book", "test", template=ot.TEMPLATES["kjv_book"][1])[0]
+    listed = ot.kjv_task("kjv_book", "test", template=ot.KJV_BOOK_OPTIONS_TEMPLATE)[0]
     assert "OPTIONS: </s> Genesis </s> Exodus </s> " in listed.inputs[0]
     assert listed.inputs[0].endswith(" </s> Jude </s> Revelation </s> TARGET:")
 

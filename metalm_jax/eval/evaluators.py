@@ -13,10 +13,12 @@ examples x options x trials rows; multitask: tasks x templates x examples rows).
 `build_evals` builds the configured evaluators (`Evals`); `run_evals` builds and runs them once.
 
   perplexity          held-out loss / perplexity on the fixed validation batches
-  icl_classification  in-context classification by option scoring and by generation (exact
-                      match of a greedy continuation), k-shot prompts with every demonstration
-                      encoded separately (eval/prompts.py); tasks: kjv_testament (does a KJV
-                      verse come from the Old or the New Testament?)
+  icl_classification  in-context classification by option scoring (summed, per piece and
+                      calibrated against a content-free input) and by generation (exact match of
+                      a greedy continuation), k-shot prompts with every demonstration encoded
+                      separately with the cue ("A:", the paper's Fig. 4d; eval/prompts.py);
+                      tasks: kjv_testament (does a KJV verse come from the Old or the New
+                      Testament?)
   captioning          captions for held-out images, COCO metrics; the paper's zero-shot protocol
                       by default (PAPER.md §4.3: "Summarize this image:" in the encoder with the
                       image, greedy); prompt="caption:" for a run finetuned in the paper's format,
@@ -71,64 +73,137 @@ def kjv_testament_task(n_items: int, seed: int):
     return pool, items, ["Old", "New"]
 
 
+def _icl_settings(ev) -> tuple[tuple[str, ...], str, str, str]:
+    """(scoring modes, cue, content-free input, demonstration labels) of an icl_classification
+    section; a section saved before these keys existed gets the old behaviour (summed scores,
+    no cue, gold labels)."""
+    from metalm_jax.eval.scoring import SCORING_MODES
+
+    modes = ev.get("scoring", ("sum",))
+    modes = (modes,) if isinstance(modes, str) else tuple(modes)
+    bad = [m for m in modes if m not in SCORING_MODES]
+    if not modes or bad:
+        raise ConfigError(
+            f"evals: icl_classification scoring={modes}: expected modes of {SCORING_MODES}"
+        )
+    labels = ev.get("demo_labels", "gold")
+    if labels not in ("gold", "flipped"):
+        raise ConfigError(
+            f"evals: icl_classification demo_labels={labels!r}: expected 'gold' or 'flipped'"
+        )
+    return modes, ev.get("cue", ""), ev.get("content_free", "N/A"), labels
+
+
+def _check_icl_positions(ev, cfg, derived, longest: int) -> None:
+    """An in-context input (+ <s>) must stay within the encoder positions pretraining trained
+    (train/finetune.trained_encoder_positions): past them the rows are random."""
+    from metalm_jax.train.finetune import trained_encoder_positions
+
+    trained = trained_encoder_positions(cfg) if derived.rows.text_encoder else None
+    bos = int(cfg.spans.enc_bos)
+    if trained is not None and longest + bos > trained:
+        raise ConfigError(
+            f"evals: icl_classification ({ev.task}) max_input_tokens={longest} (+ <s>) reaches "
+            f"text-encoder positions {trained}-{longest + bos - 1}, which pretraining never "
+            f"trained (spans.max_len={cfg.spans.max_len} + <s>): set its max_input_tokens <= "
+            f"{trained - bos}"
+        )
+
+
 def icl_classification(ev, trainer, tok, cfg, derived):
     """Builds the k-shot classification rows once: every trial's demonstrations (seeded by
-    `ev.seed` and the trial) with one row per option, and trial 0's rows for generation."""
+    `ev.seed` and the trial) with one row per option, the same with the content-free input in
+    place of the query (for calibrated scoring), and trial 0's rows for generation.
+
+    Each input (demonstration or query) is the verse cut to max_input_tokens less the cue, then
+    the cue (`cue`, e.g. "A:" as in the paper's Fig. 4d: `Enc("Great! A:") Positive ...`), all in
+    the encoder; labels are decoder text. Options are ranked by every mode of `scoring`
+    (eval/scoring.option_scores: sum, mean, calibrated), each reported as
+    `<k>shot/<mode>/accuracy_mean|std`; `<k>shot/accuracy_mean|std` is the first mode's.
+    demo_labels="flipped" gives every demonstration the other label: a model that learns from
+    its demonstrations follows them, one that ignores them does not move (the ICL gate)."""
+    from metalm_jax.data.tasks.task_rows import encode_prompt
     from metalm_jax.eval.prompts import build_icl_row
-    from metalm_jax.eval.scoring import row_logliks
+    from metalm_jax.eval.scoring import option_scores, row_logliks
 
     if ev.task != "kjv_testament":
         raise ConfigError(f"evals: unknown icl task {ev.task!r}; expected 'kjv_testament'")
+    modes, cue, content_free, demo_labels = _icl_settings(ev)
+    cue_ids = encode_prompt(tok, cue) if cue else []
+    budget = int(ev.max_input_tokens) - len(cue_ids)
+    if budget < 1:
+        raise ConfigError(
+            f"evals: icl_classification cue {cue!r} takes {len(cue_ids)} of max_input_tokens="
+            f"{ev.max_input_tokens}: raise max_input_tokens or shorten the cue"
+        )
+    _check_icl_positions(ev, cfg, derived, int(ev.max_input_tokens))
     pool, items, options = kjv_testament_task(ev.examples, ev.seed)
     opt_ids = [tok.encode(o) for o in options]
-    cut = lambda text: tok.encode(text)[: ev.max_input_tokens]
+    lengths = np.array([len(o) for o in opt_ids], np.float64)
+    cut = lambda text: tok.encode(text)[:budget] + cue_ids
+    blank = cut(content_free)
+    calibrate = "calibrated" in modes
+    shown = lambda label: (label + 1) % len(options) if demo_labels == "flipped" else label
     encoding = derived.rows.encoding  # inputs are encoded as spans are in training
     row = lambda d, q, o: build_icl_row(d, q, o, ev.seq_len, ev.enc_len, encoding, tok.ids)
     golds = np.asarray([label for _, _, label in items])
-    shots = []  # (k, [(option rows, generation rows: trial 0 only) per trial])
+    shots = []  # (k, [(option rows, content-free rows, generation rows: trial 0) per trial])
     for k in ev.shots:
         trials = []
         for trial in range(ev.trials if k else 1):
             rng = np.random.default_rng(ev.seed * 1000 + trial)
-            rows, gen_rows = [], []
+            rows, cf_rows, gen_rows = [], [], []
             for _rid, text, _label in items:
                 demos = [pool[j] for j in rng.choice(len(pool), k, replace=False)] if k else []
-                d = [(cut(t), opt_ids[lab]) for _, t, lab in demos]
+                d = [(cut(t), opt_ids[shown(lab)]) for _, t, lab in demos]
                 rows += [row(d, cut(text), o) for o in opt_ids]
+                if calibrate:
+                    cf_rows += [row(d, blank, o) for o in opt_ids]
                 if trial == 0:
                     gen_rows.append(row(d, cut(text), []))
-            trials.append((rows, gen_rows))
+            trials.append((rows, cf_rows, gen_rows))
         shots.append((k, trials))
+    shape = (len(items), len(options))
 
     def evaluate(params):
         metrics, preds = {}, []
         for k, trials in shots:
-            accs = []
-            for trial, (rows, gen_rows) in enumerate(trials):
-                scores = row_logliks(trainer.model, params, rows, ev.batch_size)
-                scores = scores.reshape(len(items), len(options))
-                pred = np.argmax(scores, axis=-1)
-                accs.append(float(np.mean(pred == golds)))
+            accs = {m: [] for m in modes}
+            for trial, (rows, cf_rows, gen_rows) in enumerate(trials):
+                summed = row_logliks(trainer.model, params, rows, ev.batch_size).reshape(shape)
+                cf = None
+                if calibrate:
+                    cf = row_logliks(trainer.model, params, cf_rows, ev.batch_size).reshape(shape)
+                picked = {}
+                for m in modes:
+                    picked[m] = np.argmax(option_scores(m, summed, lengths, cf), axis=-1)
+                    accs[m].append(float(np.mean(picked[m] == golds)))
                 if trial:
                     continue
                 gen = generate_labels(trainer, params, tok, gen_rows, ev)
                 metrics[f"{k}shot/generation_exact_match"] = float(
                     np.mean([exact_match(g, [options[y]]) for g, y in zip(gen, golds, strict=True)])
                 )
-                preds += [
-                    {
+                for i, (it, g, t) in enumerate(zip(items, golds, gen, strict=True)):
+                    p = {
                         "id": it[0],
                         "k": k,
                         "gold": options[g],
-                        "pred": options[int(p)],
-                        "scores": s.tolist(),
+                        "pred": options[int(picked[modes[0]][i])],
+                        "preds": {m: options[int(picked[m][i])] for m in modes},
+                        "scores": summed[i].tolist(),
                         "generated": t,
                     }
-                    for it, g, p, s, t in zip(items, golds, pred, scores, gen, strict=True)
-                ]
-            metrics[f"{k}shot/accuracy_mean"] = float(np.mean(accs))
-            metrics[f"{k}shot/accuracy_std"] = float(np.std(accs))
-            metrics[f"{k}shot/trials"] = len(accs)
+                    if cf is not None:
+                        p["content_free_scores"] = cf[i].tolist()
+                    preds.append(p)
+            for m in modes:
+                metrics[f"{k}shot/{m}/accuracy_mean"] = float(np.mean(accs[m]))
+                metrics[f"{k}shot/{m}/accuracy_std"] = float(np.std(accs[m]))
+            metrics[f"{k}shot/accuracy_mean"] = metrics[f"{k}shot/{modes[0]}/accuracy_mean"]
+            metrics[f"{k}shot/accuracy_std"] = metrics[f"{k}shot/{modes[0]}/accuracy_std"]
+            metrics[f"{k}shot/trials"] = len(accs[modes[0]])
+        metrics.update(scoring=list(modes), cue=cue, demo_labels=demo_labels)
         return metrics, preds
 
     return evaluate

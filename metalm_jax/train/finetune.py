@@ -8,7 +8,15 @@ it describes, before anything is built:
   * `init` gets one Orbax entry per restored top-level module (`finetune.restore`): a
     params-only partial restore, checked leaf by leaf (train/init_from.py); the optimizer and
     step start fresh;
-  * the preset (`finetune.preset`) adds its patterns to optim.frozen.
+  * the preset (`finetune.preset`) adds its patterns to optim.frozen;
+  * a module the source loaded pretrained keeps the source's treatment (finetune.carry_pretrained,
+    `pretrained_treatment`): the paper trains only the top two layers of its pretrained encoder,
+    at a BERT-scale LR, and a finetune that unfroze all of MiniLM at the decoder's 1e-3 would
+    overwrite what made it worth docking;
+  * the task's encoder inputs must stay within the encoder positions the source trained
+    (`check_positions_trained`): rows past its spans.max_len + <s> were never trained;
+  * its spans.min_len / max_len are the source's, so the run's saved config says which
+    encoder positions are trained (`trained_encoder_positions`).
 
 Presets over parameter groups (PAPER.md §3.4, §4):
 
@@ -85,7 +93,8 @@ def prepare_config(cfg, workdir: str, log=print):
         out.images.mean, out.images.std = saved.images.mean, saved.images.std
         out.spans.enc_bos = saved.spans.enc_bos
         _copy_tokenizer(saved, _run_dir(step_dir), workdir, out)
-        have = sorted(orbax_param_metadata(step_dir))
+        metadata = orbax_param_metadata(step_dir)
+        have = sorted(metadata)
         wanted = have if "all" in ft.restore else list(ft.restore)
         missing = [m for m in wanted if m not in have]
         if missing:
@@ -94,14 +103,84 @@ def prepare_config(cfg, workdir: str, log=print):
             )
         init = [dict(format="orbax", source=step_dir, target=m) for m in wanted]
         out.init = init + [dict(e) for e in cfg.init if not set(_targets(e)) & set(wanted)]
-        out.optim.frozen = list(cfg.optim.frozen) + PRESETS[ft.preset]
+        frozen, mults = [], []
+        if ft.carry_pretrained:
+            names = [m + "/" + param_path(p) for m in wanted
+                     for p, _ in jax.tree_util.tree_leaves_with_path(metadata[m])]  # fmt: skip
+            frozen, mults = pretrained_treatment(saved, names)
+        out.optim.frozen = list(cfg.optim.frozen) + frozen + PRESETS[ft.preset]
+        # this config's own multipliers first: the first pattern that matches decides
+        out.optim.lr_multipliers = tuple(tuple(x) for x in cfg.optim.lr_multipliers) + tuple(mults)
+        out.spans.min_len, out.spans.max_len = saved.spans.min_len, saved.spans.max_len
+    if not ft.allow_untrained_positions:
+        check_positions_trained(out, trained_encoder_positions(saved), "the source run")
     skipped = [m for m in have if m not in wanted]
     log(
         f"== finetuning from {step_dir}: restoring {', '.join(wanted)}"
         + (f"; not restored: {', '.join(skipped)}" if skipped else "")
         + f"; preset {ft.preset}"
-    )
+        + (f"; carried from its pretrained modules: frozen {frozen}, lr x {mults}" if frozen
+           or mults else "")
+    )  # fmt: skip
     return out
+
+
+def pretrained_treatment(saved, param_names) -> tuple[list[str], list[tuple[str, float]]]:
+    """(optim.frozen patterns, optim.lr_multipliers) of the source config `saved` that match
+    parameters (of `param_names`, "module/..." paths) and only parameters of modules it loaded
+    from a pretrained model (a non-Orbax `init` entry: hf_bert, hf_gpt2, ...): MiniLM's frozen
+    lower layers and its BERT-scale LR multiplier carry into the finetune, while the source's
+    patterns for what it trained from scratch (or froze at random in a test) do not. One step
+    only: the source's own `init` says what was pretrained, so a finetune of a finetune carries
+    nothing (its init entries are Orbax ones): set optim.frozen / lr_multipliers there."""
+    pretrained = {t for e in saved.init if dict(e).get("format") != "orbax" for t in _targets(e)}
+
+    def only_pretrained(pattern: str) -> bool:
+        hits = [n for n in param_names if re.search(pattern, n)]
+        return bool(hits) and all(n.split("/")[0] in pretrained for n in hits)
+
+    frozen = [p for p in saved.optim.frozen if only_pretrained(p)]
+    mults = [(p, float(m)) for p, m in saved.optim.lr_multipliers if only_pretrained(p)]
+    return frozen, mults
+
+
+def trained_encoder_positions(cfg) -> int | None:
+    """How many of the text encoder's learned position rows (0, 1, ...) a run of `cfg` trains
+    or inherits trained; None when every row up to model.text_encoder.max_len counts.
+
+    Semi-causal pretraining encodes spans of at most spans.max_len tokens (+ <s>), so the rows
+    past that are never trained and keep their random init: an input that reaches them (a
+    finetuning input, an in-context prompt) reads noise there. None: no text encoder or no
+    learned table; a table loaded from a pretrained model (a non-Orbax `init` entry for
+    text_encoder), which trained every row; an encoder with its own tokenizer, whose
+    re-tokenized spans are cut to max_len rather than spans.max_len (the one here, MiniLM, is
+    loaded pretrained)."""
+    e = cfg.model.text_encoder
+    if not e.enabled or e.positions != "learned" or e.tokenizer:
+        return None
+    if any(dict(x).get("format") != "orbax" and "text_encoder" in _targets(x) for x in cfg.init):
+        return None
+    return min(int(cfg.spans.max_len) + int(cfg.spans.enc_bos), int(e.max_len))
+
+
+def check_positions_trained(cfg, trained: int | None, source: str) -> None:
+    """Raises (one line) when the task's encoder inputs (task.max_input_tokens + <s>, the
+    longest over a mixture's entries) reach positions past the `trained` rows of `source`;
+    the text is a decoder-only model's or goes through its own tokenizer: nothing to check."""
+    if trained is None or not cfg.task.name:
+        return
+    from metalm_jax.data.tasks.mixture import entries
+
+    bos = int(cfg.spans.enc_bos)
+    longest = max(int(t.max_input_tokens) for t in entries(cfg.task)) + bos
+    if longest > trained:
+        raise ConfigError(
+            f"task.max_input_tokens={longest - bos} (+ <s>) reaches text-encoder positions "
+            f"{trained}-{longest - 1}, which {source} never trained (its spans: at most "
+            f"spans.max_len={trained - bos} tokens + <s>): lower task.max_input_tokens to "
+            f"{trained - bos}, or pretrain with spans.max_len >= {longest - bos}; "
+            "finetune.allow_untrained_positions=True reads them at their random init"
+        )
 
 
 def _copy_tokenizer(saved, source_dir: str, workdir: str, out) -> None:

@@ -83,9 +83,9 @@ _OPTIONS_FORM = "{verse} </s> OPTIONS: </s> {options} </s> TARGET:"
 # Fields: {verse} and {options} (the options joined by " </s> ") for classification, {start}
 # (kjv_completion), {verse} (kjv_next_verse); turned: {label}, {end}, {next}. The first
 # template of each task is its default: the single-task form (PAPER.md §3.4), input then cue,
-# all in the encoder. Templates 1, 4 and 7 of kjv_books and kjv_testament and 1 of kjv_book are
-# the multitask form of §4.2 (instruction, input, "OPTIONS:", every option, "TARGET:"). The
-# last two of every task are turned.
+# all in the encoder. Templates 1, 4 and 7 of kjv_books and kjv_testament are the multitask
+# form of §4.2 (instruction, input, "OPTIONS:", every option, "TARGET:"); kjv_book's is
+# KJV_BOOK_OPTIONS_TEMPLATE, outside its ten. The last two of every task are turned.
 TEMPLATES: dict[str, tuple[str | Template, ...]] = {
     "kjv_books": (
         "{verse} </s> Which part of the Bible is this from? Answer:",
@@ -117,10 +117,13 @@ TEMPLATES: dict[str, tuple[str | Template, ...]] = {
         Template("Write a verse from the {label} Testament. </s> TARGET:", turned=True),
         Template("Testament: {label} </s> Quote a verse from it. </s> TARGET:", turned=True),
     ),
-    # No options in the default: 66 of them would be most of the encoder's input.
+    # No options listed in any of them: the 66 book names are ~170 tokens, beyond the input
+    # of any tiny encoder, and a template that cannot fit its options is an error
+    # (data/tasks/task_rows.py). The paper's listed form is KJV_BOOK_OPTIONS_TEMPLATE, for an
+    # encoder with a few hundred trained positions (task.template).
     "kjv_book": (
         "{verse} </s> Which book of the Bible is this verse from? Answer:",
-        "Which book of the Bible is this verse from? </s> " + _OPTIONS_FORM,
+        "Which book of the Bible is this verse from? </s> {verse} </s> TARGET:",
         "Verse: {verse} </s> Book:",
         "{verse} </s> In which book of the Bible would you find this verse? Answer:",
         "{verse} </s> Name the book of the Bible this verse comes from. </s> TARGET:",
@@ -162,6 +165,7 @@ TEMPLATES: dict[str, tuple[str | Template, ...]] = {
         Template("Verse: {next} </s> Previous verse:", turned=True),
     ),
 }
+KJV_BOOK_OPTIONS_TEMPLATE = "Which book of the Bible is this verse from? </s> " + _OPTIONS_FORM
 _KJV_LABELS = {"kjv_books": tuple(BOOK_GROUPS), "kjv_testament": TESTAMENTS, "kjv_book": BOOKS}
 
 

@@ -12,7 +12,11 @@ their prefix; the target is decoder tokens + </s> with the loss on exactly those
 
 Inputs longer than task.max_input_tokens lose tokens from their middle, so both the start (the
 instruction) and the end (the cue, e.g. "Label:") stay; targets are cut to
-task.max_target_tokens.
+task.max_target_tokens. An input that lists its options (the paper's multiple-choice form,
+"... OPTIONS: </s> a </s> b </s> TARGET:") keeps every option and the cue whole and is cut only
+before them (`ExampleEncoder.input_ids`); a template whose options and cue leave too little of
+the budget for the rest is an error naming the task and the template, not a silent cut (a
+model that never sees an option cannot pick it).
 """
 
 from __future__ import annotations
@@ -21,10 +25,15 @@ import grain
 
 from metalm_jax.data import images as imlib
 from metalm_jax.data.rows import DoesNotFit, Enc, Image, Target, Text
-from metalm_jax.data.tasks.examples import ImageInput, TaskExample
+from metalm_jax.data.tasks.examples import OPTIONS_SEP, ImageInput, TaskExample
 from metalm_jax.data.tokenizer import Tokenizer
+from metalm_jax.types import ConfigError
 
 SEPARATOR = "</s>"
+# An input that lists its options keeps at least 1/PASSAGE_SHARE of task.max_input_tokens for
+# what comes before them (the instruction and the passage): less, and the options are most of
+# what the encoder reads.
+PASSAGE_SHARE = 4
 
 
 def encode_prompt(tok: Tokenizer, text: str) -> list[int]:
@@ -49,6 +58,28 @@ def cut_middle(ids, max_len: int, tail: int = 12) -> list[int]:
     return ids[: max_len - tail] + (ids[-tail:] if tail else [])
 
 
+def _template_named(task_cfg) -> str:
+    """How an error names the task's template: task.template, task.input_template (JSONL), or
+    task.template_index with its text (-1: one drawn per example)."""
+    if task_cfg.get("template"):
+        return f"task.template {task_cfg.template!r}"
+    if task_cfg.get("input_template"):
+        return f"task.input_template {task_cfg.input_template!r}"
+    index = int(task_cfg.get("template_index", 0))
+    if index == -1:
+        return "one of its templates (task.template_index=-1, drawn per example)"
+    from metalm_jax.data.tasks.registry import task_spec
+
+    try:
+        templates = task_spec(task_cfg.name).templates
+    except (KeyError, ValueError):
+        templates = ()
+    if not 0 <= index < len(templates):
+        return f"task.template_index={index}"
+    text = getattr(templates[index], "text", templates[index])
+    return f"task.template_index={index} ({text!r})"
+
+
 class ExampleEncoder:
     """TaskExample -> row pieces, for one model: text inputs through the text encoder if it has
     one (else as decoder text), images through its ImageLayout."""
@@ -60,6 +91,8 @@ class ExampleEncoder:
         self.text_encoder = text_encoder
         self.layout = layout
         self.augment = augment
+        self.task_name = task_cfg.name
+        self.template_named = _template_named(task_cfg)
 
     def input_pieces(self, ex: TaskExample, rng=None) -> list:
         pieces = []
@@ -83,11 +116,36 @@ class ExampleEncoder:
                 prefix = cut_middle(encode_prompt(self.tok, x.prefix), lay.prefix_len)
                 pieces.append(Image(pixels, prefix))
             else:
-                ids = cut_middle(encode_prompt(self.tok, x), self.max_input)
+                ids = self.input_ids(ex, x)
                 pieces.append(Enc(ids) if self.text_encoder else Text(ids))
         if ex.decoder_text:
             pieces.append(Text(encode_prompt(self.tok, ex.decoder_text)))
         return pieces
+
+    def input_ids(self, ex: TaskExample, text: str) -> list[int]:
+        """A text input's ids within task.max_input_tokens: cut in the middle; when it lists
+        the example's options, every option and what follows them (the cue) stay whole and only
+        the part before them is cut (keeping its start and its end, "OPTIONS:")."""
+        ids = encode_prompt(self.tok, text)
+        if len(ids) <= self.max_input:
+            return ids
+        listed = OPTIONS_SEP.join(ex.options) if len(ex.options) > 1 else ""
+        at = text.find(listed) if listed else -1
+        if at < 0:
+            return cut_middle(ids, self.max_input)
+        # split at the </s> before the first option: both halves tokenize as in the whole
+        kept = encode_prompt(self.tok, text[at:])
+        room = self.max_input - len(kept)
+        need = max(1, self.max_input // PASSAGE_SHARE)
+        if room < need:
+            raise ConfigError(
+                f"task {self.task_name}, {self.template_named}: its {len(ex.options)} listed "
+                f"options and cue take {len(kept)} of task.max_input_tokens={self.max_input} "
+                f"tokens, leaving {max(room, 0)} for the rest (at least {need}): use a template "
+                "without {options}, fewer or shorter options (task.verbalizer), or a larger "
+                "task.max_input_tokens (within the encoder's trained positions)"
+            )
+        return cut_middle(encode_prompt(self.tok, text[:at]), room) + kept
 
     def target_ids(self, text: str) -> list[int]:
         return encode_prompt(self.tok, text)[: self.max_target] + [self.tok.eos]
