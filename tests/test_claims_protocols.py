@@ -98,9 +98,8 @@ def test_minilm_trains_only_its_top_two_layers_at_a_bert_rate(monkeypatch, tmp_p
     ft = _finetune_config()
     ft.finetune.carry_pretrained = False  # said explicitly: this config's groups only
     out = finetune.prepare_config(ft, str(tmp_path), lambda line: None)
-    assert out.optim.lr_multipliers == () and all(
-        "text_encoder" not in p for p in out.optim.frozen
-    )
+    assert out.optim.lr_multipliers == ()
+    assert all("text_encoder" not in p for p in out.optim.frozen)
 
 
 def test_only_patterns_of_pretrained_modules_carry():
@@ -164,6 +163,14 @@ def test_encoders_whose_table_was_pretrained_or_absent_are_not_limited():
     cfg.init = []
     cfg.model.text_encoder.enabled = False  # the GPT baseline: inputs are decoder text
     assert finetune.trained_encoder_positions(cfg) is None
+
+
+def test_image_tasks_are_not_limited_by_the_text_encoders_positions():
+    cfg = testing.micro_finetune_config("unused", task="kjv_books")  # 15 + <s> past 9 rows
+    with pytest.raises(ConfigError, match="positions 9-15"):
+        finetune.check_positions_trained(cfg, 9, "the source run")
+    cfg.task.name = "emoji_vqa"  # the image and its question go to the vision encoder
+    finetune.check_positions_trained(cfg, 9, "the source run")
 
 
 def test_in_context_inputs_past_the_trained_positions_are_an_error():
@@ -230,10 +237,13 @@ def test_icl_evaluator_reports_every_mode_with_the_cue_in_its_inputs(corpus, mon
     ev = kjv_testament_eval(shots=(0, 1), trials=2, examples=4, max_input_tokens=8, seq_len=64,
                             enc_len=32, batch_size=8, demo_labels="flipped")  # fmt: skip
     built = []
-    build_icl_row = prompts.build_icl_row
-    monkeypatch.setattr(
-        prompts, "build_icl_row", lambda d, q, o, *a: built.append((d, q)) or build_icl_row(d, q, o, *a)
-    )  # fmt: skip
+    real = prompts.build_icl_row
+
+    def recording(d, q, o, *a):
+        built.append((d, q))
+        return real(d, q, o, *a)
+
+    monkeypatch.setattr(prompts, "build_icl_row", recording)
     monkeypatch.setattr(decode, "generate", lambda m, p, b, k, **kw: np.zeros(
         (b.tokens.shape[0], kw["max_new"]), np.int32))  # fmt: skip
     trainer = types.SimpleNamespace(model=BiasLM(), derived=derive(cfg, tok))
@@ -263,17 +273,21 @@ def test_flipped_demonstrations_show_the_other_label(corpus, monkeypatch):
     base, tok = corpus
     cfg = testing.micro_finetune_config("unused", base.data.tfds_data_dir)
     seen = {}
+    built = []
+    real = prompts.build_icl_row
+
+    def recording(d, q, o, *a):
+        built.append(d)
+        return real(d, q, o, *a)
+
+    monkeypatch.setattr(prompts, "build_icl_row", recording)
+    trainer = types.SimpleNamespace(model=BiasLM(), derived=derive(cfg, tok))
     for labels in ("gold", "flipped"):
-        built = []
-        real = prompts.build_icl_row
-        monkeypatch.setattr(prompts, "build_icl_row",
-                            lambda d, q, o, *a: built.append(d) or real(d, q, o, *a))  # fmt: skip
+        built.clear()
         ev = kjv_testament_eval(shots=(1,), trials=1, examples=4, max_input_tokens=8, seq_len=64,
                                 enc_len=32, batch_size=8, demo_labels=labels)  # fmt: skip
-        trainer = types.SimpleNamespace(model=BiasLM(), derived=derive(cfg, tok))
         evaluators.icl_classification(ev, trainer, tok, cfg, trainer.derived)
         seen[labels] = [tok.decode(list(d[0][1])) for d in built]
-        monkeypatch.setattr(prompts, "build_icl_row", real)
     assert len(seen["gold"]) == len(seen["flipped"]) > 0
     swap = {"Old": "New", "New": "Old"}
     assert seen["flipped"] == [swap[x] for x in seen["gold"]]

@@ -164,15 +164,22 @@ def trained_encoder_positions(cfg) -> int | None:
 
 
 def check_positions_trained(cfg, trained: int | None, source: str) -> None:
-    """Raises (one line) when the task's encoder inputs (task.max_input_tokens + <s>, the
-    longest over a mixture's entries) reach positions past the `trained` rows of `source`;
-    the text is a decoder-only model's or goes through its own tokenizer: nothing to check."""
+    """Raises (one line) when the task's text inputs (task.max_input_tokens + <s>, the longest
+    over a mixture's entries) reach text-encoder positions past the `trained` rows of `source`;
+    `trained` None (a decoder-only model, a pretrained or re-tokenizing encoder): nothing to
+    check."""
     if trained is None or not cfg.task.name:
         return
     from metalm_jax.data.tasks.mixture import entries
 
     bos = int(cfg.spans.enc_bos)
-    longest = max(int(t.max_input_tokens) for t in entries(cfg.task)) + bos
+    from metalm_jax.data.tasks.registry import task_spec
+
+    # an image task's inputs go to the vision encoder (TaskSpec.inputs)
+    texts = [t for t in entries(cfg.task) if task_spec(t.name).inputs == "text"]
+    if not texts:
+        return
+    longest = max(int(t.max_input_tokens) for t in texts) + bos
     if longest > trained:
         raise ConfigError(
             f"task.max_input_tokens={longest - bos} (+ <s>) reaches text-encoder positions "

@@ -232,5 +232,8 @@ def _open_captions(task_cfg, split: str, data_dir, render_size: int, seed: int) 
     )
 
 
-register(TaskSpec("emoji_vqa", _open_vqa, cluster="vqa", kind="qa"))
-register(TaskSpec("emoji_captions", _open_captions, cluster="captioning", kind="generation"))
+register(TaskSpec("emoji_vqa", _open_vqa, cluster="vqa", kind="qa", inputs="image"))
+register(
+    TaskSpec("emoji_captions", _open_captions, cluster="captioning", kind="generation",
+             inputs="image")
+)  # fmt: skip

@@ -43,6 +43,9 @@ class TaskSpec:
                per example); () when the prompt is a config string (task.prompt, ...)
     records    what its opener reads besides the config, for tasks that keep that in the
                registry (a TFDS task: data/tasks/tfds_tasks.TfdsRecords); else None
+    inputs     what its inputs are: "text" (read by the text encoder, so bounded by the
+               encoder positions pretraining trained: train/finetune.py) or "image" (an image
+               with a text prefix, read by the vision encoder)
     """
 
     name: str
@@ -51,8 +54,11 @@ class TaskSpec:
     kind: str
     templates: tuple[str | Template, ...] = ()
     records: object = None
+    inputs: str = "text"
 
     def __post_init__(self):
+        if self.inputs not in ("text", "image"):
+            raise ValueError(f"TaskSpec {self.name!r}: inputs {self.inputs!r}: text | image")
         if not self.name or not self.cluster or self.kind not in (*KINDS, ""):
             raise ValueError(
                 f"TaskSpec {self.name!r}: needs a name, a cluster and a kind in {KINDS} (or ''), "
