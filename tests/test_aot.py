@@ -44,6 +44,7 @@ def test_kernel_names_from_compiled_or_lowered_text():
     assert "RET_CHECK failure" in got and "details" not in got
 
 
+@pytest.mark.slow  # 6-14 s (default tier: tests/conftest.py)
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed")
 def test_compile_micro_model_for_v5e(monkeypatch):
     monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5p-8")  # quiets libtpu's host probing

@@ -191,7 +191,7 @@ def test_model_with_blockwise_matches_dense(backend, decoder, monkeypatch):
     dense, cfg = _micro("dense", **decoder)
     fast, _ = _micro(backend, **decoder)
     batch = Batch.from_dict(testing.random_batch(2, 64, cfg.data.vocab_size, SPANS))
-    params = dense.init(jax.random.key(0), batch)["params"]
+    params = jax.jit(dense.init)(jax.random.key(0), batch)["params"]
     ref_logits = dense.apply({"params": params}, batch)[0]
     logits = fast.apply({"params": params}, batch)[0]
     np.testing.assert_allclose(logits, ref_logits, atol=1e-4, rtol=0)
@@ -210,7 +210,7 @@ def test_model_with_splash_matches_dense_in_interpret_mode():
     dense, cfg = _micro("dense", 128)
     fast, _ = _micro("splash", 128)
     batch = Batch.from_dict(testing.random_batch(2, 128, cfg.data.vocab_size, SPANS))
-    params = dense.init(jax.random.key(0), batch)["params"]
+    params = jax.jit(dense.init)(jax.random.key(0), batch)["params"]
     real = np.asarray(batch.segment_ids > 0)
     ref = np.asarray(dense.apply({"params": params}, batch)[0])
     got = np.asarray(fast.apply({"params": params}, batch)[0])
@@ -230,7 +230,7 @@ def test_kv_cache_decoding_reproduces_each_backends_full_forward(backend, monkey
     row["positions"][:] = np.arange(L)
     ex = build_example(row, [(5, 12), (20, 28)], SPANS)
     batch = Batch.from_dict({k: v[None] for k, v in ex.items()})
-    params = model.init(jax.random.key(0), batch)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), batch)["params"]
     full = np.asarray(model.apply({"params": params}, batch)[0])
     P = L - 6
     prompt = jax.tree.map(lambda x: x[:, :P] if x.shape[1] == L else x, batch)

@@ -382,6 +382,7 @@ def test_init_from_hf_and_from_orbax(corpus, tmp_path, capsys):
         np.testing.assert_array_equal(a, np.asarray(b))
 
 
+@pytest.mark.slow  # 6-14 s (default tier: tests/conftest.py)
 def test_init_errors_name_the_entry(corpus, tmp_path):
     import jax
 

@@ -158,12 +158,13 @@ def _random_params(cfg, seed=0):
     """Our init, every leaf perturbed so biases and LayerNorm parameters are not 0 / 1."""
     model = MetaLM(model_config(cfg))
     batch = dummy_batch(1, SEQ, 8)
-    params = nn.unbox(model.init(jax.random.key(seed), batch)["params"])
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(seed), batch)["params"])
     rng = np.random.default_rng(seed)
     perturb = lambda x: np.asarray(x) + 0.1 * rng.standard_normal(np.shape(x)).astype(np.float32)
     return model, jax.tree.map(perturb, params)
 
 
+@pytest.mark.slow  # 6-14 s (default tier: tests/conftest.py)
 @pytest.mark.parametrize("scan", [False, True])
 def test_export_parity_and_round_trip(tmp_path, scan):
     cfg = _gpt2_shaped_cfg(scan=scan)

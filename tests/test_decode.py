@@ -12,6 +12,9 @@ from metalm_jax.model.build import model_config
 from metalm_jax.model.metalm import MetaLM
 from metalm_jax.types import Batch
 
+# the full tier: its micro fixture compiles the decoder (10 s), each test 3-9 s more
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def micro():
@@ -22,7 +25,7 @@ def micro():
     row["positions"][:] = np.arange(64)
     ex = build_example(row, [(5, 12), (20, 28)], SpanConfig(4, 8, 0.25, 24))
     batch = Batch.from_dict({k: v[None] for k, v in ex.items()})
-    params = model.init(jax.random.key(0), batch)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), batch)["params"]
     return cfg, model, params, batch
 
 

@@ -40,7 +40,7 @@ def test_model_loss_fused_matches_unfused():
     batch = Batch.from_dict(
         testing.random_batch(2, 64, cfg.data.vocab_size, SpanConfig(4, 8, 0.25, 24))
     )
-    params = model.init(jax.random.key(0), batch)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), batch)["params"]
 
     def run(fused):
         def f(p):

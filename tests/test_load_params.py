@@ -18,6 +18,8 @@ from metalm_jax.train.checkpoint import Checkpointer
 from metalm_jax.train.trainer import build_inference, build_trainer
 from metalm_jax.types import CheckpointError
 
+pytestmark = pytest.mark.slow  # the full tier: its fixture trains and saves two steps (13 s)
+
 
 @pytest.fixture(scope="module")
 def saved(corpus, tmp_path_factory):

@@ -58,7 +58,7 @@ def tiny():
     cfg = testing.micro_config()
     model = MetaLM(model_config(cfg))
     batch = Batch.from_dict(testing.random_batch(2, 64, cfg.data.vocab_size, SPANS))
-    params = model.init(jax.random.key(0), batch)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), batch)["params"]
     apply = jax.jit(lambda p, b: model.apply({"params": p}, b))
     return cfg, model, params, batch, apply
 
@@ -110,6 +110,7 @@ def test_encoder_spans_are_isolated(tiny):
     assert np.abs(out[0, first[0]] - bank[0, first[0]]).max() > 1e-4  # bidirectional inside
 
 
+@pytest.mark.slow  # 6-13 s (default tier: tests/conftest.py)
 def test_pre_ln_and_post_ln_variants_build():
     cfg = testing.micro_config()
     mc = model_config(cfg)
@@ -136,7 +137,7 @@ def test_deepnorm_constants_can_be_set_one_at_a_time():
     batch = Batch.from_dict(testing.random_batch(1, 64, cfg.data.vocab_size, SPANS))
 
     def wo_std(mc):
-        params = nn.unbox(MetaLM(mc).init(jax.random.key(0), batch)["params"])
+        params = nn.unbox(jax.jit(MetaLM(mc).init)(jax.random.key(0), batch)["params"])
         return float(np.std(np.asarray(params["decoder"]["layers_0"]["mlp"]["wo"])))
 
     ratio = wo_std(model_config(cfg)) / wo_std(dataclasses.replace(model_config(cfg), decoder=dec))

@@ -78,7 +78,7 @@ def test_demonstration_outputs_reach_their_slots():
     model = MetaLM(model_config(cfg))
     row = build_icl_row([([21, 22], [31]), ([23], [32])], [24, 25], [41], seq_len=64, enc_len=24)
     batch = Batch.from_dict({k: v[None] for k, v in row.items()})
-    params = model.init(jax.random.key(0), batch)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), batch)["params"]
     enc = lambda b: np.asarray(model.apply({"params": params}, b, method=MetaLM.encode))
     base = enc(batch)
     toks = batch.enc_tokens.copy()

@@ -60,7 +60,7 @@ def test_same_update_on_every_mesh(scan):
 
 def _one_step(cfg, batch, accum):
     model = MetaLM(model_config(cfg))
-    params = nn.unbox(model.init(jax.random.key(0), batch)["params"])
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch)["params"])
     tx, _ = make_optimizer(cfg.optim, cfg.train.steps, params)
     state = TrainState(jnp.ones((), jnp.int32), params, tx.init(params))  # step 1: LR > 0
     step = jax.jit(functools.partial(train_step, model=model, tx=tx, seed=0, accum=accum))
@@ -105,13 +105,14 @@ def test_scan_and_remat_give_the_unrolled_numbers():
         MetaLM(model_config(cfg)).init(jax.random.key(0), batch)
 
 
+@pytest.mark.slow  # 6-14 s (default tier: tests/conftest.py)
 def test_bfloat16_compute_with_scanned_post_ln_stack():
     cfg = testing.micro_config()
     cfg.model.dtype = "bfloat16"
     cfg.model.decoder.scan, cfg.model.decoder.remat = True, "full"
     batch = Batch.from_dict(testing.random_batch(2, 64, cfg.data.vocab_size, SPANS))
     model = MetaLM(model_config(cfg))
-    params = model.init(jax.random.key(0), batch)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), batch)["params"]
     assert jax.tree.leaves(params)[0].dtype == jnp.float32  # params stay float32
     logits, _ = model.apply({"params": params}, batch)
     assert logits.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(logits)))

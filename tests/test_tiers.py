@@ -7,6 +7,10 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the full tier: each test runs pytest in a subprocess (4-8 s)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 SUITE = """

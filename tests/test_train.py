@@ -24,7 +24,7 @@ def _setup(cfg):
     batch = Batch.from_dict(
         testing.random_batch(4, 64, cfg.data.vocab_size, SpanConfig(4, 8, 0.25, 24))
     )
-    params = nn.unbox(model.init(jax.random.key(0), batch)["params"])
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch)["params"])
     tx, groups = make_optimizer(cfg.optim, cfg.train.steps, params)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     step = jax.jit(functools.partial(train_step, model=model, tx=tx, seed=0))
@@ -51,6 +51,7 @@ def test_train_steps_lower_the_loss_and_freeze_what_is_frozen():
         assert np.array_equal(np.asarray(old), np.asarray(new)) == frozen, param_path(path)
 
 
+@pytest.mark.slow  # 6-14 s (default tier: tests/conftest.py)
 def test_unknown_frozen_pattern_is_an_error():
     cfg = testing.micro_config()
     cfg.optim.frozen = [r"^text_encoder/stack/layers_9/"]

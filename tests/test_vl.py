@@ -110,10 +110,11 @@ def micro_vl():
     return cfg, layout, batch
 
 
+@pytest.mark.slow  # 6-14 s (default tier: tests/conftest.py)
 def test_bank_layout_and_image_prefix_mask(micro_vl):
     cfg, layout, batch = micro_vl
     model = MetaLM(model_config(cfg))
-    params = model.init(jax.random.key(0), batch)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), batch)["params"]
     enc = jax.jit(lambda p, b: model.apply({"params": p}, b, method=MetaLM.encode))
     bank = np.asarray(enc(params, batch))
     assert bank.shape == (4, cfg.spans.enc_length + 2 * layout.slots_per_image, 32)
@@ -145,7 +146,7 @@ def test_mixed_text_and_image_batch_trains(micro_vl):
     cfg, _, batch = micro_vl
     cfg.train.steps = 100
     model = MetaLM(model_config(cfg))
-    params = nn.unbox(model.init(jax.random.key(0), batch)["params"])
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch)["params"])
     tx, _ = make_optimizer(cfg.optim, cfg.train.steps, params)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     step = jax.jit(functools.partial(train_step, model=model, tx=tx, seed=0))
@@ -182,6 +183,7 @@ def test_bad_image_is_named_or_skipped_and_counted():
     assert vl_pipeline.skipped_images() == before + 1
 
 
+@pytest.mark.slow  # 6-14 s (default tier: tests/conftest.py)
 def test_vision_encoder_runs_at_a_new_resolution():
     from metalm_jax.model.vision import VisionEncoder
 
