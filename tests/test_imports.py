@@ -196,12 +196,9 @@ def upward_imports(sources: dict[str, str]) -> list[str]:
     return bad
 
 
-def floor_cycle(sources: dict[str, str]) -> list[str] | None:
-    """A cycle in the graph of floors (each edge with one import that makes it), or None."""
-    graph: dict[str, dict[str, str]] = {}
-    for module, line, name, mine, theirs, _ in import_edges(sources):
-        if mine != theirs:
-            graph.setdefault(mine, {}).setdefault(theirs, f"{module}:{line} -> {name}")
+def _find_cycle(graph: dict[str, dict], step) -> list[str] | None:
+    """The first cycle of a directed graph ({node: {next node: what makes the edge}}), found
+    depth-first in sorted order, as one `step(a, b)` line per edge; None if there is none."""
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     path: list[str] = []
 
@@ -211,10 +208,7 @@ def floor_cycle(sources: dict[str, str]) -> list[str] | None:
         for nxt in sorted(graph.get(node, {})):
             if state.get(nxt) == 1:
                 cycle = path[path.index(nxt) :]
-                return [
-                    f"{a} -> {b} ({graph[a][b]})"
-                    for a, b in zip(cycle, cycle[1:] + [nxt], strict=True)
-                ]
+                return [step(a, b) for a, b in zip(cycle, cycle[1:] + [nxt], strict=True)]
             if nxt not in state and (found := visit(nxt)):
                 return found
         path.pop()
@@ -225,6 +219,15 @@ def floor_cycle(sources: dict[str, str]) -> list[str] | None:
         if node not in state and (found := visit(node)):
             return found
     return None
+
+
+def floor_cycle(sources: dict[str, str]) -> list[str] | None:
+    """A cycle in the graph of floors (each edge with one import that makes it), or None."""
+    graph: dict[str, dict[str, str]] = {}
+    for module, line, name, mine, theirs, _ in import_edges(sources):
+        if mine != theirs:
+            graph.setdefault(mine, {}).setdefault(theirs, f"{module}:{line} -> {name}")
+    return _find_cycle(graph, lambda a, b: f"{a} -> {b} ({graph[a][b]})")
 
 
 def module_cycle(sources: dict[str, str]) -> list[str] | None:
@@ -237,29 +240,9 @@ def module_cycle(sources: dict[str, str]) -> list[str] | None:
     for module, line, name, _, _, in_main in import_edges(sources):
         if not in_main and name != module:
             graph.setdefault(module, {}).setdefault(name, line)
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    path: list[str] = []
-
-    def visit(node):
-        state[node] = 1
-        path.append(node)
-        for nxt in sorted(graph.get(node, {})):
-            if state.get(nxt) == 1:
-                cycle = path[path.index(nxt) :]
-                return [
-                    f"{a.replace('.', '/')}.py:{graph[a][b]}: {a} imports {b}"
-                    for a, b in zip(cycle, cycle[1:] + [nxt], strict=True)
-                ]
-            if nxt not in state and (found := visit(nxt)):
-                return found
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in sorted(graph):
-        if node not in state and (found := visit(node)):
-            return found
-    return None
+    return _find_cycle(
+        graph, lambda a, b: f"{a.replace('.', '/')}.py:{graph[a][b]}: {a} imports {b}"
+    )
 
 
 @pytest.fixture(scope="module")
