@@ -50,6 +50,7 @@ import tensorflow_datasets as tfds
 from metalm_jax.data import images
 from metalm_jax.data.corpora import pairs, sources
 from metalm_jax.data.corpora.sources import expand_paths
+from metalm_jax.data.corpora.text import LocalSplits
 from metalm_jax.types import ConfigError
 
 _SKIPPED_CODEPOINTS = (0xFE0F, 0x200D)  # emoji presentation selector, zero-width joiner
@@ -267,7 +268,7 @@ def read_local_pairs(paths):
     yield from pairs.read_pairs(paths)
 
 
-class LocalImageText(tfds.core.GeneratorBasedBuilder):
+class LocalImageText(LocalSplits, tfds.core.GeneratorBasedBuilder):
     """A user's image-caption pairs; build with `config=local_image_text_config(...)`."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -282,36 +283,20 @@ class LocalImageText(tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(),
         )
 
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        self._tallies = {}
-        return {split: self._generate_examples(split) for split in ("train", "validation")}
-
     def _generate_examples(self, split):
         c = self.builder_config
-        tally = self._tallies[split] = sources.Tally(c.on_bad_record)
-        held_out = split == "validation"
 
-        def wanted(record_id):
-            return (sources.hash_fraction(record_id) < c.validation_fraction) == held_out
-
-        count = 0
-        for record_id, image, caption in pairs.read_pairs(
-            c.paths, tally, wanted, c.image_column, c.caption_column, c.max_pixels
-        ):
-            count += 1
-            yield record_id, {"id": record_id, "image": image, "caption": caption}
-        if not count:
-            raise ConfigError(
-                f"image-text data: the {split} split would be empty ({tally.seen} pairs, "
-                f"validation_fraction={c.validation_fraction}): add pairs or change the fraction"
+        def read(tally, wanted):
+            return pairs.read_pairs(
+                c.paths, tally, wanted, c.image_column, c.caption_column, c.max_pixels
             )
-        self.info.metadata["bad_records_skipped"] = sum(t.skipped for t in self._tallies.values())
 
-    def bad_record_report(self) -> str:
-        """One line on the bad records skipped while preparing (this process), or ""."""
-        what = f"{self.name}/{self.builder_config.name}"
-        return sources.skipped_report(what, getattr(self, "_tallies", {}).values())
+        empty = lambda seen: (
+            f"image-text data: the {split} split would be empty ({seen} pairs, "
+            f"validation_fraction={c.validation_fraction}): add pairs or change the fraction"
+        )
+        for record_id, image, caption in self._records(split, read, empty):
+            yield record_id, {"id": record_id, "image": image, "caption": caption}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -150,7 +150,41 @@ def read_local_documents(paths, text_key: str = "text"):
     yield from documents.read_documents(paths, text_key)
 
 
-class LocalText(tfds.core.GeneratorBasedBuilder):
+class LocalSplits:
+    """What the builders of a user's files share (LocalText, LocalImageText): both splits read
+    in one pass each, a record in `validation` when its id hashes below validation_fraction,
+    bad records tallied per split (data.on_bad_record), an empty split an error."""
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        self._tallies = {}
+        return {split: self._generate_examples(split) for split in ("train", "validation")}
+
+    def _records(self, split: str, read, empty):
+        """The items of `read(tally, wanted)` for `split` (`wanted(record_id)`: whether a
+        record belongs to it); ConfigError(empty(records seen)) if there are none."""
+        c = self.builder_config
+        tally = self._tallies[split] = sources.Tally(c.on_bad_record)
+        held_out = split == "validation"
+
+        def wanted(record_id):
+            return (sources.hash_fraction(record_id) < c.validation_fraction) == held_out
+
+        count = 0
+        for item in read(tally, wanted):
+            count += 1
+            yield item
+        if not count:
+            raise ConfigError(empty(tally.seen))
+        self.info.metadata["bad_records_skipped"] = sum(t.skipped for t in self._tallies.values())
+
+    def bad_record_report(self) -> str:
+        """One line on the bad records skipped while preparing (this process), or ""."""
+        what = f"{self.name}/{self.builder_config.name}"
+        return sources.skipped_report(what, getattr(self, "_tallies", {}).values())
+
+
+class LocalText(LocalSplits, tfds.core.GeneratorBasedBuilder):
     """A user's corpus files as a corpus; build with `config=local_text_config(...)`."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -164,35 +198,16 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(),
         )
 
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        self._tallies = {}
-        return {split: self._generate_examples(split) for split in ("train", "validation")}
-
     def _generate_examples(self, split):
         c = self.builder_config
-        tally = self._tallies[split] = sources.Tally(c.on_bad_record)
-        held_out = split == "validation"
-
-        def wanted(doc_id):
-            return (sources.hash_fraction(doc_id) < c.validation_fraction) == held_out
-
-        count = 0
-        for doc_id, paras in documents.read_documents(c.paths, c.text_key, tally, wanted):
-            count += 1
+        read = lambda tally, wanted: documents.read_documents(c.paths, c.text_key, tally, wanted)
+        empty = lambda seen: (
+            f"data.files: the {split} split would be empty ({seen} documents, "
+            f"data.validation_fraction={c.validation_fraction}): add documents or change "
+            "the fraction"
+        )
+        for doc_id, paras in self._records(split, read, empty):
             yield doc_id, {"id": doc_id, "paragraphs": "\n".join(paras)}
-        if not count:
-            raise ConfigError(
-                f"data.files: the {split} split would be empty ({tally.seen} documents, "
-                f"data.validation_fraction={c.validation_fraction}): add documents or change "
-                "the fraction"
-            )
-        self.info.metadata["bad_records_skipped"] = sum(t.skipped for t in self._tallies.values())
-
-    def bad_record_report(self) -> str:
-        """One line on the bad records skipped while preparing (this process), or ""."""
-        what = f"{self.name}/{self.builder_config.name}"
-        return sources.skipped_report(what, getattr(self, "_tallies", {}).values())
 
 
 def make_builder(data_cfg, data_dir: str | None):
