@@ -30,6 +30,7 @@ from metalm_jax.train import finetune
 from metalm_jax.train.optimizer import group_labels, param_path
 from metalm_jax.types import ConfigError
 from tests import _needs
+from tests.test_evaluators import BiasLM  # logits = params['bias'] everywhere
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -211,20 +212,6 @@ def test_calibration_removes_a_constant_option_bias():
     assert np.argmax(option_scores("mean", tie, lengths)) == 0
     with pytest.raises(ValueError, match="content-free"):
         option_scores("calibrated", logliks, lengths)
-
-
-class BiasLM:
-    """Logits = params["bias"] everywhere (as tests/test_evaluators.py's)."""
-
-    def apply(self, variables, batch):
-        bias = variables["params"]["bias"]
-        return jnp.broadcast_to(bias, (*batch.tokens.shape, bias.shape[0])), {}
-
-    def __hash__(self):
-        return 0
-
-    def __eq__(self, other):
-        return isinstance(other, BiasLM)
 
 
 def test_icl_evaluator_reports_every_mode_with_the_cue_in_its_inputs(corpus, monkeypatch):
