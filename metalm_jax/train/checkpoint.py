@@ -190,15 +190,18 @@ def verdict(directory, step: int) -> manifest.Verdict:
     return manifest.Verdict(step, status, os.fspath(step_dir), f"as process {who} found")
 
 
-def readable_steps(directory, log=print) -> Iterator[manifest.Verdict]:
+def readable_steps(directory, log=print, skipped=None) -> Iterator[manifest.Verdict]:
     """THE door to a directory of checkpoints: the steps whose files match their manifest (or
     that predate manifests), newest first. Each damaged step met on the way is said in one
-    line, and an unverified one before it is yielded; nothing here reads a step through
-    Orbax. Resume, params-only reads and `init` from a run all choose from this."""
+    line (and its verdict appended to `skipped`, a list, if given), and an unverified one
+    before it is yielded; nothing here reads a step through Orbax. Resume, params-only reads
+    and `init` from a run all choose from this."""
     for step in step_numbers(directory):
         v = verdict(directory, step)
         if v.status in ("damaged", "unfinished"):
             log(f"== {v.line}; trying the previous step")
+            if skipped is not None:
+                skipped.append(v)
             continue
         if v.status == "unverified":
             log(
@@ -534,11 +537,9 @@ class Checkpointer:
         return self._chosen or None
 
     def _choose_now(self, log) -> manifest.Verdict | bool:
-        bad: list[manifest.Verdict] = []
-        for v in readable_steps(self.directory, log):
+        bad: list[manifest.Verdict] = []  # every step, when none is readable: hashed once
+        for v in readable_steps(self.directory, log, bad):
             return v
-        for step in step_numbers(self.directory):
-            bad.append(verdict(self.directory, step))
         if all(v.status == "unfinished" for v in bad):
             return False
         lines = "; ".join(v.line for v in bad)
