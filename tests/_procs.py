@@ -18,12 +18,19 @@ def cpu_env(devices: int, cache: bool = True) -> dict:
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": xla_flags(devices),
         "PYTHONPATH": ROOT,
     }
     if not cache:
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
     return env
+
+
+def xla_flags(devices: int) -> str:
+    """This process's XLA_FLAGS (the suite's compile flags, tests/conftest.py) with `devices`
+    simulated CPU devices."""
+    own = os.environ.get("XLA_FLAGS", "")
+    return f"{own} --xla_force_host_platform_device_count={devices}".strip()
 
 
 def free_port() -> int:

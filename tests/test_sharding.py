@@ -21,6 +21,7 @@ from metalm_jax.parallel.mesh import resolve_shape
 from metalm_jax.train.optimizer import make_optimizer
 from metalm_jax.train.step import TrainState, train_step
 from metalm_jax.types import Batch
+from tests import _procs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SPANS = SpanConfig(4, 8, 0.25, 24)
@@ -38,11 +39,7 @@ def test_resolve_shape_fills_one_auto_axis():
 @pytest.mark.slow
 @pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scan"])
 def test_same_update_on_every_mesh(scan):
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-    }
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": _procs.xla_flags(8)}
     args = [sys.executable, os.path.join(HERE, "_mesh_worker.py")] + (["--scan"] if scan else [])
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
