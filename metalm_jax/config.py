@@ -86,6 +86,10 @@ def base_config() -> ml_collections.ConfigDict:
     d.seed = 0  # shuffling and span sampling
     d.open_documents = 64  # documents packed at once, each row drawn at random among them, so
     #   a long document's rows are spread out, not consecutive (1 = rows in document order)
+    d.prepared_dir = ""  # rows prepared by `python -m metalm_jax.prepare` (local or gs://):
+    #   training reads its ArrayRecord shards instead of data.files, in an order that is a pure
+    #   function of (data.seed, step, process, process count); its manifest must match the
+    #   data keys and the tokenizer (data/prepare.py). Also prepare's default --out
 
     c.spans = s = ml_collections.ConfigDict()
     s.min_len = 64  # shortest encoded span (tokens)

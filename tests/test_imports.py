@@ -58,6 +58,8 @@ FLOORS = {
     # the grain pipelines a run reads, built on all three
     "metalm_jax.data.pipeline": "pipeline",
     "metalm_jax.data.vl_pipeline": "pipeline",
+    # preparing a text corpus once as packed rows (ArrayRecord shards), and reading them back
+    "metalm_jax.data.prepare": "pipeline",
     # the Flax model, and beside it the mesh, multi-process helpers and the accelerator table
     # (neither imports the other)
     "metalm_jax.model": "model",
@@ -78,6 +80,7 @@ FLOORS = {
     "metalm_jax.evaluate": "top",
     "metalm_jax.export": "top",
     "metalm_jax.generate": "top",
+    "metalm_jax.prepare": "top",
     "metalm_jax.testing": "top",
 }
 

@@ -30,21 +30,25 @@ the data sections of the config, never the model section.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import grain
 import numpy as np
+from etils import epath
 
-from metalm_jax.data import tokenizer, vl_pipeline
+from metalm_jax import paths
+from metalm_jax.data import prepare, tokenizer, vl_pipeline
 from metalm_jax.data.corpora.text import decode_example, load_split, make_builder
 from metalm_jax.data.pretrain.packed_rows import PackedRows
+from metalm_jax.data.pretrain.prepared_rows import ProcessShare, StepIterator, decode_row
 from metalm_jax.data.rows import ImageLayout, RowFormat, empty_image_fields
 from metalm_jax.data.spans import semi_causal_example
 from metalm_jax.data.tasks.mixture import mixture_eval_examples, mixture_train_rows
 from metalm_jax.data.tasks.registry import open_task
 from metalm_jax.data.tasks.task_rows import ExampleEncoder, TaskPackIterDataset
 from metalm_jax.data.tokenizer import JsonTokenizer, Tokenizer
-from metalm_jax.types import DataError
+from metalm_jax.types import ConfigError, DataError
 
 # Tokens of the training documents one process keeps tokenized in memory (int32: 256 MiB, about
 # as much again in per-sentence array overhead): the whole of a small corpus (the bundled KJV
@@ -56,9 +60,9 @@ def build_tokenizer(cfg, workdir: str) -> Tokenizer | JsonTokenizer:
     """The run's decoder tokenizer (data/tokenizer.for_run): cfg.data.tokenizer_path or the
     tokenizer.json of an hf_gpt2 `init` source, else the workdir's saved one, else a
     SentencePiece trained on `train`."""
-    builder = make_builder(cfg.data, cfg.data.tfds_data_dir or None)
 
-    def texts():
+    def texts():  # read only when a SentencePiece is trained (prepared data: never)
+        builder = make_builder(cfg.data, cfg.data.tfds_data_dir or None)
         src = load_split(builder, "train")
         for i in range(len(src)):
             yield from (p for p in decode_example(src[i]) if p.strip())
@@ -66,6 +70,11 @@ def build_tokenizer(cfg, workdir: str) -> Tokenizer | JsonTokenizer:
             yield from vl_pipeline.captions(cfg)
 
     path = tokenizer.configured_path(cfg.data.tokenizer_path, cfg.init)
+    if cfg.data.prepared_dir and not path:  # the prepared rows' tokenizer, kept in the workdir
+        prepared = prepare.read_manifest(cfg.data.prepared_dir)["tokenizer"]["file"]
+        saved = os.fspath(epath.Path(workdir) / prepared)
+        if not epath.Path(saved).exists():
+            paths.copy_file(os.fspath(epath.Path(cfg.data.prepared_dir) / prepared), saved)
     return tokenizer.for_run(workdir, path, texts, cfg.data.vocab_size)
 
 
@@ -199,6 +208,9 @@ def train_iterator(cfg, tok: Tokenizer, batch_size: int, fmt: RowFormat, shard=(
     if cfg.task.name:
         ds = task_train_rows(cfg, tok, shard, fmt)
         return iter(ds.batch(batch_size, drop_remainder=True, batch_fn=_stack))
+    if cfg.data.prepared_dir:
+        options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+        return StepIterator(prepared_batches(cfg, tok, batch_size, fmt, shard), options)
     ds = text_rows(cfg, tok, shard, fmt)
     layout = fmt.layout
     if layout is not None:
@@ -209,6 +221,51 @@ def train_iterator(cfg, tok: Tokenizer, batch_size: int, fmt: RowFormat, shard=(
         elif ratio < 1:
             ds = grain.IterDataset.mix([ds, pairs], weights=[ratio, 1.0 - ratio])
     return iter(ds.batch(batch_size, drop_remainder=True, batch_fn=_stack))
+
+
+def _prepared(cfg, tok, fmt: RowFormat, split: str):
+    """The checked source of a prepared split (data.prepared_dir; data/prepare.py)."""
+    if cfg.task.name or fmt.layout is not None:
+        what = f"task.name={cfg.task.name!r}" if cfg.task.name else "images.enabled"
+        raise ConfigError(
+            f"data.prepared_dir holds text pretraining rows; {what} is not read from prepared "
+            "data yet: unset data.prepared_dir"
+        )
+    manifest = prepare.read_manifest(cfg.data.prepared_dir)
+    prepare.check_manifest(cfg, tok, manifest)
+    return prepare.split_source(cfg.data.prepared_dir, manifest, split)
+
+
+def prepared_batches(cfg, tok, batch_size: int, fmt: RowFormat, shard=(0, 1)):
+    """MapDataset of one process's batches of prepared rows: element s is the batch of step s,
+    process `shard[0]`'s share (of `shard[1]`) of global batch s (data/pretrain/prepared_rows.py:
+    a pure function of data.seed, the step and the shard); spans seeded by (seed, epoch, row)."""
+    src = _prepared(cfg, tok, fmt, "train")
+    seed = int(cfg.data.seed)
+    process, count = shard
+    where = f"{cfg.data.prepared_dir} train"
+
+    def example(item):
+        epoch, row, record = item
+        rng = np.random.default_rng([seed + 1, epoch, row])
+        row = decode_row(record, f"{where} row {row}")
+        return semi_causal_example(row, rng, fmt.spans, fmt.encoding)
+
+    ds = ProcessShare(src, seed, batch_size * count, process, count).map(example)
+    return ds.batch(batch_size, drop_remainder=True, batch_fn=_stack)
+
+
+def _prepared_eval_rows(cfg, tok, n: int, fmt: RowFormat, shard) -> list[dict]:
+    """The first `n` rows of this process's share of the prepared validation rows (file
+    order), spans drawn with a fixed seed, as `eval_batches` does."""
+    src = _prepared(cfg, tok, fmt, "validation")
+    rng = np.random.default_rng(int(cfg.data.seed) + 2)
+    where = f"{cfg.data.prepared_dir} validation"
+    picked = range(shard[0], len(src), shard[1])[:n]
+    return [
+        semi_causal_example(decode_row(src[k], f"{where} row {k}"), rng, fmt.spans, fmt.encoding)
+        for k in picked
+    ]
 
 
 def _pad_batches(rows, batch_size):
@@ -224,6 +281,12 @@ def eval_batches(
 ):
     """The fixed text validation batches (list of dicts), padded to full batches."""
     spans, encoding = fmt.spans, fmt.encoding
+    if cfg.data.prepared_dir:
+        rows = _prepared_eval_rows(cfg, tok, batch_size * max_batches, fmt, shard)
+        if not rows:
+            where = f"data.prepared_dir={cfg.data.prepared_dir}"
+            raise DataError(f"{where}: process {shard[0]} of {shard[1]} gets no validation rows")
+        return _pad_batches(rows, batch_size)
     docs = _documents(cfg, "validation", tok, shard, None)
     rng = np.random.default_rng(int(cfg.data.seed) + 2)
     rows = []

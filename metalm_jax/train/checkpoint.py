@@ -494,7 +494,10 @@ class Checkpointer:
             bad = compare(saved_digests, digests(state))
             if bad:
                 raise _DigestError(step, step_dir, bad)
-        if data_iterator is not None and not self._data_saved_elsewhere(step, log):
+        # Prepared data (data.prepared_dir) is positioned by the step alone (train/start.py),
+        # on any number of processes: its saved position is not read.
+        by_step = getattr(data_iterator, "positioned_by_step", False)
+        if data_iterator is not None and not by_step and not self._data_saved_elsewhere(step, log):
             args = grain.checkpoint.CheckpointRestore(data_iterator)
             self._read(step, "data", args, log, verified)
         return state

@@ -39,6 +39,8 @@ def initial_state(cfg, trainer, ckpt: Checkpointer, train_iter, cfg_dict: dict, 
                 "optimizer state (saved before saves were checked): move it out of "
                 "checkpoints/ to resume from an earlier one"
             )
+        if getattr(train_iter, "positioned_by_step", False):  # prepared rows: the step decides
+            train_iter.seek(int(jax.device_get(state.step)))
         log(f"== resumed from {ckpt.directory}/{step}")
         return state
     check_frozen_loaded(cfg, trainer.abstract_state.params)

@@ -1,0 +1,590 @@
+"""Preparing a text corpus once: ArrayRecord shards of packed decoder rows, a ledger, a manifest.
+
+`python -m metalm_jax.prepare` (metalm_jax/prepare.py: flags only) runs `prepare`; training
+reads the result when `data.prepared_dir` names it (`open_prepared`, pipeline.py). The output
+directory (local, or gs://: shards are written locally and copied):
+
+    tokenizer.model        the run's tokenizer (data.tokenizer_path copied, or SentencePiece
+                           trained on a bounded sample of the train documents); or tokenizer.json
+    plan.json              the input shards and every setting that decides the rows; a rerun
+                           with other settings is refused (a key named), so shards never mix
+    train-00003.array_record, validation-00003.array_record
+                           the rows of input shard 3 (records: pretrain/prepared_rows.py)
+    ledger/00003.json      written after shard 3's files are complete: its counts. A rerun
+                           (after a crash, a kill, or a `--part` of a job array) skips every
+                           shard with an entry; files without one are written again
+    manifest.json          when every shard has its entry: rows / tokens / documents per split,
+                           the shard files in order, bad records skipped, the tokenizer's
+                           SHA-256 and the data keys (what `open_prepared` checks)
+
+Input shards: each corpus file, and a .jsonl / Parquet file larger than `shard_mb` in parts
+(part k of m: the documents whose line or row number n has (n // 1024) % m == k; every part
+streams the file and parses only its own records). A shard's documents go to `validation` when
+their id hashes below data.validation_fraction (as the TFDS builder does), else to `train`.
+Rows: a shard's train documents (tokenized as in training: `encode_document`) packed by
+PackedRows with data.open_documents documents open (so a long document's rows are spread out),
+its draws seeded by the shard's index; its validation documents with one open, in file order.
+The rows differ from a TFDS-fed run's in one respect only: training shuffles documents before
+packing, prepared data packs them in file order and shuffles the rows (prepared_rows.py).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+
+import grain
+import numpy as np
+from etils import epath
+
+from metalm_jax import paths
+from metalm_jax.data import tokenizer as toklib
+from metalm_jax.data.corpora import documents, sources
+from metalm_jax.data.pretrain.packed_rows import PackedRows
+from metalm_jax.data.pretrain.prepared_rows import decode_row, encode_row
+from metalm_jax.types import ConfigError, DataError
+
+FORMAT = 1
+BLOCK = 1024  # documents of a file in a row that go to one part of it
+SPLITS = ("train", "validation")
+# What decides the rows: compared with plan.json on a rerun (all of them) and with the manifest
+# when training reads the rows (the ones a training config can differ in are named here).
+CHECKED_KEYS = (
+    "data.name",
+    "data.files",
+    "data.text_key",
+    "data.validation_fraction",
+    "data.seq_len",
+    "data.vocab_size",
+    "data.open_documents",
+)
+TOKENIZER_SAMPLE_CHARS = 200 * 2**20  # text a new SentencePiece is trained on, at most
+WRITER_OPTIONS = "group_size:1,zstd:3"  # one record a chunk: random access reads one row
+
+
+def _files_value(value) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def data_keys(cfg) -> dict:
+    """The config keys that decide the prepared rows, as plain values."""
+    d = cfg.data
+    return {
+        "data.name": d.name,
+        "data.files": _files_value(d.files),
+        "data.text_key": d.text_key,
+        "data.validation_fraction": float(d.validation_fraction),
+        "data.on_bad_record": d.on_bad_record,
+        "data.seq_len": int(d.seq_len),
+        "data.vocab_size": int(d.vocab_size),
+        "data.open_documents": int(d.open_documents),
+        "data.tokenizer_path": d.tokenizer_path,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """One unit of work: part `part` of `parts` of corpus file `path`."""
+
+    index: int
+    path: str
+    part: int
+    parts: int
+    weight: int  # bytes of input, for the progress line's ETA
+    block: int = BLOCK
+
+    def wanted(self, record_id: str) -> bool:
+        if self.parts == 1:
+            return True
+        number = int(record_id.rsplit(":" if ":" in record_id else "#", 1)[1])
+        return (number // self.block) % self.parts == self.part
+
+
+def _size(path: str) -> int:
+    if paths.is_remote(path):
+        fs, inner = sources._fs(path)
+        return int(fs.info(inner).get("size") or 0)
+    return os.path.getsize(path)
+
+
+def plan_shards(files, shard_mb: float, block: int = BLOCK) -> list[Shard]:
+    """The input shards of `files` (expanded paths), in file order; a part of a file holds
+    every m-th run of `block` documents."""
+    out = []
+    for path in files:
+        size = _size(path)
+        splittable = documents.text_format(path) in ("jsonl", "parquet") and shard_mb > 0
+        parts = max(1, -(-size // int(shard_mb * 2**20))) if splittable else 1
+        for k in range(parts):
+            out.append(Shard(len(out), path, k, parts, size // parts, block))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The output directory
+
+
+def _path(out: str, name: str) -> str:
+    return os.fspath(epath.Path(out) / name)
+
+
+def _ledger(out: str, index: int) -> str:
+    return _path(out, f"ledger/{index:05d}.json")
+
+
+def shard_file(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.array_record"
+
+
+def _read_json(path: str):
+    p = epath.Path(path)
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except ValueError as e:
+        raise DataError(f"{path}: not valid JSON ({e}); delete it to prepare again") from None
+
+
+def _sha256(path: str) -> str:
+    return hashlib.sha256(epath.Path(path).read_bytes()).hexdigest()
+
+
+def _check_plan(out: str, plan: dict) -> None:
+    """plan.json written, or compared with the one there (the first difference named)."""
+    path = _path(out, "plan.json")
+    old = _read_json(path)
+    if old is None:
+        paths.write_atomic(path, json.dumps(plan, indent=1))
+        return
+    for key in sorted(set(old) | set(plan)):
+        if old.get(key) != plan.get(key):
+            what = "the input shards (data.files changed, or a file's size)"
+            what = what if key == "shards" else f"{key}={old.get(key)!r}"
+            now = "" if key == "shards" else f"; this run has {plan.get(key)!r}"
+            raise ConfigError(
+                f"--out {out} holds data prepared with {what}{now}: use another --out, or the "
+                "settings it was prepared with"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokenizer
+
+
+def tokenizer_in(out: str) -> str:
+    """The tokenizer file of a prepared directory ("" if none yet)."""
+    for name in toklib.SAVED_NAMES:
+        if epath.Path(_path(out, name)).is_file():
+            return _path(out, name)
+    return ""
+
+
+def _sample_texts(files, text_key: str, validation_fraction: float, budget: int):
+    """Paragraphs of the train documents, up to `budget` characters spread evenly over the
+    files (each file from its start): the whole corpus when it is small."""
+    per_file = max(1, budget // max(1, len(files)))
+    for path in files:
+        took = 0
+        tally = sources.Tally("skip")  # bad records are met (and reported) by the shards
+        for doc_id, paras in documents.read_documents([path], text_key, tally):
+            if sources.hash_fraction(doc_id) < validation_fraction:
+                continue
+            for p in paras:
+                if p.strip():
+                    yield p
+                    took += len(p)
+            if took >= per_file:
+                break
+
+
+def prepare_tokenizer(cfg, out: str, files, part: tuple[int, int], log) -> str:
+    """The tokenizer file in `out`: there already, data.tokenizer_path copied, or a SentencePiece
+    trained on the train documents (part 0 only: the other parts of a job array need the one
+    tokenizer it trains)."""
+    d = cfg.data
+    configured = toklib.configured_path(d.tokenizer_path, cfg.init)
+    have = tokenizer_in(out)
+    if configured:
+        tok = toklib.open_tokenizer(configured)
+        dst = _path(out, tok.saved_name)
+        if (
+            have
+            and _sha256(have) != hashlib.sha256(epath.Path(tok.source).read_bytes()).hexdigest()
+        ):
+            raise ConfigError(
+                f"data.tokenizer_path: {tok.source} differs from the tokenizer {have} the rows in "
+                f"--out {out} were made with: use another --out"
+            )
+        if not have:
+            paths.copy_file(tok.source, dst)
+        return dst
+    if have:
+        return have
+    if part[0] != 0:
+        raise ConfigError(
+            f"--part {part[0]}/{part[1]}: {out} has no tokenizer yet; part 0 trains it (or set "
+            "data.tokenizer_path): run --part 0 first"
+        )
+    log(f"== training a SentencePiece tokenizer ({d.vocab_size} pieces) on the train documents")
+    texts = _sample_texts(files, d.text_key, float(d.validation_fraction), TOKENIZER_SAMPLE_CHARS)
+    proto = toklib.train_tokenizer(texts, int(d.vocab_size))
+    dst = _path(out, toklib.Tokenizer.saved_name)
+    paths.write_atomic(dst, proto)
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------
+# One shard (runs in a worker process)
+
+
+def _write_rows(rows, local_path: str) -> tuple[int, int]:
+    """Rows written to an ArrayRecord file; (rows, non-padding tokens)."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    n = tokens = 0
+    writer = ArrayRecordWriter(local_path, WRITER_OPTIONS)
+    try:
+        for row in rows:
+            writer.write(encode_row(row))
+            n += 1
+            tokens += int(np.count_nonzero(row["segment_ids"]))
+    finally:
+        writer.close()
+    return n, tokens
+
+
+def _publish(local: str, out: str, name: str) -> None:
+    """A finished local file moved (renamed, or copied for gs://) to its name in `out`."""
+    dst = _path(out, name)
+    if paths.is_remote(out):
+        paths.copy_file(local, dst)
+        os.remove(local)
+    else:
+        os.replace(local, dst)
+
+
+def _counting(rows, report, every: int = 256):
+    n = 0
+    for row in rows:
+        yield row
+        n += 1
+        if n % every == 0:
+            report(every)
+    report(n % every)
+
+
+def prepare_shard(shard: Shard, settings: dict, out: str, report=lambda rows: None) -> dict:
+    """Reads, tokenizes, packs and writes one shard; writes its ledger entry; returns it."""
+    tok = toklib.open_tokenizer(settings["tokenizer"])
+    tally = sources.Tally(settings["on_bad_record"])
+    docs = {split: [] for split in SPLITS}
+    read = documents.read_documents([shard.path], settings["text_key"], tally, shard.wanted)
+    for doc_id, paras in read:
+        held_out = sources.hash_fraction(doc_id) < settings["validation_fraction"]
+        docs["validation" if held_out else "train"].append(tok.encode_document(paras))
+    entry = {"shard": shard.index, "path": shard.path, "part": [shard.part, shard.parts]}
+    entry["skipped"] = tally.skipped
+    entry["first_skipped"] = tally.first
+    local_dir = tempfile.mkdtemp(prefix="prepare-") if paths.is_remote(out) else out
+    try:
+        for split in SPLITS:
+            name = shard_file(split, shard.index)
+            counts = {"rows": 0, "tokens": 0, "documents": len(docs[split]), "file": ""}
+            if docs[split]:
+                open_docs = settings["open_documents"] if split == "train" else 1
+                rows = PackedRows(
+                    grain.MapDataset.source(docs[split]),
+                    settings["seq_len"],
+                    tok.ids,
+                    open_docs=open_docs,
+                    seed=shard.index,
+                )
+                tmp = os.path.join(local_dir, f"{name}.tmp-{os.getpid()}")
+                counts["rows"], counts["tokens"] = _write_rows(_counting(rows, report), tmp)
+                _publish(tmp, out, name)
+                counts["file"] = name
+            entry[split] = counts
+    finally:
+        if local_dir != out:
+            shutil.rmtree(local_dir, ignore_errors=True)
+    paths.write_atomic(_ledger(out, shard.index), json.dumps(entry, indent=1))
+    return entry
+
+
+def _worker(args) -> dict:
+    shard, settings, out, queue = args
+    return prepare_shard(shard, settings, out, lambda n: queue.put(n) if n else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole job
+
+
+class Progress:
+    """A line with rows/s and an ETA at least every `every` seconds (the ETA from the input
+    bytes of the shards finished in this run)."""
+
+    def __init__(self, shards: list[Shard], log, every: float = 5.0):
+        self.total = sum(s.weight for s in shards) or 1
+        self.todo = len(shards)
+        self.log, self.every = log, every
+        self.start = self.last = time.time()
+        self.rows = self.done = self.weight = 0
+
+    def add_rows(self, n: int) -> None:
+        self.rows += n
+        if time.time() - self.last >= self.every:
+            self.line()
+
+    def shard_done(self, shard: Shard) -> None:
+        self.done += 1
+        self.weight += shard.weight
+        self.line()
+
+    def line(self) -> None:
+        self.last = time.time()
+        dt = max(self.last - self.start, 1e-9)
+        eta = "?"
+        if self.weight:
+            eta = _fmt_s(dt * (self.total - self.weight) / self.weight)
+        self.log(
+            f"prepare: {self.done}/{self.todo} shards, {self.rows:,} rows, "
+            f"{self.rows / dt:,.0f} rows/s, ETA {eta}"
+        )
+
+
+def _fmt_s(seconds: float) -> str:
+    s = int(round(seconds))
+    return (
+        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    )
+
+
+def _settings(cfg, tokenizer_file: str) -> dict:
+    d = cfg.data
+    return {
+        "tokenizer": tokenizer_file,
+        "on_bad_record": d.on_bad_record,
+        "text_key": d.text_key,
+        "validation_fraction": float(d.validation_fraction),
+        "seq_len": int(d.seq_len),
+        "open_documents": int(d.open_documents),
+    }
+
+
+def _files(cfg) -> tuple[str, ...]:
+    d = cfg.data
+    if d.name != "files":
+        raise ConfigError(
+            f"data.name={d.name!r}: prepare reads a corpus of your files: set data.name=files "
+            "and data.files"
+        )
+    files = sources.expand_paths(d.files, "data.files")
+    if not files:
+        raise ConfigError("data.files is empty: give one or more corpus files")
+    sources.check_policy(d.on_bad_record)
+    sources.check_distinct_names(files, "data.files")
+    for p in files:
+        if not documents.text_format(p):
+            raise ConfigError(f"data.files: {p!r} must end in {', '.join(documents.TEXT_SUFFIXES)}")
+    return files
+
+
+def prepare(
+    cfg,
+    out: str = "",
+    workers: int = 1,
+    part: tuple[int, int] = (0, 1),
+    shard_mb: float = 256.0,
+    log=print,
+    progress_every: float = 5.0,
+    block: int = BLOCK,
+) -> dict | None:
+    """Prepares `cfg`'s corpus into `out` (default data.prepared_dir): the shards of `part`
+    (i, n) (every n-th shard from the i-th) not in the ledger yet, by `workers` processes; then,
+    if every shard is done, the manifest, which is returned (None while other parts remain)."""
+    out = out or cfg.data.prepared_dir
+    if not out:
+        raise ConfigError("prepare: give --out DIR or set data.prepared_dir")
+    i, n = part
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--part {i}/{n}: expected i/n with 0 <= i < n")
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: expected at least 1")
+    files = _files(cfg)
+    shards = plan_shards(files, shard_mb, block)
+    keys = {k: v for k, v in data_keys(cfg).items() if k in CHECKED_KEYS}
+    plan = {"format": FORMAT, **keys, "shard_mb": shard_mb, "block": block}
+    plan["shards"] = [[s.path, s.part, s.parts, _size(s.path)] for s in shards]
+    epath.Path(_path(out, "ledger")).mkdir(parents=True, exist_ok=True)
+    _check_plan(out, plan)
+    tok_file = prepare_tokenizer(cfg, out, files, part, log)
+    tok = toklib.open_tokenizer(tok_file)
+    if tok.vocab_size != cfg.data.vocab_size:
+        raise ConfigError(
+            f"tokenizer {tok_file} has {tok.vocab_size} pieces, data.vocab_size="
+            f"{cfg.data.vocab_size}"
+        )
+    mine = [s for s in shards if s.index % n == i]
+    todo = [s for s in mine if not epath.Path(_ledger(out, s.index)).exists()]
+    log(
+        f"== prepare {len(files)} file(s), {len(shards)} shard(s) -> {paths.shown(out)}: "
+        f"part {i}/{n} has {len(mine)}, {len(mine) - len(todo)} done before, {len(todo)} to do, "
+        f"{min(workers, max(len(todo), 1))} worker(s)"
+    )
+    progress = Progress(todo, log, progress_every)
+    _run(todo, _settings(cfg, tok_file), out, workers, progress)
+    return finish(cfg, out, shards, tok_file, log)
+
+
+def _run(todo: list[Shard], settings: dict, out: str, workers: int, progress: Progress) -> None:
+    if workers == 1 or len(todo) <= 1:
+        for shard in todo:
+            prepare_shard(shard, settings, out, progress.add_rows)
+            progress.shard_done(shard)
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding threads
+    with ctx.Manager() as manager:
+        queue = manager.Queue()
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), ctx) as pool:
+            futures = {pool.submit(_worker, (s, settings, out, queue)): s for s in todo}
+            pending = set(futures)
+            try:
+                while pending:
+                    done, pending = concurrent.futures.wait(pending, timeout=0.5)
+                    while not queue.empty():
+                        progress.add_rows(queue.get())
+                    for f in done:
+                        f.result()  # a worker's error stops the job: the ledger keeps the rest
+                        progress.shard_done(futures[f])
+                    if time.time() - progress.last >= progress.every:
+                        progress.line()
+            except BaseException:
+                for f in pending:
+                    f.cancel()
+                raise
+        while not queue.empty():
+            progress.add_rows(queue.get())
+
+
+def finish(cfg, out: str, shards: list[Shard], tok_file: str, log) -> dict | None:
+    """The manifest, written when every shard has its ledger entry (else None, said)."""
+    entries = [_read_json(_ledger(out, s.index)) for s in shards]
+    missing = [s.index for s, e in zip(shards, entries, strict=True) if e is None]
+    if missing:
+        log(
+            f"== {len(missing)} of {len(shards)} shard(s) not prepared yet (other parts); the "
+            "part that finishes last writes the manifest"
+        )
+        return None
+    splits = {}
+    n_docs = sum(e[split]["documents"] for e in entries for split in SPLITS)
+    for split in SPLITS:
+        files = [[e[split]["file"], e[split]["rows"]] for e in entries if e[split]["rows"]]
+        splits[split] = {
+            key: sum(e[split][key] for e in entries) for key in ("rows", "tokens", "documents")
+        }
+        splits[split]["files"] = files
+        if not splits[split]["rows"]:
+            raise DataError(
+                f"data.files: the {split} split is empty ({n_docs} "
+                f"documents, data.validation_fraction={cfg.data.validation_fraction}): add "
+                "documents or change the fraction"
+            )
+    tok = toklib.open_tokenizer(tok_file)
+    skipped = sum(e["skipped"] for e in entries)
+    manifest = {
+        "format": FORMAT,
+        "config": data_keys(cfg),
+        "shards": len(shards),
+        "pack_seed": "the shard index (data.seed does not change the rows)",
+        "tokenizer": {
+            "file": os.path.basename(tok_file),
+            "sha256": _sha256(tok_file),
+            "kind": tok.kind,
+            "vocab_size": tok.vocab_size,
+        },
+        "splits": splits,
+        "bad_records_skipped": skipped,
+        "first_bad_record": next((e["first_skipped"] for e in entries if e["skipped"]), ""),
+    }
+    paths.write_atomic(_path(out, "manifest.json"), json.dumps(manifest, indent=1))
+    if not paths.is_remote(out):
+        for p in epath.Path(out).glob("*.tmp-*"):  # a killed run's unfinished files
+            p.unlink()
+    t, v = splits["train"], splits["validation"]
+    log(
+        f"== prepared {paths.shown(out)}: train {t['rows']:,} rows ({t['tokens']:,} tokens, "
+        f"{t['documents']:,} documents), validation {v['rows']:,} rows ({v['tokens']:,} tokens, "
+        f"{v['documents']:,} documents)"
+    )
+    if skipped:
+        log(
+            f"== skipped {skipped} bad record{'s' * (skipped != 1)} (data.on_bad_record=skip); "
+            f"the first: {manifest['first_bad_record']}"
+        )
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading prepared data (training)
+
+
+def read_manifest(out: str) -> dict:
+    manifest = _read_json(_path(out, "manifest.json"))
+    if manifest is None:
+        raise DataError(
+            f"data.prepared_dir={out}: no manifest.json (not prepared, or not finished): run "
+            "python -m metalm_jax.prepare with this config"
+        )
+    return manifest
+
+
+def check_manifest(cfg, tok, manifest: dict) -> None:
+    """Raises naming the first data key whose value differs from the one the rows were
+    prepared with, or the tokenizer when it is not the one (by SHA-256)."""
+    out = cfg.data.prepared_dir
+    saved, now = manifest.get("config", {}), data_keys(cfg)
+    for key in CHECKED_KEYS:
+        if saved.get(key) != now[key]:
+            raise ConfigError(
+                f"data.prepared_dir={out}: its rows were prepared with {key}={saved.get(key)!r}, "
+                f"this config has {key}={now[key]!r}: prepare again with this config, or set "
+                f"--config.{key} to the prepared value"
+            )
+    want = manifest["tokenizer"]["sha256"]
+    got = hashlib.sha256(epath.Path(tok.source).read_bytes()).hexdigest()
+    if got != want:
+        raise ConfigError(
+            f"data.prepared_dir={out}: the run's tokenizer {tok.source} (SHA-256 {got[:12]}) is "
+            f"not the one its rows were made with ({manifest['tokenizer']['file']}, "
+            f"{want[:12]}): unset data.tokenizer_path, or use a fresh --workdir"
+        )
+
+
+def split_source(out: str, manifest: dict, split: str):
+    """A random-access source of the records of a prepared split, its shards in order."""
+    names = [name for name, _ in manifest["splits"][split]["files"]]
+    src = grain.sources.ArrayRecordDataSource([_path(out, name) for name in names])
+    if len(src) != manifest["splits"][split]["rows"]:
+        raise DataError(
+            f"data.prepared_dir={out}: the {split} shards hold {len(src)} rows, the manifest "
+            f"says {manifest['splits'][split]['rows']}: prepare again"
+        )
+    return src
+
+
+def read_rows(out: str, manifest: dict, split: str) -> list[dict]:
+    """Every row of a prepared split, in order (tests, small validation splits)."""
+    src = split_source(out, manifest, split)
+    return [decode_row(src[k], f"{out} {split} row {k}") for k in range(len(src))]
