@@ -120,7 +120,8 @@ def base_config() -> ml_collections.ConfigDict:
     im.skip_bad_images = False  # skip (and count) corrupt images instead of stopping
     im.eval_batches = 4  # held-out caption batches per evaluation
     im.mean = (0.48145466, 0.4578275, 0.40821073)  # per-channel pixel normalization (RGB): CLIP's;
-    im.std = (0.26862954, 0.26130258, 0.27577711)  # a converted ViT sets its own (apply_arch)
+    im.std = (0.26862954, 0.26130258, 0.27577711)  # a converted ViT sets its own (apply_arch);
+    #   applied to the uint8 pixels on the device, at the vision encoder's input (model/vision.py)
 
     c.model = m = ml_collections.ConfigDict()
     m.dtype = "float32"  # compute dtype (params stay float32): float32 | bfloat16

@@ -129,7 +129,8 @@ def micro_vl_config(corpus_files=(), data_dir: str = ""):
 
 
 def random_vl_rows(layout, n: int, vocab: int, seed: int = 0) -> list:
-    """Image-text Batch rows with random images and captions (2 pairs each when they fit)."""
+    """Image-text Batch rows with random uint8 images and captions (2 pairs each when they
+    fit)."""
     from metalm_jax.data.pretrain.vl_rows import build_vl_row
 
     rng = np.random.default_rng(seed)
@@ -137,7 +138,8 @@ def random_vl_rows(layout, n: int, vocab: int, seed: int = 0) -> list:
     for _ in range(n):
         pairs = []
         for _ in range(layout.images_per_row):
-            image = rng.normal(size=(layout.image_size, layout.image_size, 3)).astype(np.float32)
+            side = layout.image_size
+            image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)  # raw pixels (types.py)
             caption = np.append(rng.integers(5, vocab, rng.integers(3, 8)), 2).astype(np.int32)
             pairs.append((image, caption))
         rows.append(build_vl_row(pairs, rng, layout))

@@ -18,7 +18,9 @@ Text-encoder grid, all [B, Le]: every span is its own segment, positions restart
   enc_positions    int32
 
 Image grid (only with a vision encoder; None otherwise), Ni images per row:
-  images           float32[B, Ni, H, W, 3]  preprocessed (normalized) pixels
+  images           uint8[B, Ni, H, W, 3]     RGB pixels, resized and cropped on the host
+                                             (data/images.py); the vision encoder normalizes
+                                             them inside the jitted step (model/vision.py)
   image_valid      int32[B, Ni]              1 = a real image, 0 = padding
   vl_prefix        int32[B, Ni, Lp]          the text prefix a joint VL encoder reads with it
   vl_prefix_mask   int32[B, Ni, Lp]          1 = a real prefix token
@@ -50,7 +52,7 @@ FIELD_DTYPES = {
     "enc_tokens": np.int32,
     "enc_segment_ids": np.int32,
     "enc_positions": np.int32,
-    "images": np.float32,
+    "images": np.uint8,  # normalized on the device: a quarter of float32's bytes to move
     "image_valid": np.int32,
     "vl_prefix": np.int32,
     "vl_prefix_mask": np.int32,

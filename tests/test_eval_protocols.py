@@ -38,7 +38,7 @@ def test_caption_prompt_row_puts_the_prompt_under_the_prefix_slots_by_hand():
         seq_len=16, images_per_row=1, image_slots=2, prefix_len=3, text_bank=5, image_size=4,
         enc_length=5,
     )  # fmt: skip
-    img = np.full((4, 4, 3), 1.0, np.float32)
+    img = np.full((4, 4, 3), 1, np.uint8)
     row = evaluators._caption_prompt_row(img, [11, 12], [21], layout, SENTENCEPIECE_IDS)
     #   <s> [img img][p11 p12] 21        bank: text 0..4, the image's 2 + 3 slots at 5..9
     np.testing.assert_array_equal(row["tokens"][:6], [BOS_ID, PAD_ID, PAD_ID, 11, 12, 21])

@@ -51,7 +51,7 @@ def test_packed_two_image_examples_by_hand():
         seq_len=16, images_per_row=2, image_slots=2, prefix_len=3, text_bank=4, image_size=2,
         enc_length=4,
     )  # fmt: skip
-    img1, img2 = np.full((2, 2, 3), 1.0, np.float32), np.full((2, 2, 3), 2.0, np.float32)
+    img1, img2 = np.full((2, 2, 3), 1, np.uint8), np.full((2, 2, 3), 2, np.uint8)
     row = build_row(
         [[Image(img1, [A, B]), Target([P, E])], [Image(img2, [C]), Target([Q, E])]],
         16, 4, layout=lay,
@@ -66,7 +66,7 @@ def test_packed_two_image_examples_by_hand():
     np.testing.assert_array_equal(row["targets"][[4, 5, 10, 11]], [P, E, Q, E])
     np.testing.assert_array_equal(row["vl_prefix"], [[A, B, 0], [C, 0, 0]])
     np.testing.assert_array_equal(row["vl_prefix_mask"], [[1, 1, 0], [1, 0, 0]])
-    assert row["image_valid"].tolist() == [1, 1] and row["images"][1, 0, 0, 0] == 2.0
+    assert row["image_valid"].tolist() == [1, 1] and row["images"][1, 0, 0, 0] == 2
     assert not row["enc_segment_ids"].any()  # no text-encoder input
 
 
@@ -82,9 +82,9 @@ def test_row_builder_stops_at_what_does_not_fit():
         RowBuilder(16, 2).add([Enc([A, B]), Target([P, E])])
     lay = ImageLayout(16, 1, 2, 1, 0, 2, 4)
     with pytest.raises(DoesNotFit, match="text_prefix=1"):
-        RowBuilder(16, 4, layout=lay).add([Image(np.zeros((2, 2, 3)), [A, B])])
+        RowBuilder(16, 4, layout=lay).add([Image(np.zeros((2, 2, 3), np.uint8), [A, B])])
     with pytest.raises(ValueError, match="vision encoder"):
-        RowBuilder(16, 4).add([Image(np.zeros((2, 2, 3)), [A])])
+        RowBuilder(16, 4).add([Image(np.zeros((2, 2, 3), np.uint8), [A])])
 
 
 def test_the_slot_bank_has_one_layout_and_a_slot_past_it_is_an_error():
@@ -120,7 +120,7 @@ def test_the_slot_bank_has_one_layout_and_a_slot_past_it_is_an_error():
     with pytest.raises(ValueError, match="slot_index -2 at row 0, position 5"):
         batch.validate(SlotBank(8, 1, 1))
 
-    img = np.zeros((2, 2, 3), np.float32)
+    img = np.zeros((2, 2, 3), np.uint8)
     row = build_row([[Image(img, [A]), Target([P, E])]], 16, 4, layout=lay)
     batch = Batch.from_dict({k: v[None] for k, v in row.items()})
     batch.validate(lay.bank)

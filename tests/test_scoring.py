@@ -102,7 +102,7 @@ def test_few_shot_vqa_row_layout_by_hand():
         image_size=4,
         enc_length=5,
     )
-    img1, img2 = np.full((4, 4, 3), 1.0, np.float32), np.full((4, 4, 3), 2.0, np.float32)
+    img1, img2 = np.full((4, 4, 3), 1, np.uint8), np.full((4, 4, 3), 2, np.uint8)
     row = build_vqa_row([(img1, [11, 12], [21])], (img2, [13]), [22, 23], layout)
     #   <s> [i1 i1][q11 q12] 21 </s> [i2 i2][q13] 22 23
     # bank: text 0..4, image 0 at 5.. (2 image + 3 prefix), image 1 at 10..
@@ -112,7 +112,7 @@ def test_few_shot_vqa_row_layout_by_hand():
     np.testing.assert_array_equal(row["tokens"][5:7], [21, EOS_ID])
     np.testing.assert_array_equal(row["vl_prefix"], [[11, 12, 0], [13, 0, 0]])
     np.testing.assert_array_equal(row["vl_prefix_mask"], [[1, 1, 0], [1, 0, 0]])
-    assert row["images"][1, 0, 0, 0] == 2.0 and row["image_valid"].tolist() == [1, 1]
+    assert row["images"][1, 0, 0, 0] == 2 and row["image_valid"].tolist() == [1, 1]
     np.testing.assert_array_equal(np.where(row["loss_weights"] > 0)[0], [9, 10])
     np.testing.assert_array_equal(row["targets"][[9, 10]], [22, 23])
     with pytest.raises(ValueError, match="text_prefix=3"):

@@ -52,7 +52,7 @@ def test_position_interpolation_keeps_extra_rows_and_resizes_grid():
 
 
 def test_vl_row_worked_example_and_loss_mask():
-    image = np.ones((16, 16, 3), np.float32)
+    image = np.ones((16, 16, 3), np.uint8)
     caption = np.array([11, 12, 13, 14, EOS_ID], np.int32)
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -119,19 +119,22 @@ def test_bank_layout_and_image_prefix_mask(micro_vl):
     bank = np.asarray(enc(params, batch))
     assert bank.shape == (4, cfg.spans.enc_length + 2 * layout.slots_per_image, 32)
     # a padding prefix position never influences the image or the real prefix outputs
-    row, img = 2, 0
+    img = 0  # of an image row (rows 2 and 3) whose first image's prefix has padding
+    row = next(r for r in (2, 3) if batch.vl_prefix_mask[r, img].sum() < layout.prefix_len)
     k = int(batch.vl_prefix_mask[row, img].sum())
     assert k < layout.prefix_len
     prefix = batch.vl_prefix.copy()
     prefix[row, img, k] = 77
     out = np.asarray(enc(params, batch.replace(vl_prefix=prefix)))
-    pad = cfg.spans.enc_length + layout.image_slots + k  # that padding position's own output
+    # the image's padding prefix outputs (garbage: a padding query averages every value, and
+    # no slot_index ever points at one) are the only ones that may change
+    pad = cfg.spans.enc_length + layout.image_slots
     keep = np.ones(bank.shape[:2], bool)
-    keep[row, pad] = False  # (garbage, and no slot_index ever points at it)
+    keep[row, pad + k : pad + layout.prefix_len] = False
     np.testing.assert_allclose(out[keep], bank[keep], atol=1e-5)
     # while an image pixel changes the image's outputs (and not the other image's)
     images = batch.images.copy()
-    images[row, img] += 1.0
+    images[row, img] ^= 1  # every pixel value of that image moves by one
     out = np.asarray(enc(params, batch.replace(images=images)))
     base = cfg.spans.enc_length
     S = layout.slots_per_image

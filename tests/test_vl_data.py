@@ -1,4 +1,5 @@
-"""Images (decode, CLIP preprocessing), OpenMoji and local image-text builders, standard sets."""
+"""Images (decode, CLIP resize and crop to uint8), OpenMoji and local image-text builders,
+standard sets."""
 
 import doctest
 import io
@@ -12,8 +13,6 @@ import tensorflow_datasets as tfds
 
 from metalm_jax.data import images
 from metalm_jax.data.corpora import image_text
-
-MEAN, STD = np.array(images.CLIP_MEAN), np.array(images.CLIP_STD)
 
 
 def _png(array) -> bytes:
@@ -37,23 +36,21 @@ def test_module_docstring_examples_hold():
     assert doctest.testmod(images).failed == 0
 
 
-def test_solid_color_maps_to_normalized_values():
+def test_solid_color_keeps_its_uint8_values():
+    """Pixels leave the host as uint8 (normalized on the device: tests/test_image_uint8.py)."""
     color = (255, 0, 128)
-    want = (np.array(color) / 255 - MEAN) / STD
     img = PIL.Image.new("RGB", (40, 30), color)
     for kwargs in ({}, {"augment": True, "rng": np.random.default_rng(0)}):
         x = images.preprocess(img, 16, record_id="solid", **kwargs)
-        assert x.shape == (16, 16, 3) and x.dtype == np.float32
-        np.testing.assert_allclose(x, np.broadcast_to(want, x.shape), atol=1e-5)
+        assert x.shape == (16, 16, 3) and x.dtype == np.uint8
+        np.testing.assert_array_equal(x, np.broadcast_to(color, x.shape))
 
 
 def test_center_crop_keeps_the_middle_of_the_long_side():
     stripes = np.zeros((20, 60, 3), np.uint8)
     stripes[:, :20, 0] = stripes[:, 20:40, 1] = stripes[:, 40:, 2] = 255  # red | green | blue
     x = images.preprocess(_png(stripes), 20, record_id="stripes")
-    np.testing.assert_allclose(
-        x, np.broadcast_to((np.array([0, 1, 0]) - MEAN) / STD, x.shape), 1e-5
-    )
+    np.testing.assert_array_equal(x, np.broadcast_to([0, 255, 0], x.shape))
     tall = images.preprocess(np.ascontiguousarray(stripes.transpose(1, 0, 2)), 8, record_id="tall")
     assert tall.shape == (8, 8, 3)
 
@@ -65,8 +62,8 @@ def test_augmentation_is_seeded_and_changes_the_image():
     b = images.preprocess(img, 32, record_id="n", augment=True, rng=np.random.default_rng(7))
     c = images.preprocess(img, 32, record_id="n", augment=True, rng=np.random.default_rng(8))
     np.testing.assert_array_equal(a, b)
-    assert a.shape == plain.shape == (32, 32, 3) and a.dtype == np.float32
-    assert not np.allclose(a, plain) and not np.allclose(a, c)
+    assert a.shape == plain.shape == (32, 32, 3) and a.dtype == plain.dtype == np.uint8
+    assert not np.array_equal(a, plain) and not np.array_equal(a, c)
     with pytest.raises(ValueError, match="augment=True needs rng"):
         images.preprocess(img, 32, record_id="n", augment=True)
 

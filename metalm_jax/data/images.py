@@ -1,8 +1,13 @@
-"""Image decoding and CLIP-style preprocessing (pure numpy + Pillow, no jax).
+"""Image decoding and CLIP-style resizing (pure numpy + Pillow, no jax).
 
-Owns the one path from stored image data to the float32 pixels an image encoder eats:
+Owns the one path from stored image data to the uint8 pixels a Batch carries:
 
-    bytes | uint8[H, W, 3] | PIL.Image --decode--> RGB PIL.Image --preprocess--> float32[S, S, 3]
+    bytes | uint8[H, W, 3] | PIL.Image --decode--> RGB PIL.Image --preprocess--> uint8[S, S, 3]
+
+Pixels stay uint8 on the host and on the way to the device (a quarter of float32's bytes, and no
+float pass over every pixel in the data workers); the vision encoder normalizes them inside the
+jitted step (model/vision.normalize_pixels: x / 255, minus `images.mean`, divided by
+`images.std`, in float32).
 
 `decode` loads the whole image, so truncated or corrupt data fails here, with an `ImageError`
 naming the caller's record id, and never later inside a batch. An image of more than
@@ -12,17 +17,17 @@ worker out of memory; the default is Pillow's own warning limit (`images.max_pix
 Transparent images are composited on white (emojis and icons are drawn on white); EXIF
 orientation is applied.
 
-`preprocess` is CLIP's evaluation transform: bicubic resize of the shorter side to `size`, center
-crop, /255, per-channel normalization with `CLIP_MEAN` / `CLIP_STD`. With `augment=True` it takes a
-random-resized crop (area 50-100%, aspect 3/4-4/3) and a random horizontal flip instead, drawn
-from the given `np.random.Generator`, so a seed fixes the result:
+`preprocess` is CLIP's evaluation transform up to normalization: bicubic resize of the shorter
+side to `size`, center crop. With `augment=True` it takes a random-resized crop (area 50-100%,
+aspect 3/4-4/3) and a random horizontal flip instead, drawn from the given
+`np.random.Generator`, so a seed fixes the result:
 
     >>> img = PIL.Image.new("RGB", (320, 240), (255, 0, 0))   # 320 wide, 240 high
     >>> x = preprocess(img, 224, record_id="red.png")          # 240 -> 224, 299 x 224, crop 224
     >>> x.shape, x.dtype
-    ((224, 224, 3), dtype('float32'))
-    >>> x[0, 0].round(3)                       # ((1, 0, 0) - CLIP_MEAN) / CLIP_STD
-    array([ 1.93 , -1.752, -1.48 ], dtype=float32)
+    ((224, 224, 3), dtype('uint8'))
+    >>> x[0, 0]                                # normalized on the device, not here
+    array([255,   0,   0], dtype=uint8)
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import PIL.ImageOps
 
 from metalm_jax.types import DataError
 
+# CLIP's pixel normalization: the default of images.mean / images.std, applied on the device
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -162,17 +168,15 @@ def preprocess(
     size: int,
     *,
     record_id: str,
-    mean=CLIP_MEAN,
-    std=CLIP_STD,
     augment: bool = False,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """float32[size, size, 3] normalized pixels from anything `decode` accepts.
+    """uint8[size, size, 3] RGB pixels from anything `decode` accepts, not normalized (the
+    vision encoder normalizes them on the device: model/vision.normalize_pixels).
 
     Without `augment`: bicubic resize so the shorter side is `size`, then the central
     size x size crop. With `augment` (requires `rng`): a random-resized crop (50-100% of the
-    area) resized to size x size, flipped left-right with probability 1/2. Then x / 255, minus
-    `mean`, divided by `std` (per channel, RGB order).
+    area) resized to size x size, flipped left-right with probability 1/2.
     """
     if size <= 0:
         raise ValueError(f"preprocess: size must be positive, got {size}")
@@ -192,5 +196,4 @@ def preprocess(
             image = image.resize((new_w, new_h), PIL.Image.Resampling.BICUBIC)
         left, top = (new_w - size) // 2, (new_h - size) // 2
         image = image.crop((left, top, left + size, top + size))
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    return (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.array(image, dtype=np.uint8)  # a copy: writable, and not tied to the PIL image

@@ -44,7 +44,6 @@ import dataclasses
 
 import numpy as np
 
-from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
 from metalm_jax.data.spans import SharedEncoding, SpanConfig
 from metalm_jax.data.tokenizer import SENTENCEPIECE_IDS, SpecialIds
 from metalm_jax.types import ConfigError, SlotBank
@@ -57,7 +56,7 @@ class Enc:
 
 @dataclasses.dataclass(frozen=True)
 class Image:
-    pixels: np.ndarray  # float32[H, W, 3], preprocessed
+    pixels: np.ndarray  # uint8[H, W, 3] (data/images.preprocess; normalized on the device)
     prefix: object = ()  # int sequence: the joint VL encoder's text prefix (<= layout.prefix_len)
 
 
@@ -85,9 +84,10 @@ class _Piece:
 @dataclasses.dataclass(frozen=True)
 class ImageLayout:
     """How a model's rows hold images (derived once with the RowFormat, model/build.derive):
-    images per row, decoder slots per image, the joint VL encoder's text prefix, pixel size and
-    normalization. It lives with the row builder, which lays images out by it; the image-text
-    pretraining rows (data/pretrain/vl_rows.py) and the evaluators' prompts use it too."""
+    images per row, decoder slots per image, the joint VL encoder's text prefix, pixel size
+    (pixels stay uint8; their normalization is the model's, model/vision.VisionConfig). It
+    lives with the row builder, which lays images out by it; the image-text pretraining rows
+    (data/pretrain/vl_rows.py) and the evaluators' prompts use it too."""
 
     seq_len: int  # decoder row length L
     images_per_row: int  # Ni
@@ -98,8 +98,6 @@ class ImageLayout:
     text_bank: int  # Le when a text encoder precedes the images in the bank, else 0
     image_size: int
     enc_length: int  # text-encoder grid length Le of the Batch (empty for image rows)
-    mean: tuple = CLIP_MEAN  # per-channel pixel normalization (images.mean / images.std)
-    std: tuple = CLIP_STD
 
     @property
     def slots_per_image(self) -> int:
@@ -116,11 +114,12 @@ class ImageLayout:
 
 
 def empty_image_fields(layout: ImageLayout, rows: int | None = None) -> dict:
-    """The image fields of a row (or of `rows` rows) that holds no image: zeros, image_valid 0."""
+    """The image fields of a row (or of `rows` rows) that holds no image: zeros (uint8 pixels,
+    types.py), image_valid 0."""
     lead = () if rows is None else (rows,)
     n, s, lp = layout.images_per_row, layout.image_size, max(layout.prefix_len, 1)
     return {
-        "images": np.zeros((*lead, n, s, s, 3), np.float32),
+        "images": np.zeros((*lead, n, s, s, 3), np.uint8),
         "image_valid": np.zeros((*lead, n), np.int32),
         "vl_prefix": np.zeros((*lead, n, lp), np.int32),
         "vl_prefix_mask": np.zeros((*lead, n, lp), np.int32),
@@ -210,6 +209,12 @@ class RowBuilder:
                         "an image input needs a model with a vision encoder (model.vision)"
                     )
                 prefix = np.asarray(p.prefix, np.int32).reshape(-1)
+                pixels = np.asarray(p.pixels)
+                if pixels.dtype != np.uint8 or pixels.shape != (lay.image_size, lay.image_size, 3):
+                    raise ValueError(
+                        f"an image input must be uint8[{lay.image_size}, {lay.image_size}, 3] "
+                        f"pixels (data/images.preprocess), got {pixels.dtype}{list(pixels.shape)}"
+                    )
                 if len(prefix) > lay.prefix_len:
                     raise DoesNotFit(
                         f"an image's text prefix of {len(prefix)} tokens is longer than the "

@@ -88,8 +88,6 @@ def _pair_fn(cfg, tok: Tokenizer, layout: ImageLayout):
                 record_id=rid,
                 augment=augment,
                 rng=rng,
-                mean=layout.mean,
-                std=layout.std,
             )
         except imlib.ImageError as e:
             if not skip:

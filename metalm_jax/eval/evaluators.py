@@ -272,8 +272,6 @@ def captioning(ev, trainer, tok, cfg, derived):
                 ex["image"],
                 layout.image_size,
                 record_id=as_text(ex["id"]),
-                mean=layout.mean,
-                std=layout.std,
             )
             rows.append(_caption_prompt_row(pixels, prompt, priming, layout, tok.ids))
         refs = [(as_text(ex["id"]), as_text(ex["caption"])) for ex in exs]
@@ -310,7 +308,7 @@ _VQA_TASKS = ("emoji_vqa",)
 
 
 def _vqa_file(path: str, layout) -> list[tuple]:
-    """[(id "path:line", pixels float32[H, W, 3], question, answers)] of a JSONL of
+    """[(id "path:line", pixels uint8[H, W, 3], question, answers)] of a JSONL of
     {"image": path relative to the file, "question": str, "answers": [str, ...]}."""
     from metalm_jax.data.corpora.text import json_objects
     from metalm_jax.data.images import preprocess
@@ -320,13 +318,7 @@ def _vqa_file(path: str, layout) -> list[tuple]:
         try:
             image = os.path.join(os.path.dirname(os.path.abspath(path)), x["image"])
             with open(image, "rb") as img:
-                pixels = preprocess(
-                    img.read(),
-                    layout.image_size,
-                    record_id=image,
-                    mean=layout.mean,
-                    std=layout.std,
-                )
+                pixels = preprocess(img.read(), layout.image_size, record_id=image)
             items.append((f"{path}:{lineno}", pixels, str(x["question"]), list(x["answers"])))
         except (KeyError, OSError) as e:
             raise DataError(
@@ -364,9 +356,7 @@ class _VqaTask:
         if i not in self._items:
             ex, lay = self.source[i], self.layout
             (x,) = ex.inputs
-            pixels = preprocess(
-                x.image, lay.image_size, record_id=x.record_id or ex.id, mean=lay.mean, std=lay.std
-            )
+            pixels = preprocess(x.image, lay.image_size, record_id=x.record_id or ex.id)
             self._items[i] = (ex.id, pixels, x.prefix, list(ex.references))
         return self._items[i]
 

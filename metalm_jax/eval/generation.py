@@ -63,9 +63,7 @@ def generate_with(
     batch = dummy_batch(B, P, enc_len, layout).replace(**grid)
     if image is not None:
         with open(image, "rb") as f:
-            pixels = preprocess(
-                f.read(), layout.image_size, record_id=image, mean=layout.mean, std=layout.std
-            )
+            pixels = preprocess(f.read(), layout.image_size, record_id=image)
         images = np.zeros_like(batch.images)
         images[:, 0] = pixels
         valid = np.zeros_like(batch.image_valid)

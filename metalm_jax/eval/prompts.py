@@ -55,7 +55,7 @@ def build_vqa_row(demos, query, option, layout, ids: SpecialIds = SENTENCEPIECE_
     VL encoder's text prefix (one image slot group per example), answers are decoder tokens,
     examples end in </s>; the option follows the query's slots and is what the weights score.
 
-    demos: [(image float32[H, W, 3], question ids, answer ids)], query: (image, question ids),
+    demos: [(image uint8[H, W, 3], question ids, answer ids)], query: (image, question ids),
     layout: an ImageLayout whose images_per_row >= len(demos) + 1 (prefix_len >= questions);
     ids: the tokenizer's special ids.
 

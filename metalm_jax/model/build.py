@@ -131,6 +131,8 @@ def model_config(cfg) -> ModelConfig:
             class_token=v.class_token,
             text_prefix=0 if v.connector == "resampler" else v.text_prefix,
             vocab_size=cfg.data.vocab_size,
+            pixel_mean=tuple(float(x) for x in cfg.images.mean),
+            pixel_std=tuple(float(x) for x in cfg.images.std),
         )
     if cfg.images.enabled and vision is None:
         raise ConfigError("images.enabled needs model.vision.enabled")
@@ -161,8 +163,6 @@ def image_layout(cfg, mc: ModelConfig | None = None) -> ImageLayout | None:
         text_bank=cfg.spans.enc_length if mc.text_encoder is not None else 0,
         image_size=mc.vision.image_size,
         enc_length=cfg.spans.enc_length,
-        mean=tuple(cfg.images.mean),
-        std=tuple(cfg.images.std),
     )
 
 

@@ -1,7 +1,11 @@
 """Vision encoders: a ViT and a joint vision-language encoder (VLMo-style), plus connectors.
 
-ViT: images float32[B, H, W, 3] -> patches (row-major: patch k is row k // (W/p), column
-k % (W/p)) -> linear patch embedding + learned positions (+ optional class token first) ->
+Pixels: the Batch carries uint8[B, H, W, 3] (types.py); `normalize_pixels` turns them into
+float32 (x / 255 - mean) / std at the encoder's input, inside the jitted step, with the run's
+`images.mean` / `images.std` (VisionConfig.pixel_mean / pixel_std).
+
+ViT: normalized images float32[B, H, W, 3] -> patches (row-major: patch k is row k // (W/p),
+column k % (W/p)) -> linear patch embedding + learned positions (+ optional class token first) ->
 bidirectional Transformer -> float[B, S, D] with S = P (+1).
 
 Joint VL encoder: the image's patch embeddings followed by the text prefix's token embeddings
@@ -22,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from metalm_jax.data.images import CLIP_MEAN, CLIP_STD
 from metalm_jax.model.layers import (
     Stack,
     TransformerConfig,
@@ -48,6 +53,8 @@ class VisionConfig:
     class_token: bool = False
     text_prefix: int = 0  # > 0: a joint VL encoder reading up to this many prefix tokens
     vocab_size: int = 0  # the prefix tokens' vocabulary (joint encoder only)
+    pixel_mean: tuple = CLIP_MEAN  # per-channel (RGB) normalization of uint8 pixels: images.mean
+    pixel_std: tuple = CLIP_STD  # images.std
 
     @property
     def grid(self) -> int:
@@ -74,6 +81,15 @@ def vit_size(name: str) -> tuple[tuple[int, int, int, int], int]:
         ) from None
 
 
+def normalize_pixels(images, mean, std):
+    """uint8[..., 3] RGB pixels -> float32[..., 3]: (x / 255 - mean) / std per channel, in
+    float32 (the formula the host applied before pixels travelled as uint8)."""
+    if images.dtype != jnp.uint8:
+        raise TypeError(f"normalize_pixels: expected uint8 pixels, got {images.dtype}")
+    x = images.astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
 def patchify(images, patch: int):
     """float[B, H, W, C] -> float[B, (H/p)(W/p), p*p*C], patches in row-major order."""
     b, h, w, c = images.shape
@@ -96,7 +112,9 @@ def interpolate_positions(table, old_grid: int, new_grid: int, extra: int):
 class VisionEncoder(nn.Module):
     """ViT, or a joint vision-language encoder when `cfg.text_prefix > 0`.
 
-    images float32[B, H, W, 3]; prefix int32[B, Lp] and prefix_mask int32[B, Lp] (1 = real
+    images uint8[B, H, W, 3] (normalized here by cfg.pixel_mean / pixel_std), or
+    float[B, H, W, 3] already normalized (a converter's parity test, a processor's pixel_values);
+    prefix int32[B, Lp] and prefix_mask int32[B, Lp] (1 = real
     token) for the joint encoder; image_valid int32[B] (0 = no image: the row is padding).
     Returns float[B, S (+ Lp), D].
     """
@@ -107,6 +125,8 @@ class VisionEncoder(nn.Module):
     def __call__(self, images, image_valid, prefix=None, prefix_mask=None, *, deterministic=True):
         cfg, st = self.cfg, self.cfg.stack
         D, dt = st.d_model, st.compute_dtype
+        if jnp.issubdtype(images.dtype, jnp.integer):
+            images = normalize_pixels(images, cfg.pixel_mean, cfg.pixel_std)
         patches = patchify(images.astype(dt), cfg.patch_size)
         w = self.param("patch_embed", param(xavier(), "patch", "embed"), (patches.shape[-1], D))
         b = self.param("patch_bias", param(nn.initializers.zeros, "embed"), (D,))

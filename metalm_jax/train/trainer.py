@@ -17,6 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from metalm_jax.model.build import Derived, dummy_batch, image_layout, model_config
@@ -45,9 +46,16 @@ class Inference:
     def global_batch(self, local: dict) -> Batch:
         """This process's rows (dict of numpy) -> one global, sharded Batch; raises ValueError
         naming the row and position of a slot index past the slot bank (the model's gather
-        would clip it)."""
+        would clip it), or of images that are not uint8 pixels (a float array would be taken
+        as normalized already by the vision encoder, and compile a second step)."""
         if self.bank is not None:
             self.bank.check(local["slot_index"])
+        images = local.get("images")
+        if images is not None and images.dtype != np.uint8:
+            raise ValueError(
+                f"Batch.images: expected uint8 pixels (normalized on the device), got "
+                f"{images.dtype} (data/images.preprocess makes them)"
+            )
         sh = self.batch_sharding
         return Batch.from_dict(
             {k: jax.make_array_from_process_local_data(sh, v) for k, v in local.items()}

@@ -30,7 +30,7 @@ from metalm_jax.types import ConfigError
 def build_vl_row(
     pairs, rng: np.random.Generator, layout: ImageLayout, ids: SpecialIds = SENTENCEPIECE_IDS
 ) -> dict:
-    """[(image float32[H, W, 3], caption int32[n] ending in </s>), ...] -> one Batch row.
+    """[(image uint8[H, W, 3], caption int32[n] ending in </s>), ...] -> one Batch row.
 
     Each pair is the example [Image(image, caption[:k]), Target(caption[k:])] of data/rows.py,
     k drawn uniformly from 0 .. min(Lp, n - 1). The pairs must fit: sum of pair_length <=

@@ -108,8 +108,6 @@ class ExampleEncoder:
                     x.image,
                     lay.image_size,
                     record_id=x.record_id or ex.id,
-                    mean=lay.mean,
-                    std=lay.std,
                     augment=self.augment and rng is not None,
                     rng=rng,
                 )
