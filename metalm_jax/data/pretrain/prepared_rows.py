@@ -1,7 +1,7 @@
 """Prepared decoder rows: the record format of the ArrayRecord shards that
 `python -m metalm_jax.prepare` writes, and the order training reads them in.
 
-A record is one packed row (packing.py) before span sampling, in 8 bytes of header and two
+A record is one packed row (packing.py) before span sampling, in 10 bytes of header and two
 arrays:
 
     "MLR1"  uint8 token itemsize  uint8 segment itemsize  uint32 L  tokens[L]  segment_ids[L]
@@ -9,7 +9,7 @@ arrays:
 Tokens are uint16 while the vocabulary fits (int32 otherwise), segment ids uint8 while a row
 holds fewer than 256 segments. Positions are not stored: they restart at 0 with every segment
 and are 0 on padding (segment 0), so `decode_row` recomputes them from the segment ids
-(2048 tokens: 4 KiB + 2 KiB + 8 bytes a row).
+(2048 tokens: 4 KiB + 2 KiB + 10 bytes a row).
 
 The training order is a pure function of (seed, step, process, process count): the r-th row of
 process p's share (of P) at step s is global batch position

@@ -1,0 +1,322 @@
+"""Prepared data (data/prepare.py, data/pretrain/prepared_rows.py, `python -m metalm_jax.prepare`):
+shards, ledger and manifest; a rerun keeps finished shards; every text format; rows equal to
+the TFDS-fed packing of the same documents; training's row order a pure function of (seed,
+step, process, process count); a manifest that does not match the config refused in one line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from metalm_jax import testing
+from metalm_jax.data import pipeline, prepare
+from metalm_jax.data.corpora import documents, sources
+from metalm_jax.data.corpora.text import decode_example, load_split, make_builder
+from metalm_jax.data.pretrain import prepared_rows
+from metalm_jax.data.pretrain.packed_rows import PackedRows
+from metalm_jax.model.build import derive
+from metalm_jax.types import ConfigError, DataError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(corpus_cfg, tok, files, out, **data):
+    """The corpus fixture's config on `files`, its tokenizer named, prepared into `out`."""
+    cfg = corpus_cfg.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.data.files = [str(f) for f in files]
+        cfg.data.tokenizer_path = tok.source
+        cfg.data.prepared_dir = str(out)
+        for k, v in data.items():
+            cfg.data[k] = v
+    return cfg
+
+
+def _quiet(line):
+    del line
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+    """The corpus fixture's 60 KJV chapters prepared (one worker): (cfg, tok, manifest)."""
+    cfg, tok = corpus
+    out = tmp_path_factory.mktemp("prepared") / "out"
+    cfg = _config(cfg, tok, cfg.data.files, out)
+    manifest = prepare.prepare(cfg, log=_quiet)
+    return cfg, tok, manifest
+
+
+def test_the_manifest_counts_rows_tokens_documents_and_names_the_tokenizer(prepared):
+    cfg, tok, m = prepared
+    out = cfg.data.prepared_dir
+    assert m["splits"]["train"]["documents"] + m["splits"]["validation"]["documents"] == 60
+    for split in ("train", "validation"):
+        rows = prepare.read_rows(out, m, split)
+        assert len(rows) == m["splits"][split]["rows"] > 0
+        assert sum(int((r["segment_ids"] > 0).sum()) for r in rows) == m["splits"][split]["tokens"]
+    assert m["tokenizer"]["vocab_size"] == tok.vocab_size == cfg.data.vocab_size
+    got = prepare._sha256(os.path.join(out, m["tokenizer"]["file"]))
+    assert got == m["tokenizer"]["sha256"] == prepare._sha256(tok.source)
+    assert m["config"]["data.seq_len"] == cfg.data.seq_len
+    assert m["config"]["data.open_documents"] == cfg.data.open_documents
+    assert m["bad_records_skipped"] == 0
+
+
+def test_rows_equal_the_packing_of_the_same_documents(prepared, corpus):
+    """The TFDS-fed pipeline's own documents (the corpus fixture's builder, same split rule),
+    packed as today: validation as eval_batches packs it (one open document, file order), train
+    with data.open_documents open and the shard's seed (0, one shard) in file order. Training
+    differs only in shuffling documents before packing; prepared data shuffles rows instead."""
+    cfg, tok, m = prepared
+    builder = make_builder(corpus[0].data, corpus[0].data.tfds_data_dir)
+    for split, open_docs in (("validation", 1), ("train", cfg.data.open_documents)):
+        src = load_split(builder, split)
+        docs = [tok.encode_document(decode_example(src[i])) for i in range(len(src))]
+        ids = [src[i]["id"].decode() for i in range(len(src))]
+        order = sorted(range(len(ids)), key=lambda i: int(ids[i].rsplit(":", 1)[1]))
+        import grain
+
+        docs_ds = grain.MapDataset.source([docs[i] for i in order])
+        want = list(PackedRows(docs_ds, cfg.data.seq_len, tok.ids, open_docs=open_docs, seed=0))
+        got = prepare.read_rows(cfg.data.prepared_dir, m, split)
+        assert len(got) == len(want), split
+        for a, b in zip(got, want, strict=True):
+            for k in ("tokens", "segment_ids", "positions"):
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{split} {k}")
+
+
+def test_a_record_round_trips_and_a_damaged_one_is_named():
+    row = testing.random_rows(1, 64, 70000, seed=3, docs_per_row=3)[0]
+    row["segment_ids"][-5:] = 0  # padding at the end: positions 0 there
+    row["positions"][-5:] = 0
+    data = prepared_rows.encode_row(row)
+    assert len(data) == 10 + 64 * 4 + 64  # int32 tokens (vocab > 65536), uint8 segment ids
+    back = prepared_rows.decode_row(data)
+    for k in row:
+        np.testing.assert_array_equal(back[k], row[k])
+    small = dict(row, tokens=row["tokens"] % 1000)
+    assert len(prepared_rows.encode_row(small)) == 10 + 64 * 3  # uint16 tokens
+    with pytest.raises(DataError, match="shard 7 row 3: a damaged prepared row"):
+        prepared_rows.decode_row(data[:-1], "shard 7 row 3")
+
+
+def test_an_epoch_reads_every_row_once_and_epochs_differ():
+    n = 37
+    first = [prepared_rows.global_row(5, g, n) for g in range(n)]
+    second = [prepared_rows.global_row(5, g, n) for g in range(n, 2 * n)]
+    assert sorted(r for _, r in first) == list(range(n)) == sorted(r for _, r in second)
+    assert {e for e, _ in first} == {0} and {e for e, _ in second} == {1}
+    assert [r for _, r in first] != [r for _, r in second]
+    assert [r for _, r in first] != [prepared_rows.global_row(6, g, n)[1] for g in range(n)]
+
+
+def test_batches_of_one_process_equal_those_assembled_from_two(prepared):
+    """The order is a pure function of (seed, step, process, count): steps 0..5 (past one epoch
+    of the validation-sized source, so epochs turn over) with P=1 equal the two halves of P=2,
+    spans included; the iterator seeks to any step and its state is the step."""
+    cfg, tok, _ = prepared
+    fmt = derive(cfg, tok).rows
+    one = pipeline.prepared_batches(cfg, tok, 8, fmt, (0, 1))
+    halves = [pipeline.prepared_batches(cfg, tok, 4, fmt, (p, 2)) for p in range(2)]
+    steps = list(range(6)) + [1000]
+    for s in steps:
+        whole = one[s]
+        for k, v in whole.items():
+            joined = np.concatenate([halves[0][s][k], halves[1][s][k]])
+            np.testing.assert_array_equal(v, joined, err_msg=f"step {s} {k}")
+    assert not np.array_equal(one[0]["tokens"], one[1]["tokens"])
+    it = prepared_rows.StepIterator(one)
+    it.seek(3)
+    np.testing.assert_array_equal(next(it)["tokens"], one[3]["tokens"])
+    assert it.get_state() == {"step": 4}
+    it.set_state({"step": 1})
+    np.testing.assert_array_equal(next(it)["targets"], one[1]["targets"])
+
+
+def test_eval_rows_are_the_validation_rows_in_order_with_fixed_spans(prepared):
+    cfg, tok, m = prepared
+    fmt = derive(cfg, tok).rows
+    a = pipeline.eval_batches(cfg, tok, 4, 2, fmt)
+    b = pipeline.eval_batches(cfg, tok, 4, 2, fmt)
+    rows = prepare.read_rows(cfg.data.prepared_dir, m, "validation")
+    assert len(a) == 2
+    for k in ("tokens", "segment_ids", "positions"):
+        np.testing.assert_array_equal(a[0][k], np.stack([r[k] for r in rows[:4]]))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x["slot_index"], y["slot_index"])
+
+
+def test_a_manifest_that_does_not_match_is_refused_naming_the_key(prepared, tmp_path):
+    cfg, tok, m = prepared
+    for key, value in (("seq_len", 128), ("open_documents", 8), ("validation_fraction", 0.5)):
+        other = cfg.copy_and_resolve_references()
+        with other.unlocked():
+            other.data[key] = value
+        with pytest.raises(ConfigError, match=f"prepared with data.{key}=.*this config has"):
+            prepare.check_manifest(other, tok, m)
+    fake = tmp_path / "tokenizer.model"
+    fake.write_bytes(open(tok.source, "rb").read() + b"x")
+    other_tok = type("T", (), {"source": str(fake)})()
+    with pytest.raises(ConfigError, match="the run's tokenizer .* is not the one"):
+        prepare.check_manifest(cfg, other_tok, m)
+    # preparing into the same directory with another setting is refused too
+    other = cfg.copy_and_resolve_references()
+    with other.unlocked():
+        other.data.seq_len = 128
+    with pytest.raises(ConfigError, match="holds data prepared with data.seq_len=64"):
+        prepare.prepare(other, log=_quiet)
+    missing = cfg.copy_and_resolve_references()
+    with missing.unlocked():
+        missing.data.prepared_dir = str(tmp_path / "none")
+    with pytest.raises(DataError, match="no manifest.json"):
+        pipeline.eval_batches(missing, tok, 4, 1, derive(cfg, tok).rows)
+
+
+def _zst(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def _corpus(folder, suffix: str, docs) -> str:
+    """`docs` (paragraphs) as one .txt document, or as 20 JSONL / Parquet documents of two."""
+    path = os.path.join(folder, "c" + suffix)
+    pairs = ["\n".join(docs[i : i + 2]) for i in range(0, 40, 2)]
+    if suffix == ".txt":  # one document a file: blank-line paragraphs
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n\n".join(docs))
+    elif suffix == ".parquet":
+        pq.write_table(pa.table({"text": pairs}), path, row_group_size=4)
+    else:
+        lines = "".join(json.dumps({"text": p}) + "\n" for p in pairs)
+        with open(path, "wb") as f:
+            f.write(_zst(lines.encode()))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl.zst", ".parquet"])
+def test_every_text_format_through_prepare(corpus, tmp_path, suffix):
+    cfg, tok = corpus
+    verses = [v for _, vs in testing.kjv_chapters()[:3] for v in vs][:40]
+    path = _corpus(tmp_path, suffix, verses)
+    files = [path, testing.write_kjv_jsonl(str(tmp_path / "kjv.jsonl"), 8)]  # holds validation
+    cfg = _config(cfg, tok, files, tmp_path / "out", validation_fraction=0.3)
+    m = prepare.prepare(cfg, log=_quiet)
+    rows = prepare.read_rows(cfg.data.prepared_dir, m, "train") + prepare.read_rows(
+        cfg.data.prepared_dir, m, "validation"
+    )
+    text = " ".join(tok.decode(r["tokens"][r["segment_ids"] > 0]) for r in rows)
+    for verse in verses[::7]:  # a verse's start (a row may cut a long verse)
+        assert " ".join(verse.split()[:6]) in text, verse
+    n_docs = {".txt": 1, ".jsonl.zst": 20, ".parquet": 20}[suffix] + 8
+    assert sum(m["splits"][s]["documents"] for s in ("train", "validation")) == n_docs
+
+
+def test_a_rerun_skips_the_shards_in_the_ledger(corpus, tmp_path):
+    """A killed run (simulated: the manifest and one shard's ledger entry gone, a temporary
+    file left over) prepares only that shard again; the other shards' files are not touched."""
+    cfg, tok = corpus
+    files = [testing.write_kjv_jsonl(str(tmp_path / "a.jsonl"), 40)]
+    cfg = _config(cfg, tok, files, tmp_path / "out")
+    lines = []
+    first = prepare.prepare(cfg, shard_mb=0.02, block=8, log=lines.append)
+    out = tmp_path / "out"
+    assert first["shards"] >= 3, first
+    shards = sorted(out.glob("train-*.array_record"))
+    stamps = {p.name: p.stat().st_mtime_ns for p in shards}
+    os.remove(out / "manifest.json")
+    os.remove(out / "ledger" / "00001.json")
+    (out / "train-00001.array_record.tmp-999").write_bytes(b"half")
+    lines.clear()
+    again = prepare.prepare(cfg, shard_mb=0.02, block=8, log=lines.append)
+    assert f"has {first['shards']}, {first['shards'] - 1} done before, 1 to do" in lines[0], lines
+    assert again["splits"] == first["splits"]
+    for p in shards:
+        same = p.stat().st_mtime_ns == stamps[p.name]
+        assert same == (p.name != "train-00001.array_record"), p.name
+    assert not list(out.glob("*.tmp-*"))
+    assert any("rows/s, ETA" in line for line in lines), lines
+
+
+def test_parts_of_a_job_array_write_the_manifest_when_the_last_is_done(corpus, tmp_path):
+    cfg, tok = corpus
+    files = [testing.write_kjv_jsonl(str(tmp_path / "a.jsonl"), 40)]
+    cfg = _config(cfg, tok, files, tmp_path / "out")
+    lines = []
+    assert prepare.prepare(cfg, part=(1, 2), shard_mb=0.02, block=8, log=lines.append) is None
+    assert any("not prepared yet (other parts)" in line for line in lines), lines
+    m = prepare.prepare(cfg, part=(0, 2), shard_mb=0.02, block=8, log=_quiet)
+    whole_cfg = _config(cfg, tok, files, tmp_path / "whole")
+    whole = prepare.prepare(whole_cfg, shard_mb=0.02, block=8, log=_quiet)
+    assert m["splits"] == whole["splits"]
+
+
+def test_bad_records_stop_naming_the_file_or_are_counted_into_the_manifest(corpus, tmp_path):
+    cfg, tok = corpus
+    good = testing.write_kjv_jsonl(str(tmp_path / "a.jsonl"), 12)
+    bad = tmp_path / "b.jsonl.zst"
+    bad.write_bytes(_zst(b'{"text": "fine words here"}\n["not an object"]\n')[:-3])  # truncated
+    cfg = _config(cfg, tok, [good, str(bad)], tmp_path / "out", validation_fraction=0.5)
+    with pytest.raises(DataError, match=f"{bad}:2: cannot read line 2 or any after it"):
+        prepare.prepare(cfg, log=_quiet)
+    with cfg.unlocked():
+        cfg.data.on_bad_record = "skip"
+    lines = []
+    m = prepare.prepare(cfg, log=lines.append)
+    assert m["bad_records_skipped"] == 1 and str(bad) in m["first_bad_record"]
+    assert any("skipped 1 bad record" in line for line in lines), lines
+
+
+@pytest.mark.slow
+def test_two_worker_processes_and_the_command_line(corpus, tmp_path):
+    """`python -m metalm_jax.prepare --workers 2`: the same rows as one worker in-process; a
+    config error is one `error:` line."""
+    cfg, tok = corpus
+    files = [testing.write_kjv_jsonl(str(tmp_path / "a.jsonl"), 40)]
+    files.append(testing.write_kjv_jsonl(str(tmp_path / "b.jsonl"), 20))
+    one = prepare.prepare(_config(cfg, tok, files, tmp_path / "one"), log=_quiet)
+    argv = [sys.executable, "-m", "metalm_jax.prepare", "--config", "configs/tiny.py"]
+    keys = {
+        "name": "files",
+        "seq_len": 64,
+        "vocab_size": cfg.data.vocab_size,
+        "validation_fraction": 0.2,
+        "tokenizer_path": tok.source,
+        "files": ",".join(files),
+    }
+    argv += [f"--config.data.{k}={v}" for k, v in keys.items()]
+    run = lambda *extra: subprocess.run(
+        [*argv, *extra], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    out = run("--out", str(tmp_path / "two"), "--workers", "2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 worker(s)" in out.stdout and "rows/s, ETA" in out.stdout, out.stdout
+    two = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert two["splits"] == one["splits"]
+    for split in ("train", "validation"):
+        a = prepare.read_rows(str(tmp_path / "one"), one, split)
+        b = prepare.read_rows(str(tmp_path / "two"), two, split)
+        assert all(np.array_equal(x["tokens"], y["tokens"]) for x, y in zip(a, b, strict=True))
+    bad = run("--out", str(tmp_path / "two"), "--config.data.seq_len=128")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        f"error: --out {tmp_path / 'two'} holds data prepared with data.seq_len=64; this run "
+        "has 128: use another --out, or the settings it was prepared with"
+    ], bad.stderr
+
+
+def test_shards_split_big_files_by_blocks_of_documents(tmp_path):
+    path = testing.write_kjv_jsonl(str(tmp_path / "a.jsonl"), 40)
+    shards = prepare.plan_shards([path], shard_mb=0.02, block=4)
+    assert len(shards) == -(-os.path.getsize(path) // int(0.02 * 2**20))
+    names = [f"a.jsonl:{n}" for n in range(1, 41)]
+    owners = [[s.index for s in shards if s.wanted(name)] for name in names]
+    assert all(len(o) == 1 for o in owners)  # every document in exactly one shard
+    assert owners[2] == owners[0] and owners[3] != owners[2]  # lines 1-3 | 4-7: n // 4
+    read = lambda s: documents.read_documents([path], "text", sources.Tally(), s.wanted)
+    got = [doc_id for s in shards for doc_id, _ in read(s)]
+    assert sorted(got) == sorted(names)
