@@ -320,3 +320,28 @@ def test_shards_split_big_files_by_blocks_of_documents(tmp_path):
     read = lambda s: documents.read_documents([path], "text", sources.Tally(), s.wanted)
     got = [doc_id for s in shards for doc_id, _ in read(s)]
     assert sorted(got) == sorted(names)
+
+
+@pytest.mark.slow
+def test_training_reads_prepared_rows_and_resumes_at_the_step(prepared, tmp_path, capsys):
+    """Two steps on prepared rows, then the same run to four: the resumed iterator is put at the
+    restored step (the data position saved at step 4 is step 4, not 2 steps from a fresh
+    start), and the tokenizer the run keeps in its workdir is the prepared one."""
+    from metalm_jax.loop import train_and_evaluate
+
+    cfg, tok, m = prepared
+    cfg = cfg.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.data.tokenizer_path = ""  # the prepared directory's tokenizer
+        cfg.train.steps, cfg.train.checkpoint_every, cfg.train.sample_tokens = 2, 2, 0
+    workdir = tmp_path / "run"
+    train_and_evaluate(cfg, str(workdir))
+    assert prepare._sha256(workdir / "tokenizer.model") == m["tokenizer"]["sha256"]
+    with cfg.unlocked():
+        cfg.train.steps = 4
+    capsys.readouterr()
+    train_and_evaluate(cfg, str(workdir))
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "re-sharded" not in out, out
+    saved = workdir / "checkpoints" / "4" / "data" / "process_0-of-1.json"
+    assert json.loads(saved.read_text()) == {"step": 4}

@@ -77,3 +77,35 @@ def test_own_corpus_jsonl_zst_commands(tmp_path):
     assert "step      2/2" in out.stdout, out.stdout[-2000:]
     [info] = (tmp_path / "tfds").glob("local_text/files_*/1.0.0/dataset_info.json")
     assert str(corpus) in json.loads(info.read_text())["description"]
+
+
+@pytest.mark.slow
+def test_prepared_data_commands(tmp_path):
+    """`## Prepared data`: the KJV as kjv.jsonl.zst (the command of `## Your own corpus`),
+    prepared as written (micro sizes), then two training steps that read the prepared rows."""
+    write = readme_commands("Your own corpus", 1)[0]
+    prep, train = readme_commands("Prepared data: tokenize and pack once (prepare, then train)")
+    data = tmp_path / "data"
+    data.mkdir()
+    argv = shlex.split(write)
+    out = subprocess.run([sys.executable, *argv[1:]], cwd=data, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    def here(command: str) -> list[str]:
+        command = command.replace("=kjv.jsonl.zst", f"={data / 'kjv.jsonl.zst'}")
+        return shlex.split(command.replace("prepared/kjv", str(tmp_path / "prepared")))
+
+    argv = here(prep)
+    assert argv[:3] == ["python", "-m", "metalm_jax.prepare"], argv
+    argv = [sys.executable, *argv[1:], *testing.micro_flags(steps=2)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "rows/s, ETA" in out.stdout and "== prepared" in out.stdout, out.stdout[-2000:]
+    splits = json.loads((tmp_path / "prepared" / "manifest.json").read_text())["splits"]
+    assert splits["train"]["documents"] + splits["validation"]["documents"] == 1189
+    argv = [a for a in here(train) if a not in ("--workdir", "runs/tiny_prepared")]
+    out = run_cli(argv, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "step      2/2" in out.stdout, out.stdout[-2000:]
+    assert not (tmp_path / "tfds").exists()  # training did not read the corpus files again
