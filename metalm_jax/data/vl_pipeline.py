@@ -1,8 +1,9 @@
 """The image-text side of the grain pipeline, mixed with the text rows for VL pretraining.
 
-    image-text split (TFDS) -> [process shard] -> shuffle/repeat -> decode + preprocess image,
-    tokenize caption (per-index seeded rng: augmentation is deterministic) -> pack pairs into
-    rows (PairPackIterDataset, checkpointable) -> build_vl_row (random prefix length)
+    image-text split (TFDS) -> [process shard] -> shuffle/repeat -> decode + resize/crop the
+    image to uint8 (normalized later, on the device), tokenize caption (per-index seeded rng:
+    augmentation is deterministic) -> pack pairs into rows (PairPackIterDataset,
+    checkpointable) -> build_vl_row (random prefix length)
     -> mix with text rows at images.text_ratio -> batch
 
 A corrupt or truncated image raises an ImageError naming the record; with
