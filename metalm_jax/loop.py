@@ -53,6 +53,12 @@ class Periodic:
                 fn(step)
 
 
+def _corpus(cfg) -> str:
+    if cfg.data.prepared_dir:
+        return f"{cfg.data.name} prepared in {paths.shown(cfg.data.prepared_dir)}"
+    return cfg.data.name
+
+
 def train_and_evaluate(cfg, workdir: str) -> dict:
     """Runs (or resumes) training as configured; returns the final metrics.
 
@@ -91,7 +97,7 @@ def _train(cfg, workdir: str, t_start: float) -> dict:
     train_iter = pipeline.train_iterator(cfg, tok, local_batch, derived.rows, shard)
     eval_data = pipeline.eval_sets(cfg, tok, local_batch, derived.rows, shard)
     mlib.console(
-        f"== data {'task ' + cfg.task.name if cfg.task.name else cfg.data.name}: "
+        f"== data {'task ' + cfg.task.name if cfg.task.name else _corpus(cfg)}: "
         f"tokenizer {tok.source} ({tok.vocab_size} pieces), "
         f"rows {cfg.data.seq_len}, global batch {global_batch}, "
         + ", ".join(f"{len(v)} {k} eval batches" for k, v in eval_data.items())

@@ -60,6 +60,7 @@ FLOORS = {
     "metalm_jax.data.vl_pipeline": "pipeline",
     # preparing a text corpus once as packed rows (ArrayRecord shards), and reading them back
     "metalm_jax.data.prepare": "pipeline",
+    "metalm_jax.data.prepared": "pipeline",
     # the Flax model, and beside it the mesh, multi-process helpers and the accelerator table
     # (neither imports the other)
     "metalm_jax.model": "model",

@@ -1,7 +1,8 @@
-"""Prepared data (data/prepare.py, data/pretrain/prepared_rows.py, `python -m metalm_jax.prepare`):
-shards, ledger and manifest; a rerun keeps finished shards; every text format; rows equal to
-the TFDS-fed packing of the same documents; training's row order a pure function of (seed,
-step, process, process count); a manifest that does not match the config refused in one line."""
+"""Prepared data (data/prepare.py, data/prepared.py, data/pretrain/prepared_rows.py and the
+prepare command): shards, ledger and manifest; a rerun keeps finished shards; every text
+format; rows equal to the TFDS-fed packing of the same documents; training's row order a pure
+function of (seed, step, process, process count); a manifest that does not match the config
+refused in one line."""
 
 import json
 import os
@@ -15,7 +16,7 @@ import pytest
 import zstandard
 
 from metalm_jax import testing
-from metalm_jax.data import pipeline, prepare
+from metalm_jax.data import pipeline, prepare, prepared
 from metalm_jax.data.corpora import documents, sources
 from metalm_jax.data.corpora.text import decode_example, load_split, make_builder
 from metalm_jax.data.pretrain import prepared_rows
@@ -43,7 +44,7 @@ def _quiet(line):
 
 
 @pytest.fixture(scope="module")
-def prepared(corpus, tmp_path_factory):
+def prepared_kjv(corpus, tmp_path_factory):
     """The corpus fixture's 60 KJV chapters prepared (one worker): (cfg, tok, manifest)."""
     cfg, tok = corpus
     out = tmp_path_factory.mktemp("prepared") / "out"
@@ -52,28 +53,28 @@ def prepared(corpus, tmp_path_factory):
     return cfg, tok, manifest
 
 
-def test_the_manifest_counts_rows_tokens_documents_and_names_the_tokenizer(prepared):
-    cfg, tok, m = prepared
+def test_the_manifest_counts_rows_tokens_documents_and_names_the_tokenizer(prepared_kjv):
+    cfg, tok, m = prepared_kjv
     out = cfg.data.prepared_dir
     assert m["splits"]["train"]["documents"] + m["splits"]["validation"]["documents"] == 60
     for split in ("train", "validation"):
-        rows = prepare.read_rows(out, m, split)
+        rows = prepared.read_rows(out, m, split)
         assert len(rows) == m["splits"][split]["rows"] > 0
         assert sum(int((r["segment_ids"] > 0).sum()) for r in rows) == m["splits"][split]["tokens"]
     assert m["tokenizer"]["vocab_size"] == tok.vocab_size == cfg.data.vocab_size
-    got = prepare._sha256(os.path.join(out, m["tokenizer"]["file"]))
-    assert got == m["tokenizer"]["sha256"] == prepare._sha256(tok.source)
+    got = prepared.sha256(os.path.join(out, m["tokenizer"]["file"]))
+    assert got == m["tokenizer"]["sha256"] == prepared.sha256(tok.source)
     assert m["config"]["data.seq_len"] == cfg.data.seq_len
     assert m["config"]["data.open_documents"] == cfg.data.open_documents
     assert m["bad_records_skipped"] == 0
 
 
-def test_rows_equal_the_packing_of_the_same_documents(prepared, corpus):
+def test_rows_equal_the_packing_of_the_same_documents(prepared_kjv, corpus):
     """The TFDS-fed pipeline's own documents (the corpus fixture's builder, same split rule),
     packed as today: validation as eval_batches packs it (one open document, file order), train
     with data.open_documents open and the shard's seed (0, one shard) in file order. Training
     differs only in shuffling documents before packing; prepared data shuffles rows instead."""
-    cfg, tok, m = prepared
+    cfg, tok, m = prepared_kjv
     builder = make_builder(corpus[0].data, corpus[0].data.tfds_data_dir)
     for split, open_docs in (("validation", 1), ("train", cfg.data.open_documents)):
         src = load_split(builder, split)
@@ -84,7 +85,7 @@ def test_rows_equal_the_packing_of_the_same_documents(prepared, corpus):
 
         docs_ds = grain.MapDataset.source([docs[i] for i in order])
         want = list(PackedRows(docs_ds, cfg.data.seq_len, tok.ids, open_docs=open_docs, seed=0))
-        got = prepare.read_rows(cfg.data.prepared_dir, m, split)
+        got = prepared.read_rows(cfg.data.prepared_dir, m, split)
         assert len(got) == len(want), split
         for a, b in zip(got, want, strict=True):
             for k in ("tokens", "segment_ids", "positions"):
@@ -116,11 +117,11 @@ def test_an_epoch_reads_every_row_once_and_epochs_differ():
     assert [r for _, r in first] != [prepared_rows.global_row(6, g, n)[1] for g in range(n)]
 
 
-def test_batches_of_one_process_equal_those_assembled_from_two(prepared):
+def test_batches_of_one_process_equal_those_assembled_from_two(prepared_kjv):
     """The order is a pure function of (seed, step, process, count): steps 0..5 (past one epoch
     of the validation-sized source, so epochs turn over) with P=1 equal the two halves of P=2,
     spans included; the iterator seeks to any step and its state is the step."""
-    cfg, tok, _ = prepared
+    cfg, tok, _ = prepared_kjv
     fmt = derive(cfg, tok).rows
     one = pipeline.prepared_batches(cfg, tok, 8, fmt, (0, 1))
     halves = [pipeline.prepared_batches(cfg, tok, 4, fmt, (p, 2)) for p in range(2)]
@@ -139,12 +140,12 @@ def test_batches_of_one_process_equal_those_assembled_from_two(prepared):
     np.testing.assert_array_equal(next(it)["targets"], one[1]["targets"])
 
 
-def test_eval_rows_are_the_validation_rows_in_order_with_fixed_spans(prepared):
-    cfg, tok, m = prepared
+def test_eval_rows_are_the_validation_rows_in_order_with_fixed_spans(prepared_kjv):
+    cfg, tok, m = prepared_kjv
     fmt = derive(cfg, tok).rows
     a = pipeline.eval_batches(cfg, tok, 4, 2, fmt)
     b = pipeline.eval_batches(cfg, tok, 4, 2, fmt)
-    rows = prepare.read_rows(cfg.data.prepared_dir, m, "validation")
+    rows = prepared.read_rows(cfg.data.prepared_dir, m, "validation")
     assert len(a) == 2
     for k in ("tokens", "segment_ids", "positions"):
         np.testing.assert_array_equal(a[0][k], np.stack([r[k] for r in rows[:4]]))
@@ -152,19 +153,19 @@ def test_eval_rows_are_the_validation_rows_in_order_with_fixed_spans(prepared):
         np.testing.assert_array_equal(x["slot_index"], y["slot_index"])
 
 
-def test_a_manifest_that_does_not_match_is_refused_naming_the_key(prepared, tmp_path):
-    cfg, tok, m = prepared
+def test_a_manifest_that_does_not_match_is_refused_naming_the_key(prepared_kjv, tmp_path):
+    cfg, tok, m = prepared_kjv
     for key, value in (("seq_len", 128), ("open_documents", 8), ("validation_fraction", 0.5)):
         other = cfg.copy_and_resolve_references()
         with other.unlocked():
             other.data[key] = value
         with pytest.raises(ConfigError, match=f"prepared with data.{key}=.*this config has"):
-            prepare.check_manifest(other, tok, m)
+            prepared.check_manifest(other, tok, m)
     fake = tmp_path / "tokenizer.model"
     fake.write_bytes(open(tok.source, "rb").read() + b"x")
     other_tok = type("T", (), {"source": str(fake)})()
     with pytest.raises(ConfigError, match="the run's tokenizer .* is not the one"):
-        prepare.check_manifest(cfg, other_tok, m)
+        prepared.check_manifest(cfg, other_tok, m)
     # preparing into the same directory with another setting is refused too
     other = cfg.copy_and_resolve_references()
     with other.unlocked():
@@ -206,7 +207,7 @@ def test_every_text_format_through_prepare(corpus, tmp_path, suffix):
     files = [path, testing.write_kjv_jsonl(str(tmp_path / "kjv.jsonl"), 8)]  # holds validation
     cfg = _config(cfg, tok, files, tmp_path / "out", validation_fraction=0.3)
     m = prepare.prepare(cfg, log=_quiet)
-    rows = prepare.read_rows(cfg.data.prepared_dir, m, "train") + prepare.read_rows(
+    rows = prepared.read_rows(cfg.data.prepared_dir, m, "train") + prepared.read_rows(
         cfg.data.prepared_dir, m, "validation"
     )
     text = " ".join(tok.decode(r["tokens"][r["segment_ids"] > 0]) for r in rows)
@@ -298,8 +299,8 @@ def test_two_worker_processes_and_the_command_line(corpus, tmp_path):
     two = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert two["splits"] == one["splits"]
     for split in ("train", "validation"):
-        a = prepare.read_rows(str(tmp_path / "one"), one, split)
-        b = prepare.read_rows(str(tmp_path / "two"), two, split)
+        a = prepared.read_rows(str(tmp_path / "one"), one, split)
+        b = prepared.read_rows(str(tmp_path / "two"), two, split)
         assert all(np.array_equal(x["tokens"], y["tokens"]) for x, y in zip(a, b, strict=True))
     bad = run("--out", str(tmp_path / "two"), "--config.data.seq_len=128")
     assert bad.returncode == 2
@@ -323,20 +324,20 @@ def test_shards_split_big_files_by_blocks_of_documents(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_reads_prepared_rows_and_resumes_at_the_step(prepared, tmp_path, capsys):
+def test_training_reads_prepared_rows_and_resumes_at_the_step(prepared_kjv, tmp_path, capsys):
     """Two steps on prepared rows, then the same run to four: the resumed iterator is put at the
     restored step (the data position saved at step 4 is step 4, not 2 steps from a fresh
     start), and the tokenizer the run keeps in its workdir is the prepared one."""
     from metalm_jax.loop import train_and_evaluate
 
-    cfg, tok, m = prepared
+    cfg, tok, m = prepared_kjv
     cfg = cfg.copy_and_resolve_references()
     with cfg.unlocked():
         cfg.data.tokenizer_path = ""  # the prepared directory's tokenizer
         cfg.train.steps, cfg.train.checkpoint_every, cfg.train.sample_tokens = 2, 2, 0
     workdir = tmp_path / "run"
     train_and_evaluate(cfg, str(workdir))
-    assert prepare._sha256(workdir / "tokenizer.model") == m["tokenizer"]["sha256"]
+    assert prepared.sha256(workdir / "tokenizer.model") == m["tokenizer"]["sha256"]
     with cfg.unlocked():
         cfg.train.steps = 4
     capsys.readouterr()

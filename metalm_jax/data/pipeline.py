@@ -38,7 +38,7 @@ import numpy as np
 from etils import epath
 
 from metalm_jax import paths
-from metalm_jax.data import prepare, tokenizer, vl_pipeline
+from metalm_jax.data import prepared, tokenizer, vl_pipeline
 from metalm_jax.data.corpora.text import decode_example, load_split, make_builder
 from metalm_jax.data.pretrain.packed_rows import PackedRows
 from metalm_jax.data.pretrain.prepared_rows import ProcessShare, StepIterator, decode_row
@@ -71,10 +71,10 @@ def build_tokenizer(cfg, workdir: str) -> Tokenizer | JsonTokenizer:
 
     path = tokenizer.configured_path(cfg.data.tokenizer_path, cfg.init)
     if cfg.data.prepared_dir and not path:  # the prepared rows' tokenizer, kept in the workdir
-        prepared = prepare.read_manifest(cfg.data.prepared_dir)["tokenizer"]["file"]
-        saved = os.fspath(epath.Path(workdir) / prepared)
+        name = prepared.read_manifest(cfg.data.prepared_dir)["tokenizer"]["file"]
+        saved = os.fspath(epath.Path(workdir) / name)
         if not epath.Path(saved).exists():
-            paths.copy_file(os.fspath(epath.Path(cfg.data.prepared_dir) / prepared), saved)
+            paths.copy_file(prepared.path(cfg.data.prepared_dir, name), saved)
     return tokenizer.for_run(workdir, path, texts, cfg.data.vocab_size)
 
 
@@ -224,16 +224,16 @@ def train_iterator(cfg, tok: Tokenizer, batch_size: int, fmt: RowFormat, shard=(
 
 
 def _prepared(cfg, tok, fmt: RowFormat, split: str):
-    """The checked source of a prepared split (data.prepared_dir; data/prepare.py)."""
+    """The checked source of a prepared split (data.prepared_dir; data/prepared.py)."""
     if cfg.task.name or fmt.layout is not None:
         what = f"task.name={cfg.task.name!r}" if cfg.task.name else "images.enabled"
         raise ConfigError(
             f"data.prepared_dir holds text pretraining rows; {what} is not read from prepared "
             "data yet: unset data.prepared_dir"
         )
-    manifest = prepare.read_manifest(cfg.data.prepared_dir)
-    prepare.check_manifest(cfg, tok, manifest)
-    return prepare.split_source(cfg.data.prepared_dir, manifest, split)
+    manifest = prepared.read_manifest(cfg.data.prepared_dir)
+    prepared.check_manifest(cfg, tok, manifest)
+    return prepared.split_source(cfg.data.prepared_dir, manifest, split)
 
 
 def prepared_batches(cfg, tok, batch_size: int, fmt: RowFormat, shard=(0, 1)):

@@ -1,7 +1,7 @@
 """Preparing a text corpus once: ArrayRecord shards of packed decoder rows, a ledger, a manifest.
 
 `python -m metalm_jax.prepare` (metalm_jax/prepare.py: flags only) runs `prepare`; training
-reads the result when `data.prepared_dir` names it (`open_prepared`, pipeline.py). The output
+reads the result when `data.prepared_dir` names it (prepared.py, pipeline.py). The output
 directory (local, or gs://: shards are written locally and copied):
 
     tokenizer.model        the run's tokenizer (data.tokenizer_path copied, or SentencePiece
@@ -15,7 +15,7 @@ directory (local, or gs://: shards are written locally and copied):
                            shard with an entry; files without one are written again
     manifest.json          when every shard has its entry: rows / tokens / documents per split,
                            the shard files in order, bad records skipped, the tokenizer's
-                           SHA-256 and the data keys (what `open_prepared` checks)
+                           SHA-256 and the data keys (what prepared.check_manifest checks)
 
 Input shards: each corpus file, and a .jsonl / Parquet file larger than `shard_mb` in parts
 (part k of m: the documents whose line or row number n has (n // 1024) % m == k; every part
@@ -47,48 +47,24 @@ from etils import epath
 from metalm_jax import paths
 from metalm_jax.data import tokenizer as toklib
 from metalm_jax.data.corpora import documents, sources
+from metalm_jax.data.prepared import (
+    CHECKED_KEYS,
+    FORMAT,
+    SPLITS,
+    data_keys,
+    read_json,
+    sha256,
+    shard_file,
+    tokenizer_in,
+)
+from metalm_jax.data.prepared import path as _path
 from metalm_jax.data.pretrain.packed_rows import PackedRows
-from metalm_jax.data.pretrain.prepared_rows import decode_row, encode_row
+from metalm_jax.data.pretrain.prepared_rows import encode_row
 from metalm_jax.types import ConfigError, DataError
 
-FORMAT = 1
 BLOCK = 1024  # documents of a file in a row that go to one part of it
-SPLITS = ("train", "validation")
-# What decides the rows: compared with plan.json on a rerun (all of them) and with the manifest
-# when training reads the rows (the ones a training config can differ in are named here).
-CHECKED_KEYS = (
-    "data.name",
-    "data.files",
-    "data.text_key",
-    "data.validation_fraction",
-    "data.seq_len",
-    "data.vocab_size",
-    "data.open_documents",
-)
 TOKENIZER_SAMPLE_CHARS = 200 * 2**20  # text a new SentencePiece is trained on, at most
 WRITER_OPTIONS = "group_size:1,zstd:3"  # one record a chunk: random access reads one row
-
-
-def _files_value(value) -> list[str]:
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
-
-
-def data_keys(cfg) -> dict:
-    """The config keys that decide the prepared rows, as plain values."""
-    d = cfg.data
-    return {
-        "data.name": d.name,
-        "data.files": _files_value(d.files),
-        "data.text_key": d.text_key,
-        "data.validation_fraction": float(d.validation_fraction),
-        "data.on_bad_record": d.on_bad_record,
-        "data.seq_len": int(d.seq_len),
-        "data.vocab_size": int(d.vocab_size),
-        "data.open_documents": int(d.open_documents),
-        "data.tokenizer_path": d.tokenizer_path,
-    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,36 +109,14 @@ def plan_shards(files, shard_mb: float, block: int = BLOCK) -> list[Shard]:
 # The output directory
 
 
-def _path(out: str, name: str) -> str:
-    return os.fspath(epath.Path(out) / name)
-
-
 def _ledger(out: str, index: int) -> str:
     return _path(out, f"ledger/{index:05d}.json")
-
-
-def shard_file(split: str, index: int) -> str:
-    return f"{split}-{index:05d}.array_record"
-
-
-def _read_json(path: str):
-    p = epath.Path(path)
-    if not p.exists():
-        return None
-    try:
-        return json.loads(p.read_text())
-    except ValueError as e:
-        raise DataError(f"{path}: not valid JSON ({e}); delete it to prepare again") from None
-
-
-def _sha256(path: str) -> str:
-    return hashlib.sha256(epath.Path(path).read_bytes()).hexdigest()
 
 
 def _check_plan(out: str, plan: dict) -> None:
     """plan.json written, or compared with the one there (the first difference named)."""
     path = _path(out, "plan.json")
-    old = _read_json(path)
+    old = read_json(path)
     if old is None:
         paths.write_atomic(path, json.dumps(plan, indent=1))
         return
@@ -179,14 +133,6 @@ def _check_plan(out: str, plan: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # The tokenizer
-
-
-def tokenizer_in(out: str) -> str:
-    """The tokenizer file of a prepared directory ("" if none yet)."""
-    for name in toklib.SAVED_NAMES:
-        if epath.Path(_path(out, name)).is_file():
-            return _path(out, name)
-    return ""
 
 
 def _sample_texts(files, text_key: str, validation_fraction: float, budget: int):
@@ -217,10 +163,7 @@ def prepare_tokenizer(cfg, out: str, files, part: tuple[int, int], log) -> str:
     if configured:
         tok = toklib.open_tokenizer(configured)
         dst = _path(out, tok.saved_name)
-        if (
-            have
-            and _sha256(have) != hashlib.sha256(epath.Path(tok.source).read_bytes()).hexdigest()
-        ):
+        if have and sha256(have) != hashlib.sha256(epath.Path(tok.source).read_bytes()).hexdigest():
             raise ConfigError(
                 f"data.tokenizer_path: {tok.source} differs from the tokenizer {have} the rows in "
                 f"--out {out} were made with: use another --out"
@@ -273,25 +216,32 @@ def _publish(local: str, out: str, name: str) -> None:
         os.replace(local, dst)
 
 
-def _counting(rows, report, every: int = 256):
+REPORT_EVERY = 256  # rows or documents between two reports of a shard's progress
+
+
+def _counting(rows, report):
     n = 0
     for row in rows:
         yield row
         n += 1
-        if n % every == 0:
-            report(every)
-    report(n % every)
+        if n % REPORT_EVERY == 0:
+            report(REPORT_EVERY, 0)
+    report(n % REPORT_EVERY, 0)
 
 
-def prepare_shard(shard: Shard, settings: dict, out: str, report=lambda rows: None) -> dict:
-    """Reads, tokenizes, packs and writes one shard; writes its ledger entry; returns it."""
+def prepare_shard(shard: Shard, settings: dict, out: str, report=lambda rows, docs: None) -> dict:
+    """Reads, tokenizes, packs and writes one shard; writes its ledger entry; returns it.
+    `report(rows, documents)` is told of the work as it goes (for the progress line)."""
     tok = toklib.open_tokenizer(settings["tokenizer"])
     tally = sources.Tally(settings["on_bad_record"])
     docs = {split: [] for split in SPLITS}
     read = documents.read_documents([shard.path], settings["text_key"], tally, shard.wanted)
-    for doc_id, paras in read:
+    for n, (doc_id, paras) in enumerate(read, 1):
         held_out = sources.hash_fraction(doc_id) < settings["validation_fraction"]
         docs["validation" if held_out else "train"].append(tok.encode_document(paras))
+        if n % REPORT_EVERY == 0:
+            report(0, REPORT_EVERY)
+    report(0, sum(map(len, docs.values())) % REPORT_EVERY)
     entry = {"shard": shard.index, "path": shard.path, "part": [shard.part, shard.parts]}
     entry["skipped"] = tally.skipped
     entry["first_skipped"] = tally.first
@@ -323,7 +273,7 @@ def prepare_shard(shard: Shard, settings: dict, out: str, report=lambda rows: No
 
 def _worker(args) -> dict:
     shard, settings, out, queue = args
-    return prepare_shard(shard, settings, out, lambda n: queue.put(n) if n else None)
+    return prepare_shard(shard, settings, out, lambda r, d: queue.put((r, d)) if r or d else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,10 +289,11 @@ class Progress:
         self.todo = len(shards)
         self.log, self.every = log, every
         self.start = self.last = time.time()
-        self.rows = self.done = self.weight = 0
+        self.rows = self.docs = self.done = self.weight = 0
 
-    def add_rows(self, n: int) -> None:
-        self.rows += n
+    def add(self, rows: int, docs: int) -> None:
+        self.rows += rows
+        self.docs += docs
         if time.time() - self.last >= self.every:
             self.line()
 
@@ -358,8 +309,8 @@ class Progress:
         if self.weight:
             eta = _fmt_s(dt * (self.total - self.weight) / self.weight)
         self.log(
-            f"prepare: {self.done}/{self.todo} shards, {self.rows:,} rows, "
-            f"{self.rows / dt:,.0f} rows/s, ETA {eta}"
+            f"prepare: {self.done}/{self.todo} shards, {self.docs:,} documents tokenized, "
+            f"{self.rows:,} rows, {self.rows / dt:,.0f} rows/s, ETA {eta}"
         )
 
 
@@ -450,7 +401,7 @@ def prepare(
 def _run(todo: list[Shard], settings: dict, out: str, workers: int, progress: Progress) -> None:
     if workers == 1 or len(todo) <= 1:
         for shard in todo:
-            prepare_shard(shard, settings, out, progress.add_rows)
+            prepare_shard(shard, settings, out, progress.add)
             progress.shard_done(shard)
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding threads
@@ -463,7 +414,7 @@ def _run(todo: list[Shard], settings: dict, out: str, workers: int, progress: Pr
                 while pending:
                     done, pending = concurrent.futures.wait(pending, timeout=0.5)
                     while not queue.empty():
-                        progress.add_rows(queue.get())
+                        progress.add(*queue.get())
                     for f in done:
                         f.result()  # a worker's error stops the job: the ledger keeps the rest
                         progress.shard_done(futures[f])
@@ -474,12 +425,12 @@ def _run(todo: list[Shard], settings: dict, out: str, workers: int, progress: Pr
                     f.cancel()
                 raise
         while not queue.empty():
-            progress.add_rows(queue.get())
+            progress.add(*queue.get())
 
 
 def finish(cfg, out: str, shards: list[Shard], tok_file: str, log) -> dict | None:
     """The manifest, written when every shard has its ledger entry (else None, said)."""
-    entries = [_read_json(_ledger(out, s.index)) for s in shards]
+    entries = [read_json(_ledger(out, s.index)) for s in shards]
     missing = [s.index for s, e in zip(shards, entries, strict=True) if e is None]
     if missing:
         log(
@@ -510,7 +461,7 @@ def finish(cfg, out: str, shards: list[Shard], tok_file: str, log) -> dict | Non
         "pack_seed": "the shard index (data.seed does not change the rows)",
         "tokenizer": {
             "file": os.path.basename(tok_file),
-            "sha256": _sha256(tok_file),
+            "sha256": sha256(tok_file),
             "kind": tok.kind,
             "vocab_size": tok.vocab_size,
         },
@@ -534,57 +485,3 @@ def finish(cfg, out: str, shards: list[Shard], tok_file: str, log) -> dict | Non
             f"the first: {manifest['first_bad_record']}"
         )
     return manifest
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading prepared data (training)
-
-
-def read_manifest(out: str) -> dict:
-    manifest = _read_json(_path(out, "manifest.json"))
-    if manifest is None:
-        raise DataError(
-            f"data.prepared_dir={out}: no manifest.json (not prepared, or not finished): run "
-            "python -m metalm_jax.prepare with this config"
-        )
-    return manifest
-
-
-def check_manifest(cfg, tok, manifest: dict) -> None:
-    """Raises naming the first data key whose value differs from the one the rows were
-    prepared with, or the tokenizer when it is not the one (by SHA-256)."""
-    out = cfg.data.prepared_dir
-    saved, now = manifest.get("config", {}), data_keys(cfg)
-    for key in CHECKED_KEYS:
-        if saved.get(key) != now[key]:
-            raise ConfigError(
-                f"data.prepared_dir={out}: its rows were prepared with {key}={saved.get(key)!r}, "
-                f"this config has {key}={now[key]!r}: prepare again with this config, or set "
-                f"--config.{key} to the prepared value"
-            )
-    want = manifest["tokenizer"]["sha256"]
-    got = hashlib.sha256(epath.Path(tok.source).read_bytes()).hexdigest()
-    if got != want:
-        raise ConfigError(
-            f"data.prepared_dir={out}: the run's tokenizer {tok.source} (SHA-256 {got[:12]}) is "
-            f"not the one its rows were made with ({manifest['tokenizer']['file']}, "
-            f"{want[:12]}): unset data.tokenizer_path, or use a fresh --workdir"
-        )
-
-
-def split_source(out: str, manifest: dict, split: str):
-    """A random-access source of the records of a prepared split, its shards in order."""
-    names = [name for name, _ in manifest["splits"][split]["files"]]
-    src = grain.sources.ArrayRecordDataSource([_path(out, name) for name in names])
-    if len(src) != manifest["splits"][split]["rows"]:
-        raise DataError(
-            f"data.prepared_dir={out}: the {split} shards hold {len(src)} rows, the manifest "
-            f"says {manifest['splits'][split]['rows']}: prepare again"
-        )
-    return src
-
-
-def read_rows(out: str, manifest: dict, split: str) -> list[dict]:
-    """Every row of a prepared split, in order (tests, small validation splits)."""
-    src = split_source(out, manifest, split)
-    return [decode_row(src[k], f"{out} {split} row {k}") for k in range(len(src))]

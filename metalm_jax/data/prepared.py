@@ -1,0 +1,143 @@
+"""A prepared directory (written by data/prepare.py) as training reads it: its file names, the
+data keys its manifest records, the check that they and the tokenizer match a run's config,
+and its splits as random-access sources of records (pretrain/prepared_rows.py decodes them).
+
+Kept apart from the job that writes it (prepare.py: processes, ledger, progress), so a
+training process imports only this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import grain
+from etils import epath
+
+from metalm_jax.data import tokenizer as toklib
+from metalm_jax.data.pretrain.prepared_rows import decode_row
+from metalm_jax.types import ConfigError, DataError
+
+FORMAT = 1
+SPLITS = ("train", "validation")
+# The data keys that decide the rows: compared with plan.json when preparing again into a
+# directory, and with the manifest when training reads it (data.on_bad_record and
+# data.tokenizer_path are recorded only: the tokenizer is compared by its SHA-256).
+CHECKED_KEYS = (
+    "data.name",
+    "data.files",
+    "data.text_key",
+    "data.validation_fraction",
+    "data.seq_len",
+    "data.vocab_size",
+    "data.open_documents",
+)
+
+
+def _files_value(value) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def data_keys(cfg) -> dict:
+    """The config keys that decide the prepared rows, as plain values."""
+    d = cfg.data
+    return {
+        "data.name": d.name,
+        "data.files": _files_value(d.files),
+        "data.text_key": d.text_key,
+        "data.validation_fraction": float(d.validation_fraction),
+        "data.on_bad_record": d.on_bad_record,
+        "data.seq_len": int(d.seq_len),
+        "data.vocab_size": int(d.vocab_size),
+        "data.open_documents": int(d.open_documents),
+        "data.tokenizer_path": d.tokenizer_path,
+    }
+
+
+def path(out: str, name: str) -> str:
+    """`name` inside the prepared directory `out` (local or a URL)."""
+    return os.fspath(epath.Path(out) / name)
+
+
+def shard_file(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.array_record"
+
+
+def read_json(file: str):
+    """The JSON in `file`, or None when there is no such file."""
+    p = epath.Path(file)
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except ValueError as e:
+        raise DataError(f"{file}: not valid JSON ({e}); delete it to prepare again") from None
+
+
+def sha256(file: str) -> str:
+    return hashlib.sha256(epath.Path(file).read_bytes()).hexdigest()
+
+
+def tokenizer_in(out: str) -> str:
+    """The tokenizer file of a prepared directory ("" if none yet)."""
+    for name in toklib.SAVED_NAMES:
+        if epath.Path(path(out, name)).is_file():
+            return path(out, name)
+    return ""
+
+
+def read_manifest(out: str) -> dict:
+    manifest = read_json(path(out, "manifest.json"))
+    if manifest is None:
+        raise DataError(
+            f"data.prepared_dir={out}: no manifest.json (not prepared, or not finished): run "
+            "python -m metalm_jax.prepare with this config"
+        )
+    if manifest.get("format") != FORMAT:
+        raise DataError(
+            f"data.prepared_dir={out}: manifest format {manifest.get('format')!r}, this code "
+            f"reads {FORMAT}: prepare again"
+        )
+    return manifest
+
+
+def check_manifest(cfg, tok, manifest: dict) -> None:
+    """Raises naming the first data key whose value differs from the one the rows were
+    prepared with, or the tokenizer when it is not the one (by SHA-256)."""
+    out = cfg.data.prepared_dir
+    saved, now = manifest.get("config", {}), data_keys(cfg)
+    for key in CHECKED_KEYS:
+        if saved.get(key) != now[key]:
+            raise ConfigError(
+                f"data.prepared_dir={out}: its rows were prepared with {key}={saved.get(key)!r}, "
+                f"this config has {key}={now[key]!r}: prepare again with this config, or set "
+                f"--config.{key} to the prepared value"
+            )
+    want, got = manifest["tokenizer"]["sha256"], sha256(tok.source)
+    if got != want:
+        raise ConfigError(
+            f"data.prepared_dir={out}: the run's tokenizer {tok.source} (SHA-256 {got[:12]}) is "
+            f"not the one its rows were made with ({manifest['tokenizer']['file']}, "
+            f"{want[:12]}): unset data.tokenizer_path, or use a fresh --workdir"
+        )
+
+
+def split_source(out: str, manifest: dict, split: str):
+    """A random-access source of the records of a prepared split, its shards in order."""
+    names = [name for name, _ in manifest["splits"][split]["files"]]
+    src = grain.sources.ArrayRecordDataSource([path(out, name) for name in names])
+    if len(src) != manifest["splits"][split]["rows"]:
+        raise DataError(
+            f"data.prepared_dir={out}: the {split} shards hold {len(src)} rows, the manifest "
+            f"says {manifest['splits'][split]['rows']}: prepare again"
+        )
+    return src
+
+
+def read_rows(out: str, manifest: dict, split: str) -> list[dict]:
+    """Every row of a prepared split, in order (tests, small validation splits)."""
+    src = split_source(out, manifest, split)
+    return [decode_row(src[k], f"{out} {split} row {k}") for k in range(len(src))]
