@@ -18,7 +18,7 @@ directory (local, or gs://: shards are written locally and copied):
                            SHA-256 and the data keys (what prepared.check_manifest checks)
 
 Input shards: each corpus file, and a .jsonl / Parquet file larger than `shard_mb` in parts
-(part k of m: the documents whose line or row number n has (n // 1024) % m == k; every part
+(part k of m: the documents whose line or row number n has (n // 64) % m == k; every part
 streams the file and parses only its own records). A shard's documents go to `validation` when
 their id hashes below data.validation_fraction (as the TFDS builder does), else to `train`.
 Rows: a shard's train documents (tokenized as in training: `encode_document`) packed by
@@ -62,7 +62,7 @@ from metalm_jax.data.pretrain.packed_rows import PackedRows
 from metalm_jax.data.pretrain.prepared_rows import encode_row
 from metalm_jax.types import ConfigError, DataError
 
-BLOCK = 1024  # documents of a file in a row that go to one part of it
+BLOCK = 64  # documents in a row that go to one part of a file (parts take turns)
 TOKENIZER_SAMPLE_CHARS = 200 * 2**20  # text a new SentencePiece is trained on, at most
 WRITER_OPTIONS = "group_size:1,zstd:3"  # one record a chunk: random access reads one row
 
