@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -346,3 +347,68 @@ def test_training_reads_prepared_rows_and_resumes_at_the_step(prepared_kjv, tmp_
     assert "resumed from" in out and "re-sharded" not in out, out
     saved = workdir / "checkpoints" / "4" / "data" / "process_0-of-1.json"
     assert json.loads(saved.read_text()) == {"step": 4}
+
+
+def test_an_object_store_output_is_written_locally_then_copied(corpus, tmp_path, monkeypatch):
+    """The gs:// branch, on a local folder that is treated as remote: every shard is written
+    in a local temporary folder and copied whole; nothing but finished files reaches `out`.
+    (A real bucket is not reachable offline.)"""
+    cfg, tok = corpus
+    out = tmp_path / "bucket"
+    files = [testing.write_kjv_jsonl(str(tmp_path / "a.jsonl"), 40)]
+    cfg = _config(cfg, tok, files, out)
+    copied = []
+    real_copy = prepare.paths.copy_file
+
+    def copy(src, dst):
+        copied.append((str(src), str(dst)))
+        real_copy(src, dst)
+
+    monkeypatch.setattr(prepare.paths, "is_remote", lambda p: str(p).startswith(str(out)))
+    monkeypatch.setattr(prepare.paths, "copy_file", copy)
+    m = prepare.prepare(cfg, log=_quiet)
+    shard_copies = [(s, d) for s, d in copied if d.endswith(".array_record")]
+    assert {os.path.basename(d) for _, d in shard_copies} == {
+        name for split in ("train", "validation") for name, _ in m["splits"][split]["files"]
+    }
+    assert all(not s.startswith(str(out)) and not os.path.exists(s) for s, _ in shard_copies)
+    monkeypatch.undo()
+    assert len(prepared.read_rows(str(out), m, "train")) == m["splits"]["train"]["rows"]
+
+
+@pytest.mark.slow
+def test_a_killed_prepare_keeps_its_finished_shards(corpus, tmp_path):
+    """The command killed (SIGKILL) once two shards are in the ledger: the rerun prepares only
+    the rest, and the result equals a run that was never interrupted."""
+    cfg, tok = corpus
+    files = [testing.write_kjv_jsonl(str(tmp_path / f"p{i:02d}.jsonl"), 60) for i in range(12)]
+    clean = prepare.prepare(_config(cfg, tok, files, tmp_path / "clean"), log=_quiet)
+    out = tmp_path / "out"
+    keys = {
+        "name": "files",
+        "seq_len": 64,
+        "vocab_size": cfg.data.vocab_size,
+        "validation_fraction": 0.2,
+        "tokenizer_path": tok.source,
+        "files": ",".join(files),
+    }
+    argv = [sys.executable, "-m", "metalm_jax.prepare", "--config", "configs/tiny.py"]
+    argv += [f"--config.data.{k}={v}" for k, v in keys.items()] + ["--out", str(out)]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while proc.poll() is None and len(list((out / "ledger").glob("*.json"))) < 2:
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.communicate()
+    done = len(list((out / "ledger").glob("*.json")))
+    assert 2 <= done < 12 and not (out / "manifest.json").exists(), done
+    again = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"has 12, {done} done before, {12 - done} to do" in again.stdout, again.stdout
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["splits"] == clean["splits"]
+    for split in ("train", "validation"):
+        a = prepared.read_rows(str(out), m, split)
+        b = prepared.read_rows(str(tmp_path / "clean"), clean, split)
+        assert all(np.array_equal(x["tokens"], y["tokens"]) for x, y in zip(a, b, strict=True))
