@@ -319,9 +319,16 @@ def test_shards_split_big_files_by_blocks_of_documents(tmp_path):
     owners = [[s.index for s in shards if s.wanted(name)] for name in names]
     assert all(len(o) == 1 for o in owners)  # every document in exactly one shard
     assert owners[2] == owners[0] and owners[3] != owners[2]  # lines 1-3 | 4-7: n // 4
-    read = lambda s: documents.read_documents([path], "text", sources.Tally(), s.wanted)
+    read = lambda s: documents.read_documents([s.path], "text", sources.Tally(), s.wanted)
     got = [doc_id for s in shards for doc_id, _ in read(s)]
     assert sorted(got) == sorted(names)
+    table = tmp_path / "a:b.parquet"  # row ids `a:b.parquet#row`: the row is after the #
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(40)]}), table, row_group_size=8)
+    shards = prepare.plan_shards([str(table)], shard_mb=os.path.getsize(table) / 2**21, block=4)
+    assert len(shards) == 2
+    got = [doc_id for s in shards for doc_id, _ in read(s)]
+    assert sorted(got) == sorted(f"a:b.parquet#{i}" for i in range(40))
+    assert [d for d, _ in read(shards[1])][:4] == [f"a:b.parquet#{i}" for i in range(4, 8)]
 
 
 @pytest.mark.slow

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import multiprocessing
 import os
@@ -79,17 +78,12 @@ class Shard:
     block: int = BLOCK
 
     def wanted(self, record_id: str) -> bool:
+        """Whether a document (id `name:line` or `name#row`, documents.py) is this part's."""
         if self.parts == 1:
             return True
-        number = int(record_id.rsplit(":" if ":" in record_id else "#", 1)[1])
+        sep = "#" if documents.text_format(self.path) == "parquet" else ":"
+        number = int(record_id.rsplit(sep, 1)[1])
         return (number // self.block) % self.parts == self.part
-
-
-def _size(path: str) -> int:
-    if paths.is_remote(path):
-        fs, inner = sources._fs(path)
-        return int(fs.info(inner).get("size") or 0)
-    return os.path.getsize(path)
 
 
 def plan_shards(files, shard_mb: float, block: int = BLOCK) -> list[Shard]:
@@ -97,7 +91,7 @@ def plan_shards(files, shard_mb: float, block: int = BLOCK) -> list[Shard]:
     every m-th run of `block` documents."""
     out = []
     for path in files:
-        size = _size(path)
+        size = sources.size(path)
         splittable = documents.text_format(path) in ("jsonl", "parquet") and shard_mb > 0
         parts = max(1, -(-size // int(shard_mb * 2**20))) if splittable else 1
         for k in range(parts):
@@ -163,7 +157,7 @@ def prepare_tokenizer(cfg, out: str, files, part: tuple[int, int], log) -> str:
     if configured:
         tok = toklib.open_tokenizer(configured)
         dst = _path(out, tok.saved_name)
-        if have and sha256(have) != hashlib.sha256(epath.Path(tok.source).read_bytes()).hexdigest():
+        if have and sha256(have) != sha256(tok.source):
             raise ConfigError(
                 f"data.tokenizer_path: {tok.source} differs from the tokenizer {have} the rows in "
                 f"--out {out} were made with: use another --out"
@@ -315,10 +309,9 @@ class Progress:
 
 
 def _fmt_s(seconds: float) -> str:
-    s = int(round(seconds))
-    return (
-        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-    )
+    """h:mm:ss, or m:ss under an hour."""
+    hours, rest = divmod(int(round(seconds)), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def _settings(cfg, tokenizer_file: str) -> dict:
@@ -376,7 +369,7 @@ def prepare(
     shards = plan_shards(files, shard_mb, block)
     keys = {k: v for k, v in data_keys(cfg).items() if k in CHECKED_KEYS}
     plan = {"format": FORMAT, **keys, "shard_mb": shard_mb, "block": block}
-    plan["shards"] = [[s.path, s.part, s.parts, _size(s.path)] for s in shards]
+    plan["shards"] = [[s.path, s.part, s.parts, sources.size(s.path)] for s in shards]
     epath.Path(_path(out, "ledger")).mkdir(parents=True, exist_ok=True)
     _check_plan(out, plan)
     tok_file = prepare_tokenizer(cfg, out, files, part, log)

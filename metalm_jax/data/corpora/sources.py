@@ -194,6 +194,14 @@ def _stamp(info: dict) -> str:
     return ""
 
 
+def size(path: str) -> int:
+    """The file's size in bytes (a URL's as its filesystem reports it)."""
+    if is_remote(path):
+        fs, inner = _fs(path)
+        return int(fs.info(inner).get("size") or 0)
+    return os.path.getsize(path)
+
+
 def fingerprint(path: str) -> str:
     """A line that changes when the file (or the files of a folder) change: path, sizes and
     modification times. Builder config names hash it, so an edited corpus is prepared again."""
