@@ -23,6 +23,13 @@ Evaluation (`eval_batches`): the validation split in file order, packed once, sp
 a fixed seed, the last batch padded with empty rows (loss weight 0); cached in memory so every
 evaluation scores exactly the same tokens.
 
+Prepared data (`data.prepared_dir`, written by `python -m metalm_jax.prepare`: data/prepare.py):
+the rows are packed already, so training reads them from ArrayRecord shards by index
+(`prepared_batches`, a MapDataset whose element s is step s's batch: the row order is a pure
+function of the seed, the step and the process shard, data/pretrain/prepared_rows.py) and only
+spans are drawn here; evaluation reads the prepared validation rows in order. The manifest must
+match the config's data keys and the run's tokenizer (data/prepared.py).
+
 What the rows look like for the model (span config, span encoding, image layout) comes in as a
 data/rows.RowFormat derived once at the top of the run (model/build.derive): this module reads
 the data sections of the config, never the model section.
@@ -58,8 +65,9 @@ CACHE_TOKENS = 64 * 2**20
 
 def build_tokenizer(cfg, workdir: str) -> Tokenizer | JsonTokenizer:
     """The run's decoder tokenizer (data/tokenizer.for_run): cfg.data.tokenizer_path or the
-    tokenizer.json of an hf_gpt2 `init` source, else the workdir's saved one, else a
-    SentencePiece trained on `train`."""
+    tokenizer.json of an hf_gpt2 `init` source, else the workdir's saved one (with
+    data.prepared_dir: the prepared rows' tokenizer, copied there first), else a SentencePiece
+    trained on `train`."""
 
     def texts():  # read only when a SentencePiece is trained (prepared data: never)
         builder = make_builder(cfg.data, cfg.data.tfds_data_dir or None)
@@ -246,9 +254,9 @@ def prepared_batches(cfg, tok, batch_size: int, fmt: RowFormat, shard=(0, 1)):
     where = f"{cfg.data.prepared_dir} train"
 
     def example(item):
-        epoch, row, record = item
-        rng = np.random.default_rng([seed + 1, epoch, row])
-        row = decode_row(record, f"{where} row {row}")
+        epoch, index, record = item
+        rng = np.random.default_rng([seed + 1, epoch, index])
+        row = decode_row(record, f"{where} row {index}")
         return semi_causal_example(row, rng, fmt.spans, fmt.encoding)
 
     ds = ProcessShare(src, seed, batch_size * count, process, count).map(example)
