@@ -105,7 +105,10 @@ def pytest_configure(config):
     environment they inherit, the single-process commands the tests start (a train or finetune
     command line compiles the same micro step again). The processes of a multi-process job
     drop it (tests/_procs.cpu_env(cache=False): a two-process Gloo run missed its coordinator
-    deadline with a shared cache), and tests that want a cache of their own pass it."""
+    deadline with a shared cache), and tests that want a cache of their own pass it. Every
+    compile is cached (minimum compile time 0): with the fast-compile flags most take under
+    half a second, and a command started by a test pays its compiles again otherwise. Under
+    pytest-xdist each worker has its own cache (JAX writes entries in place, unlocked)."""
     import atexit
     import tempfile
 
@@ -114,9 +117,9 @@ def pytest_configure(config):
     cache = tempfile.mkdtemp(prefix="metalm_test_jax_cache_")
     atexit.register(shutil.rmtree, cache, ignore_errors=True)
     jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     flags = os.environ.get("XLA_FLAGS", "")
     if FAST_COMPILE_FLAGS not in flags:  # read when the backend starts: no test has run yet
         os.environ["XLA_FLAGS"] = f"{flags} {FAST_COMPILE_FLAGS}".strip()

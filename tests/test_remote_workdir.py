@@ -210,3 +210,22 @@ def test_a_bucket_without_its_filesystem_library_is_a_one_line_config_error(monk
                 pass
     finally:
         cache.cache_clear()
+
+
+def test_metric_writer_does_not_import_torch(tmp_path):
+    """tensorboardX imports torch when it is installed (seconds per train command); the writer
+    keeps it out (and leaves no None entry behind that would stop torch importing later)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from metalm_jax.train.metrics import MetricWriter\n"
+        f"w = MetricWriter({str(tmp_path)!r})\n"
+        "w.write(1, {'train/loss': 1.0})\n"
+        "w.close()\n"
+        "assert 'torch' not in sys.modules, 'tensorboardX brought torch in'\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "tb"))
