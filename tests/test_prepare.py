@@ -6,6 +6,7 @@ refused in one line."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -419,3 +420,42 @@ def test_a_killed_prepare_keeps_its_finished_shards(corpus, tmp_path):
         a = prepared.read_rows(str(out), m, split)
         b = prepared.read_rows(str(tmp_path / "clean"), clean, split)
         assert all(np.array_equal(x["tokens"], y["tokens"]) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.slow
+def test_a_resume_by_two_processes_continues_the_same_rows(prepared_kjv, tmp_path):
+    """Four steps on prepared rows by one process of two devices (checkpoints at 2 and 4), and
+    the same run resumed at step 2 by two processes of one device: steps 3 and 4 train on the
+    same global batches, so their losses agree, and each process's saved position is the step
+    (the TFDS-fed data would start afresh here: tests/test_elastic.py)."""
+    from tests._procs import cpu_env, run_processes
+
+    cfg, _, _ = prepared_kjv
+    config = f"{ROOT}/tests/micro_config.py:{cfg.data.files[0]},{cfg.data.tfds_data_dir}"
+    one = tmp_path / "one"
+    argv = [sys.executable, "-m", "metalm_jax.train", "--config", config, f"--workdir={one}"]
+    argv += [f"--config.data.prepared_dir={cfg.data.prepared_dir}"]
+    argv += [f"--config.train.{k}" for k in ("steps=4", "batch_size=8", "checkpoint_every=2")]
+    argv += [f"--config.train.{k}" for k in ("log_every=1", "eval_every=0", "sample_tokens=0")]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, env=cpu_env(2), cwd=ROOT, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    losses = lambda run: {
+        r["step"]: r["train/loss"]
+        for r in map(json.loads, open(run / "metrics.jsonl", encoding="utf-8"))
+        if "train/loss" in r
+    }
+    want = losses(one)
+    two = tmp_path / "two"
+    shutil.copytree(one, two)
+    argv = [a.replace(f"--workdir={one}", f"--workdir={two}") for a in argv]
+    outs = run_processes([*argv, "--config.train.restore_step=2"], 2, 1)
+    assert f"== resumed from {two}/checkpoints/2\n" in outs[0], outs[0][-3000:]
+    assert not any("re-sharded" in out for out in outs)
+    got = losses(two)
+    for step in (3, 4):
+        assert got[step] == pytest.approx(want[step], rel=1e-5), (step, got, want)
+    data = two / "checkpoints" / "4" / "data"
+    positions = {p.name: json.loads(p.read_text()) for p in data.glob("process_*.json")}
+    assert positions == {f"process_{i}-of-2.json": {"step": 4} for i in range(2)}
