@@ -1,12 +1,12 @@
 """Shared fixtures and the two test tiers.
 
 Tiers: `python -m pytest` runs the default tier (every test not marked `slow`: units, small
-compiles, file-level checks; a few minutes on 2 cores), `python -m pytest --full` the full tier
-(CI: also the end-to-end runs, subprocesses, several processes). An explicit `-m` chooses for
-itself. In the default tier, a test whose call takes longer than SLOW_LIMIT_S fails, naming
-the limit, so the tier stays fast: mark such a test slow or make it faster (METALM_SLOW_LIMIT_S
-changes the limit, 0 turns it off; the full tier does not apply it: CI's numbers are the
-budget there).
+compiles, file-level checks; a few minutes on 2 cores), `python -m pytest --full -n 2` the full
+tier (CI: also the end-to-end runs, subprocesses, several processes; slow tests first, on two
+pytest-xdist workers). An explicit `-m` chooses for itself. In the default tier, a test whose
+call takes longer than SLOW_LIMIT_S fails, naming the limit, so the tier stays fast: mark such a
+test slow or make it faster (METALM_SLOW_LIMIT_S changes the limit, 0 turns it off; the full
+tier does not apply it: CI's numbers are the budget there).
 
 Fixtures: one prepared micro corpus + tokenizer per session (tokenizer training and TFDS
 preparation happen once), and one trained micro run per session (`micro_run`), shared
@@ -43,6 +43,10 @@ def _default_tier(config) -> bool:
 
 def pytest_collection_modifyitems(config, items):
     if not _default_tier(config):
+        # the heavy tests first (a stable sort: file order otherwise): with pytest-xdist's
+        # workers (-n 2, README's full command) the quick ones then fill in at the end
+        # instead of one worker finishing a long end-to-end run alone
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
         return
     slow = [item for item in items if item.get_closest_marker("slow")]
     if slow:

@@ -59,6 +59,9 @@ def test_the_default_tier_deselects_slow_tests_and_fails_a_lingering_one(tmp_pat
 def test_the_full_tier_runs_everything_without_the_limit(tmp_path):
     out = _pytest(tmp_path, "--full")
     assert "3 passed" in out and "failed" not in out, out
+    # the slow test runs first (-rA lists the passes in the order they ran)
+    order = [line.split("::")[1] for line in out.splitlines() if line.startswith("PASSED")]
+    assert order == ["test_heavy", "test_quick", "test_lingers"], out
 
 
 def test_an_explicit_marker_expression_chooses_for_itself(tmp_path):
