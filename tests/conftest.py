@@ -60,6 +60,19 @@ def pytest_report_header(config):
     return "default tier: tests marked slow are deselected (python -m pytest --full runs all)"
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's work-stealing scheduler for a plain `-n N` (README's full tier): its
+    default hands each worker a fixed queue, and one worker was left running nine minutes of
+    end-to-end tests alone while the other sat idle. An explicit --dist other than load
+    chooses for itself."""
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import WorkStealingScheduling
+
+    return WorkStealingScheduling(config, log)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
