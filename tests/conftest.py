@@ -28,6 +28,9 @@ SLOW_LIMIT_S = float(os.environ.get("METALM_SLOW_LIMIT_S", "10"))
 # this process and, through the environment, every command a test starts.
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
+_SESSION_CACHE = "METALM_TEST_JAX_CACHE"  # the run's compilation cache, set by the first process
+CACHE_MAX_BYTES = 8 * 2**30  # far above what the suite writes; its point is the lock (below)
+
 
 def pytest_addoption(parser):
     parser.addoption(
@@ -91,29 +94,59 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+def _built_once(tmp_path_factory, name: str, build) -> str:
+    """A directory `build(path)` fills once per test run, then read-only: this session's own,
+    or under pytest-xdist one that all workers share (the first to take the file lock builds
+    it, the others wait and reuse it)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        path = str(tmp_path_factory.mktemp(name))
+        build(path)
+        return path
+    from filelock import FileLock
+
+    path = os.path.join(tmp_path_factory.getbasetemp().parent, name)
+    with FileLock(path + ".lock"):
+        if not os.path.exists(os.path.join(path, ".built")):
+            shutil.rmtree(path, ignore_errors=True)
+            os.makedirs(path)
+            build(path)
+            open(os.path.join(path, ".built"), "w").close()
+    return path
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
-    """(config, tokenizer) for a 60-chapter KJV JSONL corpus prepared as a TFDS LocalText."""
+    """(config, tokenizer) for a 60-chapter KJV JSONL corpus prepared as a TFDS LocalText; the
+    files (and the trained tokenizer) are built once per run, by one worker under xdist."""
     from metalm_jax.data import pipeline
 
-    base = tmp_path_factory.mktemp("corpus")
-    path = testing.write_kjv_jsonl(os.path.join(base, "kjv60.jsonl"))
-    cfg = testing.micro_config([path], data_dir=str(base / "tfds"))
-    tok = pipeline.build_tokenizer(cfg, str(base / "work"))
-    return cfg, tok
+    def config(base):
+        path = os.path.join(base, "kjv60.jsonl")
+        return testing.micro_config([path], data_dir=os.path.join(base, "tfds"))
+
+    def build(base):
+        testing.write_kjv_jsonl(os.path.join(base, "kjv60.jsonl"))
+        pipeline.build_tokenizer(config(base), os.path.join(base, "work"))
+
+    base = _built_once(tmp_path_factory, "corpus", build)
+    cfg = config(base)
+    return cfg, pipeline.build_tokenizer(cfg, os.path.join(base, "work"))  # the saved one
 
 
 @pytest.fixture(scope="session")
 def micro_run(corpus, tmp_path_factory) -> str:
     """The workdir of one trained micro run (corpus config: 6 steps, checkpoints at 3 and 6,
-    evals at 3 and 6, a sample at the end), trained once per session. Read-only: a test that
-    resumes, damages or finetunes from it works on a copy (shutil.copytree)."""
+    evals at 3 and 6, a sample at the end), trained once per run (by one worker under xdist).
+    Read-only: a test that resumes, damages or finetunes from it works on a copy
+    (shutil.copytree)."""
     from metalm_jax.loop import train_and_evaluate
 
     cfg, _ = corpus
-    workdir = str(tmp_path_factory.mktemp("micro_run") / "run")
-    train_and_evaluate(cfg.copy_and_resolve_references(), workdir)
-    return workdir
+
+    def build(base):
+        train_and_evaluate(cfg.copy_and_resolve_references(), os.path.join(base, "run"))
+
+    return os.path.join(_built_once(tmp_path_factory, "micro_run", build), "run")
 
 
 def pytest_configure(config):
@@ -124,19 +157,26 @@ def pytest_configure(config):
     drop it (tests/_procs.cpu_env(cache=False): a two-process Gloo run missed its coordinator
     deadline with a shared cache), and tests that want a cache of their own pass it. Every
     compile is cached (minimum compile time 0): with the fast-compile flags most take under
-    half a second, and a command started by a test pays its compiles again otherwise. Under
-    pytest-xdist each worker has its own cache (JAX writes entries in place, unlocked)."""
+    half a second, and a command started by a test pays its compiles again otherwise. The cache
+    has a size limit, which makes JAX take a file lock around every read and write: the
+    pytest-xdist workers and every command they start share it (without the lock JAX writes
+    entries in place, and a reader could meet half an entry)."""
     import atexit
     import tempfile
 
     import jax
 
-    cache = tempfile.mkdtemp(prefix="metalm_test_jax_cache_")
-    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    cache = os.environ.get(_SESSION_CACHE)  # a pytest-xdist worker: the controller's
+    if not cache:
+        cache = tempfile.mkdtemp(prefix="metalm_test_jax_cache_")
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
+        os.environ[_SESSION_CACHE] = cache
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(CACHE_MAX_BYTES)
     flags = os.environ.get("XLA_FLAGS", "")
     if FAST_COMPILE_FLAGS not in flags:  # read when the backend starts: no test has run yet
         os.environ["XLA_FLAGS"] = f"{flags} {FAST_COMPILE_FLAGS}".strip()

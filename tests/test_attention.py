@@ -192,8 +192,8 @@ def test_model_with_blockwise_matches_dense(backend, decoder, monkeypatch):
     fast, _ = _micro(backend, **decoder)
     batch = Batch.from_dict(testing.random_batch(2, 64, cfg.data.vocab_size, SPANS))
     params = jax.jit(dense.init)(jax.random.key(0), batch)["params"]
-    ref_logits = dense.apply({"params": params}, batch)[0]
-    logits = fast.apply({"params": params}, batch)[0]
+    ref_logits = jax.jit(dense.apply)({"params": params}, batch)[0]
+    logits = jax.jit(fast.apply)({"params": params}, batch)[0]
     np.testing.assert_allclose(logits, ref_logits, atol=1e-4, rtol=0)
     (ref_loss, ref_g), (got_loss, got_g) = (
         _loss_and_grads(m, params, batch) for m in (dense, fast)
