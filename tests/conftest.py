@@ -28,9 +28,6 @@ SLOW_LIMIT_S = float(os.environ.get("METALM_SLOW_LIMIT_S", "10"))
 # this process and, through the environment, every command a test starts.
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
-_SESSION_CACHE = "METALM_TEST_JAX_CACHE"  # the run's compilation cache, set by the first process
-CACHE_MAX_BYTES = 8 * 2**30  # far above what the suite writes; its point is the lock (below)
-
 
 def pytest_addoption(parser):
     parser.addoption(
@@ -60,7 +57,7 @@ def pytest_collection_modifyitems(config, items):
 def pytest_report_header(config):
     if not _default_tier(config):
         return None
-    return "default tier: tests marked slow are deselected (python -m pytest --full runs all)"
+    return "default tier: tests marked slow are deselected (python -m pytest --full -n 2 runs all)"
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -157,26 +154,22 @@ def pytest_configure(config):
     drop it (tests/_procs.cpu_env(cache=False): a two-process Gloo run missed its coordinator
     deadline with a shared cache), and tests that want a cache of their own pass it. Every
     compile is cached (minimum compile time 0): with the fast-compile flags most take under
-    half a second, and a command started by a test pays its compiles again otherwise. The cache
-    has a size limit, which makes JAX take a file lock around every read and write: the
-    pytest-xdist workers and every command they start share it (without the lock JAX writes
-    entries in place, and a reader could meet half an entry)."""
+    half a second, and a command started by a test pays its compiles again otherwise. Each
+    pytest-xdist worker has a cache of its own: JAX writes entries in place, unlocked, so a
+    shared one could hand a reader half an entry; a size limit would make JAX lock it, but then
+    every write scans the whole cache (thousands of entries: the full tier took 17:40 instead
+    of 14:47)."""
     import atexit
     import tempfile
 
     import jax
 
-    cache = os.environ.get(_SESSION_CACHE)  # a pytest-xdist worker: the controller's
-    if not cache:
-        cache = tempfile.mkdtemp(prefix="metalm_test_jax_cache_")
-        atexit.register(shutil.rmtree, cache, ignore_errors=True)
-        os.environ[_SESSION_CACHE] = cache
+    cache = tempfile.mkdtemp(prefix="metalm_test_jax_cache_")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(CACHE_MAX_BYTES)
     flags = os.environ.get("XLA_FLAGS", "")
     if FAST_COMPILE_FLAGS not in flags:  # read when the backend starts: no test has run yet
         os.environ["XLA_FLAGS"] = f"{flags} {FAST_COMPILE_FLAGS}".strip()
