@@ -274,15 +274,8 @@ def test_bad_records_stop_naming_the_file_or_are_counted_into_the_manifest(corpu
     assert any("skipped 1 bad record" in line for line in lines), lines
 
 
-@pytest.mark.slow
-def test_two_worker_processes_and_the_command_line(corpus, tmp_path):
-    """`python -m metalm_jax.prepare --workers 2`: the same rows as one worker in-process; a
-    config error is one `error:` line."""
-    cfg, tok = corpus
-    files = [testing.write_kjv_jsonl(str(tmp_path / "a.jsonl"), 40)]
-    files.append(testing.write_kjv_jsonl(str(tmp_path / "b.jsonl"), 20))
-    one = prepare.prepare(_config(cfg, tok, files, tmp_path / "one"), log=_quiet)
-    argv = [sys.executable, "-m", "metalm_jax.prepare", "--config", "configs/tiny.py"]
+def _command(cfg, tok, files) -> list[str]:
+    """`python -m metalm_jax.prepare` on configs/tiny.py with the corpus fixture's data keys."""
     keys = {
         "name": "files",
         "seq_len": 64,
@@ -291,7 +284,19 @@ def test_two_worker_processes_and_the_command_line(corpus, tmp_path):
         "tokenizer_path": tok.source,
         "files": ",".join(files),
     }
-    argv += [f"--config.data.{k}={v}" for k, v in keys.items()]
+    argv = [sys.executable, "-m", "metalm_jax.prepare", "--config", "configs/tiny.py"]
+    return argv + [f"--config.data.{k}={v}" for k, v in keys.items()]
+
+
+@pytest.mark.slow
+def test_two_worker_processes_and_the_command_line(corpus, tmp_path):
+    """`python -m metalm_jax.prepare --workers 2`: the same rows as one worker in-process; a
+    config error is one `error:` line."""
+    cfg, tok = corpus
+    files = [testing.write_kjv_jsonl(str(tmp_path / "a.jsonl"), 40)]
+    files.append(testing.write_kjv_jsonl(str(tmp_path / "b.jsonl"), 20))
+    one = prepare.prepare(_config(cfg, tok, files, tmp_path / "one"), log=_quiet)
+    argv = _command(cfg, tok, files)
     run = lambda *extra: subprocess.run(
         [*argv, *extra], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
@@ -392,16 +397,7 @@ def test_a_killed_prepare_keeps_its_finished_shards(corpus, tmp_path):
     files = [testing.write_kjv_jsonl(str(tmp_path / f"p{i:02d}.jsonl"), 60) for i in range(12)]
     clean = prepare.prepare(_config(cfg, tok, files, tmp_path / "clean"), log=_quiet)
     out = tmp_path / "out"
-    keys = {
-        "name": "files",
-        "seq_len": 64,
-        "vocab_size": cfg.data.vocab_size,
-        "validation_fraction": 0.2,
-        "tokenizer_path": tok.source,
-        "files": ",".join(files),
-    }
-    argv = [sys.executable, "-m", "metalm_jax.prepare", "--config", "configs/tiny.py"]
-    argv += [f"--config.data.{k}={v}" for k, v in keys.items()] + ["--out", str(out)]
+    argv = _command(cfg, tok, files) + ["--out", str(out)]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         while proc.poll() is None and len(list((out / "ledger").glob("*.json"))) < 2:
