@@ -18,7 +18,7 @@ stopped. Stages:
              interpreted
   finetune   per task (kjv_books: accuracy by generation; kjv_completion: token F1), variant,
              LR of the grid (--lr_grid: (c)'s MiniLM layers train at 0.025 x the LR, carried
-             from its pretraining: train/finetune.py) and seed: (a) metalm, decoder frozen;
+             from its pretraining: training/finetune.py) and seed: (a) metalm, decoder frozen;
              (b) gpt, full finetuning with the task input in the decoder; (c) minilm, decoder
              frozen; (d) metalm, connector only (a floor). The LR of each variant is chosen on
              validation (the mean over seeds of the last eval); its runs are then evaluated on

@@ -29,8 +29,8 @@ def main():
     from metalm_jax.config import load_config_file
     from metalm_jax.data.spans import SpanConfig
     from metalm_jax.parallel import mesh as meshlib
-    from metalm_jax.train.step import train_step
-    from metalm_jax.train.trainer import build_trainer
+    from metalm_jax.training.step import train_step
+    from metalm_jax.training.trainer import build_trainer
     from metalm_jax.types import Batch
 
     cfg = load_config_file(args.config)

@@ -17,7 +17,7 @@ figure that depends least on what else shares the machine. With --one-shard the 
 whole corpus (shard 0 of 1) instead of its 1/hosts.
 
 Consumption:
-  tiny, tiny_vl    the real train step on this machine (train/trainer.py on the config's mesh,
+  tiny, tiny_vl    the real train step on this machine (training/trainer.py on the config's mesh,
                    the pipeline's own batches, pulled beforehand): median of --steps steps
                    after two warm-up steps (--no-steps: skip; no headroom printed);
   metalm_lm        (global batch / hosts) / --step-seconds: v5p-128 = 64 chips = 16 hosts,
@@ -69,7 +69,7 @@ def load(name: str):
 def measure_pipeline(
     cfg, hosts: int, workdir: str, warmup: float, seconds: float, one_shard: bool = False
 ) -> dict:
-    from metalm_jax.data import pipeline
+    from metalm_jax.data.feed import pipeline
     from metalm_jax.model.build import derive
 
     os.makedirs(workdir, exist_ok=True)
@@ -124,7 +124,7 @@ def measure_step(cfg, derived, it, steps: int) -> float:
     import jax
 
     from metalm_jax.parallel.mesh import make_mesh
-    from metalm_jax.train.trainer import build_trainer
+    from metalm_jax.training.trainer import build_trainer
 
     batches = [next(it) for _ in range(steps + 2)]  # pulled first: the step is timed alone
     trainer = build_trainer(cfg, make_mesh(cfg.mesh.shape), derived)

@@ -22,7 +22,8 @@ def main():
     args = ap.parse_args()
 
     from metalm_jax.config import load_config_file
-    from metalm_jax.data import pipeline, tokenizer
+    from metalm_jax.data import tokenizer
+    from metalm_jax.data.feed import pipeline
     from metalm_jax.data.pretrain.packed_rows import PackedRows
     from metalm_jax.data.spans import build_example, sample_spans
     from metalm_jax.model.build import span_config, span_encoding

@@ -72,7 +72,7 @@ def our_step(metalm: bool, fused: bool = False):
     from metalm_jax.data.spans import SpanConfig
     from metalm_jax.model.build import step_flops
     from metalm_jax.parallel.mesh import make_mesh
-    from metalm_jax.train.trainer import build_trainer
+    from metalm_jax.training.trainer import build_trainer
     from metalm_jax.types import Batch
 
     cfg = our_config(metalm, fused)

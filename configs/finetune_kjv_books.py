@@ -6,7 +6,7 @@
         --workdir runs/finetune_kjv_books
 
 `--config configs/finetune_kjv_books.py:DIR` starts from the run in DIR instead of runs/tiny.
-The model, tokenizer and weights come from that run (train/finetune.py): the decoder (embed,
+The model, tokenizer and weights come from that run (training/finetune.py): the decoder (embed,
 decoder) stays frozen, the text encoder and connector train on verses labelled with their part
 of the Bible (10 groups, data/tasks/kjv.py). Each verse goes through the encoder with the
 cue "Which part of the Bible is this from? Answer:", the decoder says the group and </s>;
@@ -27,7 +27,7 @@ def get_config(arg=None):
     c.finetune.preset = "decoder_frozen"
     c.task.name = "kjv_books"
     # + <s>: 61 of the encoder's 64 positions, all trained by tiny.py's spans (8-63 + <s>); a
-    # source run with shorter spans is refused naming the untrained positions (train/finetune.py)
+    # source run with shorter spans is refused naming the untrained positions (training/finetune.py)
     c.task.max_input_tokens = 60
     c.spans.enc_length = 256  # the encoder grid holds the packed examples' inputs
     tiny_finetune_schedule(c)

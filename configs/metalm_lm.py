@@ -15,7 +15,7 @@ converted from its Hugging Face directory (24 x 1024, its own WordPiece tokenize
     c.model.text_encoder.tokenizer = "/models/electra-large-discriminator"
 
 Without it the run stops at the start (optim.frozen would freeze random weights: see
-train/finetune.py check_frozen_loaded); set optim.allow_frozen_random=True to train that way
+training/finetune.py check_frozen_loaded); set optim.allow_frozen_random=True to train that way
 anyway, or drop optim.frozen to train the encoder from scratch.
 
 Batch 1024 x 2048, Adam at peak LR 6e-4 with warm-up, 300k steps. FFN width 4H and GELU,

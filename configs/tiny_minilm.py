@@ -38,7 +38,7 @@ def get_config(arg=None):
     # optim.lr (2e-3, tiny.py's: they start from random); MiniLM's two trained layers at
     # 0.025 x that = 5e-5, the top of BERT's finetuning range (2e-5 - 5e-5). At 2e-3 itself (40x
     # more) they would be retrained rather than adapted. A finetune from this run carries both
-    # (finetune.carry_pretrained, train/finetune.py): at tiny_finetune_schedule's 1e-3 the
+    # (finetune.carry_pretrained, training/finetune.py): at tiny_finetune_schedule's 1e-3 the
     # layers then train at 2.5e-5.
     c.optim.frozen = [MINILM_FROZEN]
     c.optim.lr_multipliers = ((r"^text_encoder/", MINILM_LR_MULTIPLIER),)

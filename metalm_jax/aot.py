@@ -148,7 +148,7 @@ def _compile(cfg, topology: str) -> dict:
     from jax.experimental import topologies
 
     from metalm_jax.parallel.mesh import make_mesh
-    from metalm_jax.train.trainer import build_trainer
+    from metalm_jax.training.trainer import build_trainer
 
     compiler_name, gen, chips = parse_topology(topology)
     kwargs = {"chip_config_name": "megacore"} if gen == "v4" else {}

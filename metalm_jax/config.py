@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.prepared_dir = ""  # rows prepared by `python -m metalm_jax.prepare` (local or gs://):
     #   training reads its ArrayRecord shards instead of data.files, in an order that is a pure
     #   function of (data.seed, step, process, process count); its manifest must match the
-    #   data keys and the tokenizer (data/prepare.py). Also prepare's default --out
+    #   data keys and the tokenizer (data/feed/prepare.py). Also prepare's default --out
 
     c.spans = s = ml_collections.ConfigDict()
     s.min_len = 64  # shortest encoded span (tokens)
@@ -219,7 +219,8 @@ def base_config() -> ml_collections.ConfigDict:
     tk.validation_split = "validation"
     tk.eval_examples = 256  # validation examples in the held-out loss (a fixed random sample)
 
-    # Finetuning from a pretraining run (train/finetune.py): params-only restore, fresh optimizer.
+    # Finetuning from a pretraining run (training/finetune.py): params-only restore, fresh
+    # optimizer.
     c.finetune = ft = ml_collections.ConfigDict()
     ft.from_run = ""  # a run's workdir (latest checkpoint) or its checkpoints/<step> directory
     ft.restore = ("all",)  # top-level modules to take from it ("all" = every one it has)

@@ -1,11 +1,11 @@
 """The trainer, as a narrative: mesh -> data -> abstract state -> shardings -> jit(init) ->
 restore -> loop with periodic actions (log, eval, checkpoint) -> final eval and sample.
 
-Reliability (docs/ARCHITECTURE.md): the run holds the workdir lock (train/workdir_lock.py); a
+Reliability (docs/ARCHITECTURE.md): the run holds the workdir lock (training/workdir_lock.py); a
 signal (Ctrl-C, SIGTERM on preemption) finishes the step, saves and stops cleanly
-(train/preemption.py), and so does a preemption notice from JAX on TPU VMs (Orbax's
+(training/preemption.py), and so does a preemption notice from JAX on TPU VMs (Orbax's
 preemption-aware save); every step's finite flag is read when logging and before every eval and
-save, so a non-finite state is never saved (train/guard.py). Running the same command again
+save, so a non-finite state is never saved (training/guard.py). Running the same command again
 resumes from the latest checkpoint in the workdir, data iterator included.
 """
 
@@ -17,23 +17,23 @@ import time
 import jax
 
 from metalm_jax import paths
-from metalm_jax.data import pipeline, vl_pipeline
+from metalm_jax.data.feed import pipeline, vl_pipeline
 from metalm_jax.eval.evaluators import build_evals
 from metalm_jax.eval.generation import generate_with
 from metalm_jax.eval.scoring import heldout_loss
 from metalm_jax.model.build import count_params, derive, step_flops
 from metalm_jax.parallel import mesh as meshlib
 from metalm_jax.parallel.distributed import first_process_then_others
-from metalm_jax.train import metrics as mlib
-from metalm_jax.train.checkpoint import Checkpointer
-from metalm_jax.train.finetune import prepare_config
-from metalm_jax.train.guard import NonFiniteGuard
-from metalm_jax.train.optimizer import schedule
-from metalm_jax.train.preemption import Stopped, StopSignals
-from metalm_jax.train.start import initial_state
-from metalm_jax.train.trainer import build_trainer
-from metalm_jax.train.watchdog import Watchdog
-from metalm_jax.train.workdir_lock import hold_workdir
+from metalm_jax.training import metrics as mlib
+from metalm_jax.training.checkpoint import Checkpointer
+from metalm_jax.training.finetune import prepare_config
+from metalm_jax.training.guard import NonFiniteGuard
+from metalm_jax.training.optimizer import schedule
+from metalm_jax.training.preemption import Stopped, StopSignals
+from metalm_jax.training.start import initial_state
+from metalm_jax.training.trainer import build_trainer
+from metalm_jax.training.watchdog import Watchdog
+from metalm_jax.training.workdir_lock import hold_workdir
 from metalm_jax.types import ConfigError
 
 

@@ -1,6 +1,6 @@
 """`python -m metalm_jax.prepare --config C [--config.key=value ...] [--out DIR] [--workers N]
 [--part i/n] [--shard_mb M]`: a text corpus (data.files) as ArrayRecord shards of packed decoder
-rows, for training with `--config.data.prepared_dir=DIR` (the work: data/prepare.py).
+rows, for training with `--config.data.prepared_dir=DIR` (the work: data/feed/prepare.py).
 
 The config file and keys are the training run's. `--out` defaults to data.prepared_dir, so one
 `--config.data.prepared_dir=DIR` serves both commands. Run again after a crash or a kill: the
@@ -42,7 +42,7 @@ def main(argv):
         from absl import app
 
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from metalm_jax.data.prepare import prepare
+    from metalm_jax.data.feed.prepare import prepare
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)

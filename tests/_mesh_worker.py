@@ -11,7 +11,7 @@ import numpy as np
 from metalm_jax import testing
 from metalm_jax.data.spans import SpanConfig
 from metalm_jax.parallel.mesh import make_mesh
-from metalm_jax.train.trainer import build_trainer
+from metalm_jax.training.trainer import build_trainer
 
 SHAPES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)]
 # the scanned decoder on the reference and the mesh with every axis > 1 (CI time: each mesh

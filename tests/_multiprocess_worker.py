@@ -10,11 +10,11 @@ import sys
 import jax
 import numpy as np
 
-from metalm_jax.data import pipeline
+from metalm_jax.data.feed import pipeline
 from metalm_jax.model.build import derive
 from metalm_jax.parallel.mesh import make_mesh
-from metalm_jax.train.checkpoint import Checkpointer
-from metalm_jax.train.trainer import build_trainer
+from metalm_jax.training.checkpoint import Checkpointer
+from metalm_jax.training.trainer import build_trainer
 from tests.micro_config import get_config
 
 

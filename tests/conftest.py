@@ -115,7 +115,7 @@ def _built_once(tmp_path_factory, name: str, build) -> str:
 def corpus(tmp_path_factory):
     """(config, tokenizer) for a 60-chapter KJV JSONL corpus prepared as a TFDS LocalText; the
     files (and the trained tokenizer) are built once per run, by one worker under xdist."""
-    from metalm_jax.data import pipeline
+    from metalm_jax.data.feed import pipeline
 
     def config(base):
         path = os.path.join(base, "kjv60.jsonl")

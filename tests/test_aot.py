@@ -95,7 +95,7 @@ def test_one_chip_table_for_topologies_and_mfu():
     import jax
 
     from metalm_jax.parallel.chips import CHIPS, chip_for
-    from metalm_jax.train.metrics import peak_flops
+    from metalm_jax.training.metrics import peak_flops
 
     # the longest device-kind prefix wins: "TPU v5 lite" is a v5e, not a v5p
     assert chip_for("TPU v5 lite") is CHIPS["v5e"] and chip_for("TPU v5e") is CHIPS["v5e"]

@@ -1,4 +1,4 @@
-"""Checkpoint manifests and the one door (train/manifest.py, train/checkpoint.py), at file
+"""Checkpoint manifests and the one door (training/manifest.py, training/checkpoint.py), at file
 level: a small state saved by the real Checkpointer (Orbax), damaged on disk, judged before
 any Orbax read; injected read errors on intact steps are retried or stop, never fall back."""
 
@@ -15,8 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from metalm_jax.train import checkpoint, manifest
-from metalm_jax.train.checkpoint import Checkpointer, ReadError
+from metalm_jax.training import checkpoint, manifest
+from metalm_jax.training.checkpoint import Checkpointer, ReadError
 from metalm_jax.types import CheckpointError
 
 
@@ -304,7 +304,7 @@ def test_a_multi_process_manifest_needs_every_part(tmp_path):
 
 def test_params_only_reads_and_init_sources_go_through_the_door(run, no_orbax_reads):
     from metalm_jax.convert.common import ConversionError
-    from metalm_jax.train.init_from import orbax_checkpoint_dir
+    from metalm_jax.training.init_from import orbax_checkpoint_dir
 
     directory = os.path.join(run, "checkpoints")
     _truncate(_largest_data_file(os.path.join(directory, "6")))

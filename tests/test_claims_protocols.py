@@ -26,8 +26,8 @@ from metalm_jax import testing
 from metalm_jax.config import kjv_testament_eval, load_config_file
 from metalm_jax.model.build import abstract_params, model_config
 from metalm_jax.model.metalm import MetaLM
-from metalm_jax.train import finetune
-from metalm_jax.train.optimizer import group_labels, param_path
+from metalm_jax.training import finetune
+from metalm_jax.training.optimizer import group_labels, param_path
 from metalm_jax.types import ConfigError
 from tests import _needs
 from tests.test_evaluators import BiasLM  # logits = params['bias'] everywhere
@@ -56,7 +56,7 @@ def _effective_lr(cfg, params) -> dict[str, float]:
 def _fake_source(monkeypatch, saved_cfg, params) -> None:
     """prepare_config's view of a source run: `saved_cfg` as its saved config and `params` as
     its parameters, without a checkpoint on disk."""
-    from metalm_jax.train import init_from
+    from metalm_jax.training import init_from
 
     monkeypatch.setattr(init_from, "orbax_checkpoint_dir", lambda run, log: "/src/checkpoints/9")
     monkeypatch.setattr(init_from, "orbax_saved_config", lambda step: saved_cfg.to_dict())

@@ -335,7 +335,7 @@ def test_init_from_hf_and_from_orbax(corpus, tmp_path, capsys):
         np.testing.assert_array_equal(a, b)
 
     # an Orbax source whose saved config describes another architecture is refused
-    from metalm_jax.train.init_from import _check_orbax_arch, orbax_checkpoint_dir
+    from metalm_jax.training.init_from import _check_orbax_arch, orbax_checkpoint_dir
 
     other = cfg.copy_and_resolve_references()
     other.model.text_encoder.activation = "relu"
@@ -387,8 +387,8 @@ def test_init_errors_name_the_entry(corpus, tmp_path):
     import jax
 
     from metalm_jax.parallel import mesh as meshlib
-    from metalm_jax.train.init_from import apply_init
-    from metalm_jax.train.trainer import build_trainer
+    from metalm_jax.training.init_from import apply_init
+    from metalm_jax.training.trainer import build_trainer
 
     cfg, bert_dir = _micro_with_bert(corpus, tmp_path)
     trainer = build_trainer(cfg, meshlib.make_mesh((1, 1, 1)))

@@ -607,7 +607,7 @@ def test_the_vl_pipeline_reads_img2dataset_output_through_the_config_keys(tmp_pa
     """images.files (a glob over a .tar and a .parquet), images.max_pixels and
     data.on_bad_record reach LocalImageText through vl_pipeline: the one image over the limit
     in each file is skipped, the other four pairs split between train and validation."""
-    from metalm_jax.data import vl_pipeline
+    from metalm_jax.data.feed import vl_pipeline
 
     _tar(tmp_path / "shard.tar")
     _img2dataset_parquet(tmp_path / "shard.parquet")

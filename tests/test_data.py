@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from metalm_jax import testing
-from metalm_jax.data import pipeline
 from metalm_jax.data.corpora import text as text_corpora
+from metalm_jax.data.feed import pipeline
 from metalm_jax.data.tokenizer import BOS_ID, EOD_ID, EOS_ID, PAD_ID, Tokenizer
 from metalm_jax.model.build import derive
 from metalm_jax.types import Batch
@@ -215,7 +215,7 @@ def test_tokenized_documents_are_kept_after_the_first_epoch():
     encodes each document once while they fit in max_tokens."""
     import grain
 
-    from metalm_jax.data.pipeline import TokenizedDocuments
+    from metalm_jax.data.feed.pipeline import TokenizedDocuments
 
     calls = []
 

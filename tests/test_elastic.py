@@ -23,8 +23,8 @@ from metalm_jax.config import with_defaults
 from metalm_jax.data.tokenizer import Tokenizer
 from metalm_jax.model.build import derive
 from metalm_jax.parallel.mesh import make_mesh
-from metalm_jax.train.checkpoint import Checkpointer
-from metalm_jax.train.trainer import build_trainer
+from metalm_jax.training.checkpoint import Checkpointer
+from metalm_jax.training.trainer import build_trainer
 
 workdir, step = sys.argv[1], int(sys.argv[2])
 ckpt = Checkpointer(workdir, 0, 2)

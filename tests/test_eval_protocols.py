@@ -67,7 +67,7 @@ class _Trainer:
 def _run_captioning(monkeypatch, ev, cfg=None):
     """captioning(...)({}) on 3 fake records with decode.generate and the metrics faked; returns the
     prompt batches and sampling configs generate got."""
-    from metalm_jax.data import vl_pipeline
+    from metalm_jax.data.feed import vl_pipeline
     from metalm_jax.eval import decode, metrics
 
     records = [
@@ -252,10 +252,10 @@ def test_vqa_on_an_offline_task_draws_demonstrations_from_its_train_split(monkey
 def test_captioning_prompt_rows_run_through_the_micro_model(monkeypatch):
     import jax
 
-    from metalm_jax.data import vl_pipeline
+    from metalm_jax.data.feed import vl_pipeline
     from metalm_jax.eval import metrics
     from metalm_jax.parallel.mesh import make_mesh
-    from metalm_jax.train.trainer import build_trainer
+    from metalm_jax.training.trainer import build_trainer
 
     records = [
         {"id": f"e{i}".encode(), "image": np.full((8, 8, 3), 90 * i, np.uint8), "caption": b"a b"}

@@ -9,7 +9,7 @@ import pytest
 
 from metalm_jax import testing
 from metalm_jax.config import task_eval
-from metalm_jax.train.finetune import PRESETS, check_frozen_loaded, prepare_config
+from metalm_jax.training.finetune import PRESETS, check_frozen_loaded, prepare_config
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_prepare_config_takes_model_tokenizer_and_restores(pretrained, tmp_path)
 def test_presets_choose_parameter_groups(preset, trained):
     from metalm_jax.model.build import abstract_params, model_config
     from metalm_jax.model.metalm import MetaLM
-    from metalm_jax.train.optimizer import group_labels
+    from metalm_jax.training.optimizer import group_labels
 
     cfg = testing.micro_config()
     params = jax.tree.map(lambda x: x.value, abstract_params(MetaLM(model_config(cfg))),
@@ -207,7 +207,7 @@ def test_cli_finetunes_on_a_users_jsonl_and_evaluates(pretrained, corpus, tmp_pa
 def test_mixture_entries_caps_and_sampling(corpus):
     """A mixture's entries lay their keys over the task section; caps give fixed subsets;
     rows pack examples of both tasks."""
-    from metalm_jax.data import pipeline
+    from metalm_jax.data.feed import pipeline
     from metalm_jax.data.tasks.mixture import capped_source, entries
     from metalm_jax.model.build import derive
 

@@ -9,7 +9,7 @@ from metalm_jax import testing
 from metalm_jax.data.spans import SpanConfig
 from metalm_jax.model.build import model_config
 from metalm_jax.model.metalm import MetaLM
-from metalm_jax.train.step import fused_nll_sum, loss_sums, token_nll
+from metalm_jax.training.step import fused_nll_sum, loss_sums, token_nll
 from metalm_jax.types import Batch
 
 

@@ -166,7 +166,7 @@ def test_gpt2_decoder_generates_as_transformers(corpus, gpt2_dir, tmp_path, caps
     token for token, read back from the run's own workdir (tokenizer.json saved there)."""
     import jax
 
-    from metalm_jax.data import pipeline
+    from metalm_jax.data.feed import pipeline
     from metalm_jax.eval import decode
     from metalm_jax.eval.generation import generate_text
     from metalm_jax.eval.load import load_run
@@ -245,7 +245,7 @@ def test_finetune_copies_the_source_runs_tokenizer_json(bpe_path, tmp_path):
     import shutil
 
     from metalm_jax.config import base_config
-    from metalm_jax.train.finetune import _copy_tokenizer
+    from metalm_jax.training.finetune import _copy_tokenizer
 
     source = tmp_path / "source"
     source.mkdir()

@@ -16,7 +16,8 @@ import PIL.Image
 import pytest
 
 from metalm_jax import testing
-from metalm_jax.data import images, vl_pipeline
+from metalm_jax.data import images
+from metalm_jax.data.feed import vl_pipeline
 from metalm_jax.data.pretrain.vl_rows import build_vl_row
 from metalm_jax.data.rows import Image, RowBuilder, Target, empty_image_fields
 from metalm_jax.data.tokenizer import SENTENCEPIECE_IDS

@@ -1,6 +1,6 @@
 """Every import in metalm_jax runs down the house: config -> data (its shared modules -> corpora ->
 pretraining rows and tasks -> the pipelines) -> model -> convert -> train -> eval -> the training
-loop -> command-line modules; and no module imports itself back through others (no cycle among
+loop -> command-line modules; no module imports itself back through others (no cycle among
 modules, within a floor or across floors). Read from the source with ast (nothing is imported),
 function-level imports included; a failure names the file, line and both modules. The moved
 command-line entry points keep their documented names."""
@@ -55,12 +55,9 @@ FLOORS = {
     # (examples, the task registry, the tasks, mixtures, task rows); neither imports the other
     "metalm_jax.data.pretrain": "pretrain",
     "metalm_jax.data.tasks": "tasks",
-    # the grain pipelines a run reads, built on all three
-    "metalm_jax.data.pipeline": "pipeline",
-    "metalm_jax.data.vl_pipeline": "pipeline",
-    # preparing a text corpus once as packed rows (ArrayRecord shards), and reading them back
-    "metalm_jax.data.prepare": "pipeline",
-    "metalm_jax.data.prepared": "pipeline",
+    # what a run reads (data/feed/): the grain pipelines, built on all three, and the prepared
+    # rows (the prepare job, its manifest check)
+    "metalm_jax.data.feed": "pipeline",
     # the Flax model, and beside it the mesh, multi-process helpers and the accelerator table
     # (neither imports the other)
     "metalm_jax.model": "model",
@@ -69,13 +66,13 @@ FLOORS = {
     # and pixel statistics; training applies them (init, finetuning)
     "metalm_jax.convert": "convert",
     # optimizer, train step, compiled trainer, checkpoints, finetuning config, metric writers
-    "metalm_jax.train": "train",
+    "metalm_jax.training": "train",
     # loading a run, decoding, scoring, evaluators: they use the trainer's compiled steps
     "metalm_jax.eval": "eval",
     # the training run itself runs the evaluators and the end-of-run sample, so it sits above eval
     "metalm_jax.loop": "loop",
     # command-line modules and the tests' helpers: nothing in the package imports them
-    "metalm_jax.train.__main__": "top",
+    "metalm_jax.train": "top",  # the command package: `python -m metalm_jax.train`
     "metalm_jax.aot": "top",
     "metalm_jax.caption": "top",
     "metalm_jax.evaluate": "top",
@@ -249,6 +246,29 @@ def module_cycle(sources: dict[str, str]) -> list[str] | None:
     )
 
 
+def folder_of(module: str) -> str:
+    """The folder a module's file lies in, as a dotted name (`metalm_jax.data.tasks` for
+    `metalm_jax.data.tasks.kjv` and for `metalm_jax.data.tasks.__init__`); a module directly in
+    the package (config, loop, the commands) is a node of its own, as the package's root holds
+    both the lowest floor and the highest."""
+    parts = module.split(".")
+    if parts[-1] == "__init__":
+        return ".".join(parts[:-1])
+    return module if len(parts) == 2 else ".".join(parts[:-1])
+
+
+def folder_cycle(sources: dict[str, str]) -> list[str] | None:
+    """A cycle among folders (each step: one import that makes it), or None: a folder whose
+    modules import a second folder that imports the first back, a parent folder and its
+    subfolder included. A `__main__` block counts as in `module_cycle`."""
+    graph: dict[str, dict[str, str]] = {}
+    for module, line, name, _, _, in_main in import_edges(sources):
+        a, b = folder_of(module), folder_of(name)
+        if not in_main and a != b:
+            graph.setdefault(a, {}).setdefault(b, f"{module}:{line} -> {name}")
+    return _find_cycle(graph, lambda a, b: f"{a}/ -> {b}/ ({graph[a][b]})")
+
+
 @pytest.fixture(scope="module")
 def sources():
     return package_sources()
@@ -282,12 +302,52 @@ def test_no_cycles_between_modules(sources):
     assert cycle is None, "modules import each other in a cycle:\n" + "\n".join(cycle)
 
 
+def test_no_cycles_between_folders(sources):
+    cycle = folder_cycle(sources)
+    assert cycle is None, "folders import each other in a cycle:\n" + "\n".join(cycle)
+
+
+def test_the_check_finds_a_cycle_between_folders():
+    # No module cycle, no floor running up, yet the folders go round: a command module in the
+    # library's folder reaches the loop, which imports that folder back.
+    fake = {
+        "metalm_jax.training.__init__": "",
+        "metalm_jax.training.trainer": "",
+        "metalm_jax.training.__main__": "from metalm_jax import loop\n",
+        "metalm_jax.loop": "from metalm_jax.training import trainer\n",
+    }
+    assert module_cycle(fake) is None
+    assert folder_cycle(fake) == [
+        "metalm_jax.loop/ -> metalm_jax.training/ "
+        "(metalm_jax.loop:1 -> metalm_jax.training.trainer)",
+        "metalm_jax.training/ -> metalm_jax.loop/ "
+        "(metalm_jax.training.__main__:1 -> metalm_jax.loop)",
+    ]
+    # A parent folder whose own modules sit above its subfolder's, which import it back.
+    fake = {
+        "metalm_jax.data.pipeline": "from metalm_jax.data.corpora import text\n",
+        "metalm_jax.data.corpora.text": "from metalm_jax.data import images\n",
+        "metalm_jax.data.images": "",
+    }
+    assert module_cycle(fake) is None and folder_cycle(fake) == [
+        "metalm_jax.data/ -> metalm_jax.data.corpora/ "
+        "(metalm_jax.data.pipeline:1 -> metalm_jax.data.corpora.text)",
+        "metalm_jax.data.corpora/ -> metalm_jax.data/ "
+        "(metalm_jax.data.corpora.text:1 -> metalm_jax.data.images)",
+    ]
+    # Moved into a folder of its own (the house's data/feed/), the pipeline makes no cycle.
+    fake["metalm_jax.data.feed.pipeline"] = fake.pop("metalm_jax.data.pipeline")
+    assert folder_cycle(fake) is None
+
+
 def test_the_check_names_what_runs_up():
     fake = {
         "metalm_jax.__init__": "",
         "metalm_jax.data.__init__": "",
-        "metalm_jax.data.pipeline": "def f():\n    from metalm_jax.convert import resolve_path\n",
-        "metalm_jax.convert.__init__": "from metalm_jax.data import pipeline\n",
+        "metalm_jax.data.feed.pipeline": (
+            "def f():\n    from metalm_jax.convert import resolve_path\n"
+        ),
+        "metalm_jax.convert.__init__": "from metalm_jax.data.feed import pipeline\n",
         "metalm_jax.eval.evaluators": "from metalm_jax.generate import generate_with\n",
         "metalm_jax.generate": "from metalm_jax.eval import evaluators\n",
         "metalm_jax.convert.gpt2": (
@@ -300,7 +360,7 @@ def test_the_check_names_what_runs_up():
     bad = upward_imports(fake)
     assert len(bad) == 3, bad
     assert bad[0] == (
-        "metalm_jax/data/pipeline.py:2: metalm_jax.data.pipeline (pipeline) imports "
+        "metalm_jax/data/feed/pipeline.py:2: metalm_jax.data.feed.pipeline (pipeline) imports "
         "metalm_jax.convert.__init__ (convert): a higher floor"
     )
     assert "metalm_jax.eval.evaluators (eval) imports metalm_jax.generate (top)" in bad[1]
@@ -345,10 +405,10 @@ def test_the_check_finds_a_cycle_between_modules():
     # Across floors, three modules round; a command's own `__main__` block makes no cycle.
     fake = {
         "metalm_jax.eval.evaluators": "def task():\n    from metalm_jax.eval import task_eval\n",
-        "metalm_jax.eval.task_eval": "from metalm_jax.train.trainer import Trainer\n",
-        "metalm_jax.train.trainer": "import metalm_jax.eval.evaluators\n",
-        "metalm_jax.export": "import metalm_jax.train.checkpoint\n",
-        "metalm_jax.train.checkpoint": (
+        "metalm_jax.eval.task_eval": "from metalm_jax.training.trainer import Trainer\n",
+        "metalm_jax.training.trainer": "import metalm_jax.eval.evaluators\n",
+        "metalm_jax.export": "import metalm_jax.training.checkpoint\n",
+        "metalm_jax.training.checkpoint": (
             'if __name__ == "__main__":\n    from metalm_jax import export\n'
         ),
     }
@@ -356,11 +416,11 @@ def test_the_check_finds_a_cycle_between_modules():
         "metalm_jax/eval/evaluators.py:2: metalm_jax.eval.evaluators imports "
         "metalm_jax.eval.task_eval",
         "metalm_jax/eval/task_eval.py:1: metalm_jax.eval.task_eval imports "
-        "metalm_jax.train.trainer",
-        "metalm_jax/train/trainer.py:1: metalm_jax.train.trainer imports "
+        "metalm_jax.training.trainer",
+        "metalm_jax/training/trainer.py:1: metalm_jax.training.trainer imports "
         "metalm_jax.eval.evaluators",
     ]
-    del fake["metalm_jax.train.trainer"]
+    del fake["metalm_jax.training.trainer"]
     assert module_cycle(fake) is None
 
 

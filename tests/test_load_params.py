@@ -11,11 +11,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from metalm_jax.data import pipeline
+from metalm_jax.data.feed import pipeline
 from metalm_jax.model.build import derive
 from metalm_jax.parallel.mesh import make_mesh
-from metalm_jax.train.checkpoint import Checkpointer
-from metalm_jax.train.trainer import build_inference, build_trainer
+from metalm_jax.training.checkpoint import Checkpointer
+from metalm_jax.training.trainer import build_inference, build_trainer
 from metalm_jax.types import CheckpointError
 
 pytestmark = pytest.mark.slow  # the full tier: its fixture trains and saves two steps (13 s)
@@ -112,7 +112,7 @@ def test_params_only_restores_without_optimizer_state_and_under_another_optimize
 
 
 def _rewrite_manifest(step_dir):
-    from metalm_jax.train import manifest
+    from metalm_jax.training import manifest
 
     os.remove(os.path.join(step_dir, manifest.part_name(0, 1)))
     manifest.write(step_dir)

@@ -45,7 +45,7 @@ def test_two_processes_train_resume_and_match_one(corpus, tmp_path):
         "process_1-of-2.json",
     ]
     # each process wrote its share of the manifest; the step verifies from the files
-    from metalm_jax.train import checkpoint
+    from metalm_jax.training import checkpoint
 
     step_dir = os.path.join(workdir, "checkpoints", "6")
     parts = sorted(f for f in os.listdir(step_dir) if f.startswith("manifest."))

@@ -1,5 +1,5 @@
-"""Prepared data (data/prepare.py, data/prepared.py, data/pretrain/prepared_rows.py and the
-prepare command): shards, ledger and manifest; a rerun keeps finished shards; every text
+"""Prepared data (data/feed/prepare.py, data/feed/prepared.py, data/pretrain/prepared_rows.py and
+the prepare command): shards, ledger and manifest; a rerun keeps finished shards; every text
 format; rows equal to the TFDS-fed packing of the same documents; training's row order a pure
 function of (seed, step, process, process count); a manifest that does not match the config
 refused in one line."""
@@ -18,9 +18,9 @@ import pytest
 import zstandard
 
 from metalm_jax import testing
-from metalm_jax.data import pipeline, prepare, prepared
 from metalm_jax.data.corpora import documents, sources
 from metalm_jax.data.corpora.text import decode_example, load_split, make_builder
+from metalm_jax.data.feed import pipeline, prepare, prepared
 from metalm_jax.data.pretrain import prepared_rows
 from metalm_jax.data.pretrain.packed_rows import PackedRows
 from metalm_jax.model.build import derive

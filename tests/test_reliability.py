@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from metalm_jax import testing
-from metalm_jax.train import workdir_lock
-from metalm_jax.train.workdir_lock import WorkdirBusyError, WorkdirLock
+from metalm_jax.training import workdir_lock
+from metalm_jax.training.workdir_lock import WorkdirBusyError, WorkdirLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,7 +96,7 @@ def test_lock_of_this_pid_not_held_here_is_a_reused_pid(tmp_path):
 def test_skip_policy_step_keeps_params_and_optimizer_state():
     from metalm_jax.data.spans import SpanConfig
     from metalm_jax.parallel.mesh import make_mesh
-    from metalm_jax.train.trainer import build_trainer
+    from metalm_jax.training.trainer import build_trainer
 
     cfg = testing.micro_config()
     cfg.train.nonfinite = "skip"
@@ -145,7 +145,7 @@ def _huge_lr(corpus, policy):
 @pytest.mark.slow
 def test_nonfinite_stop_names_the_step_and_saves_nothing_non_finite(corpus, tmp_path):
     from metalm_jax.loop import train_and_evaluate
-    from metalm_jax.train.guard import NonFiniteError
+    from metalm_jax.training.guard import NonFiniteError
 
     cfg = _huge_lr(corpus, "stop")
     cfg.train.log_every = 20  # the flags are read before each save, not only when logging
@@ -165,7 +165,7 @@ def test_nonfinite_stop_names_the_step_and_saves_nothing_non_finite(corpus, tmp_
 @pytest.mark.slow
 def test_nonfinite_skip_counts_steps_and_keeps_params_finite(corpus, tmp_path):
     from metalm_jax.loop import train_and_evaluate
-    from metalm_jax.train.guard import NonFiniteError
+    from metalm_jax.training.guard import NonFiniteError
 
     cfg = _huge_lr(corpus, "skip")
     cfg.train.log_every = 1
@@ -288,7 +288,7 @@ def test_a_signal_during_the_stop_agreement_waits_for_the_next_one(monkeypatch):
     import numpy as np
     from jax.experimental import multihost_utils
 
-    from metalm_jax.train.preemption import StopSignals
+    from metalm_jax.training.preemption import StopSignals
 
     stop = StopSignals(sync_every=2)
     others = np.int32(0)  # the other process never got a signal
@@ -325,7 +325,7 @@ def test_preemption_notice_saves_and_stops_like_sigterm(corpus, tmp_path, monkey
     from jax.experimental import multihost_utils
 
     from metalm_jax.loop import train_and_evaluate
-    from metalm_jax.train.preemption import Stopped
+    from metalm_jax.training.preemption import Stopped
 
     asked = []
 
@@ -376,8 +376,8 @@ def _saved(workdir, step):
 
 def _resumable_step(workdir) -> int:
     """The newest step a resume takes (0: none): the newest intact one. A kill between a save's
-    commit and its manifest leaves a step that is not trusted (train/manifest.py)."""
-    from metalm_jax.train import checkpoint
+    commit and its manifest leaves a step that is not trusted (training/manifest.py)."""
+    from metalm_jax.training import checkpoint
 
     directory = os.path.join(workdir, "checkpoints")
     intact = (s for s in checkpoint.step_numbers(directory) if _intact(directory, s))
@@ -385,7 +385,7 @@ def _resumable_step(workdir) -> int:
 
 
 def _intact(directory, step) -> bool:
-    from metalm_jax.train import checkpoint
+    from metalm_jax.training import checkpoint
 
     return checkpoint.verdict(directory, step).status == "intact"
 
@@ -555,7 +555,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(
 
 
 def test_a_read_error_is_said_by_its_innermost_cause_without_the_store_spec():
-    from metalm_jax.train import checkpoint
+    from metalm_jax.training import checkpoint
 
     line = checkpoint.short_error(_wrapped_read_error())
     assert line == 'ValueError: OUT_OF_RANGE: Error reading "params.w/0.0": Requested byte range'
@@ -584,7 +584,7 @@ def _orbax_fails_on(monkeypatch, step: int, errors: list):
     """Orbax's restore of `step` raises the next of `errors` (None: reads); no retry waits."""
     import orbax.checkpoint as ocp
 
-    from metalm_jax.train import checkpoint
+    from metalm_jax.training import checkpoint
 
     real = ocp.CheckpointManager.restore
 
@@ -609,7 +609,7 @@ def test_a_read_error_on_the_newest_intact_step_stops_the_run_and_moves_nothing(
     import shutil
 
     from metalm_jax.loop import train_and_evaluate
-    from metalm_jax.train.checkpoint import ReadError
+    from metalm_jax.training.checkpoint import ReadError
 
     workdir = str(tmp_path / "run")
     shutil.copytree(two_checkpoints, workdir)
@@ -800,7 +800,7 @@ def test_checkpoint_fallback_on_the_command_line_is_one_line(corpus, two_checkpo
 
 
 def test_watchdog_fires_only_when_armed_and_not_paused():
-    from metalm_jax.train.watchdog import Watchdog
+    from metalm_jax.training.watchdog import Watchdog
 
     fired = []
     dog = Watchdog(0.2, on_timeout=fired.append, poll_s=0.01)

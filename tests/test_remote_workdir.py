@@ -60,7 +60,7 @@ def _text(fs, path: str) -> str:
 def test_metrics_jsonl_and_tensorboard_go_to_the_bucket_and_a_resume_appends(bucket, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from metalm_jax.train.metrics import MetricWriter
+    from metalm_jax.training.metrics import MetricWriter
 
     logs = []
     w = MetricWriter(RUN, log=logs.append)
@@ -119,8 +119,8 @@ def test_eval_outputs_go_to_the_bucket(bucket):
 
 
 def test_the_lock_on_the_bucket_refuses_a_second_holder_and_is_released(bucket, monkeypatch):
-    from metalm_jax.train import workdir_lock
-    from metalm_jax.train.workdir_lock import ObjectStoreLock, WorkdirBusyError, hold_workdir
+    from metalm_jax.training import workdir_lock
+    from metalm_jax.training.workdir_lock import ObjectStoreLock, WorkdirBusyError, hold_workdir
 
     monkeypatch.setattr(ObjectStoreLock, "settle_s", 0.0)
     logs = []
@@ -150,7 +150,7 @@ def test_the_lock_on_the_bucket_refuses_a_second_holder_and_is_released(bucket, 
 
 
 def test_checkpoint_steps_are_set_aside_in_the_bucket(bucket):
-    from metalm_jax.train.checkpoint import Checkpointer
+    from metalm_jax.training.checkpoint import Checkpointer
 
     for step in (7, 9):
         bucket.pipe_file(f"{RUN}/checkpoints/{step}/state/array", f"arrays {step}".encode())
@@ -171,8 +171,8 @@ def test_checkpoint_steps_are_set_aside_in_the_bucket(bucket):
 
 def test_finetune_reads_its_source_run_in_the_bucket(bucket, tmp_path):
     from metalm_jax import testing
-    from metalm_jax.train.finetune import _copy_tokenizer, _run_dir
-    from metalm_jax.train.init_from import orbax_checkpoint_dir
+    from metalm_jax.training.finetune import _copy_tokenizer, _run_dir
+    from metalm_jax.training.init_from import orbax_checkpoint_dir
 
     src = "gs://bucket/pretrained"
     for step in (3, 12):
@@ -191,7 +191,7 @@ def test_finetune_reads_its_source_run_in_the_bucket(bucket, tmp_path):
 def test_a_bucket_without_its_filesystem_library_is_a_one_line_config_error(monkeypatch):
     from etils.epath import backend, gpath
 
-    from metalm_jax.train.workdir_lock import hold_workdir
+    from metalm_jax.training.workdir_lock import hold_workdir
     from metalm_jax.types import ConfigError
 
     class NoGcsfs:
@@ -225,7 +225,7 @@ def test_metric_writer_does_not_import_torch(tmp_path):
         pytest.skip(f"needs torch to show tensorboardX is kept from it ({_needs.CONVERT})")
     code = (
         "import sys\n"
-        "from metalm_jax.train.metrics import MetricWriter\n"
+        "from metalm_jax.training.metrics import MetricWriter\n"
         f"w = MetricWriter({str(tmp_path)!r})\n"
         "w.write(1, {'train/loss': 1.0})\n"
         "w.close()\n"

@@ -203,7 +203,7 @@ def test_example_encoder_separators_targets_and_decoder_only(corpus):
 
 def test_task_iterator_resumes_exactly(corpus):
     """The finetuning data iterator's state (saved in checkpoints) resumes on the same rows."""
-    from metalm_jax.data import pipeline
+    from metalm_jax.data.feed import pipeline
     from metalm_jax.testing import micro_finetune_config
 
     cfg, tok = corpus

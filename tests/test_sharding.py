@@ -18,8 +18,8 @@ from metalm_jax.data.spans import SpanConfig
 from metalm_jax.model.build import model_config
 from metalm_jax.model.metalm import MetaLM
 from metalm_jax.parallel.mesh import resolve_shape
-from metalm_jax.train.optimizer import make_optimizer
-from metalm_jax.train.step import TrainState, train_step
+from metalm_jax.training.optimizer import make_optimizer
+from metalm_jax.training.step import TrainState, train_step
 from metalm_jax.types import Batch
 from tests import _procs
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from metalm_jax import testing
-from metalm_jax.data import pipeline
+from metalm_jax.data.feed import pipeline
 from metalm_jax.data.spans import SpanConfig
 from metalm_jax.model.build import derive, model_config
 from metalm_jax.model.metalm import MetaLM
-from metalm_jax.train.checkpoint import Checkpointer
-from metalm_jax.train.optimizer import make_optimizer, param_path
-from metalm_jax.train.step import TrainState, train_step
+from metalm_jax.training.checkpoint import Checkpointer
+from metalm_jax.training.optimizer import make_optimizer, param_path
+from metalm_jax.training.step import TrainState, train_step
 from metalm_jax.types import Batch
 
 
@@ -114,7 +114,7 @@ def test_stop_gradient_on_frozen_parameters_changes_no_update():
     """The trainer's `frozen` mask (no backward work below frozen layers) gives exactly the
     update of the plain step, where set_to_zero alone drops the frozen gradients."""
     from metalm_jax.model.build import frozen_bottom_layers
-    from metalm_jax.train.optimizer import group_labels
+    from metalm_jax.training.optimizer import group_labels
 
     cfg = testing.micro_config()
     cfg.optim.frozen = [r"^text_encoder/(token_embed|pos_embed|rel_bias|stack/layers_0)/"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from metalm_jax import testing
-from metalm_jax.data import vl_pipeline
+from metalm_jax.data.feed import vl_pipeline
 from metalm_jax.data.images import ImageError
 from metalm_jax.data.pretrain.vl_rows import build_vl_row
 from metalm_jax.data.rows import ImageLayout, empty_image_fields
@@ -18,8 +18,8 @@ from metalm_jax.data.tokenizer import BOS_ID, EOS_ID
 from metalm_jax.model.build import image_layout, model_config
 from metalm_jax.model.metalm import MetaLM, gather_slots
 from metalm_jax.model.vision import interpolate_positions, patchify
-from metalm_jax.train.optimizer import make_optimizer
-from metalm_jax.train.step import TrainState, train_step
+from metalm_jax.training.optimizer import make_optimizer
+from metalm_jax.training.step import TrainState, train_step
 from metalm_jax.types import Batch
 
 LAYOUT = ImageLayout(
@@ -210,7 +210,7 @@ def test_vqa_evaluator_on_a_tiny_jsonl(corpus, tmp_path):
     from metalm_jax.config import vqa_eval
     from metalm_jax.eval.evaluators import run_evals
     from metalm_jax.parallel.mesh import make_mesh
-    from metalm_jax.train.trainer import build_trainer
+    from metalm_jax.training.trainer import build_trainer
 
     _, tok = corpus
     rows = []

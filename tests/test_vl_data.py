@@ -333,7 +333,7 @@ def prepared_standard_sets(tmp_path_factory):
 def _coco_split(data_dir: str, split: str = "validation", captions_per_image: int = 2):
     """The configured image-text source the pipeline and the captioning evaluator read."""
     from metalm_jax.config import base_config
-    from metalm_jax.data import vl_pipeline
+    from metalm_jax.data.feed import vl_pipeline
 
     cfg = base_config()
     cfg.images.name = "coco_captions"

@@ -2,7 +2,7 @@
 
     convert.load_hf("hf_bert", path)  -> Converted: our config keys + parameters per module
     convert.arch_of("hf_bert", path)  -> the config keys alone (for config files)
-    (metalm_jax.train.init_from applies the `init` entries of a run config to a new state)
+    (metalm_jax.training.init_from applies the `init` entries of a run config to a new state)
     metalm_jax.convert.gpt2.export     -> our decoder as a Hugging Face GPT-2 directory
 
 Formats: hf_bert (BERT, MiniLM, RoBERTa, ELECTRA -> text_encoder), hf_gpt2 (GPT-2 -> embed,

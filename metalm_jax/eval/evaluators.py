@@ -96,8 +96,8 @@ def _icl_settings(ev) -> tuple[tuple[str, ...], str, str, str]:
 
 def _check_icl_positions(ev, cfg, derived, longest: int) -> None:
     """An in-context input (+ <s>) must stay within the encoder positions pretraining trained
-    (train/finetune.trained_encoder_positions): past them the rows are random."""
-    from metalm_jax.train.finetune import trained_encoder_positions
+    (training/finetune.trained_encoder_positions): past them the rows are random."""
+    from metalm_jax.training.finetune import trained_encoder_positions
 
     trained = trained_encoder_positions(cfg) if derived.rows.text_encoder else None
     bos = int(cfg.spans.enc_bos)
@@ -247,8 +247,8 @@ def captioning(ev, trainer, tok, cfg, derived):
     preprocessed, the prompt batches laid out (left-padded, as decode.generate takes them)."""
     import dataclasses
 
-    from metalm_jax.data import vl_pipeline
     from metalm_jax.data.corpora.image_text import as_text
+    from metalm_jax.data.feed import vl_pipeline
     from metalm_jax.data.images import preprocess
     from metalm_jax.data.tasks.task_rows import encode_prompt
     from metalm_jax.eval import decode
@@ -518,7 +518,7 @@ def completion(ev, trainer, tok, cfg, derived):
 def perplexity(ev, trainer, tok, cfg, derived):
     """Held-out loss and perplexity; built once: the fixed validation batches (of
     `ev.batch_size` rows)."""
-    from metalm_jax.data import pipeline
+    from metalm_jax.data.feed import pipeline
     from metalm_jax.eval.scoring import heldout_loss
 
     sets = pipeline.eval_sets(cfg, tok, ev.batch_size, derived.rows, (0, 1))

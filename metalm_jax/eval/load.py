@@ -26,7 +26,7 @@ def _check_run_dir(workdir: str) -> None:
 
 def load_run(workdir: str, step: int | None = None, cfg=None, mesh=None, log=print):
     """(config, tokenizer, inference, params) of the run in `workdir` at `step` (the newest that
-    reads and verifies if None). `inference` is train/trainer.py's Inference (model, shardings,
+    reads and verifies if None). `inference` is training/trainer.py's Inference (model, shardings,
     jitted held-out loss) and carries what was derived from the config once
     (inference.derived: model/build.py's ModelConfig and RowFormat), which the evaluators and
     generation use. `mesh`: where the parameters go (default: one device).
@@ -47,8 +47,8 @@ def load_run(workdir: str, step: int | None = None, cfg=None, mesh=None, log=pri
     from metalm_jax.data import tokenizer
     from metalm_jax.model.build import derive
     from metalm_jax.parallel.mesh import make_mesh
-    from metalm_jax.train.checkpoint import PARAM_KEYS, Checkpointer, check_shapes
-    from metalm_jax.train.trainer import build_inference
+    from metalm_jax.training.checkpoint import PARAM_KEYS, Checkpointer, check_shapes
+    from metalm_jax.training.trainer import build_inference
 
     ckpt = Checkpointer(workdir, 0, 1, create=False)  # reads only: writes no marker either
     try:

@@ -16,14 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metalm_jax.train.step import token_nll
+from metalm_jax.training.step import token_nll
 from metalm_jax.types import Batch
 
 
 def heldout_loss(trainer, params, sets: dict) -> dict:
     """Held-out loss and perplexity per fixed eval set (sums divided once): eval/loss and
     eval/perplexity for 'text' and 'task', eval/<name>_loss and eval/<name>_perplexity for the
-    others. `sets`: {name: [local batch, ...]} as data/pipeline.eval_sets builds them."""
+    others. `sets`: {name: [local batch, ...]} as data/feed/pipeline.eval_sets builds them."""
     out = {}
     for name, batches in sets.items():
         sums = jax.device_get([trainer.eval(params, trainer.global_batch(b)) for b in batches])

@@ -66,7 +66,7 @@ def task_evaluator(ev, trainer, tok, cfg, derived, task=None):
     """Builds the evaluator of the task `task` (a task section; default: the run's task with
     `ev.task` overrides) on `ev.split`: evaluate(params) -> (metrics, predictions). `derived`:
     the run's model/build.derive."""
-    from metalm_jax.data.pipeline import example_encoder
+    from metalm_jax.data.feed.pipeline import example_encoder
     from metalm_jax.data.tasks.registry import open_task
     from metalm_jax.data.tasks.task_rows import encode_prompt
     from metalm_jax.eval.scoring import row_logliks

@@ -186,7 +186,7 @@ class MetaLM(nn.Module):
         (see layers.Attention) and rows are single left-padded sequences; `encode=False` skips
         the encoders (extension steps of generation have no slots). `head=False` returns the
         decoder's output float32[B, L, D] in place of the logits (the fused loss of
-        train/step.py applies the tied head itself, params["embed"]["embedding"])."""
+        training/step.py applies the tied head itself, params["embed"]["embedding"])."""
         dec = self.cfg.decoder
         x = self.embed(batch.tokens).astype(dec.compute_dtype)
         if dec.embed_scale:

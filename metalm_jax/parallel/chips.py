@@ -1,4 +1,4 @@
-"""The accelerators this code knows by name: peak FLOP/s for MFU (train/metrics.py), and HBM and
+"""The accelerators this code knows by name: peak FLOP/s for MFU (training/metrics.py), and HBM and
 topology shape for compiling to a TPU slice from CPU (metalm_jax/aot.py). One table, so a chip's
 figures are written once.
 

@@ -1,1 +1,2 @@
-"""Training: optimizer (parameter groups), state, pure step, checkpoints, metrics and the loop."""
+"""The `python -m metalm_jax.train` command (`__main__.py`); the library it runs is
+`metalm_jax.training` and `metalm_jax.loop`."""

@@ -34,7 +34,7 @@ def main(argv):
         from metalm_jax.parallel.distributed import initialize
 
         initialize(f.coordinator_address, f.num_processes, f.process_id)
-    from metalm_jax.train.preemption import Stopped
+    from metalm_jax.training.preemption import Stopped
 
     cfg = f.config
     try:

@@ -44,7 +44,7 @@ class TaskSpec:
     records    what its opener reads besides the config, for tasks that keep that in the
                registry (a TFDS task: data/tasks/tfds_tasks.TfdsRecords); else None
     inputs     what its inputs are: "text" (read by the text encoder, so bounded by the
-               encoder positions pretraining trained: train/finetune.py) or "image" (an image
+               encoder positions pretraining trained: training/finetune.py) or "image" (an image
                with a text prefix, read by the vision encoder)
     """
 

@@ -3,7 +3,7 @@
     task source (random access, data/tasks/registry.open_task) -> `example_stream`: [process
     shard] -> shuffle / repeat -> tokenize + preprocess images (`ExampleEncoder.pieces`) -> pack
     examples into rows (`TaskPackIterDataset`: checkpointable, one example pending at most)
-    -> batch (data/pipeline.py)
+    -> batch (data/feed/pipeline.py)
 
 An example's text inputs go to the text encoder (Enc pieces), or, for a decoder-only model (the
 GPT baseline), become decoder text in the same place; image inputs go to the vision encoder with

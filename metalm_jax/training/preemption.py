@@ -14,7 +14,7 @@ save the same step; a stop on one process stops all.
 Preemption notices (TPU VMs): where JAX's preemption service runs (multi-host, after
 `jax.distributed.initialize`), a maintenance event or SIGTERM reaching any host is propagated to
 all of them and JAX picks the step they all save at. `notice(step)` (the checkpoint manager's
-`reached_preemption`, train/checkpoint.py) is asked at every step on every process, as that
+`reached_preemption`, training/checkpoint.py) is asked at every step on every process, as that
 protocol requires; when it says yes the run stops there exactly as on SIGTERM (save, exit 0).
 """
 

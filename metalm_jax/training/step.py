@@ -1,4 +1,4 @@
-"""Pure train and eval steps, jitted in train/trainer.py, not here nor in the loop (which only
+"""Pure train and eval steps, jitted in training/trainer.py, not here nor in the loop (which only
 calls the results): build_trainer jits train_step once per mesh with the state's and the batch's
 shardings and the state donated, build_inference jits eval_step with the parameters' and the
 batch's shardings. Kept pure (model, optimizer and options as arguments) so that one definition
@@ -110,7 +110,7 @@ def train_step(
     lowest trained one (a frozen pretrained encoder's bottom) get no backward pass at all.
 
     metrics["finite"] (bool[]) says the loss, the gradient norm and the updated parameters are
-    all finite; the loop reads it with the other metrics (train/guard.py). With
+    all finite; the loop reads it with the other metrics (training/guard.py). With
     `skip_nonfinite` (train.nonfinite="skip") a step that is not finite keeps the parameters and
     optimizer state it started from; the step counter still advances.
     """

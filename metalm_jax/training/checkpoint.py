@@ -7,7 +7,7 @@ grain iterator state per process (a snapshot taken at save time, so an async sav
 later position), `config` the run's config as JSON, compared on resume so a changed model shape
 or optimizer structure fails with a clear message, `digest` two 32-bit sums per array of
 `state` (checkpoint_digest.py), computed on device before the save and compared after every
-restore, and the manifest (train/manifest.py): size and SHA-256 of every file, written by each
+restore, and the manifest (training/manifest.py): size and SHA-256 of every file, written by each
 process for its share of the files once Orbax has committed the step.
 
 One door: every reader (resume, params-only reads for evaluate/generate/finetune.from_run,
@@ -45,8 +45,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from metalm_jax.train import manifest
-from metalm_jax.train.checkpoint_digest import compare, compare_part, digests
+from metalm_jax.training import manifest
+from metalm_jax.training.checkpoint_digest import compare, compare_part, digests
 from metalm_jax.types import CheckpointError
 
 
@@ -377,7 +377,7 @@ class Checkpointer:
     def reached_preemption(self, step: int) -> bool:
         """Whether JAX's preemption service (TPU VMs; multi-host runs) says every process is to
         save `step` and stop; False where the service does not run (one process, CPU). Must be
-        asked at every step on every process (train/preemption.py)."""
+        asked at every step on every process (training/preemption.py)."""
         return bool(self.manager.reached_preemption(step))
 
     def save(self, step: int, state, data_iterator, config: dict, force: bool = False) -> bool:
@@ -494,7 +494,7 @@ class Checkpointer:
             bad = compare(saved_digests, digests(state))
             if bad:
                 raise _DigestError(step, step_dir, bad)
-        # Prepared data (data.prepared_dir) is positioned by the step alone (train/start.py),
+        # Prepared data (data.prepared_dir) is positioned by the step alone (training/start.py),
         # on any number of processes: its saved position is not read.
         by_step = getattr(data_iterator, "positioned_by_step", False)
         if data_iterator is not None and not by_step and not self._data_saved_elsewhere(step, log):

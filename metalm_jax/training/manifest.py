@@ -6,7 +6,7 @@ it abandons print pages of tracebacks later, from threads and collected coroutin
 exception while restoring says nothing about whether the files are damaged (a transient bucket
 error, an out-of-memory error, a sharding bug). So damage is decided here, from the files alone,
 before any read: a step whose files do not match its manifest is damaged; a step that matches
-is intact, and any error while reading it is a real error (train/checkpoint.py).
+is intact, and any error while reading it is a real error (training/checkpoint.py).
 
 Layout, beside Orbax's items in `checkpoints/<step>/`:
 
@@ -17,7 +17,7 @@ The step's files (every file under the step directory but the manifests), sorted
 shared out among the P processes that saved it: process p hashes and lists files[p::P]. So on a
 pod each host hashes 1/P of the step, and the step is complete only when all P parts exist
 and list `total` files between them. Verifying shares the work the same way among the
-processes that read (`check(..., share=(p, P))`; train/checkpoint.py gathers the verdicts).
+processes that read (`check(..., share=(p, P))`; training/checkpoint.py gathers the verdicts).
 
 `checkpoints/manifests.json` ({"since": S}) says from which step on manifests are written: a
 step >= S without a complete manifest was committed by Orbax but the run ended before the

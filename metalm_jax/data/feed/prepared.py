@@ -1,4 +1,4 @@
-"""A prepared directory (written by data/prepare.py) as training reads it: its file names, the
+"""A prepared directory (written by data/feed/prepare.py) as training reads it: its file names, the
 data keys its manifest records, the check that they and the tokenizer match a run's config,
 and its splits as random-access sources of records (pretrain/prepared_rows.py decodes them).
 

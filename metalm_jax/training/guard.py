@@ -1,5 +1,5 @@
 """The non-finite guard's host side: every step's `finite` flag (computed in the jitted step,
-train/step.py) is kept on device and read in one transfer when the loop logs, evaluates or
+training/step.py) is kept on device and read in one transfer when the loop logs, evaluates or
 saves, so there is no host sync per step, and no non-finite state is ever evaluated or saved.
 
 Policies (train.nonfinite):

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import jax
 
-from metalm_jax.train.checkpoint import Checkpointer
-from metalm_jax.train.finetune import check_frozen_loaded
-from metalm_jax.train.guard import NonFiniteError
-from metalm_jax.train.init_from import apply_init
-from metalm_jax.train.step import all_finite
+from metalm_jax.training.checkpoint import Checkpointer
+from metalm_jax.training.finetune import check_frozen_loaded
+from metalm_jax.training.guard import NonFiniteError
+from metalm_jax.training.init_from import apply_init
+from metalm_jax.training.step import all_finite
 
 
 def initial_state(cfg, trainer, ckpt: Checkpointer, train_iter, cfg_dict: dict, log):

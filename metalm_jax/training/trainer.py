@@ -23,9 +23,9 @@ import optax
 from metalm_jax.model.build import Derived, dummy_batch, image_layout, model_config
 from metalm_jax.model.metalm import MetaLM
 from metalm_jax.parallel import mesh as meshlib
-from metalm_jax.train.checkpoint import abstract_with_shardings
-from metalm_jax.train.optimizer import group_labels, make_optimizer
-from metalm_jax.train.step import TrainState, eval_step, train_step
+from metalm_jax.training.checkpoint import abstract_with_shardings
+from metalm_jax.training.optimizer import group_labels, make_optimizer
+from metalm_jax.training.step import TrainState, eval_step, train_step
 from metalm_jax.types import Batch, SlotBank
 
 

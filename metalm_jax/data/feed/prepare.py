@@ -46,7 +46,7 @@ from etils import epath
 from metalm_jax import paths
 from metalm_jax.data import tokenizer as toklib
 from metalm_jax.data.corpora import documents, sources
-from metalm_jax.data.prepared import (
+from metalm_jax.data.feed.prepared import (
     CHECKED_KEYS,
     FORMAT,
     SPLITS,
@@ -56,7 +56,7 @@ from metalm_jax.data.prepared import (
     shard_file,
     tokenizer_in,
 )
-from metalm_jax.data.prepared import path as _path
+from metalm_jax.data.feed.prepared import path as _path
 from metalm_jax.data.pretrain.packed_rows import PackedRows
 from metalm_jax.data.pretrain.prepared_rows import encode_row
 from metalm_jax.types import ConfigError, DataError

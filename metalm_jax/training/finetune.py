@@ -6,7 +6,7 @@ it describes, before anything is built:
     pixel normalization), so a finetune config needs no copy of the pretraining sizes;
   * its tokenizer is copied into the new workdir (the run stays usable if the source goes);
   * `init` gets one Orbax entry per restored top-level module (`finetune.restore`): a
-    params-only partial restore, checked leaf by leaf (train/init_from.py); the optimizer and
+    params-only partial restore, checked leaf by leaf (training/init_from.py); the optimizer and
     step start fresh;
   * the preset (`finetune.preset`) adds its patterns to optim.frozen;
   * a module the source loaded pretrained keeps the source's treatment (finetune.carry_pretrained,
@@ -40,7 +40,7 @@ import jax
 from etils import epath
 
 from metalm_jax import paths
-from metalm_jax.train.optimizer import param_path
+from metalm_jax.training.optimizer import param_path
 from metalm_jax.types import ConfigError
 
 PRESETS = {
@@ -51,7 +51,7 @@ PRESETS = {
     "none": [],
 }
 
-# What each init format loads (train/init_from.py), unless the entry names a target.
+# What each init format loads (training/init_from.py), unless the entry names a target.
 INIT_TARGETS = {
     "hf_bert": ("text_encoder",),
     "hf_gpt2": ("embed", "pos_embed", "decoder"),
@@ -77,7 +77,7 @@ def prepare_config(cfg, workdir: str, log=print):
             log(f"note: finetune.preset={ft.preset} has no effect without finetune.from_run")
         return cfg
     from metalm_jax.config import with_defaults
-    from metalm_jax.train.init_from import (
+    from metalm_jax.training.init_from import (
         orbax_checkpoint_dir,
         orbax_param_metadata,
         orbax_saved_config,

@@ -1,4 +1,4 @@
-"""Digests of a train state's arrays, for verifying checkpoints (train/checkpoint.py).
+"""Digests of a train state's arrays, for verifying checkpoints (training/checkpoint.py).
 
 Per array, two sums of its bits read as unsigned 32-bit words (16- and 8-bit types widened),
 modulo 2**32: the plain sum and the sum weighted by odd position factors. Any change of a

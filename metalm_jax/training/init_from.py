@@ -7,9 +7,9 @@ Each entry names a source and what it provides:
   {"format": "orbax", "source": "runs/other", "target": "connector", "source_key": "connector"}
       an earlier run's workdir (latest step) or one of its checkpoints/<step> directories
 
-Orbax sources are read params-only (train/checkpoint.read_params: the named sub-tree alone, its
+Orbax sources are read params-only (training/checkpoint.read_params: the named sub-tree alone, its
 digests verified), from the step the checkpoint door offers (checkpoint.readable_steps: the
-newest step whose files match their manifest); this module sits in train/ because it reads
+newest step whose files match their manifest); this module sits in training/ because it reads
 checkpoints. Applied once, to a freshly initialised state (a resumed run keeps its own
 weights). The optimizer state needs no change (Adam's moments start at zero either way).
 Before anything is replaced every entry is converted and checked: architecture keys against
@@ -29,7 +29,7 @@ from etils import epath
 from metalm_jax import paths
 from metalm_jax.convert import check_arch, load_hf
 from metalm_jax.convert.common import ConversionError, fit_tree, flatten
-from metalm_jax.train import checkpoint
+from metalm_jax.training import checkpoint
 
 # Config keys that define a stack's function; compared between an Orbax source run and this one.
 ARCH_KEYS = (
@@ -101,7 +101,7 @@ def orbax_saved_config(step_dir: str) -> dict:
 
 def _orbax_params(step_dir: str, key: str) -> dict:
     """params/<key> of an Orbax TrainState checkpoint, as numpy: a params-only partial restore
-    of that sub-tree alone (train/checkpoint.StepReader), its digests verified."""
+    of that sub-tree alone (training/checkpoint.StepReader), its digests verified."""
     with checkpoint.StepReader(step_dir) as reader:
         params = reader.param_metadata()
         if key not in params:
@@ -207,7 +207,7 @@ def _to_global(tree, shardings):
 def apply_init(cfg, params: dict, abstract_params: dict, shardings: dict, log=print) -> dict:
     """`params` (a fresh state's) with the sub-trees named by `cfg.init` replaced, placed in
     `shardings` (the parameters' shardings, as `abstract_params` is shaped); logs what was
-    loaded. train/start.py calls it, for a fresh state only."""
+    loaded. training/start.py calls it, for a fresh state only."""
     entries = _entries(cfg)
     if not entries:
         return params

@@ -3,7 +3,7 @@
 The streams a run reads (`train_iterator`, `eval_sets`; and the run's tokenizer) are built here,
 on top of data's three concerns: text pretraining rows from a corpus (data/corpora/text.py,
 packed by data/pretrain/packed_rows.py, spans by data/spans.py), mixed with image-text rows
-(data/vl_pipeline.py) when the model reads images, or supervised task rows (data/tasks/: one
+(data/feed/vl_pipeline.py) when the model reads images, or supervised task rows (data/tasks/: one
 task or a mixture) when task.name is set. Nothing in those imports this module.
 
 Training (`train_iterator`): the split is sharded per process (`process_index::process_count`),
@@ -23,12 +23,13 @@ Evaluation (`eval_batches`): the validation split in file order, packed once, sp
 a fixed seed, the last batch padded with empty rows (loss weight 0); cached in memory so every
 evaluation scores exactly the same tokens.
 
-Prepared data (`data.prepared_dir`, written by `python -m metalm_jax.prepare`: data/prepare.py):
-the rows are packed already, so training reads them from ArrayRecord shards by index
-(`prepared_batches`, a MapDataset whose element s is step s's batch: the row order is a pure
-function of the seed, the step and the process shard, data/pretrain/prepared_rows.py) and only
-spans are drawn here; evaluation reads the prepared validation rows in order. The manifest must
-match the config's data keys and the run's tokenizer (data/prepared.py).
+Prepared data (`data.prepared_dir`, written by `python -m metalm_jax.prepare`:
+data/feed/prepare.py): the rows are packed already, so training reads them from ArrayRecord
+shards by index (`prepared_batches`, a MapDataset whose element s is step s's batch: the row
+order is a pure function of the seed, the step and the process shard,
+data/pretrain/prepared_rows.py) and only spans are drawn here; evaluation reads the prepared
+validation rows in order. The manifest must match the config's data keys and the run's tokenizer
+(data/feed/prepared.py).
 
 What the rows look like for the model (span config, span encoding, image layout) comes in as a
 data/rows.RowFormat derived once at the top of the run (model/build.derive): this module reads
@@ -45,8 +46,9 @@ import numpy as np
 from etils import epath
 
 from metalm_jax import paths
-from metalm_jax.data import prepared, tokenizer, vl_pipeline
+from metalm_jax.data import tokenizer
 from metalm_jax.data.corpora.text import decode_example, load_split, make_builder
+from metalm_jax.data.feed import prepared, vl_pipeline
 from metalm_jax.data.pretrain.packed_rows import PackedRows
 from metalm_jax.data.pretrain.prepared_rows import ProcessShare, StepIterator, decode_row
 from metalm_jax.data.rows import ImageLayout, RowFormat, empty_image_fields
@@ -232,7 +234,7 @@ def train_iterator(cfg, tok: Tokenizer, batch_size: int, fmt: RowFormat, shard=(
 
 
 def _prepared(cfg, tok, fmt: RowFormat, split: str):
-    """The checked source of a prepared split (data.prepared_dir; data/prepared.py)."""
+    """The checked source of a prepared split (data.prepared_dir; data/feed/prepared.py)."""
     if cfg.task.name or fmt.layout is not None:
         what = f"task.name={cfg.task.name!r}" if cfg.task.name else "images.enabled"
         raise ConfigError(
