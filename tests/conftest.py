@@ -22,11 +22,16 @@ from metalm_jax import testing
 
 SLOW_LIMIT_S = float(os.environ.get("METALM_SLOW_LIMIT_S", "10"))
 
-# XLA's CPU backend without LLVM's optimisation passes: the suite's programs are micro models
-# whose compile, not their run, is the time (a micro VL finetune: 36 s of compiles -> 21 s).
-# Only the machine code's speed changes, not its arithmetic (no fast-math either way). Set for
-# this process and, through the environment, every command a test starts.
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# XLA's CPU backend without LLVM's optimisation passes, and with its older elemental emitters
+# instead of the MLIR fusion emitters: the suite's programs are micro models whose compile, not
+# their run, is the time (a micro VL finetune: 36 s of compiles -> 21 s with the first two; the
+# micro model's init + first step: 13.1 -> 10.1 CPU-s median of four with the third, the steps
+# after it as fast: benchmarks/RESULTS.md). No fast-math either way. Set for this process and,
+# through the environment, every command a test starts.
+FAST_COMPILE_FLAGS = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+    "--xla_cpu_use_fusion_emitters=false"
+)
 
 
 def pytest_addoption(parser):

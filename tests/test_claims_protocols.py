@@ -59,8 +59,9 @@ def _fake_source(monkeypatch, saved_cfg, params) -> None:
     from metalm_jax.training import init_from
 
     monkeypatch.setattr(init_from, "orbax_checkpoint_dir", lambda run, log: "/src/checkpoints/9")
-    monkeypatch.setattr(init_from, "orbax_saved_config", lambda step: saved_cfg.to_dict())
-    monkeypatch.setattr(init_from, "orbax_param_metadata", lambda step: params)
+    monkeypatch.setattr(
+        init_from, "orbax_config_and_metadata", lambda step, log: (saved_cfg.to_dict(), params)
+    )
     monkeypatch.setattr(finetune, "_copy_tokenizer", lambda *a: None)
 
 

@@ -335,13 +335,14 @@ def test_init_from_hf_and_from_orbax(corpus, tmp_path, capsys):
         np.testing.assert_array_equal(a, b)
 
     # an Orbax source whose saved config describes another architecture is refused
-    from metalm_jax.training.init_from import _check_orbax_arch, orbax_checkpoint_dir
+    from metalm_jax.training.init_from import _OrbaxSources
 
     other = cfg.copy_and_resolve_references()
     other.model.text_encoder.activation = "relu"
-    step_dir = orbax_checkpoint_dir(str(tmp_path / "run1"))
-    with pytest.raises(ConversionError, match="text_encoder.activation: source 'gelu_exact'"):
-        _check_orbax_arch(other, step_dir, "text_encoder", "text_encoder")
+    entry = {"format": "orbax", "source": str(tmp_path / "run1"), "target": "text_encoder"}
+    with _OrbaxSources() as orbax:
+        with pytest.raises(ConversionError, match="text_encoder.activation: source 'gelu_exact'"):
+            orbax.want(other, 0, entry)
 
     # a second run: a GPT-2 decoder converted from transformers, the first run's connector from
     # its Orbax checkpoint, the BERT again

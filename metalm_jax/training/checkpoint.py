@@ -262,6 +262,7 @@ class StepReader:
             )
         self.step_dir, self.step = os.fspath(path), int(path.name)
         self._read = functools.partial(read_with_retries, self.step, log=log, verified=verified)
+        self._metadata = self._config = None  # read once per reader (a step does not change)
         json_handler = ocp.JsonCheckpointHandler()
         self.manager = ocp.CheckpointManager(
             os.fspath(path.parent),
@@ -286,15 +287,21 @@ class StepReader:
 
     def param_metadata(self) -> dict:
         """{top-level module: array metadata tree} of the saved parameters (no array read)."""
-        meta = self._read("the parameter metadata", lambda: self.manager.item_metadata(self.step))
-        state = meta["state"]
-        return getattr(state, "tree", state)["params"]
+        if self._metadata is None:
+            meta = self._read(
+                "the parameter metadata", lambda: self.manager.item_metadata(self.step)
+            )
+            state = meta["state"]
+            self._metadata = getattr(state, "tree", state)["params"]
+        return self._metadata
 
     def config(self) -> dict:
-        saved = self._item("config", ocp.args.JsonRestore())
-        if not isinstance(saved, dict):
-            raise CheckpointError(f"checkpoint {self.step_dir}/config: not a JSON object")
-        return saved
+        if self._config is None:
+            saved = self._item("config", ocp.args.JsonRestore())
+            if not isinstance(saved, dict):
+                raise CheckpointError(f"checkpoint {self.step_dir}/config: not a JSON object")
+            self._config = saved
+        return self._config
 
     def params(self, abstract_params):
         """The `params` subtree restored into `abstract_params`' shardings (which may name only

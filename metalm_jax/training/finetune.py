@@ -77,14 +77,11 @@ def prepare_config(cfg, workdir: str, log=print):
             log(f"note: finetune.preset={ft.preset} has no effect without finetune.from_run")
         return cfg
     from metalm_jax.config import with_defaults
-    from metalm_jax.training.init_from import (
-        orbax_checkpoint_dir,
-        orbax_param_metadata,
-        orbax_saved_config,
-    )
+    from metalm_jax.training.init_from import orbax_checkpoint_dir, orbax_config_and_metadata
 
     step_dir = orbax_checkpoint_dir(ft.from_run, log)
-    saved = with_defaults(orbax_saved_config(step_dir))
+    saved_config, metadata = orbax_config_and_metadata(step_dir, log)
+    saved = with_defaults(saved_config)
     out = cfg.copy_and_resolve_references()
     with out.unlocked():
         out.model = saved.model
@@ -93,7 +90,6 @@ def prepare_config(cfg, workdir: str, log=print):
         out.images.mean, out.images.std = saved.images.mean, saved.images.std
         out.spans.enc_bos = saved.spans.enc_bos
         _copy_tokenizer(saved, _run_dir(step_dir), workdir, out)
-        metadata = orbax_param_metadata(step_dir)
         have = sorted(metadata)
         wanted = have if "all" in ft.restore else list(ft.restore)
         missing = [m for m in wanted if m not in have]

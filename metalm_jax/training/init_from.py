@@ -87,39 +87,89 @@ def _check_step_dir(step_dir: str) -> None:
         raise ConversionError(v.line)
 
 
-def orbax_param_metadata(step_dir: str) -> dict:
-    """{top-level module: array metadata tree} of an Orbax TrainState checkpoint (nothing read)."""
-    with checkpoint.StepReader(step_dir) as reader:
-        return reader.param_metadata()
+def orbax_config_and_metadata(step_dir: str, log=print) -> tuple[dict, dict]:
+    """(the run config saved with an Orbax checkpoint step, as a dict; {top-level module: array
+    metadata tree} of its parameters), through one reader; no array is read."""
+    with checkpoint.StepReader(step_dir, log) as reader:
+        return reader.config(), reader.param_metadata()
 
 
-def orbax_saved_config(step_dir: str) -> dict:
-    """The run config saved with an Orbax checkpoint step, as a dict."""
-    with checkpoint.StepReader(step_dir) as reader:
-        return reader.config()
+class _OrbaxSources:
+    """The Orbax entries of one `init` list, read per step directory: each source resolved and
+    its step checked once (a workdir's newest intact step, or a named step directory), one
+    StepReader per step (metadata and config read once), and every sub-tree wanted from a step
+    restored by one params-only partial restore."""
 
+    def __init__(self, log=print):
+        self.log = log
+        self.step_dirs: dict[str, str] = {}  # source -> step directory
+        self.readers: dict[str, checkpoint.StepReader] = {}
+        self.wanted: dict[int, tuple[str, str, str]] = {}  # entry -> (step dir, target, key)
+        self.trees: dict[tuple[str, str], dict] = {}  # (step dir, key) -> numpy tree
 
-def _orbax_params(step_dir: str, key: str) -> dict:
-    """params/<key> of an Orbax TrainState checkpoint, as numpy: a params-only partial restore
-    of that sub-tree alone (training/checkpoint.StepReader), its digests verified."""
-    with checkpoint.StepReader(step_dir) as reader:
-        params = reader.param_metadata()
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for reader in self.readers.values():
+            reader.manager.close()
+
+    def reader(self, step_dir: str) -> checkpoint.StepReader:
+        if step_dir not in self.readers:
+            self.readers[step_dir] = checkpoint.StepReader(step_dir)
+        return self.readers[step_dir]
+
+    def want(self, cfg, i: int, entry: dict) -> None:
+        """Checks entry i (its step, target, architecture, that the step has the sub-tree) and
+        notes what to read; nothing is restored yet."""
+        source = entry["source"]
+        if source not in self.step_dirs:
+            self.step_dirs[source] = orbax_checkpoint_dir(source, self.log)
+        step_dir = self.step_dirs[source]
+        target = entry.get("target")
+        if not target:
+            raise ConversionError(f"init[{i}]: format orbax needs a 'target' (e.g. text_encoder)")
+        key = entry.get("source_key", target)
+        _check_orbax_arch(cfg, self.reader(step_dir), target, key)
+        params = self.reader(step_dir).param_metadata()
         if key not in params:
             raise ConversionError(f"{step_dir}/state: no params/{key} (it has {sorted(params)})")
+        self.wanted[i] = (step_dir, target, key)
+
+    def read(self) -> None:
+        """One partial restore per step directory, of every sub-tree wanted from it (as numpy;
+        digests verified by StepReader.params)."""
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), params[key]
-        )
-        restored = reader.params({key: target})
-    return jax.tree.map(np.asarray, restored[key])
+        by_step: dict[str, set[str]] = {}
+        for step_dir, _, key in self.wanted.values():
+            by_step.setdefault(step_dir, set()).add(key)
+        for step_dir, keys in by_step.items():
+            reader = self.reader(step_dir)
+            meta = reader.param_metadata()
+            target = {
+                k: jax.tree.map(
+                    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta[k]
+                )
+                for k in sorted(keys)
+            }
+            restored = reader.params(target)
+            for k in keys:
+                self.trees[step_dir, k] = jax.tree.map(np.asarray, restored[k])
+
+    def converted(self, i: int):
+        """Entry i as _convert returns it (after read)."""
+        step_dir, target, key = self.wanted[i]
+        tree = self.trees[step_dir, key]
+        sources = {p: f"{key}/{p}" for p in flatten(tree)}
+        line = f"init[{i}] {target} <- orbax {step_dir} params/{key}"
+        return {target: tree}, {target: sources}, [line]
 
 
-def _check_orbax_arch(cfg, step_dir: str, target: str, source_key: str) -> None:
-
+def _check_orbax_arch(cfg, reader: checkpoint.StepReader, target: str, source_key: str) -> None:
     section = SECTIONS.get(target)
     if section is None or SECTIONS.get(source_key) != section:
         return
-    saved = orbax_saved_config(step_dir)["model"][section]
+    saved = reader.config()["model"][section]
     mine = cfg.model[section]
     diffs = [
         f"model.{section}.{k}: source {saved[k]!r}, config {mine[k]!r}"
@@ -127,23 +177,13 @@ def _check_orbax_arch(cfg, step_dir: str, target: str, source_key: str) -> None:
         if k in saved and k in mine and saved[k] != mine[k]
     ]
     if diffs:
-        raise ConversionError(f"{step_dir} does not match this config: " + "; ".join(diffs))
+        raise ConversionError(f"{reader.step_dir} does not match this config: " + "; ".join(diffs))
 
 
-def _convert(cfg, i: int, entry: dict, log=print):
-    """-> ({top-level name: nested numpy tree}, {name: {path: source key}}, report lines)."""
+def _convert(cfg, i: int, entry: dict):
+    """A Hugging Face entry -> ({top-level name: nested numpy tree}, {name: {path: source key}},
+    report lines); Orbax entries are read by _OrbaxSources."""
     fmt, source = entry["format"], entry["source"]
-    if fmt == "orbax":
-        step_dir = orbax_checkpoint_dir(source, log)
-        target = entry.get("target")
-        if not target:
-            raise ConversionError(f"init[{i}]: format orbax needs a 'target' (e.g. text_encoder)")
-        key = entry.get("source_key", target)
-        _check_orbax_arch(cfg, step_dir, target, key)
-        tree = _orbax_params(step_dir, key)
-        src = f"{step_dir} params/{key}"
-        sources = {p: f"{key}/{p}" for p in flatten(tree)}
-        return {target: tree}, {target: sources}, [f"init[{i}] {target} <- orbax {src}"]
     conv = load_hf(fmt, source)
     check_arch(cfg, conv)
     params, sources = conv.params, conv.sources
@@ -212,8 +252,16 @@ def apply_init(cfg, params: dict, abstract_params: dict, shardings: dict, log=pr
     if not entries:
         return params
     fitted, report = {}, []
+    with _OrbaxSources(log) as orbax:
+        for i, entry in enumerate(entries):
+            if entry["format"] == "orbax":
+                orbax.want(cfg, i, entry)
+        orbax.read()
     for i, entry in enumerate(entries):
-        trees, sources, lines = _convert(cfg, i, entry, log)
+        if i in orbax.wanted:
+            trees, sources, lines = orbax.converted(i)
+        else:
+            trees, sources, lines = _convert(cfg, i, entry)
         for name, tree in trees.items():
             if name not in abstract_params:
                 raise ConversionError(
