@@ -16,6 +16,9 @@ Subcommands:
   run       start the trainer on every worker, in the background under nohup:
               python -m metalm_jax.train --config CONFIG --workdir WORKDIR --multihost [trainer flags]
             Running the same command again resumes from the latest checkpoint in WORKDIR.
+  mount     mount a bucket read-only on every worker with gcsfuse (prepared rows for
+            data.prepared_dir), its metadata caches kept for the whole job; a no-op where
+            already mounted
   logs      stream a worker's log (worker 0 unless --worker)
   stop      send SIGTERM to the trainer on every worker (it saves a checkpoint, then exits)
   delete    delete the TPU VM (or with --queued: queued-resources delete --force)
@@ -38,6 +41,8 @@ Options:
   --log FILE                run/logs: log file on each worker (default: /tmp/metalm_jax/<workdir
                             basename>.log for a gs:// workdir, else <workdir>/train.log)
   --worker N                logs: which worker's log (default 0)
+  --bucket BUCKET           mount: the bucket's name (no gs://; required there)
+  --mount-point DIR         mount: where (default /mnt/BUCKET)
   --dry-run                 print every command, one per line, instead of running it
   -h, --help                this help
 
@@ -46,6 +51,7 @@ Everything after `--` is passed to the trainer, e.g. -- --config.train.steps=100
 Example:
   launch/tpu_vm.sh create  --name pod --zone us-east5-a --accelerator-type v5p-128 --spot --queued
   launch/tpu_vm.sh install --name pod --zone us-east5-a
+  launch/tpu_vm.sh mount   --name pod --zone us-east5-a --bucket my-bucket
   launch/tpu_vm.sh run     --name pod --zone us-east5-a --config configs/metalm_lm.py \
       --workdir gs://my-bucket/metalm_lm
   launch/tpu_vm.sh logs    --name pod --zone us-east5-a --workdir gs://my-bucket/metalm_lm
@@ -66,7 +72,7 @@ TRAINER_PATTERN='^[^ ]*python[^ ]* -m metalm_jax[.]train'
 
 SUBCOMMAND=""
 NAME="" ZONE="" PROJECT="" ACCEL="" VERSION="" SPOT=0 QUEUED=0 REPO="" PYTHON=python3
-CONFIG="" WORKDIR="" LOG="" WORKER=0
+CONFIG="" WORKDIR="" LOG="" WORKER=0 BUCKET="" MOUNT_POINT=""
 TRAINER_ARGS=()
 
 while (($#)); do
@@ -81,7 +87,7 @@ while (($#)); do
     --spot) SPOT=1; shift ;;
     --queued) QUEUED=1; shift ;;
     --name | --zone | --project | --accelerator-type | --version | --repo | --python | --config | \
-      --workdir | --log | --worker)
+      --workdir | --log | --worker | --bucket | --mount-point)
       (($# >= 2)) || die "$opt needs a value"
       val=$2
       case $opt in
@@ -96,6 +102,8 @@ while (($#)); do
         --workdir) WORKDIR=$val ;;
         --log) LOG=$val ;;
         --worker) WORKER=$val ;;
+        --bucket) BUCKET=$val ;;
+        --mount-point) MOUNT_POINT=$val ;;
       esac
       shift 2
       ;;
@@ -109,9 +117,9 @@ while (($#)); do
   esac
 done
 
-[[ -n $SUBCOMMAND ]] || die "missing SUBCOMMAND (create, status, install, run, logs, stop, delete)"
+[[ -n $SUBCOMMAND ]] || die "missing SUBCOMMAND (create, status, install, mount, run, logs, stop, delete)"
 case $SUBCOMMAND in
-  create | status | install | run | logs | stop | delete) ;;
+  create | status | install | mount | run | logs | stop | delete) ;;
   *) die "unknown subcommand $SUBCOMMAND" ;;
 esac
 require "$NAME" --name
@@ -185,6 +193,19 @@ cmd_install() {
       --worker=all --recurse --compress
   fi
   ssh_all "set -e; ${fetch:+$fetch; }command -v $py >/dev/null || { sudo apt-get update -q && sudo apt-get install -y -q $py $(quote "$PYTHON-venv"); }; cd $REMOTE_DIR && $py -m venv .venv && .venv/bin/pip install -e '.[tpu,gcs]'"
+}
+
+# gcsfuse for prepared rows: read-only, and every metadata cache (stat, type, kernel list) kept
+# for the whole job, since a prepared directory does not change while a run reads it; without
+# them every open of a shard is a metadata request to the bucket.
+GCSFUSE_FLAGS="-o ro --implicit-dirs --metadata-cache-ttl-secs=-1 --stat-cache-max-size-mb=-1 --type-cache-max-size-mb=-1 --kernel-list-cache-ttl-secs=-1"
+
+cmd_mount() {
+  require "$BUCKET" --bucket
+  [[ $BUCKET != *://* && $BUCKET != */* ]] || die "--bucket $BUCKET: give the bucket's name alone (my-bucket, not gs://my-bucket/dir)"
+  local dir=${MOUNT_POINT:-/mnt/$BUCKET} q
+  q=$(quote "$dir")
+  ssh_all "set -e; command -v gcsfuse >/dev/null || { echo \"\$(hostname): gcsfuse is not installed (https://cloud.google.com/storage/docs/gcsfuse-install)\" >&2; exit 1; }; if mountpoint -q $q; then echo \"\$(hostname):\" $q \"is mounted already\"; exit 0; fi; sudo mkdir -p $q && sudo chown \"\$(id -u):\$(id -g)\" $q && gcsfuse $GCSFUSE_FLAGS $(quote "$BUCKET") $q && echo \"\$(hostname): gs://$BUCKET on\" $q \"(read-only)\""
 }
 
 cmd_run() {

@@ -221,9 +221,30 @@ def test_tpu_delete():
     assert argv[3:6] == ["queued-resources", "delete", "pod"] and "--force" in argv
 
 
+def test_tpu_mount_bucket_read_only_with_metadata_caches_kept():
+    [ssh] = lines(TPU, "mount", *BASE, "--bucket", "my-bucket")
+    assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod"]
+    assert "--worker=all" in ssh
+    remote = flag(ssh, "--command")
+    gcsfuse = next(c for c in remote.split(" && ") if c.startswith("gcsfuse "))
+    assert shlex.split(gcsfuse) == [
+        "gcsfuse", "-o", "ro", "--implicit-dirs", "--metadata-cache-ttl-secs=-1",
+        "--stat-cache-max-size-mb=-1", "--type-cache-max-size-mb=-1",
+        "--kernel-list-cache-ttl-secs=-1", "my-bucket", "/mnt/my-bucket",
+    ]  # fmt: skip
+    assert "mountpoint -q /mnt/my-bucket" in remote  # a second mount is a no-op
+    assert "gcsfuse is not installed" in remote
+    [ssh] = lines(TPU, "mount", *BASE, "--bucket", "b", "--mount-point", "/data/my b")
+    remote = flag(ssh, "--command")
+    gcsfuse = next(c for c in remote.split(" && ") if c.startswith("gcsfuse "))
+    assert shlex.split(gcsfuse)[-2:] == ["b", "/data/my b"]
+
+
 @pytest.mark.parametrize(
     "args, missing",
     [
+        (["mount", "--name", "n", "--zone", "z"], "--bucket"),
+        (["mount", "--name", "n", "--zone", "z", "--bucket", "gs://b/dir"], "bucket's name alone"),
         (["create", "--zone", "z", "--accelerator-type", "v4-8"], "--name"),
         (["install", "--name", "n"], "--zone"),
         (["create", "--name", "n", "--zone", "z"], "--accelerator-type"),

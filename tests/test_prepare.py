@@ -181,6 +181,37 @@ def test_a_manifest_that_does_not_match_is_refused_naming_the_key(prepared_kjv, 
         pipeline.eval_batches(missing, tok, 4, 1, derive(cfg, tok).rows)
 
 
+def test_the_same_files_named_otherwise_are_the_same_corpus(corpus, tmp_path, monkeypatch):
+    """data.files is compared as the files it names: a glob or a relative path for the files
+    the rows were prepared from is accepted, by training and by a rerun of prepare; a glob that
+    now names one file more is refused, naming the key."""
+    cfg, tok = corpus
+    files = [testing.write_kjv_jsonl(str(tmp_path / n), 20) for n in ("a.jsonl", "b.jsonl")]
+    cfg = _config(cfg, tok, files, tmp_path / "out")
+    m = prepare.prepare(cfg, log=_quiet)
+    assert m["config"][prepared.FILES_RESOLVED] == files
+    monkeypatch.chdir(tmp_path)
+    for typed in ([str(tmp_path / "*.jsonl")], ["a.jsonl", "b.jsonl"]):
+        other = cfg.copy_and_resolve_references()
+        with other.unlocked():
+            other.data.files = typed
+        prepared.check_manifest(other, tok, m)  # accepted
+        lines = []
+        prepare.prepare(other, log=lines.append)  # the plan is the same: nothing to do
+        assert "2 done before, 0 to do" in lines[0], lines
+    testing.write_kjv_jsonl(str(tmp_path / "c.jsonl"), 20)
+    with other.unlocked():
+        other.data.files = [str(tmp_path / "*.jsonl")]
+    with pytest.raises(ConfigError, match="prepared with data.files=.*this config has"):
+        prepared.check_manifest(other, tok, m)
+    # a manifest without the record (prepared before it existed): the typed value decides
+    del m["config"][prepared.FILES_RESOLVED]
+    with other.unlocked():
+        other.data.files = ["a.jsonl", "b.jsonl"]
+    with pytest.raises(ConfigError, match="prepared with data.files="):
+        prepared.check_manifest(other, tok, m)
+
+
 def _zst(data: bytes) -> bytes:
     return zstandard.ZstdCompressor().compress(data)
 

@@ -48,6 +48,7 @@ from metalm_jax.data import tokenizer as toklib
 from metalm_jax.data.corpora import documents, sources
 from metalm_jax.data.feed.prepared import (
     CHECKED_KEYS,
+    FILES_RESOLVED,
     FORMAT,
     SPLITS,
     data_keys,
@@ -114,7 +115,9 @@ def _check_plan(out: str, plan: dict) -> None:
     if old is None:
         paths.write_atomic(path, json.dumps(plan, indent=1))
         return
-    for key in sorted(set(old) | set(plan)):
+    # data.files is compared through "shards" (every file as resolved, its parts and size), so
+    # a glob or a relative path for the same files prepares on
+    for key in sorted((set(old) | set(plan)) - {"data.files"}):
         if old.get(key) != plan.get(key):
             what = "the input shards (data.files changed, or a file's size)"
             what = what if key == "shards" else f"{key}={old.get(key)!r}"
@@ -368,6 +371,7 @@ def prepare(
     files = _files(cfg)
     shards = plan_shards(files, shard_mb, block)
     keys = {k: v for k, v in data_keys(cfg).items() if k in CHECKED_KEYS}
+    keys["data.files"] = list(files)  # as resolved (recorded; compared through "shards")
     plan = {"format": FORMAT, **keys, "shard_mb": shard_mb, "block": block}
     plan["shards"] = [[s.path, s.part, s.parts, sources.size(s.path)] for s in shards]
     epath.Path(_path(out, "ledger")).mkdir(parents=True, exist_ok=True)
@@ -449,7 +453,8 @@ def finish(cfg, out: str, shards: list[Shard], tok_file: str, log) -> dict | Non
     skipped = sum(e["skipped"] for e in entries)
     manifest = {
         "format": FORMAT,
-        "config": data_keys(cfg),
+        # the typed data.files, and the files it named here (prepared.check_manifest)
+        "config": {**data_keys(cfg), FILES_RESOLVED: list(dict.fromkeys(s.path for s in shards))},
         "shards": len(shards),
         "pack_seed": "the shard index (data.seed does not change the rows)",
         "tokenizer": {

@@ -16,6 +16,7 @@ import grain
 from etils import epath
 
 from metalm_jax.data import tokenizer as toklib
+from metalm_jax.data.corpora.sources import expand_paths
 from metalm_jax.data.pretrain.prepared_rows import decode_row
 from metalm_jax.types import ConfigError, DataError
 
@@ -33,6 +34,12 @@ CHECKED_KEYS = (
     "data.vocab_size",
     "data.open_documents",
 )
+
+
+# The manifest's record of the files data.files named when the rows were prepared (globs
+# matched, paths absolute): a config that types them otherwise (a glob for a list, a relative
+# path) is the same corpus.
+FILES_RESOLVED = "data.files resolved"
 
 
 def _files_value(value) -> list[str]:
@@ -110,7 +117,7 @@ def check_manifest(cfg, tok, manifest: dict) -> None:
     out = cfg.data.prepared_dir
     saved, now = manifest.get("config", {}), data_keys(cfg)
     for key in CHECKED_KEYS:
-        if saved.get(key) != now[key]:
+        if saved.get(key) != now[key] and not (key == "data.files" and _same_files(cfg, saved)):
             raise ConfigError(
                 f"data.prepared_dir={out}: its rows were prepared with {key}={saved.get(key)!r}, "
                 f"this config has {key}={now[key]!r}: prepare again with this config, or set "
@@ -123,6 +130,19 @@ def check_manifest(cfg, tok, manifest: dict) -> None:
             f"not the one its rows were made with ({manifest['tokenizer']['file']}, "
             f"{want[:12]}): unset data.tokenizer_path, or use a fresh --workdir"
         )
+
+
+def _same_files(cfg, saved: dict) -> bool:
+    """data.files typed otherwise than when preparing, naming the same files in the same order.
+    False where the manifest predates the record, or the files cannot be listed here (a
+    training host without the raw corpus): then the typed values must match."""
+    want = saved.get(FILES_RESOLVED)
+    if not want or cfg.data.name != "files":
+        return False
+    try:
+        return list(expand_paths(cfg.data.files, "data.files")) == want
+    except (OSError, ConfigError):
+        return False
 
 
 def split_source(out: str, manifest: dict, split: str):
