@@ -27,11 +27,23 @@ SLOW_LIMIT_S = float(os.environ.get("METALM_SLOW_LIMIT_S", "10"))
 # their run, is the time (a micro VL finetune: 36 s of compiles -> 21 s with the first two; the
 # micro model's init + first step: 13.1 -> 10.1 CPU-s median of four with the third, the steps
 # after it as fast: benchmarks/RESULTS.md). No fast-math either way. Set for this process and,
-# through the environment, every command a test starts.
+# through the environment, every command a test starts. libtpu's XLA does not know the third
+# and aborts the process on it: the AOT tests take it out before libtpu starts
+# (libtpu_reads_xla_flags below).
+CPU_ONLY_FLAGS = "--xla_cpu_use_fusion_emitters=false"
 FAST_COMPILE_FLAGS = (
-    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-    "--xla_cpu_use_fusion_emitters=false"
+    f"--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true {CPU_ONLY_FLAGS}"
 )
+
+
+@pytest.fixture
+def libtpu_reads_xla_flags(monkeypatch):
+    """XLA_FLAGS without the suite's CPU-only flags, for a test that starts libtpu: it reads
+    XLA_FLAGS when the first TPU compile starts it, and aborts the process on a flag its XLA does
+    not know (the CPU backend read them at its start already)."""
+    drop = CPU_ONLY_FLAGS.split()
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if f not in drop]
+    monkeypatch.setenv("XLA_FLAGS", " ".join(flags))
 
 
 def pytest_addoption(parser):

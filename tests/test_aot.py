@@ -7,6 +7,9 @@ import pytest
 from metalm_jax import testing
 from metalm_jax.aot import compile_for_topology, format_report, parse_topology
 
+# libtpu aborts on the suite's CPU-only compile flags: they are taken out (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("libtpu_reads_xla_flags")
+
 
 def test_topology_names():
     assert parse_topology("v5p-128") == ("v5p:4x4x4", "v5p", 64)
