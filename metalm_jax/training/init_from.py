@@ -20,6 +20,7 @@ purpose and why, which were unused, and which top-level modules stayed freshly i
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import jax
@@ -106,17 +107,18 @@ class _OrbaxSources:
         self.readers: dict[str, checkpoint.StepReader] = {}
         self.wanted: dict[int, tuple[str, str, str]] = {}  # entry -> (step dir, target, key)
         self.trees: dict[tuple[str, str], dict] = {}  # (step dir, key) -> numpy tree
+        self._open = contextlib.ExitStack()  # the readers, closed on exit
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        for reader in self.readers.values():
-            reader.manager.close()
+        self._open.close()
 
     def reader(self, step_dir: str) -> checkpoint.StepReader:
         if step_dir not in self.readers:
-            self.readers[step_dir] = checkpoint.StepReader(step_dir)
+            reader = checkpoint.StepReader(step_dir, self.log)
+            self.readers[step_dir] = self._open.enter_context(reader)
         return self.readers[step_dir]
 
     def want(self, cfg, i: int, entry: dict) -> None:
