@@ -116,7 +116,8 @@ def _check_plan(out: str, plan: dict) -> None:
         paths.write_atomic(path, json.dumps(plan, indent=1))
         return
     # data.files is compared through "shards" (every file as resolved, its parts and size), so
-    # a glob or a relative path for the same files prepares on
+    # a glob or a relative path for the same files prepares on; a plan written before that
+    # also holds data.files as typed, which is not compared
     for key in sorted((set(old) | set(plan)) - {"data.files"}):
         if old.get(key) != plan.get(key):
             what = "the input shards (data.files changed, or a file's size)"
@@ -370,8 +371,8 @@ def prepare(
         raise ConfigError(f"--workers {workers}: expected at least 1")
     files = _files(cfg)
     shards = plan_shards(files, shard_mb, block)
-    keys = {k: v for k, v in data_keys(cfg).items() if k in CHECKED_KEYS}
-    keys["data.files"] = list(files)  # as resolved (recorded; compared through "shards")
+    # data.files is in the plan as its files, resolved: the shards' paths
+    keys = {k: v for k, v in data_keys(cfg).items() if k in CHECKED_KEYS and k != "data.files"}
     plan = {"format": FORMAT, **keys, "shard_mb": shard_mb, "block": block}
     plan["shards"] = [[s.path, s.part, s.parts, sources.size(s.path)] for s in shards]
     epath.Path(_path(out, "ledger")).mkdir(parents=True, exist_ok=True)
