@@ -90,6 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
     #   training reads its ArrayRecord shards instead of data.files, in an order that is a pure
     #   function of (data.seed, step, process, process count); its manifest must match the
     #   data keys and the tokenizer (data/feed/prepare.py). Also prepare's default --out
+    d.workers = -1  # worker processes that build the batches of prepared rows (decoding,
+    #   spans, row assembly; grain's mp_prefetch): -1 = from the host's cores (half less one,
+    #   at most 16; 0 on 2 cores), 0 = none (grain threads in the training process). Any number
+    #   gives the same batches, so a run may resume with another. Prepared data only
 
     c.spans = s = ml_collections.ConfigDict()
     s.min_len = 64  # shortest encoded span (tokens)

@@ -95,33 +95,49 @@ def _train(cfg, workdir: str, t_start: float) -> dict:
     shard = (jax.process_index(), procs)
     derived = derive(cfg, tok)  # ModelConfig and row format, passed down from here
     train_iter = pipeline.train_iterator(cfg, tok, local_batch, derived.rows, shard)
-    eval_data = pipeline.eval_sets(cfg, tok, local_batch, derived.rows, shard)
-    mlib.console(
-        f"== data {'task ' + cfg.task.name if cfg.task.name else _corpus(cfg)}: "
-        f"tokenizer {tok.source} ({tok.vocab_size} pieces), "
-        f"rows {cfg.data.seq_len}, global batch {global_batch}, "
-        + ", ".join(f"{len(v)} {k} eval batches" for k, v in eval_data.items())
-    )
-
-    # -- model, optimizer, shardings; state created already sharded ---------------------------
-    trainer = build_trainer(cfg, mesh, derived)
-    counts = count_params(trainer.abstract_state.params)
-    mlib.console(
-        "== params "
-        + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
-        + f"; optimizer groups (leaves) {trainer.groups}"
-    )
-    evals = build_evals(cfg, workdir, trainer, tok, cfg.train.run_evals)  # built once, run per eval
-    ckpt = Checkpointer(workdir, cfg.train.checkpoint_every, cfg.train.keep_checkpoints)
-    with jax.set_mesh(mesh):
-        try:
-            state = initial_state(cfg, trainer, ckpt, train_iter, cfg_dict, mlib.console)
-        except BaseException:
-            ckpt.close()
-            raise
-        return _loop(
-            cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ckpt, t_start, evals
+    try:  # worker processes reading the data (data.workers) stop with the run
+        eval_data = pipeline.eval_sets(cfg, tok, local_batch, derived.rows, shard)
+        mlib.console(
+            f"== data {'task ' + cfg.task.name if cfg.task.name else _corpus(cfg)}: "
+            f"tokenizer {tok.source} ({tok.vocab_size} pieces), "
+            f"rows {cfg.data.seq_len}, global batch {global_batch}, "
+            + ", ".join(f"{len(v)} {k} eval batches" for k, v in eval_data.items())
         )
+
+        # -- model, optimizer, shardings; state created already sharded -----------------------
+        trainer = build_trainer(cfg, mesh, derived)
+        counts = count_params(trainer.abstract_state.params)
+        mlib.console(
+            "== params "
+            + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
+            + f"; optimizer groups (leaves) {trainer.groups}"
+        )
+        # built once, run at every evaluation
+        evals = build_evals(cfg, workdir, trainer, tok, cfg.train.run_evals)
+        ckpt = Checkpointer(workdir, cfg.train.checkpoint_every, cfg.train.keep_checkpoints)
+        with jax.set_mesh(mesh):
+            try:
+                state = initial_state(cfg, trainer, ckpt, train_iter, cfg_dict, mlib.console)
+            except BaseException:
+                ckpt.close()
+                raise
+            return _loop(
+                cfg,
+                cfg_dict,
+                workdir,
+                trainer,
+                tok,
+                state,
+                train_iter,
+                eval_data,
+                ckpt,
+                t_start,
+                evals,
+            )
+    finally:
+        close_data = getattr(train_iter, "close", None)
+        if close_data is not None:
+            close_data()
 
 
 def _loop(cfg, cfg_dict, workdir, trainer, tok, state, train_iter, eval_data, ckpt, t_start, evals):

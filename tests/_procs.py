@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,3 +70,40 @@ def run_processes(argv: list[str], n: int, devices: int, timeout: float = 600) -
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-4000:]
     return outs
+
+
+def _stat(pid) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state first, then the parent)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's zombie may wait for a PID 1 that
+    does not reap, in a container)."""
+    try:
+        return _stat(pid)[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_gone(pids, seconds: float = 15) -> list[int]:
+    """Waits up to `seconds` for the processes to end; the ones still alive."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and any(map(alive, pids)):
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+def children(pid: int) -> dict[int, str]:
+    """The live child processes of `pid`: {pid: command line}."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        try:
+            fields = _stat(entry)
+            if fields[0] != "Z" and int(fields[1]) == pid:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    found[int(entry)] = f.read().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+    return found

@@ -25,6 +25,7 @@ from metalm_jax.data.pretrain import prepared_rows
 from metalm_jax.data.pretrain.packed_rows import PackedRows
 from metalm_jax.model.build import derive
 from metalm_jax.types import ConfigError, DataError
+from tests._procs import wait_gone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -451,8 +452,9 @@ def test_a_killed_prepare_keeps_its_finished_shards(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_a_resume_by_two_processes_continues_the_same_rows(prepared_kjv, tmp_path):
-    """Four steps on prepared rows by one process of two devices (checkpoints at 2 and 4), and
-    the same run resumed at step 2 by two processes of one device: steps 3 and 4 train on the
+    """Four steps on prepared rows by one process of two devices and two data worker processes
+    (checkpoints at 2 and 4), and the same run resumed at step 2 by two processes of one device
+    and no workers: steps 3 and 4 train on the
     same global batches, so their losses agree, and each process's saved position is the step
     (the TFDS-fed data would start afresh here: tests/test_elastic.py)."""
     from tests._procs import cpu_env, run_processes
@@ -464,8 +466,13 @@ def test_a_resume_by_two_processes_continues_the_same_rows(prepared_kjv, tmp_pat
     argv += [f"--config.data.prepared_dir={cfg.data.prepared_dir}"]
     argv += [f"--config.train.{k}" for k in ("steps=4", "batch_size=8", "checkpoint_every=2")]
     argv += [f"--config.train.{k}" for k in ("log_every=1", "eval_every=0", "sample_tokens=0")]
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, env=cpu_env(2), cwd=ROOT, timeout=600
+    proc = subprocess.run(  # the data built by two worker processes
+        [*argv, "--config.data.workers=2"],
+        capture_output=True,
+        text=True,
+        env=cpu_env(2),
+        cwd=ROOT,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     losses = lambda run: {
@@ -486,3 +493,63 @@ def test_a_resume_by_two_processes_continues_the_same_rows(prepared_kjv, tmp_pat
     data = two / "checkpoints" / "4" / "data"
     positions = {p.name: json.loads(p.read_text()) for p in data.glob("process_*.json")}
     assert positions == {f"process_{i}-of-2.json": {"step": 4} for i in range(2)}
+
+
+def test_worker_processes_give_the_same_batches_at_any_step(prepared_kjv):
+    """data.workers: two worker processes (grain's mp_prefetch) yield the batches of the
+    in-process iterator, in step order, after a seek too; closing stops them."""
+    import multiprocessing
+
+    cfg, tok, _ = prepared_kjv
+    fmt = derive(cfg, tok).rows
+    batches = pipeline.prepared_batches(cfg, tok, 8, fmt, (0, 1))
+    it = prepared_rows.StepIterator(batches, workers=2)
+    for s in range(3):
+        got = next(it)
+        for k, v in batches[s].items():
+            np.testing.assert_array_equal(got[k], v, err_msg=f"step {s} {k}")
+    workers = [p.pid for p in multiprocessing.active_children()]
+    assert len(workers) == 2, workers
+    it.seek(7)  # a resume at step 7: the data position is the step, whatever the worker count
+    np.testing.assert_array_equal(next(it)["tokens"], batches[7]["tokens"])
+    assert it.get_state() == {"step": 8}
+    it.close()
+    assert wait_gone(workers) == []
+
+
+_KILLED_PARENT = """
+import multiprocessing, sys
+import numpy as np
+from metalm_jax.data.feed import prepared
+from metalm_jax.data.pretrain.prepared_rows import ProcessShare, StepIterator
+out = sys.argv[1]
+src = prepared.split_source(out, prepared.read_manifest(out), "train")
+ds = ProcessShare(src, 0, 4, 0, 1).map(lambda item: {"row": np.asarray(item[1])}).batch(4)
+it = StepIterator(ds, workers=2)
+next(it)
+print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_no_worker_outlives_a_killed_parent(prepared_kjv):
+    """A process reading with two workers killed by SIGKILL (no clean-up runs): its workers see
+    their parent gone and exit (prepared_rows._exit_with_parent) instead of orphaning."""
+    cfg, _, _ = prepared_kjv
+    script = "if __name__ == '__main__':\n" + "\n".join(
+        "    " + line for line in _KILLED_PARENT.strip().splitlines()
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(cfg.data.prepared_dir)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert len(workers) == 2, workers
+    assert wait_gone(workers) == []

@@ -22,6 +22,7 @@ import pytest
 from metalm_jax import testing
 from metalm_jax.training import workdir_lock
 from metalm_jax.training.workdir_lock import WorkdirBusyError, WorkdirLock
+from tests._procs import children, wait_gone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -233,9 +234,24 @@ class _Run:
 
 @pytest.mark.slow
 def test_sigterm_saves_exits_0_and_resumes_and_the_workdir_is_locked_meanwhile(corpus, tmp_path):
+    """On prepared rows read by two worker processes (data.workers=2): no process the run
+    started (workers, multiprocessing's resource tracker) outlives it, and the resumed run
+    (ended by Ctrl-C) reads with one worker."""
+    from metalm_jax.data.feed import prepare
+
+    cfg, tok = corpus
+    c = cfg.copy_and_resolve_references()
+    with c.unlocked():
+        c.data.tokenizer_path, c.data.prepared_dir = tok.source, str(tmp_path / "prepared")
+    prepare.prepare(c, log=lambda line: None)
+    data = f"--config.data.prepared_dir={c.data.prepared_dir}"
     workdir = str(tmp_path / "run")
-    run = _Run(corpus, workdir, "--config.train.checkpoint_every=2")
+    run = _Run(
+        corpus, workdir, "--config.train.checkpoint_every=2", data, "--config.data.workers=2"
+    )
     run.wait_for(r"^step +3/")
+    started = children(run.proc.pid)
+    assert len([p for p, cmd in started.items() if "spawn_main" in cmd]) == 2, started
     other = _Run(corpus, workdir)  # a second run on the busy workdir refuses to start
     out, err = other.finish()
     assert other.proc.returncode != 0
@@ -250,8 +266,11 @@ def test_sigterm_saves_exits_0_and_resumes_and_the_workdir_is_locked_meanwhile(c
     assert _checkpoint_steps(workdir)[-1] == reached
     assert f"== saved {workdir}/checkpoints/{reached}; run the same command" in out
     assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_NAME))
+    assert wait_gone(started) == [], started
 
-    again = _Run(corpus, workdir, "--config.train.checkpoint_every=0")  # resumes; Ctrl-C: 130
+    again = _Run(
+        corpus, workdir, "--config.train.checkpoint_every=0", data, "--config.data.workers=1"
+    )
     again.wait_for(rf"^== resumed from {re.escape(workdir)}/checkpoints/{reached}$")
     again.wait_for(rf"^step +{reached + 2}/")
     again.proc.send_signal(signal.SIGINT)

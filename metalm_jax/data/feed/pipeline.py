@@ -50,7 +50,12 @@ from metalm_jax.data import tokenizer
 from metalm_jax.data.corpora.text import decode_example, load_split, make_builder
 from metalm_jax.data.feed import prepared, vl_pipeline
 from metalm_jax.data.pretrain.packed_rows import PackedRows
-from metalm_jax.data.pretrain.prepared_rows import ProcessShare, StepIterator, decode_row
+from metalm_jax.data.pretrain.prepared_rows import (
+    ProcessShare,
+    StepIterator,
+    auto_workers,
+    decode_row,
+)
 from metalm_jax.data.rows import ImageLayout, RowFormat, empty_image_fields
 from metalm_jax.data.spans import semi_causal_example
 from metalm_jax.data.tasks.mixture import mixture_eval_examples, mixture_train_rows
@@ -215,12 +220,21 @@ def train_iterator(cfg, tok: Tokenizer, batch_size: int, fmt: RowFormat, shard=(
     with an ImageLayout (fmt.layout), text rows and image-text rows are mixed at
     images.text_ratio.
     """
+    workers = int(cfg.data.workers)
+    if workers > 0 and not cfg.data.prepared_dir:
+        raise ConfigError(
+            f"data.workers={workers}: worker processes read prepared rows only "
+            "(data.prepared_dir, written by python -m metalm_jax.prepare); set data.workers=0 "
+            "or -1, or prepare the corpus first"
+        )
     if cfg.task.name:
         ds = task_train_rows(cfg, tok, shard, fmt)
         return iter(ds.batch(batch_size, drop_remainder=True, batch_fn=_stack))
     if cfg.data.prepared_dir:
         options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
-        return StepIterator(prepared_batches(cfg, tok, batch_size, fmt, shard), options)
+        workers = auto_workers() if workers < 0 else workers
+        batches = prepared_batches(cfg, tok, batch_size, fmt, shard)
+        return StepIterator(batches, options, workers=workers)
     ds = text_rows(cfg, tok, shard, fmt)
     layout = fmt.layout
     if layout is not None:

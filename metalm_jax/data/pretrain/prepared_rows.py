@@ -31,8 +31,12 @@ Worked example, N = 5 rows, global batch 4, P = 2 (2 rows a process), permutatio
 
 from __future__ import annotations
 
+import functools
+import os
 import struct
 import sys
+import threading
+import time
 
 import grain
 import numpy as np
@@ -140,22 +144,84 @@ class ProcessShare(grain.MapDataset):
         return f"ProcessShare(rows={self._rows}, process={self._process}/{self._count})"
 
 
+def auto_workers(cores: int | None = None) -> int:
+    """data.workers=-1: worker processes for a host with `cores` cores (default: the ones this
+    process may run on): half the cores less one, at most 16 (2 cores: 0, i.e. none, the step
+    and the main process need them; 8: 3; a v5p host's 208 vCPUs: 16)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(16, int(cores or 1) // 2 - 1))
+
+
+def _exit_with_parent(worker: int, count: int, parent: int) -> None:
+    """Run in each worker process as it starts (`parent`: the pid of the process that made
+    it): a daemon thread ends the worker (exit status 0) as soon as that parent is gone, also
+    when it went before the worker got here, so a trainer killed without its clean-up (SIGKILL,
+    the OOM killer) leaves no worker behind. (A parent that exits normally stops its workers.)"""
+    del worker, count
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _grain_flags_parsed() -> None:
+    """grain reads absl flags when it starts worker processes; a program that did not parse
+    them (a notebook, a test, a script of a user's) would raise UnparsedFlagAccessError."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 class StepIterator:
     """The per-process batches of prepared rows, positioned by the train step: `seek(step)`
-    puts it at any step (a resume, on any number of processes), and its checkpointed state is
-    the step. `batches[s]` (a MapDataset) is the batch of step s; grain's threads read ahead."""
+    puts it at any step (a resume, on any number of processes or workers), and its checkpointed
+    state is the step. `batches[s]` (a MapDataset) is the batch of step s.
+
+    `workers` = 0: grain's threads read ahead in this process. `workers` = N > 0: N worker
+    processes (grain's `mp_prefetch`, spawned) each build every N-th batch (record decoding,
+    span sampling, row assembly) and grain interleaves them back in step order, so the batches
+    are the same whatever N. `close()` stops them (also done when this process exits)."""
 
     positioned_by_step = True  # checkpoint.py: the loop seeks it to the restored step
 
-    def __init__(self, batches: grain.MapDataset, read_options: grain.ReadOptions | None = None):
+    def __init__(
+        self,
+        batches: grain.MapDataset,
+        read_options: grain.ReadOptions | None = None,
+        workers: int = 0,
+        worker_buffer: int = 2,
+    ):
         self._batches = batches
         self._options = read_options or grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+        self._workers = int(workers)
+        self._worker_buffer = int(worker_buffer)
         self._it = None
         self.seek(0)
 
     def seek(self, step: int) -> None:
+        self.close()
         self.step = int(step)
-        self._it = iter(self._batches[self.step :].to_iter_dataset(self._options))
+        ds = self._batches[self.step :].to_iter_dataset(self._options)
+        if self._workers > 0:
+            _grain_flags_parsed()
+            options = grain.MultiprocessingOptions(
+                num_workers=self._workers, per_worker_buffer_size=self._worker_buffer
+            )
+            ds = ds.mp_prefetch(
+                options, worker_init_fn=functools.partial(_exit_with_parent, parent=os.getpid())
+            )
+        self._it = iter(ds)
+
+    def close(self) -> None:
+        """Stops the worker processes (if any) and drops the read-ahead."""
+        it, self._it = self._it, None
+        if it is not None and hasattr(it, "close"):
+            it.close()
 
     def __iter__(self):
         return self
