@@ -1,6 +1,8 @@
 """`python -m metalm_jax.prepare --config C [--config.key=value ...] [--out DIR] [--workers N]
 [--part i/n] [--shard_mb M]`: a text corpus (data.files) as ArrayRecord shards of packed decoder
-rows, for training with `--config.data.prepared_dir=DIR` (the work: data/feed/prepare.py).
+rows, and with images.enabled the image-text pairs (images.files) as rows of pairs with their
+images resized for the model, for training with `--config.data.prepared_dir=DIR` (the work:
+data/feed/prepare.py).
 
 The config file and keys are the training run's. `--out` defaults to data.prepared_dir, so one
 `--config.data.prepared_dir=DIR` serves both commands. Run again after a crash or a kill: the
@@ -43,12 +45,14 @@ def main(argv):
 
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from metalm_jax.data.feed.prepare import prepare
+    from metalm_jax.model.build import image_layout
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
     say = lambda line: print(line, flush=True)
-    prepare(f.config, f.out or "", f.workers, _part(f.part), f.shard_mb, log=say)
+    layout = image_layout(f.config) if f.config.images.enabled else None  # the model's
+    prepare(f.config, f.out or "", f.workers, _part(f.part), f.shard_mb, log=say, layout=layout)
     sys.stdout.flush()
 
 

@@ -177,3 +177,35 @@ def micro_finetune_config(from_run: str, data_dir: str = "", task: str = "kjv_bo
     c.train.steps, c.train.eval_every, c.train.checkpoint_every = 4, 4, 4
     c.train.sample_tokens = 0
     return c
+
+
+def write_emoji_webdataset(folder: str, shards: int = 2, per_shard: int = 200, size: int = 64):
+    """img2dataset-style webdataset shards of the bundled OpenMoji emojis in `folder`:
+    `00000.tar`, ... each with `key.jpg` (rendered at `size` px, JPEG), `key.txt` (its caption)
+    and `key.json`; `shards` x `per_shard` pairs. For READMEs and tests of image-text data."""
+    import io
+    import tarfile
+
+    from metalm_jax.data.corpora.image_text import captioned_emojis, render_emoji
+
+    os.makedirs(folder, exist_ok=True)
+    pairs = captioned_emojis()[: shards * per_shard]
+    written = []
+    for s in range(shards):
+        path = os.path.join(folder, f"{s:05d}.tar")
+        with tarfile.open(path, "w") as tar:
+            for k, (hex_id, caption) in enumerate(pairs[s * per_shard : (s + 1) * per_shard]):
+                jpg = io.BytesIO()
+                render_emoji(hex_id, size).save(jpg, format="JPEG", quality=90)
+                key = f"{s:05d}{k:04d}"
+                meta = json.dumps({"key": key, "caption": caption, "emoji": hex_id})
+                for ext, data in (
+                    ("jpg", jpg.getvalue()),
+                    ("txt", caption.encode()),
+                    ("json", meta.encode()),
+                ):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        written.append(path)
+    return written

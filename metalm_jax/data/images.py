@@ -197,3 +197,21 @@ def preprocess(
         left, top = (new_w - size) // 2, (new_h - size) // 2
         image = image.crop((left, top, left + size, top + size))
     return np.array(image, dtype=np.uint8)  # a copy: writable, and not tied to the PIL image
+
+
+JPEG_QUALITY = 95  # prepared image-text rows (data/feed/prepare.py)
+
+
+def resized_jpeg(data, size: int, record_id: str, quality: int = JPEG_QUALITY) -> bytes:
+    """The image as an RGB JPEG whose shorter side is `size` (bicubic; never enlarged by more
+    than needed to reach it), for prepared rows: the crop (central, or random with augment) is
+    taken in training by `preprocess`. Raises ImageError like `decode`."""
+    image = decode(data, record_id)
+    width, height = image.size
+    scale = size / min(width, height)
+    if scale != 1:
+        new = (max(size, round(width * scale)), max(size, round(height * scale)))
+        image = image.resize(new, PIL.Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality)
+    return out.getvalue()

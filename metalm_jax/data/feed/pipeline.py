@@ -55,6 +55,7 @@ from metalm_jax.data.pretrain.prepared_rows import (
     StepIterator,
     auto_workers,
     decode_row,
+    mix_pattern,
 )
 from metalm_jax.data.rows import ImageLayout, RowFormat, empty_image_fields
 from metalm_jax.data.spans import semi_causal_example
@@ -248,46 +249,77 @@ def train_iterator(cfg, tok: Tokenizer, batch_size: int, fmt: RowFormat, shard=(
 
 
 def _prepared(cfg, tok, fmt: RowFormat, split: str):
-    """The checked source of a prepared split (data.prepared_dir; data/feed/prepared.py)."""
-    if cfg.task.name or fmt.layout is not None:
-        what = f"task.name={cfg.task.name!r}" if cfg.task.name else "images.enabled"
+    """The checked sources of a prepared split (data.prepared_dir; data/feed/prepared.py): the
+    text rows, and with an ImageLayout the image-text rows too."""
+    if cfg.task.name:
         raise ConfigError(
-            f"data.prepared_dir holds text pretraining rows; {what} is not read from prepared "
-            "data yet: unset data.prepared_dir"
+            f"data.prepared_dir holds pretraining rows; task.name={cfg.task.name!r} is not read "
+            "from prepared data: unset data.prepared_dir"
         )
-    manifest = prepared.read_manifest(cfg.data.prepared_dir)
-    prepared.check_manifest(cfg, tok, manifest)
-    return prepared.split_source(cfg.data.prepared_dir, manifest, split)
+    out = cfg.data.prepared_dir
+    manifest = prepared.read_manifest(out)
+    prepared.check_manifest(cfg, tok, manifest, fmt.layout)
+    text = prepared.split_source(out, manifest, split)
+    if fmt.layout is None:
+        return (text,)
+    return text, prepared.split_source(out, manifest, prepared.IMAGE_SPLIT[split])
 
 
 def prepared_batches(cfg, tok, batch_size: int, fmt: RowFormat, shard=(0, 1)):
     """MapDataset of one process's batches of prepared rows: element s is the batch of step s,
     process `shard[0]`'s share (of `shard[1]`) of global batch s (data/pretrain/prepared_rows.py:
-    a pure function of data.seed, the step and the shard); spans seeded by (seed, epoch, row)."""
-    src = _prepared(cfg, tok, fmt, "train")
+    a pure function of data.seed, the step and the shard); spans, prefix lengths and image
+    crops seeded by (seed, epoch, row). A VL config mixes in image-text rows at
+    images.text_ratio."""
+    sources = _prepared(cfg, tok, fmt, "train")
     seed = int(cfg.data.seed)
     process, count = shard
     where = f"{cfg.data.prepared_dir} train"
+    layout, augment = fmt.layout, bool(cfg.images.augment)
+    add_images = _with_images(layout)
+    pattern = mix_pattern(cfg.images.text_ratio) if layout is not None else (1, 1)
 
     def example(item):
-        epoch, index, record = item
-        rng = np.random.default_rng([seed + 1, epoch, index])
-        row = decode_row(record, f"{where} row {index}")
-        return semi_causal_example(row, rng, fmt.spans, fmt.encoding)
+        stream, epoch, index, record = item
+        if stream == 0:
+            rng = np.random.default_rng([seed + 1, epoch, index])
+            row = decode_row(record, f"{where} row {index}")
+            return add_images(semi_causal_example(row, rng, fmt.spans, fmt.encoding))
+        rng = np.random.default_rng([seed + 4, epoch, index])
+        what = f"{where} image-text row {index}"
+        return vl_pipeline.prepared_image_row(record, rng, layout, tok, augment, what)
 
-    ds = ProcessShare(src, seed, batch_size * count, process, count).map(example)
+    ds = ProcessShare(sources, seed, batch_size * count, process, count, pattern).map(example)
     return ds.batch(batch_size, drop_remainder=True, batch_fn=_stack)
 
 
 def _prepared_eval_rows(cfg, tok, n: int, fmt: RowFormat, shard) -> list[dict]:
     """The first `n` rows of this process's share of the prepared validation rows (file
     order), spans drawn with a fixed seed, as `eval_batches` does."""
-    src = _prepared(cfg, tok, fmt, "validation")
+    src = _prepared(cfg, tok, fmt, "validation")[0]
     rng = np.random.default_rng(int(cfg.data.seed) + 2)
     where = f"{cfg.data.prepared_dir} validation"
     picked = range(shard[0], len(src), shard[1])[:n]
+    add_images = _with_images(fmt.layout)
     return [
-        semi_causal_example(decode_row(src[k], f"{where} row {k}"), rng, fmt.spans, fmt.encoding)
+        add_images(
+            semi_causal_example(
+                decode_row(src[k], f"{where} row {k}"), rng, fmt.spans, fmt.encoding
+            )
+        )
+        for k in picked
+    ]
+
+
+def _prepared_eval_image_rows(cfg, tok, n: int, fmt: RowFormat, shard) -> list[dict]:
+    """The first `n` of this process's share of the prepared image-text validation rows (file
+    order, fixed prefix lengths, central crops), as vl_pipeline.eval_image_rows does."""
+    src = _prepared(cfg, tok, fmt, "validation")[1]
+    rng = np.random.default_rng(int(cfg.data.seed) + 5)
+    where = f"{cfg.data.prepared_dir} image-text validation"
+    picked = range(shard[0], len(src), shard[1])[:n]
+    return [
+        vl_pipeline.prepared_image_row(src[k], rng, fmt.layout, tok, False, f"{where} row {k}")
         for k in picked
     ]
 
@@ -335,9 +367,11 @@ def eval_sets(cfg, tok: Tokenizer, batch_size: int, fmt: RowFormat, shard=(0, 1)
         return {"task": _pad_batches(rows, batch_size)}
     sets = {"text": eval_batches(cfg, tok, batch_size, cfg.train.eval_batches, fmt, shard)}
     if fmt.layout is not None:
-        rows = vl_pipeline.eval_image_rows(
-            cfg, tok, fmt.layout, batch_size * cfg.images.eval_batches, shard
-        )
+        n = batch_size * cfg.images.eval_batches
+        if cfg.data.prepared_dir:
+            rows = _prepared_eval_image_rows(cfg, tok, n, fmt, shard)
+        else:
+            rows = vl_pipeline.eval_image_rows(cfg, tok, fmt.layout, n, shard)
         if not rows:
             raise DataError("the image validation split produced no rows")
         sets["caption"] = _pad_batches(rows, batch_size)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import json
 import multiprocessing
 import os
@@ -44,12 +45,16 @@ import numpy as np
 from etils import epath
 
 from metalm_jax import paths
+from metalm_jax.data import images as imlib
 from metalm_jax.data import tokenizer as toklib
-from metalm_jax.data.corpora import documents, sources
+from metalm_jax.data.corpora import documents, pairs, sources
 from metalm_jax.data.feed.prepared import (
     CHECKED_KEYS,
     FILES_RESOLVED,
     FORMAT,
+    IMAGE_FILES_RESOLVED,
+    IMAGE_KEYS,
+    IMAGE_SPLIT,
     SPLITS,
     data_keys,
     read_json,
@@ -59,7 +64,9 @@ from metalm_jax.data.feed.prepared import (
 )
 from metalm_jax.data.feed.prepared import path as _path
 from metalm_jax.data.pretrain.packed_rows import PackedRows
-from metalm_jax.data.pretrain.prepared_rows import encode_row
+from metalm_jax.data.pretrain.prepared_rows import encode_pairs, encode_row
+from metalm_jax.data.pretrain.vl_rows import PairPacker
+from metalm_jax.data.rows import ImageLayout
 from metalm_jax.types import ConfigError, DataError
 
 BLOCK = 64  # documents in a row that go to one part of a file (parts take turns)
@@ -77,6 +84,7 @@ class Shard:
     parts: int
     weight: int  # bytes of input, for the progress line's ETA
     block: int = BLOCK
+    kind: str = "text"  # text (data.files) | images (images.files: image-text pairs)
 
     def wanted(self, record_id: str) -> bool:
         """Whether a document (id `name:line` or `name#row`, documents.py) is this part's."""
@@ -87,17 +95,22 @@ class Shard:
         return (number // self.block) % self.parts == self.part
 
 
-def plan_shards(files, shard_mb: float, block: int = BLOCK) -> list[Shard]:
+def plan_shards(files, shard_mb: float, block: int = BLOCK, image_files=()) -> list[Shard]:
     """The input shards of `files` (expanded paths), in file order; a part of a file holds
-    every m-th run of `block` documents."""
+    every m-th run of `block` documents. Then one shard per image-text source in
+    `image_files` (a webdataset .tar, a Parquet or JSONL file, a folder)."""
     out = []
+    for path in image_files:
+        size = sources.size(path) if pairs.pair_format(path) != "folder" else 2**20
+        out.append(Shard(len(out), path, 0, 1, size, block, "images"))
+    images, out = out, []
     for path in files:
         size = sources.size(path)
         splittable = documents.text_format(path) in ("jsonl", "parquet") and shard_mb > 0
         parts = max(1, -(-size // int(shard_mb * 2**20))) if splittable else 1
         for k in range(parts):
             out.append(Shard(len(out), path, k, parts, size // parts, block))
-    return out
+    return out + [dataclasses.replace(s, index=len(out) + s.index) for s in images]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +164,24 @@ def _sample_texts(files, text_key: str, validation_fraction: float, budget: int)
                 break
 
 
-def prepare_tokenizer(cfg, out: str, files, part: tuple[int, int], log) -> str:
+def _sample_captions(cfg, image_files, budget: int):
+    """The captions of the image-text train pairs, up to `budget` characters."""
+    im = cfg.images
+    took = 0
+    tally = sources.Tally("skip")
+    read = pairs.read_pairs(
+        image_files, tally, None, im.image_column, im.caption_column, int(im.max_pixels)
+    )
+    for record_id, _, caption in read:
+        if sources.hash_fraction(record_id) < float(im.validation_fraction) or not caption:
+            continue
+        yield caption
+        took += len(caption)
+        if took >= budget:
+            return
+
+
+def prepare_tokenizer(cfg, out: str, files, part: tuple[int, int], log, image_files=()) -> str:
     """The tokenizer file in `out`: there already, data.tokenizer_path copied, or a SentencePiece
     trained on the train documents (part 0 only: the other parts of a job array need the one
     tokenizer it trains)."""
@@ -178,6 +208,9 @@ def prepare_tokenizer(cfg, out: str, files, part: tuple[int, int], log) -> str:
         )
     log(f"== training a SentencePiece tokenizer ({d.vocab_size} pieces) on the train documents")
     texts = _sample_texts(files, d.text_key, float(d.validation_fraction), TOKENIZER_SAMPLE_CHARS)
+    if image_files:  # and the captions, as a TFDS-fed VL run's tokenizer reads them
+        budget = TOKENIZER_SAMPLE_CHARS // 4
+        texts = itertools.chain(texts, _sample_captions(cfg, image_files, budget))
     proto = toklib.train_tokenizer(texts, int(d.vocab_size))
     dst = _path(out, toklib.Tokenizer.saved_name)
     paths.write_atomic(dst, proto)
@@ -188,20 +221,26 @@ def prepare_tokenizer(cfg, out: str, files, part: tuple[int, int], log) -> str:
 # One shard (runs in a worker process)
 
 
-def _write_rows(rows, local_path: str) -> tuple[int, int]:
-    """Rows written to an ArrayRecord file; (rows, non-padding tokens)."""
+def _write_records(records, local_path: str) -> tuple[int, int]:
+    """(record bytes, tokens) pairs written to an ArrayRecord file; (records, tokens)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     n = tokens = 0
     writer = ArrayRecordWriter(local_path, WRITER_OPTIONS)
     try:
-        for row in rows:
-            writer.write(encode_row(row))
+        for record, count in records:
+            writer.write(record)
             n += 1
-            tokens += int(np.count_nonzero(row["segment_ids"]))
+            tokens += count
     finally:
         writer.close()
     return n, tokens
+
+
+def _write_rows(rows, local_path: str) -> tuple[int, int]:
+    """Rows written to an ArrayRecord file; (rows, non-padding tokens)."""
+    records = ((encode_row(r), int(np.count_nonzero(r["segment_ids"]))) for r in rows)
+    return _write_records(records, local_path)
 
 
 def _publish(local: str, out: str, name: str) -> None:
@@ -269,9 +308,74 @@ def prepare_shard(shard: Shard, settings: dict, out: str, report=lambda rows, do
     return entry
 
 
+def prepare_image_shard(shard: Shard, settings: dict, out: str, report) -> dict:
+    """One image-text source: every pair read (a bad one named, or skipped and counted), its
+    image resized to the layout's resolution (shorter side) and stored as JPEG, its caption
+    tokenized with </s>; the pairs of each split packed into rows in file order (PairPacker,
+    as training packs them) and written; then its ledger entry."""
+    tok = toklib.open_tokenizer(settings["tokenizer"])
+    layout = ImageLayout(**settings["layout"])
+    tally = sources.Tally(settings["on_bad_record"])
+    held = {split: [] for split in SPLITS}
+    read = pairs.read_pairs(
+        [shard.path],
+        tally,
+        None,
+        settings["image_column"],
+        settings["caption_column"],
+        settings["max_pixels"],
+    )
+    for n, (record_id, image, caption) in enumerate(read, 1):
+        try:
+            jpeg = imlib.resized_jpeg(image, layout.image_size, record_id)
+        except imlib.ImageError as e:
+            tally.bad(str(e), imlib.ImageError)
+            continue
+        held_out = sources.hash_fraction(record_id) < settings["image_validation_fraction"]
+        ids = np.asarray(tok.encode(caption) + [tok.eos], np.int32)
+        held["validation" if held_out else "train"].append((jpeg, ids))
+        if n % REPORT_EVERY == 0:
+            report(0, REPORT_EVERY)
+    report(0, sum(map(len, held.values())) % REPORT_EVERY)
+    entry = {"shard": shard.index, "path": shard.path, "part": [0, 1], "kind": "images"}
+    entry["skipped"], entry["first_skipped"] = tally.skipped, tally.first
+    local_dir = tempfile.mkdtemp(prefix="prepare-") if paths.is_remote(out) else out
+    try:
+        for split in SPLITS:
+            name = "images-" + shard_file(split, shard.index)
+            counts = {"rows": 0, "tokens": 0, "documents": len(held[split]), "file": ""}
+            if held[split]:
+                tmp = os.path.join(local_dir, f"{name}.tmp-{os.getpid()}")
+                rows = _counting(_pair_rows(held[split], layout), report)
+                counts["rows"], counts["tokens"] = _write_records(rows, tmp)
+                _publish(tmp, out, name)
+                counts["file"] = name
+            entry[IMAGE_SPLIT[split]] = counts
+    finally:
+        if local_dir != out:
+            shutil.rmtree(local_dir, ignore_errors=True)
+    paths.write_atomic(_ledger(out, shard.index), json.dumps(entry, indent=1))
+    return entry
+
+
+def _pair_rows(items, layout: ImageLayout):
+    """(record, caption tokens) of the rows PairPacker packs `items` (image, caption) into."""
+    it = iter(items)
+    packer = PairPacker(layout, lambda: next(it))
+    while True:
+        try:
+            row = packer.next_rows_pairs()
+        except StopIteration:
+            return
+        yield encode_pairs(row), sum(len(c) for _, c in row)
+
+
 def _worker(args) -> dict:
     shard, settings, out, queue = args
-    return prepare_shard(shard, settings, out, lambda r, d: queue.put((r, d)) if r or d else None)
+    report = lambda r, d: queue.put((r, d)) if r or d else None
+    if shard.kind == "images":
+        return prepare_image_shard(shard, settings, out, report)
+    return prepare_shard(shard, settings, out, report)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,9 +422,9 @@ def _fmt_s(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def _settings(cfg, tokenizer_file: str) -> dict:
-    d = cfg.data
-    return {
+def _settings(cfg, tokenizer_file: str, layout: ImageLayout | None) -> dict:
+    d, im = cfg.data, cfg.images
+    settings = {
         "tokenizer": tokenizer_file,
         "on_bad_record": d.on_bad_record,
         "text_key": d.text_key,
@@ -328,6 +432,36 @@ def _settings(cfg, tokenizer_file: str) -> dict:
         "seq_len": int(d.seq_len),
         "open_documents": int(d.open_documents),
     }
+    if layout is not None:
+        settings["layout"] = dataclasses.asdict(layout)
+        settings["image_validation_fraction"] = float(im.validation_fraction)
+        settings["image_column"], settings["caption_column"] = im.image_column, im.caption_column
+        settings["max_pixels"] = int(im.max_pixels)
+    return settings
+
+
+def _image_files(cfg, layout: ImageLayout | None) -> tuple[str, ...]:
+    """The image-text sources a VL config prepares (images.files), checked."""
+    im = cfg.images
+    if not im.enabled:
+        return ()
+    if layout is None:
+        raise ConfigError(
+            "prepare: images.enabled needs the model's image layout (the command derives it)"
+        )
+    if im.name != "files":
+        raise ConfigError(
+            f"images.name={im.name!r}: prepare reads image-text pairs of your files: set "
+            "images.name=files and images.files (webdataset .tar shards, Parquet, JSONL, folders)"
+        )
+    files = sources.expand_paths(im.files, "images.files")
+    if not files:
+        raise ConfigError("images.files is empty: give image-text sources")
+    sources.check_distinct_names(files, "images.files")
+    for p in files:
+        if not pairs.pair_format(p):
+            raise ConfigError(f"images.files: {p!r} must be {pairs.PAIR_SOURCES}")
+    return files
 
 
 def _files(cfg) -> tuple[str, ...]:
@@ -357,10 +491,13 @@ def prepare(
     log=print,
     progress_every: float = 5.0,
     block: int = BLOCK,
+    layout: ImageLayout | None = None,
 ) -> dict | None:
     """Prepares `cfg`'s corpus into `out` (default data.prepared_dir): the shards of `part`
     (i, n) (every n-th shard from the i-th) not in the ledger yet, by `workers` processes; then,
-    if every shard is done, the manifest, which is returned (None while other parts remain)."""
+    if every shard is done, the manifest, which is returned (None while other parts remain).
+    With images.enabled, `layout` (the model's ImageLayout, model/build.image_layout) is
+    required: images.files become image-text rows packed and resized for it."""
     out = out or cfg.data.prepared_dir
     if not out:
         raise ConfigError("prepare: give --out DIR or set data.prepared_dir")
@@ -370,14 +507,21 @@ def prepare(
     if workers < 1:
         raise ConfigError(f"--workers {workers}: expected at least 1")
     files = _files(cfg)
-    shards = plan_shards(files, shard_mb, block)
-    # data.files is in the plan as its files, resolved: the shards' paths
-    keys = {k: v for k, v in data_keys(cfg).items() if k in CHECKED_KEYS and k != "data.files"}
+    layout = layout if cfg.images.enabled else None
+    image_files = _image_files(cfg, layout)
+    shards = plan_shards(files, shard_mb, block, image_files)
+    # data.files (images.files) is in the plan as its files, resolved: the shards' paths
+    checked = set(CHECKED_KEYS) | set(IMAGE_KEYS)
+    keys = {
+        k: v
+        for k, v in data_keys(cfg, layout).items()
+        if k in checked and k not in ("data.files", "images.files")
+    }
     plan = {"format": FORMAT, **keys, "shard_mb": shard_mb, "block": block}
     plan["shards"] = [[s.path, s.part, s.parts, sources.size(s.path)] for s in shards]
     epath.Path(_path(out, "ledger")).mkdir(parents=True, exist_ok=True)
     _check_plan(out, plan)
-    tok_file = prepare_tokenizer(cfg, out, files, part, log)
+    tok_file = prepare_tokenizer(cfg, out, files, part, log, image_files)
     tok = toklib.open_tokenizer(tok_file)
     if tok.vocab_size != cfg.data.vocab_size:
         raise ConfigError(
@@ -392,14 +536,15 @@ def prepare(
         f"{min(workers, max(len(todo), 1))} worker(s)"
     )
     progress = Progress(todo, log, progress_every)
-    _run(todo, _settings(cfg, tok_file), out, workers, progress)
-    return finish(cfg, out, shards, tok_file, log)
+    _run(todo, _settings(cfg, tok_file, layout), out, workers, progress)
+    return finish(cfg, out, shards, tok_file, log, layout)
 
 
 def _run(todo: list[Shard], settings: dict, out: str, workers: int, progress: Progress) -> None:
     if workers == 1 or len(todo) <= 1:
         for shard in todo:
-            prepare_shard(shard, settings, out, progress.add)
+            work = prepare_image_shard if shard.kind == "images" else prepare_shard
+            work(shard, settings, out, progress.add)
             progress.shard_done(shard)
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding threads
@@ -426,7 +571,7 @@ def _run(todo: list[Shard], settings: dict, out: str, workers: int, progress: Pr
             progress.add(*queue.get())
 
 
-def finish(cfg, out: str, shards: list[Shard], tok_file: str, log) -> dict | None:
+def finish(cfg, out: str, shards: list[Shard], tok_file: str, log, layout=None) -> dict | None:
     """The manifest, written when every shard has its ledger entry (else None, said)."""
     entries = [read_json(_ledger(out, s.index)) for s in shards]
     missing = [s.index for s, e in zip(shards, entries, strict=True) if e is None]
@@ -437,25 +582,39 @@ def finish(cfg, out: str, shards: list[Shard], tok_file: str, log) -> dict | Non
         )
         return None
     splits = {}
-    n_docs = sum(e[split]["documents"] for e in entries for split in SPLITS)
-    for split in SPLITS:
-        files = [[e[split]["file"], e[split]["rows"]] for e in entries if e[split]["rows"]]
-        splits[split] = {
-            key: sum(e[split][key] for e in entries) for key in ("rows", "tokens", "documents")
-        }
-        splits[split]["files"] = files
-        if not splits[split]["rows"]:
-            raise DataError(
-                f"data.files: the {split} split is empty ({n_docs} "
-                f"documents, data.validation_fraction={cfg.data.validation_fraction}): add "
-                "documents or change the fraction"
-            )
+    text = [e for e, s in zip(entries, shards, strict=True) if s.kind == "text"]
+    image = [e for e, s in zip(entries, shards, strict=True) if s.kind == "images"]
+    groups = [(SPLITS, text, "data", "documents")]
+    if image:
+        groups.append(([IMAGE_SPLIT[x] for x in SPLITS], image, "images", "pairs"))
+    for names, group, section, what in groups:
+        n_docs = sum(e[split]["documents"] for e in group for split in names)
+        for split in names:
+            files = [[e[split]["file"], e[split]["rows"]] for e in group if e[split]["rows"]]
+            splits[split] = {
+                key: sum(e[split][key] for e in group) for key in ("rows", "tokens", "documents")
+            }
+            splits[split]["files"] = files
+            if not splits[split]["rows"]:
+                raise DataError(
+                    f"{section}.files: the {split} split is empty ({n_docs} {what}, "
+                    f"{section}.validation_fraction={cfg[section].validation_fraction}): add "
+                    f"{what} or change the fraction"
+                )
     tok = toklib.open_tokenizer(tok_file)
     skipped = sum(e["skipped"] for e in entries)
     manifest = {
         "format": FORMAT,
         # the typed data.files, and the files it named here (prepared.check_manifest)
-        "config": {**data_keys(cfg), FILES_RESOLVED: list(dict.fromkeys(s.path for s in shards))},
+        "config": {
+            **data_keys(cfg, layout),
+            FILES_RESOLVED: list(dict.fromkeys(s.path for s in shards if s.kind == "text")),
+            **(
+                {IMAGE_FILES_RESOLVED: [s.path for s in shards if s.kind == "images"]}
+                if layout is not None
+                else {}
+            ),
+        },
         "shards": len(shards),
         "pack_seed": "the shard index (data.seed does not change the rows)",
         "tokenizer": {
@@ -478,6 +637,12 @@ def finish(cfg, out: str, shards: list[Shard], tok_file: str, log) -> dict | Non
         f"{t['documents']:,} documents), validation {v['rows']:,} rows ({v['tokens']:,} tokens, "
         f"{v['documents']:,} documents)"
     )
+    if image:
+        t, v = splits["images_train"], splits["images_validation"]
+        log(
+            f"== image-text: train {t['rows']:,} rows ({t['documents']:,} pairs), validation "
+            f"{v['rows']:,} rows ({v['documents']:,} pairs)"
+        )
     if skipped:
         log(
             f"== skipped {skipped} bad record{'s' * (skipped != 1)} (data.on_bad_record=skip); "

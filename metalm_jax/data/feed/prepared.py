@@ -22,6 +22,8 @@ from metalm_jax.types import ConfigError, DataError
 
 FORMAT = 1
 SPLITS = ("train", "validation")
+# the image-text rows of a split (a VL config's prepared directory)
+IMAGE_SPLIT = {"train": "images_train", "validation": "images_validation"}
 # The data keys that decide the rows: compared with plan.json when preparing again into a
 # directory, and with the manifest when training reads it (data.on_bad_record and
 # data.tokenizer_path are recorded only: the tokenizer is compared by its SHA-256).
@@ -36,10 +38,25 @@ CHECKED_KEYS = (
 )
 
 
+# With images.enabled (a VL config) also these, and the image layout the pairs were packed
+# and resized for (model/build.image_layout: row length, pairs per row, image slots, pixels).
+IMAGE_KEYS = (
+    "images.name",
+    "images.files",
+    "images.validation_fraction",
+    "images.image_column",
+    "images.caption_column",
+    "images.max_pixels",
+    "images.layout",
+)
+
+
 # The manifest's record of the files data.files named when the rows were prepared (globs
 # matched, paths absolute): a config that types them otherwise (a glob for a list, a relative
-# path) is the same corpus.
+# path) is the same corpus. The same for images.files.
 FILES_RESOLVED = "data.files resolved"
+IMAGE_FILES_RESOLVED = "images.files resolved"
+_RESOLVED = {"data.files": FILES_RESOLVED, "images.files": IMAGE_FILES_RESOLVED}
 
 
 def _files_value(value) -> list[str]:
@@ -48,10 +65,40 @@ def _files_value(value) -> list[str]:
     return [str(v) for v in value]
 
 
-def data_keys(cfg) -> dict:
-    """The config keys that decide the prepared rows, as plain values."""
+def layout_key(layout) -> dict | None:
+    """What of an ImageLayout decides the prepared image-text rows (None: text only)."""
+    if layout is None:
+        return None
+    return {
+        "seq_len": int(layout.seq_len),
+        "images_per_row": int(layout.images_per_row),
+        "image_slots": int(layout.image_slots),
+        "image_size": int(layout.image_size),
+    }
+
+
+def image_keys(cfg, layout) -> dict:
+    """The image-text keys that decide the prepared image-text rows (empty: text only)."""
+    if layout is None:
+        return {}
+    im = cfg.images
+    return {
+        "images.name": im.name,
+        "images.files": _files_value(im.files),
+        "images.validation_fraction": float(im.validation_fraction),
+        "images.image_column": im.image_column,
+        "images.caption_column": im.caption_column,
+        "images.max_pixels": int(im.max_pixels),
+        "images.layout": layout_key(layout),
+    }
+
+
+def data_keys(cfg, layout=None) -> dict:
+    """The config keys that decide the prepared rows, as plain values (with an ImageLayout:
+    the image-text keys too)."""
     d = cfg.data
     return {
+        **image_keys(cfg, layout),
         "data.name": d.name,
         "data.files": _files_value(d.files),
         "data.text_key": d.text_key,
@@ -111,17 +158,26 @@ def read_manifest(out: str) -> dict:
     return manifest
 
 
-def check_manifest(cfg, tok, manifest: dict) -> None:
+def check_manifest(cfg, tok, manifest: dict, layout=None) -> None:
     """Raises naming the first data key whose value differs from the one the rows were
-    prepared with, or the tokenizer when it is not the one (by SHA-256)."""
+    prepared with, or the tokenizer when it is not the one (by SHA-256). With an ImageLayout
+    (a VL run) the image-text keys are checked too."""
     out = cfg.data.prepared_dir
-    saved, now = manifest.get("config", {}), data_keys(cfg)
-    for key in CHECKED_KEYS:
-        if saved.get(key) != now[key] and not (key == "data.files" and _same_files(cfg, saved)):
+    saved, now = manifest.get("config", {}), data_keys(cfg, layout)
+    keys = CHECKED_KEYS + (IMAGE_KEYS if layout is not None else ())
+    for key in keys:
+        if saved.get(key) != now[key] and not (key in _RESOLVED and _same_files(cfg, saved, key)):
+            if key == "images.name" and key not in saved:
+                raise ConfigError(
+                    f"data.prepared_dir={out}: its rows are text only, this config reads "
+                    "images (images.enabled): prepare again with this config"
+                )
+            fix = f"set --config.{key} to the prepared value"
+            if key == "images.layout":  # not a key of its own: derived from the model
+                fix = "set data.seq_len, images.images_per_row and model.vision as prepared"
             raise ConfigError(
                 f"data.prepared_dir={out}: its rows were prepared with {key}={saved.get(key)!r}, "
-                f"this config has {key}={now[key]!r}: prepare again with this config, or set "
-                f"--config.{key} to the prepared value"
+                f"this config has {key}={now[key]!r}: prepare again with this config, or {fix}"
             )
     want, got = manifest["tokenizer"]["sha256"], sha256(tok.source)
     if got != want:
@@ -132,15 +188,16 @@ def check_manifest(cfg, tok, manifest: dict) -> None:
         )
 
 
-def _same_files(cfg, saved: dict) -> bool:
-    """data.files typed otherwise than when preparing, naming the same files in the same order.
-    False where the manifest predates the record, or the files cannot be listed here (a
-    training host without the raw corpus): then the typed values must match."""
-    want = saved.get(FILES_RESOLVED)
-    if not want or cfg.data.name != "files":
+def _same_files(cfg, saved: dict, key: str = "data.files") -> bool:
+    """data.files (or images.files) typed otherwise than when preparing, naming the same files
+    in the same order. False where the manifest predates the record, or the files cannot be
+    listed here (a training host without the raw corpus): then the typed values must match."""
+    want = saved.get(_RESOLVED[key])
+    section, name = key.split(".")
+    if not want or (key == "data.files" and cfg.data.name != "files"):
         return False
     try:
-        return list(expand_paths(cfg.data.files, "data.files")) == want
+        return list(expand_paths(cfg[section][name], key)) == want
     except (OSError, ConfigError):
         return False
 

@@ -22,6 +22,7 @@ from absl import logging
 from metalm_jax.data import images as imlib
 from metalm_jax.data.corpora import image_text
 from metalm_jax.data.corpora.text import load_split
+from metalm_jax.data.pretrain.prepared_rows import decode_pairs
 from metalm_jax.data.pretrain.vl_rows import PairPacker, build_vl_row
 from metalm_jax.data.rows import ImageLayout
 from metalm_jax.data.tokenizer import Tokenizer
@@ -171,3 +172,15 @@ def eval_image_rows(cfg, tok, layout: ImageLayout, max_rows: int, shard=(0, 1)) 
         if len(rows) == max_rows:
             break
     return rows
+
+
+def prepared_image_row(record: bytes, rng, layout: ImageLayout, tok, augment: bool, where: str):
+    """The Batch row of a prepared image-text record (data/pretrain/prepared_rows.py): each
+    JPEG decoded and cropped to uint8 (randomly with `augment`), prefix lengths drawn by `rng`."""
+    pairs = []
+    for k, (image, caption) in enumerate(decode_pairs(record, where)):
+        pixels = imlib.preprocess(
+            image, layout.image_size, record_id=f"{where} pair {k}", augment=augment, rng=rng
+        )
+        pairs.append((pixels, caption))
+    return build_vl_row(pairs, rng, layout, tok.ids)

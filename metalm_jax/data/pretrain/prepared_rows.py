@@ -11,6 +11,12 @@ holds fewer than 256 segments. Positions are not stored: they restart at 0 with 
 and are 0 on padding (segment 0), so `decode_row` recomputes them from the segment ids
 (2048 tokens: 4 KiB + 2 KiB + 10 bytes a row).
 
+An image-text record is the pairs of one image-text row (packed by vl_rows.PairPacker when
+preparing, before the prefix length is drawn), each image stored as JPEG at the model's
+resolution (shorter side; the crop is taken in training):
+
+    "MLP1"  uint8 n  n x (uint32 caption tokens, uint32 image bytes)  captions (int32)  images
+
 The training order is a pure function of (seed, step, process, process count): the r-th row of
 process p's share (of P) at step s is global batch position
 
@@ -18,9 +24,14 @@ process p's share (of P) at step s is global batch position
     epoch, k = divmod(g, N)                    N = rows of the prepared train split
     row = index_shuffle(k; N, seed(seed, epoch))   a fresh permutation of all rows per epoch
 
-and its spans are drawn with a generator seeded by (seed, epoch, row). So the data position is
-the step itself: a run resumed on another number of processes continues the same global
-sequence of rows, and the batch of a step is the same whatever P (each process holds its slice).
+and its spans are drawn with a generator seeded by (seed, epoch, row). With image-text rows
+(a VL config), images.text_ratio as p/q (`mix_pattern`) splits the global positions: of every
+q, the first p read the text stream and the rest the image-text stream, each stream its own
+sequence of permutations (k above is then the position within the stream, `stream_position`),
+and an image-text row's prefix lengths and augmentation are drawn from (seed, epoch, row) too.
+So the data position is the step itself: a run resumed on another number of processes
+continues the same global sequence of rows, and the batch of a step is the same whatever P
+(each process holds its slice).
 
 Worked example, N = 5 rows, global batch 4, P = 2 (2 rows a process), permutation of epoch 0
 [3 0 4 1 2] and of epoch 1 [1 4 2 0 3]:
@@ -31,6 +42,7 @@ Worked example, N = 5 rows, global batch 4, P = 2 (2 rows a process), permutatio
 
 from __future__ import annotations
 
+import fractions
 import functools
 import os
 import struct
@@ -89,19 +101,72 @@ def decode_row(data: bytes, where: str = "record") -> dict[str, np.ndarray]:
     return {"tokens": tokens, "segment_ids": seg, "positions": positions_of(seg)}
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+PAIRS_MAGIC = b"MLP1"
+_PAIRS_HEADER = struct.Struct("<4sB")  # magic, pairs in the row
+_PAIR = struct.Struct("<II")  # caption tokens, image bytes
 
 
-def global_row(seed: int, g: int, n_rows: int) -> tuple[int, int]:
-    """(epoch, row) read at global batch position `g` (module docstring)."""
+def encode_pairs(pairs) -> bytes:
+    """The image-text pairs of one row [(image bytes, caption int[n] ending in </s>), ...] as
+    one record: header, then per pair (n, image length), the captions (int32), the images."""
+    head = _PAIRS_HEADER.pack(PAIRS_MAGIC, len(pairs))
+    sizes = b"".join(_PAIR.pack(len(c), len(im)) for im, c in pairs)
+    captions = b"".join(np.asarray(c, np.int32).tobytes() for _, c in pairs)
+    return head + sizes + captions + b"".join(bytes(im) for im, _ in pairs)
+
+
+def decode_pairs(data: bytes, where: str = "record") -> list[tuple[bytes, np.ndarray]]:
+    """[(image bytes, caption int32[n]), ...] of a record; one that is not one is a DataError
+    naming `where`."""
+    if len(data) < _PAIRS_HEADER.size or data[:4] != PAIRS_MAGIC:
+        raise DataError(
+            f"{where}: not a prepared image-text row (no {PAIRS_MAGIC.decode()} header)"
+        )
+    n = _PAIRS_HEADER.unpack_from(data)[1]
+    at = _PAIRS_HEADER.size
+    sizes = [_PAIR.unpack_from(data, at + k * _PAIR.size) for k in range(n)]
+    at += n * _PAIR.size
+    if len(data) != at + sum(4 * c + i for c, i in sizes):
+        raise DataError(f"{where}: a damaged prepared image-text row ({len(data)} bytes)")
+    captions = []
+    for c, _ in sizes:
+        captions.append(np.frombuffer(data, np.int32, c, at).copy())
+        at += 4 * c
+    images = []
+    for _, i in sizes:
+        images.append(data[at : at + i])
+        at += i
+    return list(zip(images, captions, strict=True))
+
+
+def _epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    key = [seed, epoch] if stream == 0 else [seed, epoch, stream]
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
+
+
+def global_row(seed: int, g: int, n_rows: int, stream: int = 0) -> tuple[int, int]:
+    """(epoch, row) read at position `g` of a stream of `n_rows` rows (module docstring)."""
     epoch, k = divmod(int(g), n_rows)
     if n_rows == 1:
         return epoch, 0
     row = grain.experimental.index_shuffle(
-        k, max_index=n_rows - 1, seed=_epoch_seed(seed, epoch), rounds=SHUFFLE_ROUNDS
+        k, max_index=n_rows - 1, seed=_epoch_seed(seed, epoch, stream), rounds=SHUFFLE_ROUNDS
     )
     return epoch, int(row)
+
+
+def mix_pattern(text_ratio: float) -> tuple[int, int]:
+    """images.text_ratio as p/q (q <= 64): of every q global positions the first p are text rows
+    (stream 0), the others image-text rows (stream 1)."""
+    ratio = fractions.Fraction(float(text_ratio)).limit_denominator(64)
+    return ratio.numerator, ratio.denominator
+
+
+def stream_position(g: int, pattern: tuple[int, int]) -> tuple[int, int]:
+    """(stream, position in that stream) of global position `g` under `pattern` (mix_pattern)."""
+    p, q = pattern
+    cycle, t = divmod(int(g), q)
+    return (0, cycle * p + t) if t < p else (1, cycle * (q - p) + t - p)
 
 
 def global_position(step: int, r: int, process: int, count: int, global_batch: int) -> int:
@@ -112,17 +177,23 @@ def global_position(step: int, r: int, process: int, count: int, global_batch: i
 
 class ProcessShare(grain.MapDataset):
     """Random access to one process's rows in training order: element i is row i % b of step
-    i // b (b = global_batch / count), as (epoch, row index, record bytes). Unbounded: epochs
-    follow each other, each its own permutation of the `source`'s rows."""
+    i // b (b = global_batch / count), as (stream, epoch, row index, record bytes). Unbounded:
+    epochs follow each other, each its own permutation of a stream's rows. `sources`: the text
+    rows (stream 0) and, for image-text training, the image-text rows (stream 1), mixed by
+    `pattern` (mix_pattern; default: text only)."""
 
-    def __init__(self, source, seed: int, global_batch: int, process: int, count: int):
+    def __init__(self, sources, seed, global_batch, process, count, pattern=(1, 1)):
         super().__init__()
         if global_batch % count:
             raise ValueError(f"global batch {global_batch} not divisible by {count} processes")
-        self._source = source
-        self._rows = len(source)
-        if not self._rows:
-            raise DataError("the prepared train split holds no rows")
+        self._sources = tuple(sources)
+        self._rows = tuple(len(src) for src in self._sources)
+        p, q = pattern
+        used = [p > 0, q > p]
+        for stream, name in enumerate(("train", "image-text train")):
+            if used[stream] and (stream >= len(self._rows) or not self._rows[stream]):
+                raise DataError(f"the prepared {name} split holds no rows")
+        self._pattern = (int(p), int(q))
         self._seed = int(seed)
         self._batch = int(global_batch)
         self._process = int(process)
@@ -137,8 +208,9 @@ class ProcessShare(grain.MapDataset):
             return self.slice(index)
         step, r = divmod(int(index), self._local)
         g = global_position(step, r, self._process, self._count, self._batch)
-        epoch, row = global_row(self._seed, g, self._rows)
-        return epoch, row, self._source[row]
+        stream, k = stream_position(g, self._pattern)
+        epoch, row = global_row(self._seed, k, self._rows[stream], stream)
+        return stream, epoch, row, self._sources[stream][row]
 
     def __str__(self) -> str:
         return f"ProcessShare(rows={self._rows}, process={self._process}/{self._count})"
