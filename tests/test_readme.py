@@ -109,3 +109,60 @@ def test_prepared_data_commands(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "step      2/2" in out.stdout, out.stdout[-2000:]
     assert not (tmp_path / "tfds").exists()  # training did not read the corpus files again
+
+
+def _prepared_section(block: int, tmp_path):
+    """The commands of `## Prepared data`'s block `block`, with their files in tmp_path/data
+    and prepared/ under tmp_path; the first command (writing the data) run there as written."""
+    write, prep, train = readme_commands(
+        "Prepared data: tokenize and pack once (prepare, then train)", block
+    )
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    out = subprocess.run(
+        [sys.executable, *shlex.split(write)[1:]], cwd=data, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    def here(command: str) -> list[str]:
+        for name in ("kjv.jsonl.zst", "kjv.parquet", "emoji_wds"):
+            command = command.replace(f"={name}", f"={data / name}")
+            command = command.replace(f"='{name}", f"='{data / name}")
+        return shlex.split(command.replace("prepared/", f"{tmp_path / 'prepared'}/"))
+
+    argv = here(prep)
+    assert argv[:3] == ["python", "-m", "metalm_jax.prepare"], argv
+    argv = [sys.executable, *argv[1:], *testing.micro_flags(steps=2)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "rows/s, ETA" in out.stdout and "== prepared" in out.stdout, out.stdout[-2000:]
+    return here(train), out.stdout
+
+
+@pytest.mark.slow
+def test_prepared_parquet_commands(tmp_path):
+    """`## Prepared data`, the Parquet corpus: written and prepared as written (micro sizes)."""
+    _, out = _prepared_section(1, tmp_path)
+    splits = json.loads((tmp_path / "prepared" / "kjv_parquet" / "manifest.json").read_text())
+    assert sum(splits["splits"][s]["documents"] for s in ("train", "validation")) == 1189, out
+
+
+@pytest.mark.slow
+def test_prepared_image_text_commands(tmp_path):
+    """`## Prepared data`, webdataset image-text shards: written, prepared with the KJV text as
+    written (micro sizes), then two training steps on the prepared rows (a caption eval)."""
+    write_zst = readme_commands("Your own corpus", 1)[0]
+    (tmp_path / "data").mkdir()
+    argv = [sys.executable, *shlex.split(write_zst)[1:]]
+    done = subprocess.run(argv, cwd=tmp_path / "data", capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    train, out = _prepared_section(2, tmp_path)
+    assert "== image-text: train" in out, out[-2000:]
+    manifest = json.loads((tmp_path / "prepared" / "kjv_emoji" / "manifest.json").read_text())
+    images = manifest["splits"]
+    assert images["images_train"]["documents"] + images["images_validation"]["documents"] == 400
+    argv = [a for a in train if a not in ("--workdir", "runs/tiny_vl_prepared")]
+    done = run_cli(argv, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "step      2/2" in done.stdout and "caption_loss" in done.stdout, done.stdout[-2000:]
