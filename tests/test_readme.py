@@ -79,50 +79,19 @@ def test_own_corpus_jsonl_zst_commands(tmp_path):
     assert str(corpus) in json.loads(info.read_text())["description"]
 
 
-@pytest.mark.slow
-def test_prepared_data_commands(tmp_path):
-    """`## Prepared data`: the KJV as kjv.jsonl.zst (the command of `## Your own corpus`),
-    prepared as written (micro sizes), then two training steps that read the prepared rows."""
-    write = readme_commands("Your own corpus", 1)[0]
-    prep, train = readme_commands("Prepared data: tokenize and pack once (prepare, then train)")
-    data = tmp_path / "data"
-    data.mkdir()
-    argv = shlex.split(write)
-    out = subprocess.run([sys.executable, *argv[1:]], cwd=data, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-
-    def here(command: str) -> list[str]:
-        command = command.replace("=kjv.jsonl.zst", f"={data / 'kjv.jsonl.zst'}")
-        return shlex.split(command.replace("prepared/kjv", str(tmp_path / "prepared")))
-
-    argv = here(prep)
-    assert argv[:3] == ["python", "-m", "metalm_jax.prepare"], argv
-    argv = [sys.executable, *argv[1:], *testing.micro_flags(steps=2)]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "rows/s, ETA" in out.stdout and "== prepared" in out.stdout, out.stdout[-2000:]
-    splits = json.loads((tmp_path / "prepared" / "manifest.json").read_text())["splits"]
-    assert splits["train"]["documents"] + splits["validation"]["documents"] == 1189
-    argv = [a for a in here(train) if a not in ("--workdir", "runs/tiny_prepared")]
-    out = run_cli(argv, tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "step      2/2" in out.stdout, out.stdout[-2000:]
-    assert not (tmp_path / "tfds").exists()  # training did not read the corpus files again
-
-
-def _prepared_section(block: int, tmp_path):
+def _prepared_section(block: int, tmp_path, write: bool = True):
     """The commands of `## Prepared data`'s block `block`, with their files in tmp_path/data
-    and prepared/ under tmp_path; the first command (writing the data) run there as written."""
-    write, prep, train = readme_commands(
-        "Prepared data: tokenize and pack once (prepare, then train)", block
-    )
+    and prepared/ under tmp_path; the block's first command (writing the data) run there as
+    written, unless the block has none (`write` False); then its prepare command. The train
+    command (argv) and prepare's stdout."""
+    commands = readme_commands("Prepared data: tokenize and pack once (prepare, then train)", block)
+    prep, train = commands[-2:]
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    out = subprocess.run(
-        [sys.executable, *shlex.split(write)[1:]], cwd=data, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    if write:
+        argv = [sys.executable, *shlex.split(commands[0])[1:]]
+        out = subprocess.run(argv, cwd=data, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
 
     def here(command: str) -> list[str]:
         for name in ("kjv.jsonl.zst", "kjv.parquet", "emoji_wds"):
@@ -141,22 +110,22 @@ def _prepared_section(block: int, tmp_path):
 
 
 @pytest.mark.slow
-def test_prepared_parquet_commands(tmp_path):
-    """`## Prepared data`, the Parquet corpus: written and prepared as written (micro sizes)."""
-    _, out = _prepared_section(1, tmp_path)
-    splits = json.loads((tmp_path / "prepared" / "kjv_parquet" / "manifest.json").read_text())
-    assert sum(splits["splits"][s]["documents"] for s in ("train", "validation")) == 1189, out
-
-
-@pytest.mark.slow
-def test_prepared_image_text_commands(tmp_path):
-    """`## Prepared data`, webdataset image-text shards: written, prepared with the KJV text as
-    written (micro sizes), then two training steps on the prepared rows (a caption eval)."""
+def test_prepared_data_commands(tmp_path):
+    """`## Prepared data`, every block as written (micro sizes): the KJV as kjv.jsonl.zst (the
+    command of `## Your own corpus`) and as kjv.parquet, each prepared; the emoji webdataset
+    shards prepared with the .jsonl.zst text for tiny_vl, then two training steps on those
+    prepared rows (text and image-text, a caption eval). (Training on prepared text rows alone:
+    tests/test_prepare.py.)"""
     write_zst = readme_commands("Your own corpus", 1)[0]
     (tmp_path / "data").mkdir()
     argv = [sys.executable, *shlex.split(write_zst)[1:]]
     done = subprocess.run(argv, cwd=tmp_path / "data", capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+    for block, name in ((0, "kjv"), (1, "kjv_parquet")):
+        _, out = _prepared_section(block, tmp_path, write=block > 0)
+        manifest = json.loads((tmp_path / "prepared" / name / "manifest.json").read_text())
+        docs = sum(manifest["splits"][s]["documents"] for s in ("train", "validation"))
+        assert docs == 1189, out[-2000:]
     train, out = _prepared_section(2, tmp_path)
     assert "== image-text: train" in out, out[-2000:]
     manifest = json.loads((tmp_path / "prepared" / "kjv_emoji" / "manifest.json").read_text())
@@ -166,3 +135,4 @@ def test_prepared_image_text_commands(tmp_path):
     done = run_cli(argv, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "step      2/2" in done.stdout and "caption_loss" in done.stdout, done.stdout[-2000:]
+    assert not (tmp_path / "tfds").exists()  # training did not read the corpus files again
