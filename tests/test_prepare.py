@@ -553,3 +553,15 @@ def test_no_worker_outlives_a_killed_parent(prepared_kjv):
         proc.wait()
     assert len(workers) == 2, workers
     assert wait_gone(workers) == []
+
+
+def test_worker_processes_need_prepared_rows(corpus):
+    """The TFDS-fed pipeline packs in a stateful iterator that grain cannot slice across
+    workers: data.workers > 0 without data.prepared_dir is refused, naming both keys."""
+    cfg, tok = corpus
+    cfg = cfg.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.data.workers = 2
+    with pytest.raises(ConfigError, match=r"data.workers=2: .*data.prepared_dir"):
+        pipeline.train_iterator(cfg, tok, 4, derive(cfg, tok).rows)
+    assert prepared_rows.auto_workers(2) == 0 and prepared_rows.auto_workers(208) == 16
