@@ -411,8 +411,8 @@ class Progress:
         if self.weight:
             eta = _fmt_s(dt * (self.total - self.weight) / self.weight)
         self.log(
-            f"prepare: {self.done}/{self.todo} shards, {self.docs:,} documents tokenized, "
-            f"{self.rows:,} rows, {self.rows / dt:,.0f} rows/s, ETA {eta}"
+            f"prepare: {self.done}/{self.todo} shards, {self.docs:,} documents / image-text "
+            f"pairs read, {self.rows:,} rows, {self.rows / dt:,.0f} rows/s, ETA {eta}"
         )
 
 
