@@ -4,19 +4,22 @@ CPU-second the training side's worker processes build, for metalm_lm and metalm_
     JAX_PLATFORMS=cpu python benchmarks/feed_speed.py                      # everything
     JAX_PLATFORMS=cpu python benchmarks/feed_speed.py --seconds 10 --workers 0 1 2
 
-Data (bundled, offline): the KJV (1,189 chapters) as one .jsonl per 100 chapters, and
---images OpenMoji emojis rendered at 224 px as webdataset .tar shards of 250 (img2dataset's
+Data (bundled, offline): --copies copies of the KJV (1,189 chapters, ~1M tokens each) as one
+.jsonl per 100 chapters, and --images OpenMoji emojis rendered at 224 px as webdataset .tar
+shards of 250 (img2dataset's
 layout: key.jpg, key.txt, key.json; `testing.write_emoji_webdataset`), under --workdir.
 
-Prepare: `prepare.prepare` with the config's data keys at `--prepare-workers` processes, timed
-whole (wall) and by CPU (this process and its children): tokens/s and images/s per worker.
-metalm_lm prepares the text; metalm_vl the text and the images.
+Prepare: `prepare.prepare` with the config's data keys at `--prepare-workers` processes (the
+tokenizer trained beforehand, untimed), timed whole (wall: spawning the workers included) and
+per worker from the manifest's `shard_seconds` (each worker times its own shards): tokens/s and
+images/s per worker. metalm_lm prepares the text; metalm_vl the text and the images.
 
 Training side: `pipeline.prepared_batches` with the host's batch (global batch / 16 hosts of a
 v5p-128) read through `StepIterator` with 0 (grain threads in this process), 1 and 2 worker
 processes; batches pulled for --warmup s, then for --seconds s, timed. CPU time is this
 process's and every worker's (from /proc, before they stop), so rows per CPU-second counts the
-whole work; rows/s (wall) shows the scaling with workers on this 2-core machine.
+whole work; rows/s (wall) shows the scaling with workers on this 2-core machine; the main
+process's own CPU per row (receiving the batches) bounds one host's rate whatever the workers.
 
 Overrides (printed): data.vocab_size 8,192 (the paper vocabularies cannot be trained on the
 KJV; SentencePiece speed hardly depends on it).
@@ -25,6 +28,7 @@ KJV; SentencePiece speed hardly depends on it).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -74,7 +78,7 @@ def load(name: str, workdir: str, images: bool):
     return cfg
 
 
-def write_data(workdir: str, n_images: int) -> None:
+def write_data(workdir: str, n_images: int, copies: int) -> None:
     from metalm_jax import testing
     from metalm_jax.data.corpora.text import kjv_chapters
 
@@ -82,8 +86,9 @@ def write_data(workdir: str, n_images: int) -> None:
     if not os.path.isdir(kjv):
         os.makedirs(kjv)
         chapters = list(kjv_chapters())
-        for k in range(0, len(chapters), 100):
-            with open(os.path.join(kjv, f"{k // 100:02d}.jsonl"), "w", encoding="utf-8") as f:
+        for c, k in itertools.product(range(copies), range(0, len(chapters), 100)):
+            name = os.path.join(kjv, f"{c:02d}-{k // 100:02d}.jsonl")
+            with open(name, "w", encoding="utf-8") as f:
                 for _, verses in chapters[k : k + 100]:
                     f.write(json.dumps({"text": "\n".join(verses)}) + "\n")
     wds = os.path.join(workdir, "wds")
@@ -112,10 +117,19 @@ def measure_prepare(cfg, workers: int, layout) -> dict:
     wall = time.perf_counter() - t0
     cpu = _self_cpu() - c0 + _children_cpu() - k0
     tokens = sum(m["splits"][s]["tokens"] for s in ("train", "validation"))
-    images = sum(
-        m["splits"].get(s, {}).get("documents", 0) for s in ("images_train", "images_validation")
-    )
-    return {"wall": wall, "cpu": cpu, "tokens": tokens, "images": images, "workers": workers}
+    pairs = ("images_train", "images_validation")
+    images = sum(m["splits"].get(s, {}).get("documents", 0) for s in pairs)
+    seconds = m["shard_seconds"]
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "tokens": tokens,
+        "images": images,
+        "workers": workers,
+        # one worker's own rate: the work over the seconds its shards took (their sum)
+        "tokens_per_worker_s": tokens / seconds["text"]["wall"],
+        "images_per_worker_s": images / seconds["images"]["wall"] if images else 0.0,
+    }
 
 
 def measure_reading(cfg, workers: int, warmup: float, seconds: float) -> dict:
@@ -139,15 +153,18 @@ def measure_reading(cfg, workers: int, warmup: float, seconds: float) -> dict:
     while time.perf_counter() < end:
         next(it)
     pids = [p.pid for p in multiprocessing.active_children()]
-    c0 = _self_cpu() + sum(map(_cpu_of, pids))
+    m0 = _self_cpu()
+    c0 = m0 + sum(map(_cpu_of, pids))
     t0, n, images = time.perf_counter(), 0, 0
     while time.perf_counter() - t0 < seconds:
         b = next(it)
         n += 1
-        if "images" in b:
-            images += int((b["images"].reshape(len(b["images"]), -1) != 0).any(axis=1).sum())
+        if "image_valid" in b:  # cheap: the images themselves are not touched here
+            images += int(b["image_valid"].sum())
     wall = time.perf_counter() - t0
-    cpu = _self_cpu() + sum(map(_cpu_of, pids)) - c0
+    main = _self_cpu()
+    cpu = main + sum(map(_cpu_of, pids)) - c0
+    main -= m0
     it.close()
     rows = n * batch
     return {
@@ -158,6 +175,9 @@ def measure_reading(cfg, workers: int, warmup: float, seconds: float) -> dict:
         "cpu_cores": cpu / wall,
         "first_batch_s": first,
         "batch": batch,
+        # what the training process itself spends per row (receiving the workers' batches):
+        # its ceiling in rows/s, however many workers
+        "main_rows_per_cpu_s": rows / main if main > 0 else float("inf"),
     }
 
 
@@ -169,7 +189,8 @@ def main():
     ap.add_argument("--configs", nargs="+", default=["metalm_lm", "metalm_vl"])
     ap.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--prepare-workers", nargs="+", type=int, default=[1, 2])
-    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--copies", type=int, default=4, help="KJV copies in the text corpus")
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--seconds", type=float, default=20.0)
     args = ap.parse_args()
@@ -178,7 +199,7 @@ def main():
     flags.FLAGS.mark_as_parsed()
     from metalm_jax.model.build import image_layout
 
-    write_data(args.workdir, args.images if "metalm_vl" in args.configs else 0)
+    write_data(args.workdir, args.images if "metalm_vl" in args.configs else 0, args.copies)
     print("overrides: data.vocab_size=8192", flush=True)
     for name in args.configs:
         vl = name == "metalm_vl"
@@ -188,24 +209,24 @@ def main():
             cfg.data.tokenizer_path = tokenizer(cfg, args.workdir, name, vl)
         for w in args.prepare_workers:
             r = measure_prepare(cfg, w, layout)
-            print(
-                f"{name} prepare workers={w}: {r['wall']:.1f} s wall, {r['cpu']:.1f} CPU-s; "
-                f"{r['tokens'] / r['wall']:,.0f} tokens/s ({r['tokens'] / r['wall'] / w:,.0f} "
-                f"per worker, {r['tokens'] / r['cpu']:,.0f} per CPU-s)"
-                + (
-                    f"; {r['images'] / r['wall']:,.1f} images/s "
-                    f"({r['images'] / r['wall'] / w:,.1f} per worker)"
-                    if r["images"]
-                    else ""
-                ),
-                flush=True,
+            line = (
+                f"{name} prepare workers={w}: {r['wall']:.1f} s wall, {r['cpu']:.1f} CPU-s, "
+                f"{r['tokens']:,} tokens, {r['tokens'] / r['wall']:,.0f} tokens/s; per worker "
+                f"{r['tokens_per_worker_s']:,.0f} tokens/s"
             )
+            if r["images"]:
+                line += (
+                    f"; {r['images']:,} images, {r['images'] / r['wall']:,.1f} images/s, per "
+                    f"worker {r['images_per_worker_s']:,.1f} images/s"
+                )
+            print(line, flush=True)
         for w in args.workers:
             r = measure_reading(cfg, w, args.warmup, args.seconds)
             print(
                 f"{name} read workers={w}: batch {r['batch']}, {r['rows_per_s']:,.0f} rows/s, "
                 f"{r['rows_per_cpu_s']:,.0f} rows/CPU-s, {r['cpu_cores']:.2f} cores, "
-                f"{r['images_per_s']:,.0f} images/s, first batch {r['first_batch_s']:.2f} s",
+                f"{r['images_per_s']:,.0f} images/s, main process {r['main_rows_per_cpu_s']:,.0f} "
+                f"rows/CPU-s, first batch {r['first_batch_s']:.2f} s",
                 flush=True,
             )
 

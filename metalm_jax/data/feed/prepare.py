@@ -269,6 +269,7 @@ def _counting(rows, report):
 def prepare_shard(shard: Shard, settings: dict, out: str, report=lambda rows, docs: None) -> dict:
     """Reads, tokenizes, packs and writes one shard; writes its ledger entry; returns it.
     `report(rows, documents)` is told of the work as it goes (for the progress line)."""
+    started = (time.perf_counter(), time.process_time())
     tok = toklib.open_tokenizer(settings["tokenizer"])
     tally = sources.Tally(settings["on_bad_record"])
     docs = {split: [] for split in SPLITS}
@@ -304,6 +305,7 @@ def prepare_shard(shard: Shard, settings: dict, out: str, report=lambda rows, do
     finally:
         if local_dir != out:
             shutil.rmtree(local_dir, ignore_errors=True)
+    entry["seconds"] = _timed(started)
     paths.write_atomic(_ledger(out, shard.index), json.dumps(entry, indent=1))
     return entry
 
@@ -313,6 +315,7 @@ def prepare_image_shard(shard: Shard, settings: dict, out: str, report) -> dict:
     image resized to the layout's resolution (shorter side) and stored as JPEG, its caption
     tokenized with </s>; the pairs of each split packed into rows in file order (PairPacker,
     as training packs them) and written; then its ledger entry."""
+    started = (time.perf_counter(), time.process_time())
     tok = toklib.open_tokenizer(settings["tokenizer"])
     layout = ImageLayout(**settings["layout"])
     tally = sources.Tally(settings["on_bad_record"])
@@ -354,6 +357,7 @@ def prepare_image_shard(shard: Shard, settings: dict, out: str, report) -> dict:
     finally:
         if local_dir != out:
             shutil.rmtree(local_dir, ignore_errors=True)
+    entry["seconds"] = _timed(started)
     paths.write_atomic(_ledger(out, shard.index), json.dumps(entry, indent=1))
     return entry
 
@@ -368,6 +372,15 @@ def _pair_rows(items, layout: ImageLayout):
         except StopIteration:
             return
         yield encode_pairs(row), sum(len(c) for _, c in row)
+
+
+def _timed(started: tuple[float, float]) -> dict:
+    """Wall and CPU seconds (this process: one worker) since `started`, for the ledger."""
+    wall, cpu = started
+    return {
+        "wall": round(time.perf_counter() - wall, 3),
+        "cpu": round(time.process_time() - cpu, 3),
+    }
 
 
 def _worker(args) -> dict:
@@ -624,6 +637,16 @@ def finish(cfg, out: str, shards: list[Shard], tok_file: str, log, layout=None) 
             "vocab_size": tok.vocab_size,
         },
         "splits": splits,
+        # summed over the shards of each kind, as each worker timed its own (entries written
+        # before the ledger timed them count 0): throughput per worker = work / these seconds
+        "shard_seconds": {
+            kind: {
+                t: round(sum(e.get("seconds", {}).get(t, 0.0) for e in group), 3)
+                for t in ("wall", "cpu")
+            }
+            for kind, group in (("text", text), ("images", image))
+            if group
+        },
         "bad_records_skipped": skipped,
         "first_bad_record": next((e["first_skipped"] for e in entries if e["skipped"]), ""),
     }

@@ -59,6 +59,11 @@ MAGIC = b"MLR1"
 _HEADER = struct.Struct("<4sBBI")  # magic, token itemsize, segment itemsize, row length
 _DTYPES = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.int32)}
 SHUFFLE_ROUNDS = 4
+# A worker's batch arrays smaller than this travel pickled through its queue, larger ones
+# (a VL batch's images) through shared memory: grain's default sends every array through a
+# segment of its own, whose setup dominated the training process's cost per batch
+# (benchmarks/feed_speed.py, RESULTS.md "Prepared data"; the variable is there to compare)
+MIN_SHM_BYTES = int(os.environ.get("METALM_MIN_SHM_BYTES", 1 << 20))
 
 
 def _smallest(values: np.ndarray) -> np.dtype:
@@ -281,6 +286,8 @@ class StepIterator:
         ds = self._batches[self.step :].to_iter_dataset(self._options)
         if self._workers > 0:
             _grain_flags_parsed()
+            shm = grain.experimental.DatasetOptions(min_shm_size=MIN_SHM_BYTES)
+            ds = grain.experimental.WithOptionsIterDataset(ds, shm)
             options = grain.MultiprocessingOptions(
                 num_workers=self._workers, per_worker_buffer_size=self._worker_buffer
             )
