@@ -282,10 +282,6 @@ def base_config() -> ml_collections.ConfigDict:
     t.fused_xent = True  # loss without keeping [B, L, V] float32 logits: the backward recomputes
     #   them (XLA merges that with the forward's matmul: no extra compiler FLOPs in the programs
     #   measured); less memory, and ~1.3x the tokens/s on XLA CPU (RESULTS.md)
-    t.dropout_prng = "threefry2x32"  # the dropout masks' generator (jax.random key impl):
-    #   threefry2x32 (JAX's default, the same bits on every backend) | rbg | unsafe_rbg (the
-    #   TPU's hardware generator: far fewer bytes and vector ops per mask; RESULTS.md "Pod
-    #   efficiency: configs/metalm_vl.py"); initialization always uses threefry2x32
     t.log_every = 25  # console / TensorBoard / JSONL train metrics
     t.eval_every = 200  # held-out loss and perplexity (0 = only at the end)
     t.eval_batches = 8  # validation batches per evaluation

@@ -132,25 +132,3 @@ def test_stop_gradient_on_frozen_parameters_changes_no_update():
     assert frozen_bottom_layers(cfg, "text_encoder", 2) == 1
     cfg.optim.frozen = [r"^text_encoder/stack/layers_0/"]  # embeddings train: full backward
     assert frozen_bottom_layers(cfg, "text_encoder", 2) == 0
-
-
-def test_dropout_masks_come_from_the_configured_generator():
-    """train.dropout_prng: the step's dropout key is of the configured impl (traced, not
-    compiled: the jaxpr seeds it with that impl); an unknown impl is refused by name."""
-    from metalm_jax.parallel.mesh import make_mesh
-    from metalm_jax.training.trainer import build_trainer
-    from metalm_jax.types import ConfigError
-
-    cfg = testing.micro_config()
-    cfg.model.decoder.dropout = 0.5
-    model, batch, state, _, _ = _setup(cfg)
-    tx, _ = make_optimizer(cfg.optim, cfg.train.steps, state.params)
-    for impl in ("threefry2x32", "unsafe_rbg"):
-        step = functools.partial(train_step, model=model, tx=tx, seed=0, dropout_prng=impl)
-        seeds = [
-            e for e in jax.make_jaxpr(step)(state, batch).eqns if e.primitive.name == "random_seed"
-        ]
-        assert seeds and all(e.params["impl"].name == impl for e in seeds), (impl, seeds)
-    cfg.train.dropout_prng = "philox"
-    with pytest.raises(ConfigError, match="train.dropout_prng='philox': use one of threefry2x32"):
-        build_trainer(cfg, make_mesh((1, 1, 1), jax.devices()[:1]))

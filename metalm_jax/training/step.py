@@ -98,7 +98,6 @@ def train_step(
     frozen=None,
     skip_nonfinite: bool = False,
     fused_xent: bool = False,
-    dropout_prng: str = "threefry2x32",
 ):
     """One optimizer step over `accum` microbatches (lax.scan).
 
@@ -114,10 +113,8 @@ def train_step(
     all finite; the loop reads it with the other metrics (training/guard.py). With
     `skip_nonfinite` (train.nonfinite="skip") a step that is not finite keeps the parameters and
     optimizer state it started from; the step counter still advances.
-
-    Dropout masks come from a `dropout_prng` key (train.dropout_prng) folded with the step.
     """
-    rng = jax.random.fold_in(jax.random.key(seed, impl=dropout_prng), state.step)
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
     def sums(params, micro, i):
         if frozen is not None:

@@ -26,7 +26,7 @@ from metalm_jax.parallel import mesh as meshlib
 from metalm_jax.training.checkpoint import abstract_with_shardings
 from metalm_jax.training.optimizer import group_labels, make_optimizer
 from metalm_jax.training.step import TrainState, eval_step, train_step
-from metalm_jax.types import Batch, ConfigError, SlotBank
+from metalm_jax.types import Batch, SlotBank
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -72,9 +72,6 @@ class Trainer(Inference):
     init: Any  # jitted: rng -> sharded TrainState
     step: Any  # jitted: (state, Batch) -> (state, metrics); donates the state
     groups: dict
-
-
-DROPOUT_PRNGS = ("threefry2x32", "rbg", "unsafe_rbg")  # train.dropout_prng: jax.random key impls
 
 
 def _with_rules(fn, rules):
@@ -133,10 +130,6 @@ def build_trainer(cfg, mesh, derived: Derived | None = None) -> Trainer:
         )
     if cfg.train.nonfinite not in ("stop", "skip"):
         raise ValueError(f'train.nonfinite={cfg.train.nonfinite!r}: use "stop" or "skip"')
-    if cfg.train.dropout_prng not in DROPOUT_PRNGS:
-        raise ConfigError(
-            f"train.dropout_prng={cfg.train.dropout_prng!r}: use one of {', '.join(DROPOUT_PRNGS)}"
-        )
     inf = build_inference(cfg, mesh, derived)
     model, param_sh, batch_sh = inf.model, inf.param_sharding, inf.batch_sharding
     layout = inf.derived.layout if inf.derived is not None else image_layout(cfg, model.cfg)
@@ -172,7 +165,6 @@ def build_trainer(cfg, mesh, derived: Derived | None = None) -> Trainer:
         frozen=frozen if any(jax.tree.leaves(frozen)) else None,
         skip_nonfinite=cfg.train.nonfinite == "skip",
         fused_xent=cfg.train.fused_xent,
-        dropout_prng=cfg.train.dropout_prng,
     )
     return Trainer(
         **{f.name: getattr(inf, f.name) for f in dataclasses.fields(Inference)},
