@@ -565,3 +565,13 @@ def test_worker_processes_need_prepared_rows(corpus):
     with pytest.raises(ConfigError, match=r"data.workers=2: .*data.prepared_dir"):
         pipeline.train_iterator(cfg, tok, 4, derive(cfg, tok).rows)
     assert prepared_rows.auto_workers(2) == 0 and prepared_rows.auto_workers(208) == 16
+
+
+def test_a_vocabulary_the_text_cannot_fill_is_named():
+    """SentencePiece's 'Vocabulary size too high' comes out as one ConfigError naming
+    data.vocab_size and the most the text allows (prepare and train both train through it)."""
+    from metalm_jax.data import tokenizer as toklib
+
+    texts = ["In the beginning God created the heaven and the earth."] * 20
+    with pytest.raises(ConfigError, match=r"data.vocab_size=5000: .* at most \d+ SentencePiece"):
+        toklib.train_tokenizer(iter(texts), 5000)

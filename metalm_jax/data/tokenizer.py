@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -237,8 +238,26 @@ def _join(workdir: str, name: str) -> str:
 
 
 def train_tokenizer(texts: Iterator[str], vocab_size: int, model_type: str = "unigram") -> bytes:
-    """Trains a SentencePiece model on an iterator of paragraphs; returns the serialized model."""
+    """Trains a SentencePiece model on an iterator of paragraphs; returns the serialized model.
+    A vocabulary the text cannot fill is a ConfigError naming data.vocab_size and the most the
+    text allows (SentencePiece's own RuntimeError says it deep in a traceback)."""
     proto = io.BytesIO()
+    try:
+        _train_sentencepiece(texts, proto, vocab_size, model_type)
+    except RuntimeError as e:
+        most = re.search(
+            r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", str(e)
+        )
+        if most is None:
+            raise
+        raise ConfigError(
+            f"data.vocab_size={vocab_size}: the tokenizer's training text allows at most "
+            f"{most.group(1)} SentencePiece pieces; lower data.vocab_size or give more text"
+        ) from None
+    return proto.getvalue()
+
+
+def _train_sentencepiece(texts, proto, vocab_size: int, model_type: str) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=texts,
         model_writer=proto,
@@ -260,7 +279,6 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int, model_type: str = "un
         num_threads=os.cpu_count() or 1,
         minloglevel=2,
     )
-    return proto.getvalue()
 
 
 def load_or_train(
