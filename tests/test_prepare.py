@@ -25,7 +25,7 @@ from metalm_jax.data.pretrain import prepared_rows
 from metalm_jax.data.pretrain.packed_rows import PackedRows
 from metalm_jax.model.build import derive
 from metalm_jax.types import ConfigError, DataError
-from tests._procs import wait_gone
+from tests._procs import children, wait_gone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -429,14 +429,18 @@ def test_a_killed_prepare_keeps_its_finished_shards(corpus, tmp_path):
     files = [testing.write_kjv_jsonl(str(tmp_path / f"p{i:02d}.jsonl"), 60) for i in range(12)]
     clean = prepare.prepare(_config(cfg, tok, files, tmp_path / "clean"), log=_quiet)
     out = tmp_path / "out"
-    argv = _command(cfg, tok, files) + ["--out", str(out)]
+    argv = _command(cfg, tok, files) + ["--out", str(out), "--workers", "2"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    started = {}
     try:
         while proc.poll() is None and len(list((out / "ledger").glob("*.json"))) < 2:
+            started.update(children(proc.pid))
             time.sleep(0.01)
     finally:
         proc.kill()
         proc.communicate()
+    assert any("spawn_main" in cmd for cmd in started.values()), started  # its workers
+    assert wait_gone(list(started)) == [], started  # none outlives the killed command
     done = len(list((out / "ledger").glob("*.json")))
     assert 2 <= done < 12 and not (out / "manifest.json").exists(), done
     again = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -64,7 +64,7 @@ from metalm_jax.data.feed.prepared import (
 )
 from metalm_jax.data.feed.prepared import path as _path
 from metalm_jax.data.pretrain.packed_rows import PackedRows
-from metalm_jax.data.pretrain.prepared_rows import encode_pairs, encode_row
+from metalm_jax.data.pretrain.prepared_rows import encode_pairs, encode_row, exit_with_parent
 from metalm_jax.data.pretrain.vl_rows import PairPacker
 from metalm_jax.data.rows import ImageLayout
 from metalm_jax.types import ConfigError, DataError
@@ -383,9 +383,20 @@ def _timed(started: tuple[float, float]) -> dict:
     }
 
 
+_progress = None  # a worker process's queue to the job's progress line (_init_worker)
+
+
+def _init_worker(queue, parent: int) -> None:
+    """Each worker process, as it starts: the progress queue, and an exit of its own when the
+    job is killed outright (SIGKILL leaves no clean-up to stop the pool)."""
+    global _progress
+    _progress = queue
+    exit_with_parent(parent)
+
+
 def _worker(args) -> dict:
-    shard, settings, out, queue = args
-    report = lambda r, d: queue.put((r, d)) if r or d else None
+    shard, settings, out = args
+    report = lambda r, d: _progress.put((r, d)) if r or d else None
     if shard.kind == "images":
         return prepare_image_shard(shard, settings, out, report)
     return prepare_shard(shard, settings, out, report)
@@ -561,10 +572,13 @@ def _run(todo: list[Shard], settings: dict, out: str, workers: int, progress: Pr
             progress.shard_done(shard)
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding threads
-    with ctx.Manager() as manager:
-        queue = manager.Queue()
-        with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), ctx) as pool:
-            futures = {pool.submit(_worker, (s, settings, out, queue)): s for s in todo}
+    queue = ctx.Queue()  # handed to each worker as it starts (no manager process to orphan)
+    init = (queue, os.getpid())
+    try:
+        with concurrent.futures.ProcessPoolExecutor(
+            min(workers, len(todo)), ctx, initializer=_init_worker, initargs=init
+        ) as pool:
+            futures = {pool.submit(_worker, (s, settings, out)): s for s in todo}
             pending = set(futures)
             try:
                 while pending:
@@ -582,6 +596,9 @@ def _run(todo: list[Shard], settings: dict, out: str, workers: int, progress: Pr
                 raise
         while not queue.empty():
             progress.add(*queue.get())
+    finally:
+        queue.close()
+        queue.join_thread()
 
 
 def finish(cfg, out: str, shards: list[Shard], tok_file: str, log, layout=None) -> dict | None:

@@ -230,12 +230,11 @@ def auto_workers(cores: int | None = None) -> int:
     return max(0, min(16, int(cores or 1) // 2 - 1))
 
 
-def _exit_with_parent(worker: int, count: int, parent: int) -> None:
-    """Run in each worker process as it starts (`parent`: the pid of the process that made
-    it): a daemon thread ends the worker (exit status 0) as soon as that parent is gone, also
-    when it went before the worker got here, so a trainer killed without its clean-up (SIGKILL,
-    the OOM killer) leaves no worker behind. (A parent that exits normally stops its workers.)"""
-    del worker, count
+def exit_with_parent(parent: int) -> None:
+    """Run in a worker process as it starts (`parent`: the pid of the process that made it): a
+    daemon thread ends the worker (exit status 0) as soon as that parent is gone, also when it
+    went before the worker got here, so a job killed without its clean-up (SIGKILL, the OOM
+    killer) leaves no worker behind. (A parent that exits normally stops its workers.)"""
 
     def watch():
         while os.getppid() == parent:
@@ -243,6 +242,11 @@ def _exit_with_parent(worker: int, count: int, parent: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _grain_worker_init(worker: int, count: int, parent: int) -> None:
+    del worker, count
+    exit_with_parent(parent)
 
 
 def _grain_flags_parsed() -> None:
@@ -292,7 +296,7 @@ class StepIterator:
                 num_workers=self._workers, per_worker_buffer_size=self._worker_buffer
             )
             ds = ds.mp_prefetch(
-                options, worker_init_fn=functools.partial(_exit_with_parent, parent=os.getpid())
+                options, worker_init_fn=functools.partial(_grain_worker_init, parent=os.getpid())
             )
         self._it = iter(ds)
 
