@@ -206,3 +206,15 @@ def test_a_bucket_to_a_bucket(corpus, tmp_path, fake_gcs):
         a = prepared.split_source(str(copy), m, split)
         b = prepared.split_source(str(tmp_path / "here"), n, split)
         assert [a[k] for k in range(len(a))] == [b[k] for k in range(len(b))], split
+
+
+def test_image_sources_prepare_cannot_read_are_named(corpus, tmp_path):
+    from metalm_jax.types import ConfigError
+
+    (tmp_path / "notes.txt").write_text("not an image-text source")
+    cfg = _vl_config(corpus, [tmp_path / "notes.txt"], tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"images.files: '.*notes.txt' must be a folder, .jsonl"):
+        prepare.prepare(cfg, log=_quiet, layout=image_layout(cfg))
+    cfg.images.name = "openmoji"
+    with pytest.raises(ConfigError, match=r"images.name='openmoji': prepare reads .* images.files"):
+        prepare.prepare(cfg, log=_quiet, layout=image_layout(cfg))

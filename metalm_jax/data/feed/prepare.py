@@ -478,13 +478,19 @@ def _image_files(cfg, layout: ImageLayout | None) -> tuple[str, ...]:
             f"images.name={im.name!r}: prepare reads image-text pairs of your files: set "
             "images.name=files and images.files (webdataset .tar shards, Parquet, JSONL, folders)"
         )
-    files = sources.expand_paths(im.files, "images.files")
+    return _listed(im.files, "images.files", pairs.pair_format, f"be {pairs.PAIR_SOURCES}")
+
+
+def _listed(value, key: str, known, expected: str) -> tuple[str, ...]:
+    """The files a data.files-like `value` names (paths, globs, URLs), checked: some, with
+    distinct names, each of a kind `known(path)` reads (else: it must `expected`)."""
+    files = sources.expand_paths(value, key)
     if not files:
-        raise ConfigError("images.files is empty: give image-text sources")
-    sources.check_distinct_names(files, "images.files")
+        raise ConfigError(f"{key} is empty: give one or more files")
+    sources.check_distinct_names(files, key)
     for p in files:
-        if not pairs.pair_format(p):
-            raise ConfigError(f"images.files: {p!r} must be {pairs.PAIR_SOURCES}")
+        if not known(p):
+            raise ConfigError(f"{key}: {p!r} must {expected}")
     return files
 
 
@@ -495,15 +501,9 @@ def _files(cfg) -> tuple[str, ...]:
             f"data.name={d.name!r}: prepare reads a corpus of your files: set data.name=files "
             "and data.files"
         )
-    files = sources.expand_paths(d.files, "data.files")
-    if not files:
-        raise ConfigError("data.files is empty: give one or more corpus files")
     sources.check_policy(d.on_bad_record)
-    sources.check_distinct_names(files, "data.files")
-    for p in files:
-        if not documents.text_format(p):
-            raise ConfigError(f"data.files: {p!r} must end in {', '.join(documents.TEXT_SUFFIXES)}")
-    return files
+    suffixes = ", ".join(documents.TEXT_SUFFIXES)
+    return _listed(d.files, "data.files", documents.text_format, f"end in {suffixes}")
 
 
 def prepare(
