@@ -530,7 +530,7 @@ out = sys.argv[1]
 src = prepared.split_source(out, prepared.read_manifest(out), "train")
 ds = ProcessShare(src, 0, 4, 0, 1).map(lambda item: {"row": np.asarray(item[1])}).batch(4)
 it = StepIterator(ds, workers=2)
-next(it)
+next(it), next(it)  # a batch from each worker: both are started
 print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
 sys.stdin.read()
 """
