@@ -100,17 +100,16 @@ def plan_shards(files, shard_mb: float, block: int = BLOCK, image_files=()) -> l
     every m-th run of `block` documents. Then one shard per image-text source in
     `image_files` (a webdataset .tar, a Parquet or JSONL file, a folder)."""
     out = []
-    for path in image_files:
-        size = sources.size(path) if pairs.pair_format(path) != "folder" else 2**20
-        out.append(Shard(len(out), path, 0, 1, size, block, "images"))
-    images, out = out, []
     for path in files:
         size = sources.size(path)
         splittable = documents.text_format(path) in ("jsonl", "parquet") and shard_mb > 0
         parts = max(1, -(-size // int(shard_mb * 2**20))) if splittable else 1
         for k in range(parts):
             out.append(Shard(len(out), path, k, parts, size // parts, block))
-    return out + [dataclasses.replace(s, index=len(out) + s.index) for s in images]
+    for path in image_files:
+        size = sources.size(path) if pairs.pair_format(path) != "folder" else 2**20
+        out.append(Shard(len(out), path, 0, 1, size, block, "images"))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,12 +236,6 @@ def _write_records(records, local_path: str) -> tuple[int, int]:
     return n, tokens
 
 
-def _write_rows(rows, local_path: str) -> tuple[int, int]:
-    """Rows written to an ArrayRecord file; (rows, non-padding tokens)."""
-    records = ((encode_row(r), int(np.count_nonzero(r["segment_ids"]))) for r in rows)
-    return _write_records(records, local_path)
-
-
 def _publish(local: str, out: str, name: str) -> None:
     """A finished local file moved (renamed, or copied for gs://) to its name in `out`."""
     dst = _path(out, name)
@@ -280,28 +273,40 @@ def prepare_shard(shard: Shard, settings: dict, out: str, report=lambda rows, do
         if n % REPORT_EVERY == 0:
             report(0, REPORT_EVERY)
     report(0, sum(map(len, docs.values())) % REPORT_EVERY)
+
+    def records(split):
+        rows = PackedRows(
+            grain.MapDataset.source(docs[split]),
+            settings["seq_len"],
+            tok.ids,
+            open_docs=settings["open_documents"] if split == "train" else 1,
+            seed=shard.index,
+        )
+        return ((encode_row(r), int(np.count_nonzero(r["segment_ids"]))) for r in rows)
+
     entry = {"shard": shard.index, "path": shard.path, "part": [shard.part, shard.parts]}
-    entry["skipped"] = tally.skipped
-    entry["first_skipped"] = tally.first
+    splits = [(split, shard_file(split, shard.index), docs[split], records) for split in SPLITS]
+    return _write_shard(shard, out, entry, tally, started, splits, report)
+
+
+def _write_shard(shard: Shard, out: str, entry: dict, tally, started, splits, report) -> dict:
+    """A shard's files and ledger entry: for each (entry key, file name, items, records) of
+    `splits`, `records(entry key)` ((record bytes, tokens) of the items' rows) written under a
+    temporary name (locally for gs://) and published, its counts into `entry`; then the bad
+    records, the time since `started`, and the ledger entry, which is returned."""
+    entry["skipped"], entry["first_skipped"] = tally.skipped, tally.first
     local_dir = tempfile.mkdtemp(prefix="prepare-") if paths.is_remote(out) else out
     try:
-        for split in SPLITS:
-            name = shard_file(split, shard.index)
-            counts = {"rows": 0, "tokens": 0, "documents": len(docs[split]), "file": ""}
-            if docs[split]:
-                open_docs = settings["open_documents"] if split == "train" else 1
-                rows = PackedRows(
-                    grain.MapDataset.source(docs[split]),
-                    settings["seq_len"],
-                    tok.ids,
-                    open_docs=open_docs,
-                    seed=shard.index,
-                )
+        for key, name, items, records in splits:
+            counts = {"rows": 0, "tokens": 0, "documents": len(items), "file": ""}
+            if items:
                 tmp = os.path.join(local_dir, f"{name}.tmp-{os.getpid()}")
-                counts["rows"], counts["tokens"] = _write_rows(_counting(rows, report), tmp)
+                counts["rows"], counts["tokens"] = _write_records(
+                    _counting(records(key), report), tmp
+                )
                 _publish(tmp, out, name)
                 counts["file"] = name
-            entry[split] = counts
+            entry[key] = counts
     finally:
         if local_dir != out:
             shutil.rmtree(local_dir, ignore_errors=True)
@@ -341,25 +346,13 @@ def prepare_image_shard(shard: Shard, settings: dict, out: str, report) -> dict:
             report(0, REPORT_EVERY)
     report(0, sum(map(len, held.values())) % REPORT_EVERY)
     entry = {"shard": shard.index, "path": shard.path, "part": [0, 1], "kind": "images"}
-    entry["skipped"], entry["first_skipped"] = tally.skipped, tally.first
-    local_dir = tempfile.mkdtemp(prefix="prepare-") if paths.is_remote(out) else out
-    try:
-        for split in SPLITS:
-            name = "images-" + shard_file(split, shard.index)
-            counts = {"rows": 0, "tokens": 0, "documents": len(held[split]), "file": ""}
-            if held[split]:
-                tmp = os.path.join(local_dir, f"{name}.tmp-{os.getpid()}")
-                rows = _counting(_pair_rows(held[split], layout), report)
-                counts["rows"], counts["tokens"] = _write_records(rows, tmp)
-                _publish(tmp, out, name)
-                counts["file"] = name
-            entry[IMAGE_SPLIT[split]] = counts
-    finally:
-        if local_dir != out:
-            shutil.rmtree(local_dir, ignore_errors=True)
-    entry["seconds"] = _timed(started)
-    paths.write_atomic(_ledger(out, shard.index), json.dumps(entry, indent=1))
-    return entry
+    split_of = {IMAGE_SPLIT[split]: split for split in SPLITS}
+    records = lambda key: _pair_rows(held[split_of[key]], layout)
+    splits = [
+        (IMAGE_SPLIT[split], "images-" + shard_file(split, shard.index), held[split], records)
+        for split in SPLITS
+    ]
+    return _write_shard(shard, out, entry, tally, started, splits, report)
 
 
 def _pair_rows(items, layout: ImageLayout):
@@ -397,9 +390,12 @@ def _init_worker(queue, parent: int) -> None:
 def _worker(args) -> dict:
     shard, settings, out = args
     report = lambda r, d: _progress.put((r, d)) if r or d else None
-    if shard.kind == "images":
-        return prepare_image_shard(shard, settings, out, report)
-    return prepare_shard(shard, settings, out, report)
+    return _work(shard)(shard, settings, out, report)
+
+
+def _work(shard: Shard):
+    """The function that prepares `shard`, by its kind."""
+    return prepare_image_shard if shard.kind == "images" else prepare_shard
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,8 +563,7 @@ def prepare(
 def _run(todo: list[Shard], settings: dict, out: str, workers: int, progress: Progress) -> None:
     if workers == 1 or len(todo) <= 1:
         for shard in todo:
-            work = prepare_image_shard if shard.kind == "images" else prepare_shard
-            work(shard, settings, out, progress.add)
+            _work(shard)(shard, settings, out, progress.add)
             progress.shard_done(shard)
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding threads
